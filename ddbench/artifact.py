@@ -1,0 +1,74 @@
+"""Storage accounting and validation of artifacts, done by the harness, never by a plugin."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ddbench.errors import ArtifactError, BudgetError
+from ddbench.interfaces import Artifact, Budget, TaskView
+
+
+@dataclass(frozen=True)
+class Storage:
+    """What an artifact stores: scalars and bytes in total, by dtype, and per tensor."""
+
+    scalars: int
+    bytes: int
+    by_dtype: dict[str, int]
+    by_tensor: dict[str, int]
+
+
+def count_storage(artifact: Artifact) -> Storage:
+    """Count every element of every tensor in the artifact (learned lr, decoders... included)."""
+    by_dtype: dict[str, int] = {}
+    by_tensor: dict[str, int] = {}
+    total_bytes = 0
+    for name, tensor in artifact.tensors.items():
+        n = tensor.numel()
+        by_tensor[name] = n
+        key = str(tensor.dtype).removeprefix("torch.")
+        by_dtype[key] = by_dtype.get(key, 0) + n * tensor.element_size()
+        total_bytes += n * tensor.element_size()
+    return Storage(sum(by_tensor.values()), total_bytes, by_dtype, by_tensor)
+
+
+def validate(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str) -> Storage:
+    """Check types, shapes, finiteness and the budget; return the storage count.
+
+    ``budget`` is ``None`` for budget-exempt reference rows (the full train split).
+    """
+    if not isinstance(artifact, Artifact):
+        raise ArtifactError(f"distiller {distiller!r} returned {type(artifact).__name__}, not an Artifact: return ddbench.Artifact(tensors={{...}}).")
+    if not artifact.tensors:
+        raise ArtifactError(f"distiller {distiller!r} returned an artifact with no tensors: store at least 'x' and 'y'.")
+    for name, tensor in artifact.tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ArtifactError(f"artifact tensor {name!r} from {distiller!r} is a {type(tensor).__name__}, not a torch.Tensor: convert it.")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ArtifactError(f"artifact tensor {name!r} from {distiller!r} has NaN or infinite values: check the method's learning rate or loss.")
+    if "x" in artifact.tensors:
+        x = artifact.tensors["x"]
+        if tuple(x.shape[1:]) != tuple(task.input_shape):
+            raise ArtifactError(
+                f"artifact 'x' from {distiller!r} has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, task.input_shape))}) for task {task.name!r}."
+            )
+        y = artifact.tensors.get("y")
+        if y is None or len(y) != len(x):
+            raise ArtifactError(f"artifact from {distiller!r} needs a 'y' with one target per row of 'x' (got {None if y is None else len(y)} for {len(x)}).")
+    storage = count_storage(artifact)
+    if budget is not None:
+        limit = budget.scalars(task)
+        if storage.scalars > limit:
+            parts = ", ".join(f"{k}={v}" for k, v in storage.by_tensor.items())
+            raise BudgetError(
+                f"artifact from {distiller!r} stores {storage.scalars} scalars, over the budget {budget} = {limit} scalars ({parts}): store less."
+            )
+    return storage
+
+
+def compression(task: TaskView, storage: Storage) -> float:
+    """Stored scalars of the full train split divided by the artifact's."""
+    full = len(task.train) * (math.prod(task.input_shape) + 1)
+    return full / max(storage.scalars, 1)

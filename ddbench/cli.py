@@ -1,0 +1,156 @@
+"""The ``ddbench`` command line: ``run``, ``ls`` and ``plugins``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from ddbench import __version__
+from ddbench.errors import DDBenchError, SuiteError
+from ddbench.harness import CellResult, Harness
+from ddbench.plugins import get_plugin_manager, options_of
+from ddbench.report import table
+from ddbench.suite import DistillerEntry, TaskEntry, default_suite, load_suite, parse_named
+from ddbench.interfaces import Budget
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddbench", description="Benchmark dataset distillation methods by accuracy per stored parameter.")
+    parser.add_argument("--version", action="version", version=f"ddbench {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run a suite (no arguments: the quick default suite)")
+    run.add_argument("--suite", help="suite TOML file (default: the built-in quick suite)")
+    run.add_argument("--task", action="append", default=[], metavar="NAME[:k=v,...]", help="task(s) to run, with options")
+    run.add_argument("--distiller", action="append", default=[], metavar="NAME[:k=v,...]", help="distiller(s) to run, with options")
+    run.add_argument("--budget", action="append", default=[], metavar="ipc=N|params=N", help="budget(s) for the given tasks")
+    run.add_argument("--learner", metavar="NAME[:k=v,...]", help="learner (default: each task's default)")
+    run.add_argument("--seeds", type=int, metavar="K", help="evaluation seeds: K learners per artifact (seeds 0..K-1)")
+    run.add_argument("--distill-seeds", metavar="S,S,...", help="distillation seeds, comma-separated (default 0)")
+    run.add_argument("--profile", choices=["quick", "full"], help="quick: CPU sizes; full: the spec's sizes")
+    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    run.add_argument("--time-limit", type=float, metavar="S", help="seconds a distiller may run per cell")
+    run.add_argument("--data-root", help="folder holding torchvision datasets (or $DDBENCH_DATA_ROOT)")
+    run.add_argument("--download", action="store_true", help="let torchvision tasks download missing data")
+
+    ls = sub.add_parser("ls", help="list registered tasks, learners or distillers")
+    ls.add_argument("kind", choices=["tasks", "learners", "distillers"])
+    sub.add_parser("plugins", help="list loaded plugins: version, source, what each registered")
+    return parser
+
+
+def suite_from_args(args: argparse.Namespace):  # -> Suite
+    suite = load_suite(args.suite) if args.suite else default_suite()
+    if args.task:
+        if not args.budget:
+            raise SuiteError("--task needs --budget: add e.g. --budget ipc=10 (classification) or --budget params=5000.")
+        suite.tasks = [TaskEntry(name, [Budget.parse(b) for b in args.budget], opts) for name, opts in map(parse_named, args.task)]
+    elif args.budget:
+        budgets = [Budget.parse(b) for b in args.budget]
+        for t in suite.tasks:
+            t.budgets = budgets
+    if args.distiller:
+        suite.distillers = [DistillerEntry(*parse_named(d)) for d in args.distiller]
+    if args.learner:
+        name, opts = parse_named(args.learner)
+        for t in suite.tasks:
+            t.learner, t.learner_options = name, opts
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise SuiteError("--seeds must be at least 1.")
+        suite.eval_seeds = args.seeds
+    if args.distill_seeds:
+        try:
+            suite.distill_seeds = [int(s) for s in args.distill_seeds.split(",") if s.strip()]
+        except ValueError as exc:
+            raise SuiteError(f"--distill-seeds takes comma-separated integers (got {args.distill_seeds!r}).") from exc
+    if args.profile:
+        suite.profile = args.profile
+    if args.time_limit is not None:
+        suite.time_limit_s = args.time_limit
+    return suite
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.data_root:
+        os.environ["DDBENCH_DATA_ROOT"] = args.data_root
+    if args.download:
+        os.environ["DDBENCH_DOWNLOAD"] = "1"
+    suite = suite_from_args(args)
+    manager = get_plugin_manager()
+    bar = tqdm(total=0, unit="cell", file=sys.stderr, dynamic_ncols=True, leave=False, disable=None)
+
+    def on_progress(label: str, step: int, total: int | None, metrics: dict[str, float]) -> None:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        bar.set_description_str(f"{label} step {step}{f'/{total}' if total else ''} {shown}", refresh=False)
+        bar.refresh()
+
+    harness = Harness(manager, args.device, on_progress=on_progress)
+    cells = list(harness.cells(suite))
+    bar.total = len(cells)
+    print(f"ddbench {__version__}: suite {suite.name!r}, {len(cells)} cells, profile {suite.profile}, "
+          f"device {harness.device}, {suite.eval_seeds} eval seeds", file=sys.stderr)
+
+    def on_result(result: CellResult) -> None:
+        bar.update(1)
+        c = result.cell
+        what = f"{result.metric} {result.mean:.4f} ± {result.std:.4f}" if result.status == "ok" else f"{result.status}: {result.error}"
+        tqdm.write(f"{c.label}: {what} ({result.distill_s + result.eval_s:.1f} s)", file=sys.stderr)
+
+    start = time.perf_counter()
+    results = harness.run(suite, on_result=on_result)
+    bar.close()
+    print(table(results))
+    failed = sum(r.status == "failed" for r in results)
+    print(f"\n{len(results)} cells in {time.perf_counter() - start:.1f} s on {harness.device}; {failed} failed.", file=sys.stderr)
+    return min(failed, 100)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    manager = get_plugin_manager()
+    kind = args.kind[:-1]
+    rows = []
+    for name in manager.names(kind):
+        cls = manager.get(kind, name)
+        opts = ", ".join(f"{k}={v!r}" for k, v in options_of(cls).items())
+        rows.append([name, manager.owner(kind, name), cls.description, opts])
+    print(tabulate(rows, headers=[kind, "plugin", "description", "options (defaults)"], tablefmt="github"))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    manager = get_plugin_manager()
+    rows = []
+    for info in manager.plugins.values():
+        what = "; ".join(f"{k}s: {', '.join(v)}" for k, v in info.registered.items() if v)
+        rows.append([info.name, info.version, info.source, what or "(nothing)"])
+    print(tabulate(rows, headers=["plugin", "version", "source", "registered"], tablefmt="github"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"run": cmd_run, "ls": cmd_ls, "plugins": cmd_plugins}[args.command](args)
+    except DDBenchError as exc:
+        print(f"ddbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ddbench: interrupted; finished cells were reported above.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

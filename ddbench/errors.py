@@ -1,0 +1,49 @@
+"""The exceptions ddbench raises. Each message is one line that names the thing and the fix."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DDBenchError(Exception):
+    """Base class: a user-facing error whose message is a single actionable line."""
+
+
+class UnknownNameError(DDBenchError, KeyError):
+    """A task, learner, distiller or option name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+class PluginError(DDBenchError):
+    """A plugin failed to import, registered something invalid, or misspelt a hook."""
+
+
+class BudgetError(DDBenchError):
+    """A malformed budget, or an artifact that exceeds its budget."""
+
+
+class ArtifactError(DDBenchError):
+    """An artifact with non-finite values, wrong shapes or an unsafe file format."""
+
+
+class SuiteError(DDBenchError):
+    """A malformed suite file or command line combination."""
+
+
+class TaskDataError(DDBenchError):
+    """A dataset that cannot be loaded (files absent, download off or failed)."""
+
+
+def close_names(name: str, choices: Iterable[str]) -> str:
+    """' Did you mean: a, b?' for near misses of ``name`` among ``choices``, else ''."""
+    matches = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(matches)}?" if matches else ""
+
+
+def unknown(kind: str, name: str, choices: Iterable[str], hint: str = "") -> UnknownNameError:
+    """Build the standard 'unknown <kind>' error with close matches and the available names."""
+    choices = sorted(choices)
+    hint = hint or f"Available: {', '.join(choices) or '(none)'}."
+    return UnknownNameError(f"unknown {kind} {name!r}.{close_names(name, choices)} {hint}")

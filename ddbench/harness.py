@@ -1,0 +1,228 @@
+"""The harness loop: for every (task, distiller, budget, seed) cell, distil, validate the artifact,
+train the task's learner on it K times with explicit seeds, and score on the test split.
+
+A failing cell (a plugin that raises, an over-budget or NaN artifact) is recorded with its error
+and traceback; the run goes on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddbench.artifact import compression, validate
+from ddbench.errors import DDBenchError, SuiteError
+from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Progress, RunContext, Task, TaskView
+from ddbench.plugins import PluginManager, instantiate
+from ddbench.suite import Suite
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SuiteError("--device cuda was requested but no CUDA device is available: use --device auto or cpu.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SuiteError(f"unknown device {device!r}: use auto, cpu or cuda[:N].")
+    return torch.device(device)
+
+
+@dataclass
+class Cell:
+    """One unit of work: a distiller on a task at a budget with one distillation seed."""
+
+    task: str
+    task_options: dict[str, Any]
+    distiller: str
+    distiller_options: dict[str, Any]
+    budget: Budget | None  # None: budget-exempt reference row
+    seed: int
+    eval_seeds: list[int]
+    learner: str
+    learner_options: dict[str, Any]
+    profile: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.task} / {self.distiller} / {self.budget or 'full'} / seed {self.seed}"
+
+    def config(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["budget"] = str(self.budget) if self.budget else None
+        return d
+
+    def key(self) -> str:
+        """A stable hash of everything that defines the cell's result."""
+        return hashlib.sha256(json.dumps(self.config(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    status: str  # ok | failed | skipped
+    metric: str = ""
+    values: list[float] = field(default_factory=list)  # headline metric per eval seed
+    extra: dict[str, float] = field(default_factory=dict)  # other metrics (mean over seeds)
+    stored_params: int = 0
+    stored_bytes: int = 0
+    by_tensor: dict[str, int] = field(default_factory=dict)
+    by_dtype: dict[str, int] = field(default_factory=dict)
+    compression: float = 0.0
+    distill_s: float = 0.0
+    eval_s: float = 0.0
+    peak_mb: float = 0.0
+    device: str = ""
+    error: str = ""
+    traceback: str = ""
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else float("nan")
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.values) if len(self.values) > 1 else 0.0
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
+
+
+class Harness:
+    """Runs suites of cells with the plugins of ``manager`` on ``device``."""
+
+    def __init__(self, manager: PluginManager, device: str = "auto", cache_dir: Path | str = ".ddbench/cache",
+                 on_progress: Callable[[str, int, int | None, dict[str, float]], None] | None = None):
+        self.manager = manager
+        self.device = resolve_device(device)
+        self.cache_dir = Path(cache_dir)
+        self.on_progress = on_progress
+        self._tasks: dict[str, tuple[Task, TaskView, Any]] = {}
+
+    # -- building ----------------------------------------------------------------------------
+    def task(self, name: str, options: dict[str, Any], profile: str) -> tuple[Task, TaskView, Any]:
+        """The task, the view distillers get (train/val on the device) and the test split."""
+        key = json.dumps([name, options, profile], sort_keys=True, default=str)
+        if key not in self._tasks:
+            task = instantiate(self.manager.get("task", name), options, profile)
+            data = task.load()
+            view = TaskView(name, task.kind, task.num_classes, tuple(task.input_shape), data.train.to(self.device),
+                            data.val.to(self.device), task.info(), dict(options))
+            self._tasks[key] = (task, view, data.test.to(self.device))
+        return self._tasks[key]
+
+    def cells(self, suite: Suite) -> Iterator[Cell]:
+        """Expand a suite into cells, validating every name up front."""
+        distillers = suite.distillers
+        if distillers is None:
+            from ddbench.suite import DistillerEntry
+            distillers = [DistillerEntry(n) for n in self.manager.names("distiller")]
+        for entry in distillers:
+            self.manager.get("distiller", entry.name)
+        for t in suite.tasks:
+            task_cls = self.manager.get("task", t.name)
+            learner = t.learner or task_cls.default_learner
+            self.manager.get("learner", learner)
+            if task_cls.kind == "regression" and any(b.kind == "ipc" for b in t.budgets):
+                raise SuiteError(f"task {t.name!r} is regression: ipc budgets do not apply; use params=N.")
+            if not t.budgets:
+                raise SuiteError(f"task {t.name!r} has no budgets: give at least one, e.g. ipc=10 or params=5000.")
+            for d in distillers:
+                exempt = self.manager.get("distiller", d.name).budget_exempt
+                for budget in ([None] if exempt else t.budgets):
+                    for seed in suite.distill_seeds:
+                        yield Cell(t.name, t.options, d.name, d.options, budget, seed, list(range(suite.eval_seeds)),
+                                   learner, t.learner_options, suite.profile)
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, suite: Suite, on_result: Callable[[CellResult], None] | None = None,
+            skip: Callable[[Cell], bool] | None = None) -> list[CellResult]:
+        """Run every cell of ``suite``; ``on_result`` sees each result as soon as it is final."""
+        results = []
+        cells = list(self.cells(suite))
+        for i, cell in enumerate(cells):
+            if skip is not None and skip(cell):
+                continue
+            result = self.run_cell(cell, suite.time_limit_s, f"[{i + 1}/{len(cells)}]")
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+        return results
+
+    def run_cell(self, cell: Cell, time_limit_s: float | None = None, tag: str = "") -> CellResult:
+        """Distil, validate, evaluate one cell; any exception becomes a failed result."""
+        result = CellResult(cell, "failed", device=self._device_name())
+        try:
+            task, view, test = self.task(cell.task, cell.task_options, cell.profile)
+            distiller: Distiller = instantiate(self.manager.get("distiller", cell.distiller), cell.distiller_options, cell.profile)
+            learner: Learner = instantiate(self.manager.get("learner", cell.learner), cell.learner_options, cell.profile)
+            reason = distiller.supports(view)
+            if reason is not None:
+                result.status, result.error = "skipped", reason
+                return result
+            artifact = self._distill(distiller, view, cell, learner, time_limit_s, tag, result)
+            storage = validate(artifact, view, None if distiller.budget_exempt else cell.budget, cell.distiller)
+            result.stored_params, result.stored_bytes = storage.scalars, storage.bytes
+            result.by_tensor, result.by_dtype = storage.by_tensor, storage.by_dtype
+            result.compression = compression(view, storage)
+            self._evaluate(task, view, test, learner, artifact, cell, result)
+            result.extra.update(task.artifact_metrics(artifact))
+            result.status = "ok"
+        except Exception as exc:  # noqa: BLE001 - a failing cell never takes the run down
+            result.status = "failed"
+            message = str(exc).splitlines()[0] if str(exc) else ""
+            result.error = message if isinstance(exc, DDBenchError) else f"{type(exc).__name__}: {message}"
+            result.traceback = traceback.format_exc()
+        return result
+
+    def _device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return "cpu"
+
+    def _distill(self, distiller: Distiller, view: TaskView, cell: Cell, learner: Learner,
+                 time_limit_s: float | None, tag: str, result: CellResult) -> Artifact:
+        def report(step: int, total: int | None, metrics: dict[str, float]) -> None:
+            if self.on_progress is not None:
+                self.on_progress(f"{tag} {cell.label}", step, total, metrics)
+
+        context = RunContext(self.device, cell.seed, torch.Generator(self.device).manual_seed(cell.seed), Progress(report),
+                             cell.profile, time_limit_s, self.cache_dir)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        artifact = distiller.distill(view, cell.budget, learner, context)  # type: ignore[arg-type]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        result.distill_s = time.perf_counter() - start
+        result.peak_mb = _peak_mb(self.device)
+        return artifact
+
+    def _evaluate(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact, cell: Cell,
+                  result: CellResult) -> None:
+        recipe = task.recipe(cell.profile).updated(artifact.recipe)
+        artifact = artifact.to(self.device)
+        start = time.perf_counter()
+        scores: list[dict[str, float]] = []
+        for seed in cell.eval_seeds:
+            model = learner.build(view, seed).to(self.device)
+            learner.fit(model, artifact, recipe, torch.Generator(self.device).manual_seed(seed))
+            scores.append(task.score(learner.predict(model, test.x), test.y))
+        result.eval_s = time.perf_counter() - start
+        result.metric = task.metric
+        result.values = [s[task.metric] for s in scores]
+        for key in scores[0]:
+            if key != task.metric:
+                result.extra[key] = statistics.fmean(s[key] for s in scores)

@@ -1,0 +1,339 @@
+"""The three interfaces (Task, Learner, Distiller) and the objects that pass between them.
+
+A registered component is a *class*: its ``name`` class attribute is its public name, and its
+constructor's keyword arguments are its options (``--task multi-index:d=64,r=3``). A class may
+declare ``quick = {...}``: option values used by the ``quick`` profile unless the user sets them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ddbench.errors import BudgetError, SuiteError, close_names
+
+Kind = Literal["classification", "regression"]
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Split:
+    """Inputs ``x`` (N, *input_shape) and targets ``y`` (N,) int64 labels or float targets."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+    def subset(self, index: Tensor) -> "Split":
+        return Split(self.x[index], self.y[index])
+
+
+@dataclass
+class TaskData:
+    """The three fixed, seeded splits of a task. Validation is carved from train."""
+
+    train: Split
+    val: Split
+    test: Split
+
+
+@dataclass
+class TaskView:
+    """What a distiller and a learner see of a task: its description and the train/val splits.
+
+    The test split is deliberately absent: nothing but the harness's final scoring touches it.
+    ``info`` holds public facts a method may need (normalisation ``mean``/``std``, the DSA
+    ``dsa_strategy``, the ``kind`` of data), ``options`` the task's own options.
+    """
+
+    name: str
+    kind: Kind
+    num_classes: int | None
+    input_shape: tuple[int, ...]
+    train: Split
+    val: Split
+    info: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        return math.prod(self.input_shape)
+
+    def class_index(self, c: int) -> Tensor:
+        """Indices of the train examples of class ``c``."""
+        return torch.nonzero(self.train.y == c).flatten()
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation recipe
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recipe:
+    """How a learner trains on an artifact (``specs/methods.md`` §3 for the image defaults).
+
+    ``epochs`` is E: training runs over epoch indices 0..E (E + 1 epochs) and the learning rate
+    is multiplied by 0.1 once, after epoch index E//2 + 1, as in the official ``evaluate_synset``.
+    ``lr_from_artifact`` names an artifact tensor that holds a learned learning rate (MTT).
+    ``options`` carries learner-specific public settings (the two-layer learner's step size).
+    """
+
+    epochs: int = 300
+    lr: float = 0.01
+    lr_from_artifact: str | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    augment: Literal["none", "dsa", "dc"] = "none"
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def updated(self, overrides: dict[str, Any]) -> "Recipe":
+        """A copy with ``overrides`` applied; unknown keys are an error naming the fix."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for key in overrides:
+            if key not in names:
+                raise SuiteError(
+                    f"unknown recipe field {key!r}.{close_names(key, names)} "
+                    f"Recipe fields: {', '.join(sorted(names))}."
+                )
+        if "options" in overrides:
+            overrides = {**overrides, "options": {**self.options, **overrides["options"]}}
+        return dataclasses.replace(self, **overrides)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Artifact and budget
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Artifact:
+    """Everything a learner may train from.
+
+    ``tensors``: named tensors; by convention ``x`` (inputs) and ``y`` (labels or targets), plus
+    anything else training needs (a learned ``lr``, soft labels, a decoder...). The harness counts
+    every element of every tensor here; a distiller never reports its own size.
+    ``recipe``: overrides of the task's evaluation recipe that the method declares (augmentation,
+    epochs, ``lr_from_artifact``); plain values only, never data.
+    ``meta``: provenance and logs (loss curves, seeds). Learners must not train from it.
+    """
+
+    tensors: dict[str, Tensor]
+    recipe: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def x(self) -> Tensor:
+        return self.tensors["x"]
+
+    @property
+    def y(self) -> Tensor:
+        return self.tensors["y"]
+
+    def to(self, device: torch.device | str) -> "Artifact":
+        return Artifact({k: v.to(device) for k, v in self.tensors.items()}, dict(self.recipe), dict(self.meta))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A storage budget: images per class (``ipc=10``) or stored scalars (``params=50000``).
+
+    ``ipc`` converts to scalars as ipc x classes x (input size + 1): one input and one hard label
+    per stored example (``DESIGN.md``, "The artifact and the budget").
+    """
+
+    kind: Literal["ipc", "params"]
+    value: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Budget":
+        kind, sep, value = str(text).partition("=")
+        kind = kind.strip()
+        if not sep or kind not in ("ipc", "params") or not value.strip().isdigit() or int(value) <= 0:
+            raise BudgetError(f"malformed budget {text!r}: write ipc=N or params=N with a positive integer N.")
+        return cls(kind, int(value))  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.value}"
+
+    def scalars(self, task: TaskView) -> int:
+        """The budget in stored scalars for ``task``."""
+        if self.kind == "params":
+            return self.value
+        if task.num_classes is None:
+            raise BudgetError(f"budget {self} needs a classification task, but {task.name!r} is regression: use params=N.")
+        return self.value * task.num_classes * (task.input_size + 1)
+
+    def examples(self, task: TaskView) -> int:
+        """How many (input, label) pairs fit in the budget."""
+        return self.scalars(task) // (task.input_size + 1)
+
+    def ipc(self, task: TaskView) -> int:
+        """Examples per class that fit (classification), at least 1 or a :class:`BudgetError`."""
+        if task.num_classes is None:
+            raise BudgetError(f"task {task.name!r} has no classes: images per class do not apply; use params=N.")
+        n = self.value if self.kind == "ipc" else self.examples(task) // task.num_classes
+        if n < 1:
+            raise BudgetError(
+                f"budget {self} is below one example per class on {task.name!r} "
+                f"(needs {task.num_classes * (task.input_size + 1)} scalars): raise it."
+            )
+        return n
+
+
+# --------------------------------------------------------------------------------------------
+# Run context and progress
+# --------------------------------------------------------------------------------------------
+class Progress:
+    """Receives progress from long work. The harness shows it; tests read ``history``."""
+
+    def __init__(self, callback: Callable[[int, int | None, dict[str, float]], None] | None = None):
+        self.callback = callback
+        self.history: list[tuple[int, int | None, dict[str, float]]] = []
+
+    def update(self, step: int, total: int | None = None, **metrics: float) -> None:
+        """Report that ``step`` of ``total`` is done, with current values such as ``loss``."""
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self.history.append((step, total, metrics))
+        if self.callback is not None:
+            self.callback(step, total, metrics)
+
+
+@dataclass
+class RunContext:
+    """What the harness hands a distiller besides the task, the budget and the learner.
+
+    ``generator`` is a ``torch.Generator`` on ``device`` seeded with ``seed``: draw every random
+    number from it (or from generators seeded from it) so that a seed fixes the artifact.
+    ``profile`` is ``quick`` (CPU-sized) or ``full`` (the spec's sizes). Long loops should call
+    ``should_stop()`` and end early when it says so, recording that in ``Artifact.meta``.
+    """
+
+    device: torch.device
+    seed: int
+    generator: torch.Generator
+    progress: Progress = field(default_factory=Progress)
+    profile: str = "full"
+    time_limit_s: float | None = None
+    cache_dir: Path = field(default_factory=lambda: Path(".ddbench/cache"))
+    started: float = field(default_factory=time.perf_counter)
+
+    def should_stop(self) -> bool:
+        return self.time_limit_s is not None and time.perf_counter() - self.started > self.time_limit_s
+
+    def fork(self, offset: int) -> torch.Generator:
+        """A new generator on the device, seeded deterministically from this run's seed."""
+        return torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + offset)
+
+
+# --------------------------------------------------------------------------------------------
+# The three interfaces
+# --------------------------------------------------------------------------------------------
+class Component:
+    """Shared by tasks, learners and distillers: a public name, a description, quick options."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    quick: ClassVar[dict[str, Any]] = {}
+
+
+class Task(Component, ABC):
+    """Data and how to judge on it.
+
+    Subclasses set ``kind``, ``metric``, ``default_learner`` and implement :meth:`view_info`,
+    :meth:`load` and :meth:`recipe`. ``load`` must give the same splits for the same options.
+    """
+
+    kind: ClassVar[Kind] = "classification"
+    metric: ClassVar[str] = "accuracy"
+    default_learner: ClassVar[str] = "mlp"
+    num_classes: int | None
+    input_shape: tuple[int, ...]
+
+    @abstractmethod
+    def load(self) -> TaskData:
+        """The train / validation / test splits (CPU tensors; the harness moves them)."""
+
+    @abstractmethod
+    def recipe(self, profile: str) -> Recipe:
+        """The default evaluation recipe for ``profile`` (``quick`` or ``full``)."""
+
+    def info(self) -> dict[str, Any]:
+        """Public facts for methods: normalisation, DSA strategy, data kind."""
+        return {}
+
+    def score(self, pred: Tensor, y: Tensor) -> dict[str, float]:
+        """Metrics of predictions ``pred`` (logits or values) against targets ``y``."""
+        if self.kind == "classification":
+            return {"accuracy": (pred.argmax(1) == y).float().mean().item()}
+        mse = torch.mean((pred.flatten() - y) ** 2).item()
+        var = torch.var(y, unbiased=False).item()
+        return {"r2": 1.0 - mse / var, "mse": mse}
+
+    def artifact_metrics(self, artifact: Artifact) -> dict[str, float]:
+        """Task-specific diagnostics of an artifact (needs the task's hidden truth)."""
+        return {}
+
+
+class Learner(Component, ABC):
+    """A model family plus its training recipe."""
+
+    @abstractmethod
+    def build(self, task: TaskView, seed: int) -> nn.Module:
+        """A fresh model initialised from ``seed`` alone (no global RNG state)."""
+
+    @abstractmethod
+    def fit(self, model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator) -> nn.Module:
+        """Train ``model`` on the artifact's tensors with ``recipe``; randomness from ``generator``."""
+
+    def predict(self, model: nn.Module, x: Tensor, batch_size: int = 2048) -> Tensor:
+        """Outputs (logits or values) for ``x``, in chunks, without gradients."""
+        model.eval()
+        with torch.no_grad():
+            out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        model.train()
+        return out
+
+
+class Distiller(Component, ABC):
+    """Turns a task's train split into an :class:`Artifact` within a :class:`Budget`.
+
+    ``budget_exempt`` marks reference rows (the full train split) that the budget does not bind.
+    """
+
+    budget_exempt: ClassVar[bool] = False
+
+    def supports(self, task: TaskView) -> str | None:
+        """``None`` if the method applies to ``task``, else the reason it does not."""
+        return None
+
+    @abstractmethod
+    def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
+        """Build the artifact. Never touches test data (it is not in ``task``).
+
+        ``budget`` is ``None`` for ``budget_exempt`` distillers.
+        """
+
+
+INTERFACES: dict[str, type] = {"task": Task, "learner": Learner, "distiller": Distiller}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "task": ("load", "recipe", "score", "kind", "metric", "default_learner"),
+    "learner": ("build", "fit", "predict"),
+    "distiller": ("distill", "supports"),
+}

@@ -1,0 +1,202 @@
+"""Plugin discovery (the ``ddbench`` entry-point group) and the registries it fills."""
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from ddbench import hookspecs
+from ddbench.errors import PluginError, SuiteError, close_names, unknown
+from ddbench.interfaces import INTERFACES, REQUIRED
+
+ENTRY_POINT_GROUP = "ddbench"
+DISABLE_ENV = "DDBENCH_DISABLE_PLUGINS"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
+KINDS = ("task", "learner", "distiller")
+
+
+@dataclass
+class PluginInfo:
+    """One loaded plugin: where it came from and what it registered."""
+
+    name: str
+    version: str
+    source: str
+    registered: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
+
+
+class Registry:
+    """Name -> class for one kind of component, validated on registration."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.items: dict[str, type] = {}
+        self.owner: dict[str, str] = {}
+
+    def register(self, cls: Any, plugin: str) -> None:
+        what = f"plugin {plugin!r} registered"
+        if not inspect.isclass(cls):
+            raise PluginError(f"{what} {cls!r} as a {self.kind}, but it is not a class: register the {self.kind} class itself.")
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise PluginError(
+                f"{what} {self.kind} class {cls.__qualname__} without a valid `name` "
+                f"(lower-case letters, digits, '-', '_'): set the class attribute `name`."
+            )
+        missing = [m for m in REQUIRED[self.kind] if not hasattr(cls, m)]
+        abstract = sorted(getattr(cls, "__abstractmethods__", ()))
+        if missing or abstract:
+            base = INTERFACES[self.kind]
+            raise PluginError(
+                f"{what} {self.kind} {name!r} that does not implement the {base.__name__} interface "
+                f"(missing: {', '.join(missing + abstract)}): subclass ddbench.interfaces.{base.__name__} and implement them."
+            )
+        if name in self.items:
+            raise PluginError(
+                f"{what} {self.kind} {name!r}, already registered by plugin {self.owner[name]!r}: rename one of them."
+            )
+        self.items[name] = cls
+        self.owner[name] = plugin
+
+    def get(self, name: str) -> type:
+        if name not in self.items:
+            raise unknown(self.kind, name, self.items, f"See `ddbench ls {self.kind}s`.")
+        return self.items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self.items)
+
+
+def options_of(cls: type) -> dict[str, Any]:
+    """The constructor options of a component class and their defaults."""
+    params = inspect.signature(cls).parameters.values()
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {p.name: (None if p.default is p.empty else p.default) for p in params if p.kind in kinds}
+
+
+def instantiate(cls: type, options: dict[str, Any], profile: str = "full") -> Any:
+    """Build a component from user ``options`` over the ``quick`` profile's values."""
+    allowed = options_of(cls)
+    for key in options:
+        if key not in allowed:
+            raise SuiteError(
+                f"{cls.name!r} has no option {key!r}.{close_names(key, allowed)} "
+                f"Options: {', '.join(sorted(allowed)) or '(none)'}."
+            )
+    merged = {**(getattr(cls, "quick", {}) if profile == "quick" else {}), **options}
+    try:
+        return cls(**merged)
+    except (TypeError, ValueError) as exc:
+        raise SuiteError(f"bad options for {cls.name!r} {merged}: {exc}") from exc
+
+
+class PluginManager:
+    """Loads plugins and holds the task, learner and distiller registries."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("ddbench")
+        self.pm.add_hookspecs(hookspecs)
+        self.registries = {kind: Registry(kind) for kind in KINDS}
+        self.plugins: dict[str, PluginInfo] = {}
+
+    # -- loading -----------------------------------------------------------------------------
+    def load_entrypoints(self, disabled: Iterable[str] | None = None) -> None:
+        """Import and register every plugin of the ``ddbench`` entry-point group."""
+        if disabled is None:
+            disabled = [d.strip() for d in os.environ.get(DISABLE_ENV, "").split(",") if d.strip()]
+        disabled = set(disabled)
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in disabled or ep.name in self.plugins:
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure becomes a named error
+                raise PluginError(
+                    f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}. "
+                    f"Fix or uninstall it, or set {DISABLE_ENV}={ep.name}."
+                ) from exc
+            dist = ep.dist
+            version = dist.version if dist is not None else "?"
+            source = dist.metadata["Name"] if dist is not None else ep.value
+            self.add(module, ep.name, version=version, source=f"{source} (entry point {ep.value})")
+
+    def add(self, plugin: object, name: str, version: str = "?", source: str = "registered in code") -> None:
+        """Register one plugin object (a module or an instance with ``ddbench_*`` hooks)."""
+        if name in self.plugins:
+            raise PluginError(f"plugin {name!r} is already loaded: give the new one another name.")
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            raise PluginError(f"plugin {name!r} has an invalid hook: {exc}. Hooks must be named ddbench_* (see ddbench.hookspecs).") from exc
+        info = PluginInfo(name, version, source)
+        self.plugins[name] = info
+        hooks = {
+            "task": self.pm.hook.ddbench_register_tasks,
+            "learner": self.pm.hook.ddbench_register_learners,
+            "distiller": self.pm.hook.ddbench_register_distillers,
+        }
+        for kind, hook in hooks.items():
+            def register(cls: Any, _kind: str = kind) -> None:
+                self.registries[_kind].register(cls, name)
+                info.registered[_kind].append(cls.name)
+            try:
+                self._call_one(hook, plugin, register)
+            except PluginError:
+                self._forget(name)
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self._forget(name)
+                raise PluginError(f"plugin {name!r} raised while registering {kind}s: {type(exc).__name__}: {exc}") from exc
+
+    def _call_one(self, hook: Any, plugin: object, register: Any) -> None:
+        """Call ``hook`` on ``plugin`` alone, so each plugin registers exactly once."""
+        impls = [i for i in hook.get_hookimpls() if i.plugin is plugin]
+        for impl in impls:
+            impl.function(register=register)
+
+    def _forget(self, name: str) -> None:
+        for registry in self.registries.values():
+            for item in [n for n, owner in registry.owner.items() if owner == name]:
+                del registry.items[item], registry.owner[item]
+        self.plugins.pop(name, None)
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+
+    # -- lookup ------------------------------------------------------------------------------
+    def get(self, kind: str, name: str) -> type:
+        return self.registries[kind].get(name)
+
+    def names(self, kind: str) -> list[str]:
+        return self.registries[kind].names()
+
+    def owner(self, kind: str, name: str) -> str:
+        return self.registries[kind].owner[name]
+
+
+_default: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, loading entry points on first use."""
+    global _default
+    if _default is None:
+        manager = PluginManager()
+        manager.load_entrypoints()
+        _default = manager
+    return _default
+
+
+def reset_plugin_manager() -> None:
+    """Forget the process-wide manager (tests; after installing a plugin)."""
+    global _default
+    _default = None

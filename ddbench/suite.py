@@ -1,0 +1,153 @@
+"""Suites: which tasks, distillers, budgets and seeds a run covers (TOML files or the CLI).
+
+A suite file::
+
+    name = "my-suite"
+    profile = "quick"          # or "full": the spec's sizes
+    eval_seeds = 3             # K learners trained on every artifact (seeds 0..K-1)
+    distill_seeds = [0]
+
+    [[task]]
+    name = "digits"
+    budgets = ["ipc=1", "ipc=10"]
+    # learner = "convnet"; learner_options = {width = 64}; options = {...}
+
+    [[distiller]]
+    name = "random"
+    # options = {...}
+
+With no ``[[distiller]]`` table, every registered distiller runs (those that do not apply to a
+task are skipped with the reason).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ddbench.errors import BudgetError, SuiteError, close_names
+from ddbench.interfaces import Budget
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROFILES = ("quick", "full")
+SUITE_KEYS = {"name", "profile", "eval_seeds", "distill_seeds", "task", "distiller", "time_limit_s"}
+TASK_KEYS = {"name", "options", "budgets", "learner", "learner_options"}
+DISTILLER_KEYS = {"name", "options"}
+
+
+@dataclass
+class TaskEntry:
+    name: str
+    budgets: list[Budget]
+    options: dict[str, Any] = field(default_factory=dict)
+    learner: str | None = None
+    learner_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistillerEntry:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Suite:
+    name: str
+    tasks: list[TaskEntry]
+    distillers: list[DistillerEntry] | None  # None: every registered distiller
+    profile: str = "quick"
+    eval_seeds: int = 3
+    distill_seeds: list[int] = field(default_factory=lambda: [0])
+    time_limit_s: float | None = None
+
+
+def _check_keys(where: str, table: dict[str, Any], allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise SuiteError(f"{where}: unknown key {key!r}.{close_names(key, allowed)} Allowed: {', '.join(sorted(allowed))}.")
+
+
+def _need(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise SuiteError(f"{where}: {what} (got {value!r}).")
+    return value
+
+
+def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
+    """Validate a suite table; every problem is a one-line :class:`SuiteError` naming the key."""
+    _check_keys(source, data, SUITE_KEYS)
+    profile = data.get("profile", "quick")
+    if profile not in PROFILES:
+        raise SuiteError(f"{source}: profile must be one of {PROFILES} (got {profile!r}).")
+    eval_seeds = _need(source, data.get("eval_seeds", 3), int, "eval_seeds must be a positive integer")
+    if eval_seeds < 1:
+        raise SuiteError(f"{source}: eval_seeds must be a positive integer (got {eval_seeds}).")
+    seeds = _need(source, data.get("distill_seeds", [0]), list, "distill_seeds must be a list of integers")
+    for s in seeds:
+        _need(source, s, int, "distill_seeds must be a list of integers")
+    raw_tasks = _need(source, data.get("task"), list, "needs at least one [[task]] table with a name and budgets")
+    tasks = []
+    for i, t in enumerate(raw_tasks):
+        where = f"{source}: [[task]] #{i + 1}"
+        _need(where, t, dict, "must be a table")
+        _check_keys(where, t, TASK_KEYS)
+        name = _need(where, t.get("name"), str, "needs name = \"<task>\"")
+        budgets = _need(where, t.get("budgets", []), list, "budgets must be a list such as [\"ipc=10\", \"params=5000\"]")
+        try:
+            parsed = [Budget.parse(b) for b in budgets]
+        except BudgetError as exc:
+            raise SuiteError(f"{where} ({name}): {exc}") from exc
+        tasks.append(TaskEntry(name, parsed, _need(where, t.get("options", {}), dict, "options must be a table"),
+                               t.get("learner"), _need(where, t.get("learner_options", {}), dict, "learner_options must be a table")))
+    distillers = None
+    if "distiller" in data:
+        distillers = []
+        for i, d in enumerate(_need(source, data["distiller"], list, "[[distiller]] must be an array of tables")):
+            where = f"{source}: [[distiller]] #{i + 1}"
+            _need(where, d, dict, "must be a table")
+            _check_keys(where, d, DISTILLER_KEYS)
+            distillers.append(DistillerEntry(_need(where, d.get("name"), str, "needs name = \"<distiller>\""),
+                                             _need(where, d.get("options", {}), dict, "options must be a table")))
+    limit = data.get("time_limit_s")
+    if limit is not None:
+        _need(source, limit, (int, float), "time_limit_s must be a number of seconds")
+    return Suite(str(data.get("name", Path(source).stem)), tasks, distillers, profile, eval_seeds, list(seeds), limit)
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"suite file {str(path)!r} not found: pass an existing .toml file (see ddbench/suites/default.toml).")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"suite file {str(path)!r} is not valid TOML: {exc}.") from exc
+    return parse_suite(data, str(path))
+
+
+def default_suite() -> Suite:
+    """The quick suite ``ddbench run`` uses with no arguments (ships inside the package)."""
+    text = resources.files("ddbench").joinpath("suites/default.toml").read_text()
+    return parse_suite(tomllib.loads(text), "default.toml")
+
+
+def parse_named(text: str) -> tuple[str, dict[str, Any]]:
+    """``'multi-index:d=64,r=3,link=he2'`` -> ``('multi-index', {'d': 64, 'r': 3, 'link': 'he2'})``."""
+    name, _, rest = text.partition(":")
+    options: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise SuiteError(f"malformed option {part!r} in {text!r}: write NAME:key=value,key=value.")
+        try:
+            options[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = value.strip()
+    return name.strip(), options

@@ -1,0 +1,110 @@
+"""Coreset baselines (``specs/methods.md`` §9): real examples chosen, not synthesised."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Recipe, RunContext, TaskView
+
+
+def random_subset(task: TaskView, budget: Budget, generator: torch.Generator) -> Tensor:
+    """Indices of a seeded random subset: ``ipc`` per class (classification) or as many points as
+    the budget holds (regression)."""
+    device = task.train.y.device
+    if task.num_classes is None:
+        m = min(budget.examples(task), len(task.train))
+        return torch.randperm(len(task.train), generator=generator, device=device)[:m]
+    ipc = budget.ipc(task)
+    picks = []
+    for c in range(task.num_classes):
+        idx = task.class_index(c)
+        picks.append(idx[torch.randperm(len(idx), generator=generator, device=device)[:ipc]])
+    return torch.cat(picks)
+
+
+class Random(Distiller):
+    """Class-balanced random real subset (uniform, seeded); the reference for "gain vs random"."""
+
+    name = "random"
+    description = "random real subset: ipc per class (or params / (input+1) points)"
+
+    def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
+        idx = random_subset(task, budget, context.generator)
+        return Artifact({"x": task.train.x[idx].clone(), "y": task.train.y[idx].clone()})
+
+
+class Full(Distiller):
+    """The whole train split: a reference row, not bound by the budget.
+
+    ``epochs`` (optional) overrides the evaluation recipe's E: the full split takes far more steps
+    per epoch than a distilled set, so the CPU ``quick`` profile trains it for 40 epochs.
+    """
+
+    name = "full"
+    description = "the whole train split (reference row, not budget-limited)"
+    budget_exempt = True
+    quick = {"epochs": 40}
+
+    def __init__(self, epochs: int | None = None):
+        self.epochs = epochs
+
+    def distill(self, task: TaskView, budget: Budget | None, learner: Learner, context: RunContext) -> Artifact:
+        recipe = {} if self.epochs is None else {"epochs": self.epochs}
+        return Artifact({"x": task.train.x, "y": task.train.y}, recipe=recipe)
+
+
+def herding_select(features: Tensor, k: int) -> Tensor:
+    """Greedy herding (Welling 2009): repeatedly add the example that brings the running mean of
+    the selected features closest to the mean of all ``features``. Returns ``k`` indices."""
+    target = features.mean(0)
+    chosen: list[int] = []
+    total = torch.zeros_like(target)
+    available = torch.ones(len(features), dtype=torch.bool, device=features.device)
+    for step in range(min(k, len(features))):
+        dist = ((target - (total + features) / (step + 1)) ** 2).sum(1)
+        dist[~available] = float("inf")
+        i = int(dist.argmin())
+        chosen.append(i)
+        available[i] = False
+        total = total + features[i]
+    return torch.tensor(chosen, device=features.device, dtype=torch.long)
+
+
+class Herding(Distiller):
+    """Herding coreset in the learner's penultimate-feature space (§9; DC paper, iCaRL).
+
+    ``features='trained'`` (default, as §9): the learner is first trained on the full train split
+    for ``epochs`` (the task's recipe otherwise); ``'random'``: a randomly initialised learner.
+    """
+
+    name = "herding"
+    description = "greedy feature-mean matching (herding) coreset in the learner's embedding"
+    quick = {"epochs": 5}
+
+    def __init__(self, features: str = "trained", epochs: int = 30):
+        if features not in ("trained", "random"):
+            raise ValueError("features must be 'trained' or 'random'")
+        self.features, self.epochs = features, epochs
+
+    def supports(self, task: TaskView) -> str | None:
+        return "herding selects per class; the task is regression" if task.num_classes is None else None
+
+    def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
+        if not hasattr(learner, "embed"):
+            raise TypeError(f"herding needs a learner with an embed() method; {learner.name!r} has none.")
+        ipc = budget.ipc(task)
+        model = learner.build(task, context.seed).to(context.device)
+        if self.features == "trained":
+            recipe = Recipe(epochs=self.epochs)
+            learner.fit(model, Artifact({"x": task.train.x, "y": task.train.y}), recipe, context.generator)
+            context.progress.update(1, 2, stage=1)
+        model.eval()
+        with torch.no_grad():
+            picks = []
+            for c in range(task.num_classes):  # type: ignore[arg-type]
+                idx = task.class_index(c)
+                feats = torch.cat([learner.embed(model, task.train.x[idx[i : i + 1024]]) for i in range(0, len(idx), 1024)])
+                picks.append(idx[herding_select(feats, ipc)])
+        context.progress.update(2, 2, stage=2)
+        index = torch.cat(picks)
+        return Artifact({"x": task.train.x[index].clone(), "y": task.train.y[index].clone()}, meta={"features": self.features})

@@ -1,0 +1,63 @@
+"""ConvNet-3 exactly as ``specs/methods.md`` §2: [conv 3x3 -> instance norm -> ReLU -> avgpool 2] x depth,
+then one linear layer. Width, depth and the norm are options; the defaults are the paper's."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ddbench.interfaces import Artifact, Learner, Recipe, TaskView
+from ddbench_learners.training import require_classification, seeded, train_classifier
+
+NORMS = ("instancenorm", "batchnorm", "none")
+
+
+def norm_layer(kind: str, width: int) -> nn.Module:
+    if kind == "instancenorm":  # GroupNorm(width, width): per sample and channel, affine, no running stats
+        return nn.GroupNorm(width, width, affine=True, eps=1e-5)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(width)
+    return nn.Identity()
+
+
+class ConvNet(nn.Module):
+    def __init__(self, in_shape: tuple[int, ...], num_classes: int, width: int = 128, depth: int = 3, norm: str = "instancenorm"):
+        super().__init__()
+        channels, size = in_shape[0], in_shape[1]
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            # 1-channel inputs: padding 3 in the first conv (28x28 -> 32x32), as the reference code.
+            padding = 3 if (i == 0 and channels == 1) else 1
+            layers += [nn.Conv2d(channels if i == 0 else width, width, 3, padding=padding), norm_layer(norm, width), nn.ReLU(), nn.AvgPool2d(2, 2)]
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():  # F from a dry forward pass (handles any input size)
+            feat = self.features(torch.zeros(1, *in_shape)).shape[1]
+        self.classifier = nn.Linear(feat, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+class ConvNetLearner(Learner):
+    """ConvNet-3 (default: width 128, depth 3, instance norm) trained with the recipe of §3."""
+
+    name = "convnet"
+    description = "ConvNet-3 (128 channels, instance norm, avg pool) as in DC/DSA/DM/MTT"
+    quick = {"width": 32}  # CPU profile only; the spec's width 128 is the default everywhere else
+
+    def __init__(self, width: int = 128, depth: int = 3, norm: str = "instancenorm"):
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}")
+        self.width, self.depth, self.norm = width, depth, norm
+
+    def build(self, task: TaskView, seed: int) -> nn.Module:
+        classes = require_classification(task, self.name)
+        if len(task.input_shape) != 3:
+            raise ValueError(f"convnet needs (C, H, W) inputs; task {task.name!r} has shape {task.input_shape}: use the 'mlp' learner.")
+        return seeded(seed, lambda: ConvNet(task.input_shape, classes, self.width, self.depth, self.norm))
+
+    def fit(self, model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator) -> nn.Module:
+        return train_classifier(model, artifact, recipe, generator)
+
+    def embed(self, model: nn.Module, x: Tensor) -> Tensor:
+        """The flattened F-dim feature before the linear layer (DM's embedding)."""
+        return model.features(x)

