@@ -1,0 +1,1 @@
+"""Gradient and distribution matching distillers: DC, DSA and DM (to be implemented)."""

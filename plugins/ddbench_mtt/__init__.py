@@ -1,0 +1,1 @@
+"""Trajectory matching distiller: MTT (to be implemented)."""

@@ -1,0 +1,1 @@
+"""The two-layer multi-index distillation algorithm (to be implemented)."""
