@@ -55,7 +55,10 @@ def validate(artifact: Artifact, task: TaskView, budget: Budget | None, distille
                 f"artifact 'x' from {distiller!r} has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, task.input_shape))}) for task {task.name!r}."
             )
         y = artifact.tensors.get("y")
-        if y is None or len(y) != len(x):
+        if y is None and artifact.recipe.get("labels") == "class-balanced":
+            if task.num_classes is None or len(x) % task.num_classes:
+                raise ArtifactError(f"artifact from {distiller!r} declares class-balanced labels but has {len(x)} rows for {task.num_classes} classes: store 'y' instead.")
+        elif y is None or len(y) != len(x):
             raise ArtifactError(f"artifact from {distiller!r} needs a 'y' with one target per row of 'x' (got {None if y is None else len(y)} for {len(x)}).")
     storage = count_storage(artifact)
     if budget is not None:
@@ -66,6 +69,15 @@ def validate(artifact: Artifact, task: TaskView, budget: Budget | None, distille
                 f"artifact from {distiller!r} stores {storage.scalars} scalars, over the budget {budget} = {limit} scalars ({parts}): store less."
             )
     return storage
+
+
+def with_labels(artifact: Artifact, num_classes: int | None) -> Artifact:
+    """The artifact with ``y`` derived when its recipe declares class-balanced labels."""
+    if "y" in artifact.tensors or artifact.recipe.get("labels") != "class-balanced" or num_classes is None:
+        return artifact
+    x = artifact.tensors["x"]
+    y = torch.arange(num_classes, device=x.device).repeat_interleave(len(x) // num_classes)
+    return Artifact({**artifact.tensors, "y": y}, artifact.recipe, artifact.meta)
 
 
 def compression(task: TaskView, storage: Storage) -> float:

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from ddbench.artifact import compression, validate
+from ddbench.artifact import compression, validate, with_labels
 from ddbench.errors import DDBenchError, SuiteError
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Progress, RunContext, Task, TaskView
-from ddbench.plugins import PluginManager, instantiate
-from ddbench.suite import Suite
+from ddbench.plugins import PluginManager, check_options, instantiate
+from ddbench.suite import DistillerEntry, Suite
 
 
 def resolve_device(device: str) -> torch.device:
@@ -127,14 +127,14 @@ class Harness:
         """Expand a suite into cells, validating every name up front."""
         distillers = suite.distillers
         if distillers is None:
-            from ddbench.suite import DistillerEntry
             distillers = [DistillerEntry(n) for n in self.manager.names("distiller")]
         for entry in distillers:
-            self.manager.get("distiller", entry.name)
+            check_options(self.manager.get("distiller", entry.name), entry.options)
         for t in suite.tasks:
             task_cls = self.manager.get("task", t.name)
+            check_options(task_cls, t.options)
             learner = t.learner or task_cls.default_learner
-            self.manager.get("learner", learner)
+            check_options(self.manager.get("learner", learner), t.learner_options)
             if task_cls.kind == "regression" and any(b.kind == "ipc" for b in t.budgets):
                 raise SuiteError(f"task {t.name!r} is regression: ipc budgets do not apply; use params=N.")
             if not t.budgets:
@@ -213,7 +213,7 @@ class Harness:
     def _evaluate(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact, cell: Cell,
                   result: CellResult) -> None:
         recipe = task.recipe(cell.profile).updated(artifact.recipe)
-        artifact = artifact.to(self.device)
+        artifact = with_labels(artifact.to(self.device), view.num_classes)
         start = time.perf_counter()
         scores: list[dict[str, float]] = []
         for seed in cell.eval_seeds:

@@ -89,6 +89,9 @@ class Recipe:
     ``epochs`` is E: training runs over epoch indices 0..E (E + 1 epochs) and the learning rate
     is multiplied by 0.1 once, after epoch index E//2 + 1, as in the official ``evaluate_synset``.
     ``lr_from_artifact`` names an artifact tensor that holds a learned learning rate (MTT).
+    ``labels="class-balanced"`` declares hard labels implied by order (``ipc`` rows of class 0,
+    then class 1, ...): the artifact may then omit ``y`` and the harness derives it, so a method
+    that also stores a learned scalar still fits an ``ipc`` budget.
     ``options`` carries learner-specific public settings (the two-layer learner's step size).
     """
 
@@ -100,6 +103,7 @@ class Recipe:
     batch_size: int = 256
     augment: Literal["none", "dsa", "dc"] = "none"
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    labels: Literal["stored", "class-balanced"] = "stored"
     options: dict[str, Any] = field(default_factory=dict)
 
     def updated(self, overrides: dict[str, Any]) -> "Recipe":

@@ -80,8 +80,8 @@ def options_of(cls: type) -> dict[str, Any]:
     return {p.name: (None if p.default is p.empty else p.default) for p in params if p.kind in kinds}
 
 
-def instantiate(cls: type, options: dict[str, Any], profile: str = "full") -> Any:
-    """Build a component from user ``options`` over the ``quick`` profile's values."""
+def check_options(cls: type, options: dict[str, Any]) -> None:
+    """Reject option names the component's constructor does not take, suggesting close ones."""
     allowed = options_of(cls)
     for key in options:
         if key not in allowed:
@@ -89,6 +89,11 @@ def instantiate(cls: type, options: dict[str, Any], profile: str = "full") -> An
                 f"{cls.name!r} has no option {key!r}.{close_names(key, allowed)} "
                 f"Options: {', '.join(sorted(allowed)) or '(none)'}."
             )
+
+
+def instantiate(cls: type, options: dict[str, Any], profile: str = "full") -> Any:
+    """Build a component from user ``options`` over the ``quick`` profile's values."""
+    check_options(cls, options)
     merged = {**(getattr(cls, "quick", {}) if profile == "quick" else {}), **options}
     try:
         return cls(**merged)

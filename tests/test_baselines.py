@@ -1,0 +1,47 @@
+"""Baselines on digits: real subsets score well above chance and below the full train split."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddbench import Budget, RunContext
+from ddbench.plugins import instantiate
+from ddbench.suite import DistillerEntry, Suite, TaskEntry
+from ddbench_baselines.coresets import herding_select
+
+
+def test_herding_picks_the_mean_matching_order():
+    feats = torch.tensor([[0.0, 0.0], [2.0, 0.0], [-2.0, 0.0], [10.0, 10.0]])
+    # the mean is (2.5, 2.5); (2, 0) is the single point closest to it, so it is picked first
+    order = herding_select(feats, 4).tolist()
+    assert sorted(order) == [0, 1, 2, 3] and order[0] == 1
+    assert herding_select(feats, 2).tolist() == order[:2]
+
+
+def test_random_is_class_balanced_and_seeded(manager, digits):
+    _, view, _ = digits
+    random = instantiate(manager.get("distiller", "random"), {})
+    learner = instantiate(manager.get("learner", "convnet"), {}, "quick")
+
+    def run(seed):
+        ctx = RunContext(torch.device("cpu"), seed, torch.Generator().manual_seed(seed))
+        return random.distill(view, Budget.parse("ipc=3"), learner, ctx)
+
+    a, b, c = run(0), run(0), run(1)
+    assert torch.bincount(a.y).tolist() == [3] * 10
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+
+
+@pytest.mark.slow
+def test_real_subsets_between_chance_and_full(harness):
+    suite = Suite("baselines", [TaskEntry("digits", [Budget.parse("ipc=10")])],
+                  [DistillerEntry("random"), DistillerEntry("herding"), DistillerEntry("full")], "quick", 3, [0])
+    results = {r.cell.distiller: r for r in harness.run(suite)}
+    assert all(r.status == "ok" for r in results.values()), {k: r.error for k, r in results.items()}
+    full = results["full"].mean
+    assert full > 0.9
+    for name in ("random", "herding"):
+        r = results[name]
+        assert r.mean > 0.1 + 0.4, f"{name} at ipc=10 should be far above chance (0.1): {r.values}"
+        assert r.mean < full + 0.01, f"{name} at ipc=10 should not beat the full split ({full:.3f}): {r.values}"
+        assert r.stored_params == 100 * 65

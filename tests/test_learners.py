@@ -1,0 +1,58 @@
+"""Learners: ConvNet-3 matches the spec's parameter counts; builds are seeded; training follows the recipe."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddbench import Artifact, Recipe, Split, TaskView
+from ddbench.plugins import instantiate
+
+
+def view(shape, classes=10) -> TaskView:
+    empty = Split(torch.zeros(0, *shape), torch.zeros(0, dtype=torch.long))
+    return TaskView("t", "classification", classes, shape, empty, empty)
+
+
+@pytest.mark.parametrize("shape, classes, params", [((1, 8, 8), 10, 298_506), ((1, 28, 28), 10, 317_706),
+                                                     ((3, 32, 32), 10, 320_010), ((3, 32, 32), 100, 504_420)])
+def test_convnet3_parameter_counts(manager, shape, classes, params):
+    """specs/methods.md §2."""
+    model = instantiate(manager.get("learner", "convnet"), {}).build(view(shape, classes), seed=0)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model.features[0].padding == ((3, 3) if shape[0] == 1 else (1, 1))
+    assert isinstance(model.features[1], torch.nn.GroupNorm) and model.features[1].num_groups == 128
+
+
+@pytest.mark.parametrize("learner", ["convnet", "mlp"])
+def test_build_is_seeded_and_leaves_global_rng_alone(manager, learner):
+    cls = manager.get("learner", learner)
+    state = torch.random.get_rng_state()
+    a, b, c = (instantiate(cls, {}, "quick").build(view((1, 8, 8)), seed=s) for s in (3, 3, 4))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_training_decays_lr_once_after_epoch_e_half_plus_one(manager, monkeypatch):
+    """evaluate_synset: epochs 0..E, lr x0.1 after epoch index E//2 + 1 (optimiser rebuilt)."""
+    made = []
+    real_sgd = torch.optim.SGD
+
+    def spy(params, lr, **kw):
+        made.append(lr)
+        return real_sgd(params, lr=lr, **kw)
+
+    monkeypatch.setattr(torch.optim, "SGD", spy)
+    learner = instantiate(manager.get("learner", "mlp"), {})
+    model = learner.build(view((1, 8, 8)), 0)
+    art = Artifact({"x": torch.randn(20, 1, 8, 8), "y": torch.arange(10).repeat(2)})
+    learner.fit(model, art, Recipe(epochs=4, lr=0.5), torch.Generator().manual_seed(0))
+    assert made == [0.5, pytest.approx(0.05)]
+
+
+def test_learned_lr_is_read_from_the_artifact(manager):
+    from ddbench_learners.training import learning_rate
+
+    art = Artifact({"lr": torch.tensor(0.03)})
+    assert learning_rate(art, Recipe(lr_from_artifact="lr")) == pytest.approx(0.03)
+    assert learning_rate(art, Recipe(lr=0.01)) == 0.01
