@@ -1,8 +1,12 @@
 """Storage accounting and validation of artifacts, done by the harness, never by a plugin."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,3 +88,51 @@ def compression(task: TaskView, storage: Storage) -> float:
     """Stored scalars of the full train split divided by the artifact's."""
     full = len(task.train) * (math.prod(task.input_shape) + 1)
     return full / max(storage.scalars, 1)
+
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+
+
+def content_hash(artifact: Artifact) -> str:
+    """SHA-256 over tensor names, dtypes, shapes and bytes (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(artifact.tensors):
+        t = artifact.tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save(artifact: Artifact, path: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Write ``path`` (.safetensors) and a JSON sidecar with the recipe, meta, ``info`` (task,
+    distiller, budget, config, versions) and the content hash. Never pickle."""
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in artifact.tensors.items()}, str(path))
+    sidecar = {"recipe": artifact.recipe, "meta": artifact.meta, "info": info or {}, "sha256": content_hash(artifact)}
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def load(path: str | Path) -> Artifact:
+    """Read an artifact saved by :func:`save`; pickle-based files are refused, hashes checked."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        raise ArtifactError(f"refusing to load {path.name!r}: pickle files can run code when loaded; share artifacts as .safetensors + .json.")
+    if not path.is_file():
+        raise ArtifactError(f"artifact file {str(path)!r} not found.")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{path.name!r} is not a safetensors file ({exc}): share artifacts as .safetensors + .json.") from exc
+    sidecar_path = path.with_suffix(".json")
+    sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else {}
+    artifact = Artifact(tensors, sidecar.get("recipe", {}), sidecar.get("meta", {}))
+    if sidecar.get("sha256") and sidecar["sha256"] != content_hash(artifact):
+        raise ArtifactError(f"{path.name!r} does not match the hash in its sidecar: the file was changed or corrupted.")
+    return artifact

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from ddbench import __version__
 from ddbench.errors import DDBenchError, SuiteError
 from ddbench.harness import CellResult, Harness
 from ddbench.plugins import get_plugin_manager, options_of
 from ddbench.report import table
+from ddbench.store import DEFAULT_PATH, ResultStore, result_from_dict
 from ddbench.suite import DistillerEntry, TaskEntry, default_suite, load_suite, parse_named
 from ddbench.interfaces import Budget
 
@@ -34,6 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--time-limit", type=float, metavar="S", help="seconds a distiller may run per cell")
     run.add_argument("--data-root", help="folder holding torchvision datasets (or $DDBENCH_DATA_ROOT)")
     run.add_argument("--download", action="store_true", help="let torchvision tasks download missing data")
+    run.add_argument("--store", help=f"results store (default {DEFAULT_PATH} or $DDBENCH_STORE)")
+    run.add_argument("--force", action="store_true", help="recompute cells already finished in the store")
+    run.add_argument("--save-artifacts", metavar="DIR", help="save every artifact as .safetensors + .json under DIR")
+
+    board = sub.add_parser("leaderboard", help="write leaderboards (Markdown, CSV, plot) from stored results")
+    source = board.add_mutually_exclusive_group()
+    source.add_argument("--store", help=f"results store to read (default {DEFAULT_PATH})")
+    source.add_argument("--results", help="an exported results.json to read instead of a store")
+    board.add_argument("--suite", help="only the cells of this suite file")
+    board.add_argument("--task", action="append", default=[], help="only these tasks")
+    board.add_argument("--out", default="leaderboards", help="output folder (default leaderboards/)")
+
+    cmp = sub.add_parser("compare", help="exit 1 when NEW regresses against OLD")
+    cmp.add_argument("old", help="results store (.sqlite), results.json or leaderboard .csv")
+    cmp.add_argument("new", help="results store (.sqlite), results.json or leaderboard .csv")
+    cmp.add_argument("--fail-on", action="append", default=[], metavar="METRIC:DELTA",
+                     help="e.g. accuracy:-1.0 (absolute) or distill_s:+20%% (relative)")
 
     ls = sub.add_parser("ls", help="list registered tasks, learners or distillers")
     ls.add_argument("kind", choices=["tasks", "learners", "distillers"])
@@ -89,25 +109,63 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.set_description_str(f"{label} step {step}{f'/{total}' if total else ''} {shown}", refresh=False)
         bar.refresh()
 
-    harness = Harness(manager, args.device, on_progress=on_progress)
+    harness = Harness(manager, args.device, on_progress=on_progress, artifact_dir=args.save_artifacts)
     cells = list(harness.cells(suite))
-    bar.total = len(cells)
-    print(f"ddbench {__version__}: suite {suite.name!r}, {len(cells)} cells, profile {suite.profile}, "
-          f"device {harness.device}, {suite.eval_seeds} eval seeds", file=sys.stderr)
+    store = ResultStore(args.store, manager)
+    done = {c.key() for c in cells if not args.force and store.done(c)}
+    bar.total = len(cells) - len(done)
+    print(f"ddbench {__version__}: suite {suite.name!r}, {len(cells)} cells ({len(done)} already in {store.path}), "
+          f"profile {suite.profile}, device {harness.device}, {suite.eval_seeds} eval seeds", file=sys.stderr)
 
     def on_result(result: CellResult) -> None:
+        store.put(result, suite.name)
         bar.update(1)
         c = result.cell
         what = f"{result.metric} {result.mean:.4f} ± {result.std:.4f}" if result.status == "ok" else f"{result.status}: {result.error}"
         tqdm.write(f"{c.label}: {what} ({result.distill_s + result.eval_s:.1f} s)", file=sys.stderr)
 
     start = time.perf_counter()
-    results = harness.run(suite, on_result=on_result)
+    new = harness.run(suite, on_result=on_result, skip=lambda c: c.key() in done)
+    results = [result_from_dict(r) for r in store.records([c.key() for c in cells])]
+    store.close()
     bar.close()
-    print(table(results))
+    print(table(sorted(results, key=lambda r: [c.key() for c in cells].index(r.cell.key()))))
     failed = sum(r.status == "failed" for r in results)
-    print(f"\n{len(results)} cells in {time.perf_counter() - start:.1f} s on {harness.device}; {failed} failed.", file=sys.stderr)
+    print(f"\n{len(new)} cells run in {time.perf_counter() - start:.1f} s on {harness.device} ({len(done)} reused); "
+          f"{failed} failed. Results in {store.path}.", file=sys.stderr)
     return min(failed, 100)
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from ddbench import leaderboard
+
+    if args.results:
+        path = Path(args.results)
+        if not path.is_file():
+            raise SuiteError(f"results file {args.results!r} not found: pass a results.json written by `ddbench leaderboard`.")
+        records = json.loads(path.read_text())
+    else:
+        store = ResultStore(args.store)
+        records = store.records()
+        store.close()
+    if args.suite:
+        keys = {c.key() for c in Harness(get_plugin_manager(), "cpu").cells(load_suite(args.suite))}
+        records = [r for r in records if r["key"] in keys]
+    if not records:
+        raise SuiteError("no stored results to build a leaderboard from: run `ddbench run` first (or pass --store/--results).")
+    for path in leaderboard.write(records, Path(args.out), args.task or None):
+        print(path)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ddbench.compare import Rule, compare, load_rows
+
+    rules = [Rule.parse(r) for r in args.fail_on] or [Rule.parse("accuracy:-1.0"), Rule.parse("r2:-0.02")]
+    text, regressions = compare(load_rows(args.old), load_rows(args.new), rules)
+    print(text)
+    print(f"\n{regressions} regression(s) against {', '.join(f'{r.metric}:{r}' for r in rules)}.", file=sys.stderr)
+    return 1 if regressions else 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -143,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"run": cmd_run, "ls": cmd_ls, "plugins": cmd_plugins}[args.command](args)
+        commands = {"run": cmd_run, "ls": cmd_ls, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard, "compare": cmd_compare}
+        return commands[args.command](args)
     except DDBenchError as exc:
         print(f"ddbench: error: {exc}", file=sys.stderr)
         return 2

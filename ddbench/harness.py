@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ddbench.artifact import compression, validate, with_labels
+from ddbench.artifact import compression, save, validate, with_labels
 from ddbench.errors import DDBenchError, SuiteError
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Progress, RunContext, Task, TaskView
 from ddbench.plugins import PluginManager, check_options, instantiate
@@ -84,6 +84,12 @@ class CellResult:
     device: str = ""
     error: str = ""
     traceback: str = ""
+    random_ref: float | None = None  # mean metric of `random` at this budget under this cell's recipe
+
+    @property
+    def gain(self) -> float | None:
+        """Metric minus the random-subset reference (same budget, seed and recipe)."""
+        return None if self.random_ref is None or not self.values else self.mean - self.random_ref
 
     @property
     def mean(self) -> float:
@@ -104,12 +110,15 @@ class Harness:
     """Runs suites of cells with the plugins of ``manager`` on ``device``."""
 
     def __init__(self, manager: PluginManager, device: str = "auto", cache_dir: Path | str = ".ddbench/cache",
-                 on_progress: Callable[[str, int, int | None, dict[str, float]], None] | None = None):
+                 on_progress: Callable[[str, int, int | None, dict[str, float]], None] | None = None,
+                 artifact_dir: Path | str | None = None):
         self.manager = manager
         self.device = resolve_device(device)
         self.cache_dir = Path(cache_dir)
+        self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else None
         self.on_progress = on_progress
         self._tasks: dict[str, tuple[Task, TaskView, Any]] = {}
+        self._random_refs: dict[str, float] = {}
 
     # -- building ----------------------------------------------------------------------------
     def task(self, name: str, options: dict[str, Any], profile: str) -> tuple[Task, TaskView, Any]:
@@ -177,9 +186,19 @@ class Harness:
             result.stored_params, result.stored_bytes = storage.scalars, storage.bytes
             result.by_tensor, result.by_dtype = storage.by_tensor, storage.by_dtype
             result.compression = compression(view, storage)
-            self._evaluate(task, view, test, learner, artifact, cell, result)
+            if self.artifact_dir is not None:
+                save(artifact, self.artifact_dir / f"{cell.task}-{cell.distiller}-{cell.key()}", {"cell": cell.config(), "key": cell.key()})
+            start = time.perf_counter()
+            scores = self._scores(task, view, test, learner, artifact, cell)
+            result.eval_s = time.perf_counter() - start
+            result.metric = task.metric
+            result.values = [s[task.metric] for s in scores]
+            for key in scores[0]:
+                if key != task.metric:
+                    result.extra[key] = statistics.fmean(s[key] for s in scores)
             result.extra.update(task.artifact_metrics(artifact))
             result.status = "ok"
+            result.random_ref = self._random_reference(task, view, test, learner, cell, artifact.recipe, result)
         except Exception as exc:  # noqa: BLE001 - a failing cell never takes the run down
             result.status = "failed"
             message = str(exc).splitlines()[0] if str(exc) else ""
@@ -210,19 +229,39 @@ class Harness:
         result.peak_mb = _peak_mb(self.device)
         return artifact
 
-    def _evaluate(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact, cell: Cell,
-                  result: CellResult) -> None:
+    def _scores(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact,
+                cell: Cell) -> list[dict[str, float]]:
+        """Train a fresh learner per evaluation seed on the artifact; score each on test."""
         recipe = task.recipe(cell.profile).updated(artifact.recipe)
         artifact = with_labels(artifact.to(self.device), view.num_classes)
-        start = time.perf_counter()
         scores: list[dict[str, float]] = []
         for seed in cell.eval_seeds:
             model = learner.build(view, seed).to(self.device)
             learner.fit(model, artifact, recipe, torch.Generator(self.device).manual_seed(seed))
             scores.append(task.score(learner.predict(model, test.x), test.y))
-        result.eval_s = time.perf_counter() - start
-        result.metric = task.metric
-        result.values = [s[task.metric] for s in scores]
-        for key in scores[0]:
-            if key != task.metric:
-                result.extra[key] = statistics.fmean(s[key] for s in scores)
+        return scores
+
+    def _random_reference(self, task: Task, view: TaskView, test: Any, learner: Learner, cell: Cell,
+                          recipe: dict[str, Any], result: CellResult) -> float | None:
+        """The ``random`` baseline at this cell's budget and seed, trained with this cell's recipe
+        (augmentation, epochs; a learned lr or implied labels do not carry over). Memoised, so a
+        suite without ``random`` still gets its gain column at the cost of one evaluation per recipe."""
+        if cell.budget is None or "random" not in self.manager.names("distiller"):
+            return None
+        overrides = {k: v for k, v in recipe.items() if k not in ("lr_from_artifact", "labels")}
+        key = json.dumps([cell.task, cell.task_options, str(cell.budget), cell.seed, cell.eval_seeds, cell.learner,
+                          cell.learner_options, cell.profile, overrides], sort_keys=True, default=str)
+        if cell.distiller == "random" and not overrides:
+            self._random_refs[key] = result.mean
+        if key not in self._random_refs:
+            random: Distiller = instantiate(self.manager.get("distiller", "random"), {}, cell.profile)
+            context = RunContext(self.device, cell.seed, torch.Generator(self.device).manual_seed(cell.seed),
+                                 Progress(), cell.profile, None, self.cache_dir)
+            try:
+                artifact = random.distill(view, cell.budget, learner, context)
+                artifact.recipe = overrides
+                scores = self._scores(task, view, test, learner, artifact, cell)
+            except Exception:  # noqa: BLE001 - the reference is a column, not the cell
+                return None
+            self._random_refs[key] = statistics.fmean(s[task.metric] for s in scores)
+        return self._random_refs[key]

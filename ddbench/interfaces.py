@@ -283,9 +283,12 @@ class Task(Component, ABC):
         return {}
 
     def score(self, pred: Tensor, y: Tensor) -> dict[str, float]:
-        """Metrics of predictions ``pred`` (logits or values) against targets ``y``."""
+        """Metrics of predictions ``pred`` (logits or values) against targets ``y``.
+
+        Accuracy is in percent (as published tables); R^2 = 1 - MSE / Var(y), with MSE beside it.
+        """
         if self.kind == "classification":
-            return {"accuracy": (pred.argmax(1) == y).float().mean().item()}
+            return {"accuracy": 100.0 * (pred.argmax(1) == y).float().mean().item()}
         mse = torch.mean((pred.flatten() - y) ** 2).item()
         var = torch.var(y, unbiased=False).item()
         return {"r2": 1.0 - mse / var, "mse": mse}

@@ -57,7 +57,7 @@ def test_listings(capsys):
 
 
 def test_run_prints_table_and_counts_failed_cells(capsys, tmp_path):
-    code, out, err = run(capsys, "run", "--task", "digits", "--budget", "ipc=1", "--budget", "params=100",
+    code, out, err = run(capsys, "run", "--store", str(tmp_path / "r.sqlite"), "--task", "digits", "--budget", "ipc=1", "--budget", "params=100",
                          "--distiller", "random", "--seeds", "1", "--device", "cpu")
     assert code == 1  # params=100 cannot hold one example per class
     assert any(l.startswith("| digits | random") and "ipc=1" in l and "| ok" in l for l in out.splitlines())

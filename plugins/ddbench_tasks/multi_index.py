@@ -3,9 +3,14 @@
 x ~ N(0, I_d); y = g(U^T x) + noise with U (d x r, orthonormal columns, QR of a seeded Gaussian).
 U is known to this task (for scoring and diagnostics) and never shown to distillers or learners.
 The test split is fresh Gaussian inputs with **noise-free** targets f*(x), so R^2 = 1 - MSE/Var(f*).
+
+The public recipe of the two-layer learner (eta_1 = rho sqrt(d), ridge lambda) is calibrated once
+per task instance on the train and **validation** splits only (theory.md §3; see
+:meth:`MultiIndex.calibration`); the test split is never used for any choice.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -13,8 +18,18 @@ import torch
 from torch import Tensor
 
 from ddbench.interfaces import Artifact, Recipe, Split, Task, TaskData
+from ddbench_learners.two_layer import (
+    TwoLayer,
+    feature_moments,
+    first_layer_step,
+    ridge_from_moments,
+)
 
 LINKS = ("he2", "he2+he3", "degenerate")
+RIDGE_GRID = tuple(10.0**k for k in range(-6, 1))  # theory.md §3: 1e-6 ... 1e0, log grid
+RHO_GRID = (0.5, 1.0, 2.0, 4.0)  # theory.md §3: the validation sweep of rho
+RHO_RULES = ("norm", "val")
+ORACLE_INITS = 5  # theory.md §5: fresh-init diagnostic over 5 fresh theta0
 
 
 def he2(z: Tensor) -> Tensor:
@@ -37,12 +52,21 @@ def link_fn(name: str, z: Tensor) -> Tensor:
     raise ValueError(f"unknown link {name!r}: use one of {LINKS}")
 
 
+def default_n(d: int, r: int, cap: int) -> int:
+    """theory.md §7: n = C d^2 r with C = 4, capped (record when capped: see ``info()['n_capped']``)."""
+    return min(4 * d * d * r, cap)
+
+
 class MultiIndex(Task):
     """Gaussian multi-index regression y = g(U^T x) + N(0, noise^2) (theory.md §2).
 
-    Options: ``d`` input dimension, ``r`` intrinsic dimension, ``link`` (he2, he2+he3,
-    degenerate), ``noise`` label noise std, ``n`` train examples (validation is carved from them),
-    ``n_test`` fresh test inputs, ``seed`` (draws U and every split).
+    Reconstruction (see specs/theory.md). Options: ``d`` input dimension, ``r`` intrinsic dimension,
+    ``link`` (he2, he2+he3, degenerate), ``noise`` label noise std, ``n`` examples before the
+    validation carve (default 4 d^2 r capped at ``n_cap``, §7), ``n_test`` fresh test inputs,
+    ``seed`` (draws U and every split). Public recipe (§3): ``rho`` and ``ridge`` fix eta_1 = rho
+    sqrt(d) and lambda; left at ``None`` they are calibrated on validation (``rho_rule``: ``norm``
+    sets the full-data median ||w1_j|| to 1, ``val`` sweeps rho over {0.5, 1, 2, 4}) for a
+    two-layer network of width ``calib_width`` (match the learner's width).
     """
 
     name = "multi-index"
@@ -51,18 +75,24 @@ class MultiIndex(Task):
     metric = "r2"
     default_learner = "two-layer"
     num_classes = None
-    quick = {"n_test": 20000}
+    quick = {"n_test": 20000, "n_cap": 20000}
 
-    def __init__(self, d: int = 32, r: int = 2, link: str = "he2", noise: float = 0.1, n: int = 8192,
-                 n_test: int = 100_000, val_fraction: float = 0.1, seed: int = 0):
+    def __init__(self, d: int = 32, r: int = 2, link: str = "he2", noise: float = 0.1, n: int | None = None,
+                 n_cap: int = 1_000_000, n_test: int = 100_000, val_fraction: float = 0.1, seed: int = 0,
+                 rho: float | None = None, ridge: float | None = None, rho_rule: str = "norm", calib_width: int = 256):
         if link not in LINKS:
             raise ValueError(f"unknown link {link!r}: use one of {LINKS}")
         if link == "degenerate" and r < 3:
             raise ValueError("link 'degenerate' needs r >= 3")
         if not 1 <= r <= d:
-            raise ValueError("need 1 <= r <= d")
+            raise ValueError(f"need 1 <= r <= d (got r={r}, d={d})")
+        if rho_rule not in RHO_RULES:
+            raise ValueError(f"unknown rho_rule {rho_rule!r}: use one of {RHO_RULES}")
         self.d, self.r, self.link, self.noise = d, r, link, noise
-        self.n, self.n_test, self.val_fraction, self.seed = n, n_test, val_fraction, seed
+        self.n = n if n is not None else default_n(d, r, n_cap)
+        self.n_capped = n is None and self.n < 4 * d * d * r
+        self.n_test, self.val_fraction, self.seed = n_test, val_fraction, seed
+        self.rho, self.ridge, self.rho_rule, self.calib_width = rho, ridge, rho_rule, calib_width
         self.input_shape = (d,)
         g = torch.Generator().manual_seed(seed)
         self.U = torch.linalg.qr(torch.randn(d, r, generator=g, dtype=torch.float64))[0].float()
@@ -82,21 +112,121 @@ class MultiIndex(Task):
             self._data = TaskData(Split(x[n_val:], y[n_val:]), Split(x[:n_val], y[:n_val]), Split(xt, self.target(xt)))
         return self._data
 
+    # -- the public recipe --------------------------------------------------------------------
+    @functools.cached_property
+    def _calibration(self) -> dict[str, Any]:
+        data = self.load()
+        x, y = data.train.x.double(), data.train.y.double()
+        alpha, beta = y.mean(), (y[:, None] * x).mean(0)
+        y_pre = (y - alpha - x @ beta).float()
+        model = TwoLayer(self.d, self.calib_width, seed=0)
+        w_unit = first_layer_step(model, data.train.x, y_pre, math.sqrt(self.d))  # eta_1 = sqrt(d), rho = 1
+        median_norm = w_unit.norm(dim=1).median().item()
+        if self.rho is not None:
+            rhos = [self.rho]
+        elif self.rho_rule == "norm":
+            rhos = [1.0 / max(median_norm, 1e-12)]
+        else:
+            rhos = list(RHO_GRID)
+        ridges = [self.ridge] if self.ridge is not None else list(RIDGE_GRID)
+        model.reinit_bias()
+        xv, yv = data.val.x, data.val.y
+        table = []
+        for rho in rhos:
+            w = rho * w_unit
+            gram, rhs, _ = feature_moments(w, model.b, data.train.x, y_pre)
+            phi_val = torch.relu(xv @ w.T + model.b).double()
+            base = alpha + xv.double() @ beta
+            for lam in ridges:
+                pred = base + phi_val @ ridge_from_moments(gram, rhs, lam)
+                r2 = 1 - ((pred - yv.double()) ** 2).mean().item() / yv.double().var(unbiased=False).item()
+                table.append({"rho": rho, "ridge": lam, "val_r2": r2})
+        best = max(table, key=lambda row: row["val_r2"])
+        return {"rho": best["rho"], "ridge": best["ridge"], "val_r2": best["val_r2"], "median_w1_norm_rho1": median_norm,
+                "rule": "given" if self.rho is not None else self.rho_rule, "width": self.calib_width, "table": table}
+
+    def calibration(self) -> dict[str, Any]:
+        """The public two-layer recipe and how it was chosen (theory.md §3), computed once.
+
+        Full-data teacher at init seed 0 and width ``calib_width``, on the train split; rho by
+        ``rho_rule`` (``norm``: 1 / median ||w1_j|| at rho = 1, so the median first-layer row norm is
+        1; ``val``: the best of {0.5, 1, 2, 4} on validation), then lambda from 1e-6 ... 1e0 by
+        validation R^2 (noisy validation labels). Options ``rho``/``ridge`` skip the search.
+        """
+        return self._calibration
+
     def recipe(self, profile: str) -> Recipe:
-        """The two-layer learner's public settings: step-size factor rho (eta_1 = rho sqrt(d)) and
-        ridge lambda. Fixed defaults here; see theory.md §3 for their calibration."""
-        return Recipe(epochs=0, batch_size=0, options={"rho": 1.0, "ridge": 1e-3})
+        """The two-layer learner's public settings: rho (eta_1 = rho sqrt(d)) and ridge lambda, calibrated
+        on validation (see :meth:`calibration`). ``epochs``/``batch_size`` do not apply (closed form)."""
+        cal = self.calibration()
+        return Recipe(epochs=0, batch_size=0, options={"rho": cal["rho"], "ridge": cal["ridge"]})
 
     def info(self) -> dict[str, Any]:
-        return {"data": "vector", "d": self.d, "r": self.r, "link": self.link, "theory_budget": self.r**2 * self.d}
+        return {"data": "vector", "d": self.d, "r": self.r, "link": self.link, "n": self.n, "n_capped": self.n_capped,
+                "theory_budget": self.r**2 * self.d}
 
-    def alignment(self, x: Tensor) -> float:
-        """mean_k ||P_U x_k|| / ||x_k|| (1 = every row inside span(U))."""
-        x = x.float().cpu()
-        return ((x @ self.U).norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)).mean().item()
+    # -- diagnostics (need U) ------------------------------------------------------------------
+    def alignment(self, x: Tensor) -> Tensor:
+        """Per row ||P_U x_k|| / ||x_k|| (1 = the row lies inside span(U))."""
+        x = x.detach().float().cpu()
+        return (x @ self.U).norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)
+
+    def subspace_overlap(self, x: Tensor) -> float:
+        """||U^T Q||_F^2 / r with Q the top-r right singular vectors of ``x`` (theory.md §5)."""
+        x = x.detach().double().cpu()
+        q = torch.linalg.svd(x, full_matrices=False)[2][: self.r].T
+        return ((self.U.double().T @ q).norm() ** 2 / self.r).item()
+
+    def first_layer_alignment(self, w: Tensor) -> float:
+        """||W U||_F / ||W||_F (theory.md §5)."""
+        w = w.detach().double().cpu()
+        return ((w @ self.U.double()).norm() / w.norm().clamp_min(1e-300)).item()
 
     def artifact_metrics(self, artifact: Artifact) -> dict[str, float]:
-        key = "x1" if "x1" in artifact.tensors else "x"
-        if key not in artifact.tensors:
+        """theory.md §5 diagnostics: input alignment (mean, min, at init, v's), subspace overlap, the
+        theory budget r^2 d + L; for two-stage artifacts also first-layer alignment (student and
+        teacher at the same theta0) and the fresh-init "oracle head" R^2."""
+        tensors = artifact.tensors
+        key = "x1" if "x1" in tensors else "x"
+        if key not in tensors:
             return {}
-        return {"alignment": self.alignment(artifact.tensors[key])}
+        align = self.alignment(tensors[key])
+        out = {"alignment": align.mean().item(), "alignment_min": align.min().item(),
+               "subspace_overlap": self.subspace_overlap(tensors[key])}
+        if "x1" not in tensors:
+            return out
+        meta = artifact.meta
+        if "x1_init" in meta:
+            out["alignment_init"] = self.alignment(torch.tensor(meta["x1_init"])).mean().item()
+        out["v_alignment"] = self.alignment(tensors["v"][None]).item()
+        if "width" in meta:
+            out["theory_budget"] = float(self.r**2 * self.d + meta["width"])
+        if "init_seed" in meta and "width" in meta:
+            out.update(self._first_layer_metrics(artifact, int(meta["init_seed"]), int(meta["width"])))
+        return out
+
+    def _first_layer_metrics(self, artifact: Artifact, init_seed: int, width: int) -> dict[str, float]:
+        recipe = self.recipe("full").updated(artifact.recipe).options
+        eta = float(recipe["rho"]) * math.sqrt(self.d)
+        data = self.load()
+        x1, y1 = artifact.tensors["x1"].float().cpu(), artifact.tensors["y1"].float().cpu()
+        x, y = data.train.x, data.train.y
+        y_pre = y - y.mean() - x @ (y[:, None] * x).mean(0)
+        model = TwoLayer(self.d, width, init_seed)
+        student = first_layer_step(model, x1, y1, eta)
+        teacher = first_layer_step(model, x, y_pre, eta)
+        out = {"w1_alignment": self.first_layer_alignment(student), "teacher_w1_alignment": self.first_layer_alignment(teacher)}
+        # fresh-init diagnostic ("oracle head"): fresh theta0, W-step on S1, head fit on real data
+        test = data.test
+        scores = []
+        for k in range(ORACLE_INITS):
+            fresh = TwoLayer(self.d, width, seed=10_000_019 + init_seed * ORACLE_INITS + k)
+            fresh.W = first_layer_step(fresh, x1, y1, eta)
+            fresh.reinit_bias()
+            fresh.alpha, fresh.beta = y.mean(), (y[:, None] * x).mean(0)
+            gram, rhs, _ = feature_moments(fresh.W, fresh.b, x, y_pre)
+            fresh.a = ridge_from_moments(gram, rhs, float(recipe["ridge"])).float()
+            pred = torch.cat([fresh(test.x[i : i + 8192]) for i in range(0, len(test.x), 8192)])
+            scores.append(self.score(pred, test.y)["r2"])
+        out["oracle_head_r2"] = sum(scores) / len(scores)
+        return out

@@ -1,0 +1,102 @@
+"""Leaderboards regenerate byte for byte; ``ddbench compare`` flags planted regressions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ddbench import Budget
+from ddbench.cli import main
+from ddbench.harness import Cell, CellResult
+from ddbench.leaderboard import aggregate, pareto, write
+from ddbench.store import result_to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def record(distiller: str, budget: str | None, values: list[float], seed: int = 0, distill_s: float = 2.0,
+           params: int = 650, ref: float | None = 60.0) -> dict:
+    cell = Cell("digits", {}, distiller, {}, Budget.parse(budget) if budget else None, seed, [0, 1], "convnet", {}, "quick")
+    result = CellResult(cell, "ok", "accuracy", values, stored_params=params, compression=121.1, distill_s=distill_s,
+                        eval_s=1.0, peak_mb=300.0, device="cpu", random_ref=ref)
+    return {**result_to_dict(result), "key": cell.key(), "finished_at": "2026-11-22T00:00:00Z",
+            "provenance": {"ddbench": "0.1.0", "commit": "abc", "torch": "2", "python": "3.11", "plugins": {}}}
+
+
+RECORDS = [record("random", "ipc=1", [60.0, 62.0]), record("herding", "ipc=1", [70.0, 74.0]),
+           record("herding", "ipc=1", [72.0, 72.0], seed=1), record("full", None, [98.0, 98.0], params=78715, ref=None),
+           record("random", "ipc=10", [90.0, 91.0], params=6500, ref=90.5)]
+
+
+def test_aggregate_over_seeds():
+    rows = {(r.distiller, r.budget): r for r in aggregate(RECORDS)}
+    herding = rows[("herding", "ipc=1")]
+    assert herding.values == [70.0, 74.0, 72.0, 72.0] and herding.seeds == [0, 1]
+    assert herding.mean == pytest.approx(72.0) and herding.gain_vs_random == pytest.approx(12.0)
+    assert herding.metric_per_kparam == pytest.approx(72.0 / 0.65)
+
+
+def test_pareto_front():
+    assert pareto([(650, 72), (650, 61), (6500, 90), (6500, 70), (78715, 98)]) == [(650, 72), (6500, 90), (78715, 98)]
+
+
+def test_leaderboard_regenerates_byte_for_byte(tmp_path):
+    out = tmp_path / "lb"
+    write(RECORDS, out)
+    first = (out / "digits.md").read_bytes()
+    assert b"| 1      | herding" in first and b"| ref    | full" in first and b"## Budget ipc=10" in first
+    assert main(["leaderboard", "--results", str(out / "results.json"), "--out", str(out)]) == 0
+    assert (out / "digits.md").read_bytes() == first
+    assert (out / "digits.png").stat().st_size > 1000 and (out / "digits.csv").read_text().startswith("task,distiller,budget")
+
+
+def test_committed_default_leaderboard_reproduces():
+    board = ROOT / "leaderboards" / "default"
+    if not (board / "results.json").is_file():
+        pytest.fail("leaderboards/default/results.json is missing: regenerate with `ddbench leaderboard --out leaderboards/default`")
+    committed = {p.name: p.read_bytes() for p in board.glob("*.md")}
+    records = json.loads((board / "results.json").read_text())
+    from ddbench.leaderboard import markdown
+
+    rows = aggregate(records)
+    regenerate = "ddbench leaderboard --results leaderboards/default/results.json --out leaderboards/default"
+    for name, text in committed.items():
+        assert (markdown(name[:-3], rows, records, regenerate) + "\n").encode() == text, name
+
+
+def write_json(path: Path, records: list[dict]) -> str:
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+def test_compare_flags_planted_regressions(tmp_path, capsys):
+    old = write_json(tmp_path / "old.json", RECORDS)
+    rules = ["--fail-on", "accuracy:-1.0", "--fail-on", "distill_s:+20%"]
+    assert main(["compare", old, old, *rules]) == 0
+    capsys.readouterr()
+    dropped = [dict(r, values=[v - 2.0 for v in r["values"]]) if r["config"]["distiller"] == "herding" else r for r in RECORDS]
+    assert main(["compare", old, write_json(tmp_path / "drop.json", dropped), *rules]) == 1
+    flagged = [l.split("|")[1:-1] for l in capsys.readouterr().out.splitlines() if "REGRESSION" in l]
+    assert [[c.strip() for c in l] for l in flagged] == [["digits", "herding", "ipc=1", "accuracy", "72", "70", "-2", "-1", "REGRESSION"]]
+    slower = [dict(r, distill_s=r["distill_s"] * 1.5) for r in RECORDS]
+    assert main(["compare", old, write_json(tmp_path / "slow.json", slower), *rules]) == 1
+    flagged = [[c.strip() for c in l.split("|")[1:-1]] for l in capsys.readouterr().out.splitlines() if "REGRESSION" in l]
+    assert len(flagged) == 4 and all(f[3:] == ["distill_s", "2", "3", "+50%", "+20%", "REGRESSION"] for f in flagged)
+    missing = RECORDS[:-1]
+    assert main(["compare", old, write_json(tmp_path / "missing.json", missing), *rules]) == 1
+
+
+def test_compare_reads_leaderboard_csvs(tmp_path):
+    write(RECORDS, tmp_path / "a")
+    csv = str(tmp_path / "a" / "digits.csv")
+    assert main(["compare", csv, csv, "--fail-on", "accuracy:-0.5"]) == 0
+
+
+@pytest.mark.parametrize("rule, message", [("accuracy:+1", "a regression is a drop: write accuracy:-1"),
+                                           ("distill_s:-20%", "a regression is a rise: write distill_s:+20%"),
+                                           ("acuracy:-1", "Did you mean: accuracy"), ("accuracy", "malformed --fail-on")])
+def test_compare_rule_errors(tmp_path, capsys, rule, message):
+    old = write_json(tmp_path / "old.json", RECORDS)
+    assert main(["compare", old, old, "--fail-on", rule]) == 2
+    assert message in capsys.readouterr().err
