@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list registered tasks, learners or distillers")
     ls.add_argument("kind", choices=["tasks", "learners", "distillers"])
     sub.add_parser("plugins", help="list loaded plugins: version, source, what each registered")
+
+    scaffold = sub.add_parser("new-plugin", help="write a ready-to-install distiller plugin package")
+    scaffold.add_argument("name", help="distiller name, e.g. my-method (package ddbench-my-method)")
+    scaffold.add_argument("--dir", default=".", help="folder to create the package in (default: here)")
     return parser
 
 
@@ -194,6 +198,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from ddbench.scaffold import write_plugin
+
+    root = write_plugin(args.name, args.dir, taken=get_plugin_manager().names("distiller"))
+    print(root)
+    print(f"next: pip install -e {root} && pytest {root}  (then: ddbench plugins)", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -201,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        commands = {"run": cmd_run, "ls": cmd_ls, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard, "compare": cmd_compare}
+        commands = {"run": cmd_run, "ls": cmd_ls, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
+                    "new-plugin": cmd_new_plugin}
         return commands[args.command](args)
     except DDBenchError as exc:
         print(f"ddbench: error: {exc}", file=sys.stderr)
