@@ -23,6 +23,7 @@ from ddbench.artifact import compression, save, validate, with_labels
 from ddbench.errors import DDBenchError, SuiteError
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Progress, RunContext, Task, TaskView
 from ddbench.plugins import PluginManager, check_options, instantiate
+from ddbench.provenance import provenance
 from ddbench.suite import DistillerEntry, Suite
 
 
@@ -80,6 +81,7 @@ class CellResult:
     compression: float = 0.0
     distill_s: float = 0.0
     eval_s: float = 0.0
+    eval_mode: str = ""  # how the K evaluation nets trained: "ensemble" (vmapped) or "sequential[: reason]"
     peak_mb: float = 0.0
     device: str = ""
     error: str = ""
@@ -187,9 +189,11 @@ class Harness:
             result.by_tensor, result.by_dtype = storage.by_tensor, storage.by_dtype
             result.compression = compression(view, storage)
             if self.artifact_dir is not None:
-                save(artifact, self.artifact_dir / f"{cell.task}-{cell.distiller}-{cell.key()}", {"cell": cell.config(), "key": cell.key()})
+                info = {"cell": cell.config(), "key": cell.key(), "provenance": provenance(self.manager),
+                        "recipe": task.recipe(cell.profile).updated(artifact.recipe).as_dict(), "storage": asdict(storage)}
+                save(artifact, self.artifact_dir / f"{cell.task}-{cell.distiller}-{cell.key()}", info)
             start = time.perf_counter()
-            scores = self._scores(task, view, test, learner, artifact, cell)
+            scores, result.eval_mode = self._scores(task, view, test, learner, artifact, cell)
             result.eval_s = time.perf_counter() - start
             result.metric = task.metric
             result.values = [s[task.metric] for s in scores]
@@ -230,16 +234,22 @@ class Harness:
         return artifact
 
     def _scores(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact,
-                cell: Cell) -> list[dict[str, float]]:
-        """Train a fresh learner per evaluation seed on the artifact; score each on test."""
+                cell: Cell) -> tuple[list[dict[str, float]], str]:
+        """Train a fresh learner per evaluation seed on the artifact; score each on test. Also returns
+        how they were trained: a learner with ``fit_ensemble(models, artifact, recipe, generators)
+        -> str`` trains the K models itself (together where it can) and says how, e.g. ``ensemble``."""
         recipe = task.recipe(cell.profile).updated(artifact.recipe)
         artifact = with_labels(artifact.to(self.device), view.num_classes)
-        scores: list[dict[str, float]] = []
-        for seed in cell.eval_seeds:
-            model = learner.build(view, seed).to(self.device)
-            learner.fit(model, artifact, recipe, torch.Generator(self.device).manual_seed(seed))
-            scores.append(task.score(learner.predict(model, test.x), test.y))
-        return scores
+        models = [learner.build(view, seed).to(self.device) for seed in cell.eval_seeds]
+        generators = [torch.Generator(self.device).manual_seed(seed) for seed in cell.eval_seeds]
+        fit_ensemble = getattr(learner, "fit_ensemble", None)
+        if fit_ensemble is not None:  # K nets at once (a vmapped ensemble), same results as one by one
+            mode = fit_ensemble(models, artifact, recipe, generators)
+        else:
+            for model, generator in zip(models, generators):
+                learner.fit(model, artifact, recipe, generator)
+            mode = "sequential"
+        return [task.score(learner.predict(model, test.x), test.y) for model in models], mode
 
     def _random_reference(self, task: Task, view: TaskView, test: Any, learner: Learner, cell: Cell,
                           recipe: dict[str, Any], result: CellResult) -> float | None:
@@ -260,7 +270,7 @@ class Harness:
             try:
                 artifact = random.distill(view, cell.budget, learner, context)
                 artifact.recipe = overrides
-                scores = self._scores(task, view, test, learner, artifact, cell)
+                scores, _ = self._scores(task, view, test, learner, artifact, cell)
             except Exception:  # noqa: BLE001 - the reference is a column, not the cell
                 return None
             self._random_refs[key] = statistics.fmean(s[task.metric] for s in scores)

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS cells (
 """
 
 RESULT_FIELDS = ("status", "metric", "values", "extra", "stored_params", "stored_bytes", "by_tensor", "by_dtype",
-                 "compression", "distill_s", "eval_s", "peak_mb", "device", "error", "traceback", "random_ref")
+                 "compression", "distill_s", "eval_s", "eval_mode", "peak_mb", "device", "error", "traceback", "random_ref")
 
 
 def default_store_path() -> Path:

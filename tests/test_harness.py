@@ -121,3 +121,18 @@ def test_budget_conversion(digits):
     for bad in ("ipc=0", "ipc=x", "imgs=3", "10"):
         with pytest.raises(BudgetError, match="malformed budget"):
             Budget.parse(bad)
+
+
+def test_saved_artifact_sidecar_records_the_cell(test_harness, tmp_path):
+    import json
+
+    from ddbench.artifact import load
+
+    saving = Harness(test_harness.manager, "cpu", cache_dir=test_harness.cache_dir, artifact_dir=tmp_path)
+    (result,) = saving.run(suite(("fixed", {"mode": "ok"})))
+    (path,) = tmp_path.glob("digits-fixed-*.safetensors")
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["info"]["cell"]["distiller"] == "fixed" and sidecar["info"]["cell"]["budget"] == "ipc=1"
+    assert sidecar["info"]["recipe"]["epochs"] == FAST["epochs"] and sidecar["info"]["provenance"]["torch"]
+    assert sidecar["info"]["storage"]["scalars"] == result.stored_params
+    assert torch.equal(load(path).tensors["y"], torch.arange(10))

@@ -2,10 +2,13 @@
 then one linear layer. Width, depth and the norm are options; the defaults are the paper's."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from ddbench.interfaces import Artifact, Learner, Recipe, TaskView
+from ddbench_learners.ensemble import fit_classifiers
 from ddbench_learners.training import require_classification, seeded, train_classifier
 
 NORMS = ("instancenorm", "batchnorm", "none")
@@ -36,18 +39,27 @@ class ConvNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
 
+    def layers(self) -> list[nn.Module]:
+        """The layers in forward order (``forward`` is their plain chain): the ensemble's grouped path."""
+        return [*self.features, self.classifier]
+
 
 class ConvNetLearner(Learner):
-    """ConvNet-3 (default: width 128, depth 3, instance norm) trained with the recipe of §3."""
+    """ConvNet-3 (default: width 128, depth 3, instance norm) trained with the recipe of §3.
+
+    ``ensemble``: the harness's K evaluation nets train as one vmapped ensemble (§13.3; BatchNorm
+    falls back to sequential training). ``bf16``: bf16 autocast while training on CUDA (§13.5).
+    """
 
     name = "convnet"
     description = "ConvNet-3 (128 channels, instance norm, avg pool) as in DC/DSA/DM/MTT"
     quick = {"width": 32}  # CPU profile only; the spec's width 128 is the default everywhere else
 
-    def __init__(self, width: int = 128, depth: int = 3, norm: str = "instancenorm"):
+    def __init__(self, width: int = 128, depth: int = 3, norm: str = "instancenorm", ensemble: bool = True, bf16: bool = False):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}")
         self.width, self.depth, self.norm = width, depth, norm
+        self.ensemble, self.bf16 = ensemble, bf16
 
     def build(self, task: TaskView, seed: int) -> nn.Module:
         classes = require_classification(task, self.name)
@@ -56,7 +68,12 @@ class ConvNetLearner(Learner):
         return seeded(seed, lambda: ConvNet(task.input_shape, classes, self.width, self.depth, self.norm))
 
     def fit(self, model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator) -> nn.Module:
-        return train_classifier(model, artifact, recipe, generator)
+        return train_classifier(model, artifact, recipe, generator, bf16=self.bf16)
+
+    def fit_ensemble(self, models: Sequence[nn.Module], artifact: Artifact, recipe: Recipe,
+                     generators: Sequence[torch.Generator]) -> str:
+        """Train the K models as :meth:`fit` would, together where possible; returns how."""
+        return fit_classifiers(models, artifact, recipe, generators, ensemble=self.ensemble, bf16=self.bf16)
 
     def embed(self, model: nn.Module, x: Tensor) -> Tensor:
         """The flattened F-dim feature before the linear layer (DM's embedding)."""

@@ -35,12 +35,14 @@ def learning_rate(artifact: Artifact, recipe: Recipe) -> float:
     return float(artifact.tensors[recipe.lr_from_artifact].detach().reshape(-1)[0])
 
 
-def train_classifier(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator) -> nn.Module:
+def train_classifier(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator,
+                     bf16: bool = False) -> nn.Module:
     """Train on the artifact's ``x`` and ``y`` (hard labels, or soft label rows) as ``evaluate_synset``:
 
     SGD (momentum, weight decay from the recipe), cross-entropy, shuffled batches, epoch indices
     0..E, lr x 0.1 once after epoch index E//2 + 1 (the optimiser is rebuilt then, as in the
     reference code, which resets momentum). Augmentation per sample, drawn from ``generator``.
+    ``bf16``: forward and backward under bf16 autocast on CUDA (ignored on CPU).
     """
     x, y = artifact.x, artifact.y
     device = x.device
@@ -50,13 +52,15 @@ def train_classifier(model: nn.Module, artifact: Artifact, recipe: Recipe, gener
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     n, bs = len(x), max(1, min(recipe.batch_size, len(x)))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
     model.train()
     for epoch in range(recipe.epochs + 1):
         perm = torch.randperm(n, generator=generator, device=device)
         for i in range(0, n, bs):
             idx = perm[i : i + bs]
             xb = x[idx] if augment is None else augment(x[idx])
-            loss = F.cross_entropy(model(xb), y[idx])
+            with autocast:
+                loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,136 @@
+"""Speed of the vmapped evaluation ensemble against sequential training, and the effect of bf16.
+
+For the GPU check of issue 8 (specs/methods.md §13.3, §13.5):
+
+    python tests/benchmarks/ensemble_speed.py --device cuda
+
+1. Speed: K ConvNet-3 models (full width 128) on random CIFAR-10-shaped tensors at ipc=10
+   (100 images, one batch per epoch), per-sample DSA, ``--epochs`` epochs: sequential
+   ``train_classifier`` one model after the other versus one ``train_ensemble`` call (grouped path
+   and the generic vmap path), wall time after a warm-up, and the ratio.
+2. Equality and bf16: the same K models trained on the digits task (ships with scikit-learn, no
+   download) at ipc=10 for ``--accuracy-epochs`` epochs, sequential fp32, ensemble fp32 and
+   ensemble bf16 autocast; per-model test accuracies and their means.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from ddbench import Artifact, Recipe
+from ddbench.harness import Harness
+from ddbench.plugins import get_plugin_manager
+from ddbench_learners.convnet import ConvNet
+from ddbench_learners.ensemble import train_ensemble
+from ddbench_learners.training import seeded, train_classifier
+
+DSA = "color_crop_cutout_flip_scale_rotate"
+
+
+class Chained(ConvNet):
+    """ConvNet-3 without ``layers()``: forces the engine's generic vmap path."""
+
+    layers = None  # type: ignore[assignment]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def build(cls: type[nn.Module], shape: tuple[int, ...], k: int, width: int, device: torch.device) -> list[nn.Module]:
+    return [seeded(s, lambda: cls(shape, 10, width)).to(device) for s in range(k)]
+
+
+def generators(k: int, device: torch.device) -> list[torch.Generator]:
+    return [torch.Generator(device).manual_seed(s) for s in range(k)]
+
+
+def speed(args: argparse.Namespace, device: torch.device) -> None:
+    shape = (3, 32, 32)
+    gen = torch.Generator(device).manual_seed(0)
+    x = torch.randn(10 * args.ipc, *shape, generator=gen, device=device)
+    y = torch.arange(10, device=device).repeat_interleave(args.ipc)
+    recipe = Recipe(epochs=args.epochs - 1, augment="dsa", dsa_strategy=DSA)
+    warm = Recipe(epochs=2, augment="dsa", dsa_strategy=DSA)
+
+    def sequential(r: Recipe) -> None:
+        for model, g in zip(build(ConvNet, shape, args.k, args.width, device), generators(args.k, device)):
+            train_classifier(model, Artifact({"x": x, "y": y}), r, g)
+
+    def ensemble(cls: type[nn.Module], r: Recipe) -> None:
+        train_ensemble(build(cls, shape, args.k, args.width, device), x, y, r, generators(args.k, device))
+
+    runs = {"sequential": sequential, "ensemble (grouped)": lambda r: ensemble(ConvNet, r),
+            "ensemble (vmap)": lambda r: ensemble(Chained, r)}
+    times = {}
+    for name, run in runs.items():
+        run(warm)
+        times[name] = timed(lambda: run(recipe), device)
+    print(f"\nspeed: K={args.k} ConvNet-3 width {args.width}, CIFAR-10 shape, ipc={args.ipc}, {args.epochs} epochs, DSA, "
+          f"device {device_name(device)}")
+    for name, t in times.items():
+        print(f"  {name:20s} {t:8.2f} s  {t / args.epochs * 1e3:8.2f} ms/epoch  ratio {times['sequential'] / t:5.2f}x")
+
+
+def accuracy(args: argparse.Namespace, device: torch.device) -> None:
+    harness = Harness(get_plugin_manager(), str(device))
+    _, view, test = harness.task("digits", {}, "full")
+    idx = torch.cat([view.class_index(c)[: args.ipc] for c in range(10)])
+    x, y = view.train.x[idx], view.train.y[idx]
+    recipe = Recipe(epochs=args.accuracy_epochs, augment="dsa", dsa_strategy="color_crop_cutout_scale_rotate")
+
+    def score(models: list[nn.Module]) -> list[float]:
+        with torch.no_grad():
+            return [100.0 * (m(test.x).argmax(1) == test.y).float().mean().item() for m in models]
+
+    results = {}
+    models = build(ConvNet, view.input_shape, args.k, args.width, device)
+    seconds = timed(lambda: [train_classifier(m, Artifact({"x": x, "y": y}), recipe, g)
+                             for m, g in zip(models, generators(args.k, device))], device)
+    results["sequential fp32"] = (score(models), seconds)
+    for name, bf16 in (("ensemble fp32", False), ("ensemble bf16", True)):
+        models = build(ConvNet, view.input_shape, args.k, args.width, device)
+        seconds = timed(lambda: train_ensemble(models, x, y, recipe, generators(args.k, device), bf16=bf16), device)
+        results[name] = (score(models), seconds)
+    print(f"\naccuracy: digits ipc={args.ipc}, K={args.k} ConvNet-3 width {args.width}, E={args.accuracy_epochs}, DSA "
+          f"(bf16 is ignored on cpu)")
+    for name, (acc, seconds) in results.items():
+        print(f"  {name:16s} mean {statistics.fmean(acc):6.2f} std {statistics.pstdev(acc):5.2f}  {seconds:7.1f} s  "
+              f"per model {' '.join(f'{a:.2f}' for a in acc)}")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=100, help="epochs timed in the speed run")
+    parser.add_argument("--accuracy-epochs", type=int, default=300, help="E of the accuracy run (E + 1 epochs)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes (§13.6)
+    speed(args, device)
+    accuracy(args, device)
+
+
+if __name__ == "__main__":
+    main()

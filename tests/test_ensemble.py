@@ -1,0 +1,216 @@
+"""The vmapped evaluation ensemble (specs/methods.md §3, §13.3): each of the K models ends where
+sequential training with the same seed ends, to floating-point tolerance."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddbench import Artifact, Budget, Distiller, Learner, Recipe, hookimpl
+from ddbench.harness import CellResult, Harness
+from ddbench.plugins import PluginManager, instantiate
+from ddbench.suite import DistillerEntry, Suite, TaskEntry
+from ddbench_learners.ensemble import flat_parameters, grouped_layers, sgd_step, train_ensemble, vmap_unsupported
+from ddbench_learners.training import seeded, train_classifier
+
+SEEDS = (0, 1, 2)
+STRATEGY = "color_crop_cutout_flip_scale_rotate"  # every DSA family, flip included
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    """digits at ipc=10 (100 real images, 10 per class) and its test split."""
+    _, view, test = digits
+    idx = torch.cat([view.class_index(c)[:10] for c in range(10)])
+    return view, test, view.train.x[idx], view.train.y[idx]
+
+
+def learner(manager, name="convnet", **options):
+    return instantiate(manager.get("learner", name), {"width": 16, **options}, "quick")
+
+
+def sequential(lrn, view, artifact, recipe):
+    models = [lrn.build(view, s) for s in SEEDS]
+    for seed, model in zip(SEEDS, models):
+        train_classifier(model, artifact, recipe, torch.Generator().manual_seed(seed))
+    return models
+
+
+def together(lrn, view, artifact, recipe):
+    models = [lrn.build(view, s) for s in SEEDS]
+    mode = lrn.fit_ensemble(models, artifact, recipe, [torch.Generator().manual_seed(s) for s in SEEDS])
+    return models, mode
+
+
+def accuracy(model, test) -> float:
+    with torch.no_grad():
+        return 100.0 * (model(test.x).argmax(1) == test.y).float().mean().item()
+
+
+@pytest.mark.parametrize("name", ["convnet", "mlp"])
+@pytest.mark.parametrize("augment", ["none", "dsa", "dc"])
+def test_ensemble_equals_sequential_per_model(manager, small, name, augment):
+    """Same init, shuffle and augmentation draws per seed: parameters and test accuracies match."""
+    view, test, x, y = small
+    lrn = learner(manager, name)
+    recipe = Recipe(epochs=6, lr=0.01, batch_size=32, augment=augment, dsa_strategy=STRATEGY)  # 4 steps/epoch, decay after 4
+    seq = sequential(lrn, view, Artifact({"x": x, "y": y}), recipe)
+    ens, mode = together(lrn, view, Artifact({"x": x, "y": y}), recipe)
+    assert mode == "ensemble"
+    for a, b in zip(seq, ens):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(pb, pa, rtol=1e-4, atol=1e-5)
+        assert accuracy(b, test) == pytest.approx(accuracy(a, test), abs=100.0 / len(test.y) + 1e-9)
+    assert not torch.equal(ens[0].classifier.weight, ens[1].classifier.weight)  # each model its own seed
+
+
+def test_generic_vmap_path_equals_sequential(small):
+    """A vmappable model without ``layers()`` trains through vmap(grad) over functional_call."""
+    _, test, x, y = small
+    build = [lambda s=s: seeded(s, lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Tanh(),
+                                                               torch.nn.Linear(32, 10))) for s in SEEDS]
+    recipe = Recipe(epochs=4, lr=0.05, batch_size=32, augment="dsa", dsa_strategy=STRATEGY)
+    seq, ens = [b() for b in build], [b() for b in build]
+    for seed, model in zip(SEEDS, seq):
+        train_classifier(model, Artifact({"x": x, "y": y}), recipe, torch.Generator().manual_seed(seed))
+    assert grouped_layers(ens[0]) is None
+    train_ensemble(ens, x, y, recipe, [torch.Generator().manual_seed(s) for s in SEEDS])
+    for a, b in zip(seq, ens):
+        torch.testing.assert_close(b(test.x), a(test.x), rtol=1e-4, atol=1e-5)
+
+
+def test_learned_lr_and_soft_labels(manager, small):
+    """lr_from_artifact (MTT) and soft label rows train identically in both paths."""
+    view, test, x, y = small
+    lrn = learner(manager)
+    soft = torch.softmax(F.one_hot(y, 10).float() * 3.0, dim=1)
+    artifact = Artifact({"x": x, "y": soft, "lr": torch.tensor(0.2)})
+    recipe = Recipe(epochs=3, batch_size=50, augment="dsa", dsa_strategy=STRATEGY, lr_from_artifact="lr")
+    seq = sequential(lrn, view, artifact, recipe)
+    ens, _ = together(lrn, view, artifact, recipe)
+    for a, b in zip(seq, ens):
+        torch.testing.assert_close(b(test.x[:64]), a(test.x[:64]), rtol=1e-4, atol=1e-4)
+    slow = sequential(lrn, view, Artifact({"x": x, "y": soft, "lr": torch.tensor(0.001)}), recipe)
+    assert not torch.allclose(slow[0](test.x[:64]), seq[0](test.x[:64]), atol=1e-3)
+
+
+def test_sgd_step_matches_torch_sgd_including_momentum_reset():
+    """Stacked SGD == torch.optim.SGD (momentum, weight decay), bitwise, across a rebuilt optimiser."""
+    gen = torch.Generator().manual_seed(0)
+    ref = [torch.randn(3, 4, generator=gen), torch.randn(5, generator=gen)]
+    mine = [p.clone() for p in ref]
+    grads = [[torch.randn(p.shape, generator=gen) for p in ref] for _ in range(5)]
+    refp = [torch.nn.Parameter(p) for p in ref]
+    opt = torch.optim.SGD(refp, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    buffers = None
+    for step, gs in enumerate(grads):
+        if step == 3:  # the lr decay rebuilds the optimiser: momentum restarts
+            opt, buffers = torch.optim.SGD(refp, lr=0.01, momentum=0.9, weight_decay=5e-4), None
+        for p, g in zip(refp, gs):
+            p.grad = g.clone()
+        opt.step()
+        buffers = sgd_step(mine, [g.clone() for g in gs], buffers, 0.1 if step < 3 else 0.01, 0.9, 5e-4)
+    for a, b in zip(refp, mine):
+        assert torch.equal(a.detach(), b)
+
+
+def test_batchnorm_falls_back_to_sequential_and_says_so(manager, small):
+    view, _, x, y = small
+    lrn = learner(manager, norm="batchnorm")
+    recipe = Recipe(epochs=2, batch_size=50)
+    seq = sequential(lrn, view, Artifact({"x": x, "y": y}), recipe)
+    ens, mode = together(lrn, view, Artifact({"x": x, "y": y}), recipe)
+    assert mode.startswith("sequential: BatchNorm2d")
+    for a, b in zip(seq, ens):
+        assert all(torch.equal(pa, pb) for pa, pb in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match="cannot train these models as a vmapped ensemble: BatchNorm2d"):
+        train_ensemble(ens, x, y, recipe, [torch.Generator() for _ in ens])
+
+
+def test_engine_rejects_mismatched_inputs(manager, small):
+    view, _, x, y = small
+    convnet, mlp = learner(manager).build(view, 0), learner(manager, "mlp").build(view, 0)
+    assert vmap_unsupported([convnet, mlp]) == "the models differ in architecture"
+    assert vmap_unsupported([convnet, learner(manager, width=8).build(view, 0)]) == "the models differ in architecture"
+    with pytest.raises(ValueError, match="2 models but 1 generators"):
+        train_ensemble([convnet, learner(manager).build(view, 1)], x, y, Recipe(epochs=0), [torch.Generator()])
+
+
+def test_on_epoch_gives_flat_trajectories_for_experts(manager, small):
+    """The MTT expert use (§7): constant lr, no momentum or weight decay, a flat vector per epoch;
+    equal to a plain per-model SGD loop with the same seeds."""
+    view, _, x, y = small
+    lrn = learner(manager)
+    recipe = Recipe(epochs=3, lr=0.05, momentum=0.0, weight_decay=0.0, batch_size=40)
+    experts = [lrn.build(view, s) for s in SEEDS]
+    trajectory = []
+    train_ensemble(experts, x, y, recipe, [torch.Generator().manual_seed(s) for s in SEEDS], lr_decay=False,
+                   on_epoch=lambda epoch, params: trajectory.append((epoch, flat_parameters(params).clone())))
+    assert [e for e, _ in trajectory] == [0, 1, 2, 3]
+    final = torch.stack([torch.cat([p.detach().flatten() for p in m.parameters()]) for m in experts])
+    assert trajectory[-1][1].shape == (len(SEEDS), sum(p.numel() for p in experts[0].parameters()))
+    assert torch.equal(trajectory[-1][1], final)
+    for seed, expert in zip(SEEDS, experts):  # reference: torch.optim.SGD at a constant lr
+        model, gen = lrn.build(view, seed), torch.Generator().manual_seed(seed)
+        torch.randint(2**62, (1,), generator=gen)  # the augmentation seed train_classifier draws first
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        for _ in range(4):
+            perm = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x), 40):
+                opt.zero_grad()
+                F.cross_entropy(model(x[perm[i : i + 40]]), y[perm[i : i + 40]]).backward()
+                opt.step()
+        for pa, pb in zip(model.parameters(), expert.parameters()):
+            torch.testing.assert_close(pb, pa, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_is_ignored_on_cpu_with_a_note(manager, small):
+    view, _, x, y = small
+    recipe = Recipe(epochs=1, batch_size=50)
+    plain, _ = together(learner(manager), view, Artifact({"x": x, "y": y}), recipe)
+    bf16, mode = together(learner(manager, bf16=True), view, Artifact({"x": x, "y": y}), recipe)
+    assert mode == "ensemble (bf16 ignored on cpu)"
+    assert all(torch.equal(a, b) for m1, m2 in zip(plain, bf16) for a, b in zip(m1.parameters(), m2.parameters()))
+
+
+class Subset(Distiller):
+    """The first ipc train examples per class, evaluated for 2 epochs (keeps the harness test fast)."""
+
+    name = "subset"
+
+    def distill(self, task, budget, learner, context):
+        idx = torch.cat([task.class_index(c)[: budget.ipc(task)] for c in range(task.num_classes)])
+        return Artifact({"x": task.train.x[idx], "y": task.train.y[idx]}, recipe={"epochs": 2})
+
+
+class Plain(Learner):
+    """A linear classifier with only the required interface (no ``fit_ensemble``)."""
+
+    name = "plain"
+
+    def build(self, task, seed):
+        return seeded(seed, lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(task.input_size, task.num_classes)))
+
+    def fit(self, model, artifact, recipe, generator):
+        return train_classifier(model, artifact, recipe, generator)
+
+
+def test_harness_uses_the_ensemble_and_records_it(tmp_path):
+    """Same per-seed accuracies through the harness with and without the ensemble; eval_mode says which."""
+    pm = PluginManager()
+    pm.load_entrypoints()
+    pm.add(types.SimpleNamespace(ddbench_register_distillers=hookimpl(lambda register: register(Subset)),
+                                 ddbench_register_learners=hookimpl(lambda register: register(Plain))), "test-plugin")
+    harness = Harness(pm, "cpu", cache_dir=tmp_path)
+
+    def run(learner: str, options: dict) -> CellResult:
+        task = TaskEntry("digits", [Budget.parse("ipc=5")], {}, learner, options)
+        return harness.run_cell(next(harness.cells(Suite("t", [task], [DistillerEntry("subset")], "quick", 3, [0]))))
+
+    ens, seq = run("convnet", {"width": 16}), run("convnet", {"width": 16, "ensemble": False})
+    assert (ens.status, ens.eval_mode) == ("ok", "ensemble")
+    assert (seq.status, seq.eval_mode) == ("ok", "sequential: ensemble=False")
+    assert len(ens.values) == 3 and ens.values == pytest.approx(seq.values, abs=100.0 / 450 + 1e-9)
+    assert run("plain", {}).eval_mode == "sequential"  # a learner without fit_ensemble: the harness's loop
