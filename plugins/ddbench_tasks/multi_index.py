@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ddbench.interfaces import Artifact, Recipe, Split, Task, TaskData
+from ddbench_tasks.multi_index_refs import references, student_metrics
 from ddbench_learners.two_layer import (
     TwoLayer,
     feature_moments,
@@ -29,7 +30,6 @@ LINKS = ("he2", "he2+he3", "degenerate")
 RIDGE_GRID = tuple(10.0**k for k in range(-6, 1))  # theory.md §3: 1e-6 ... 1e0, log grid
 RHO_GRID = (0.5, 1.0, 2.0, 4.0)  # theory.md §3: the validation sweep of rho
 RHO_RULES = ("norm", "val")
-ORACLE_INITS = 5  # theory.md §5: fresh-init diagnostic over 5 fresh theta0
 
 
 def he2(z: Tensor) -> Tensor:
@@ -66,7 +66,8 @@ class MultiIndex(Task):
     ``seed`` (draws U and every split). Public recipe (§3): ``rho`` and ``ridge`` fix eta_1 = rho
     sqrt(d) and lambda; left at ``None`` they are calibrated on validation (``rho_rule``: ``norm``
     sets the full-data median ||w1_j|| to 1, ``val`` sweeps rho over {0.5, 1, 2, 4}) for a
-    two-layer network of width ``calib_width`` (match the learner's width).
+    two-layer network of width ``calib_width`` (match the learner's width), on ``calib_device``
+    (``auto``: CUDA when present; the O(n L^2) calibration is too slow on a CPU at GPU-tier sizes).
     """
 
     name = "multi-index"
@@ -79,7 +80,8 @@ class MultiIndex(Task):
 
     def __init__(self, d: int = 32, r: int = 2, link: str = "he2", noise: float = 0.1, n: int | None = None,
                  n_cap: int = 1_000_000, n_test: int = 100_000, val_fraction: float = 0.1, seed: int = 0,
-                 rho: float | None = None, ridge: float | None = None, rho_rule: str = "norm", calib_width: int = 256):
+                 rho: float | None = None, ridge: float | None = None, rho_rule: str = "norm", calib_width: int = 256,
+                 calib_device: str = "auto"):
         if link not in LINKS:
             raise ValueError(f"unknown link {link!r}: use one of {LINKS}")
         if link == "degenerate" and r < 3:
@@ -93,6 +95,9 @@ class MultiIndex(Task):
         self.n_capped = n is None and self.n < 4 * d * d * r
         self.n_test, self.val_fraction, self.seed = n_test, val_fraction, seed
         self.rho, self.ridge, self.rho_rule, self.calib_width = rho, ridge, rho_rule, calib_width
+        if calib_device == "auto":
+            calib_device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.calib_device = torch.device(calib_device)
         self.input_shape = (d,)
         g = torch.Generator().manual_seed(seed)
         self.U = torch.linalg.qr(torch.randn(d, r, generator=g, dtype=torch.float64))[0].float()
@@ -116,11 +121,12 @@ class MultiIndex(Task):
     @functools.cached_property
     def _calibration(self) -> dict[str, Any]:
         data = self.load()
-        x, y = data.train.x.double(), data.train.y.double()
+        train, val = data.train.to(self.calib_device), data.val.to(self.calib_device)
+        x, y = train.x.double(), train.y.double()
         alpha, beta = y.mean(), (y[:, None] * x).mean(0)
         y_pre = (y - alpha - x @ beta).float()
-        model = TwoLayer(self.d, self.calib_width, seed=0)
-        w_unit = first_layer_step(model, data.train.x, y_pre, math.sqrt(self.d))  # eta_1 = sqrt(d), rho = 1
+        model = TwoLayer(self.d, self.calib_width, seed=0).to(self.calib_device)
+        w_unit = first_layer_step(model, train.x, y_pre, math.sqrt(self.d))  # eta_1 = sqrt(d), rho = 1
         median_norm = w_unit.norm(dim=1).median().item()
         if self.rho is not None:
             rhos = [self.rho]
@@ -130,11 +136,11 @@ class MultiIndex(Task):
             rhos = list(RHO_GRID)
         ridges = [self.ridge] if self.ridge is not None else list(RIDGE_GRID)
         model.reinit_bias()
-        xv, yv = data.val.x, data.val.y
+        xv, yv = val.x, val.y
         table = []
         for rho in rhos:
             w = rho * w_unit
-            gram, rhs, _ = feature_moments(w, model.b, data.train.x, y_pre)
+            gram, rhs, _ = feature_moments(w, model.b, train.x, y_pre)
             phi_val = torch.relu(xv @ w.T + model.b).double()
             base = alpha + xv.double() @ beta
             for lam in ridges:
@@ -162,8 +168,11 @@ class MultiIndex(Task):
         return Recipe(epochs=0, batch_size=0, options={"rho": cal["rho"], "ridge": cal["ridge"]})
 
     def info(self) -> dict[str, Any]:
+        """Public facts: sizes, link, whether n was capped, and the two-layer recipe (rho, ridge) that
+        a distiller for the two-layer learner must share with the student (theory.md §3). U is not here."""
+        cal = self.calibration()
         return {"data": "vector", "d": self.d, "r": self.r, "link": self.link, "n": self.n, "n_capped": self.n_capped,
-                "theory_budget": self.r**2 * self.d}
+                "rho": cal["rho"], "ridge": cal["ridge"]}
 
     # -- diagnostics (need U) ------------------------------------------------------------------
     def alignment(self, x: Tensor) -> Tensor:
@@ -183,9 +192,10 @@ class MultiIndex(Task):
         return ((w @ self.U.double()).norm() / w.norm().clamp_min(1e-300)).item()
 
     def artifact_metrics(self, artifact: Artifact) -> dict[str, float]:
-        """theory.md §5 diagnostics: input alignment (mean, min, at init, v's), subspace overlap, the
-        theory budget r^2 d + L; for two-stage artifacts also first-layer alignment (student and
-        teacher at the same theta0) and the fresh-init "oracle head" R^2."""
+        """theory.md §5 diagnostics: input alignment (mean, min, at init, v's), subspace overlap; for
+        two-stage artifacts also the theory budget r^2 d + L, the stage-1 mismatch D and stage-2 loss,
+        the first-layer alignment (student and teacher at the same theta0), the fresh-init "oracle
+        head" R^2 and the §6 references at the same theta0 (:mod:`ddbench_tasks.multi_index_refs`)."""
         tensors = artifact.tensors
         key = "x1" if "x1" in tensors else "x"
         if key not in tensors:
@@ -193,40 +203,19 @@ class MultiIndex(Task):
         align = self.alignment(tensors[key])
         out = {"alignment": align.mean().item(), "alignment_min": align.min().item(),
                "subspace_overlap": self.subspace_overlap(tensors[key])}
-        if "x1" not in tensors:
-            return out
         meta = artifact.meta
-        if "x1_init" in meta:
+        if "x1" not in tensors or "width" not in meta or "init_seed" not in meta:
+            return out
+        width, init_seed = int(meta["width"]), int(meta["init_seed"])
+        if meta.get("x1_init") is not None:
             out["alignment_init"] = self.alignment(torch.tensor(meta["x1_init"])).mean().item()
         out["v_alignment"] = self.alignment(tensors["v"][None]).item()
-        if "width" in meta:
-            out["theory_budget"] = float(self.r**2 * self.d + meta["width"])
-        if "init_seed" in meta and "width" in meta:
-            out.update(self._first_layer_metrics(artifact, int(meta["init_seed"]), int(meta["width"])))
-        return out
-
-    def _first_layer_metrics(self, artifact: Artifact, init_seed: int, width: int) -> dict[str, float]:
-        recipe = self.recipe("full").updated(artifact.recipe).options
-        eta = float(recipe["rho"]) * math.sqrt(self.d)
-        data = self.load()
-        x1, y1 = artifact.tensors["x1"].float().cpu(), artifact.tensors["y1"].float().cpu()
-        x, y = data.train.x, data.train.y
-        y_pre = y - y.mean() - x @ (y[:, None] * x).mean(0)
-        model = TwoLayer(self.d, width, init_seed)
-        student = first_layer_step(model, x1, y1, eta)
-        teacher = first_layer_step(model, x, y_pre, eta)
-        out = {"w1_alignment": self.first_layer_alignment(student), "teacher_w1_alignment": self.first_layer_alignment(teacher)}
-        # fresh-init diagnostic ("oracle head"): fresh theta0, W-step on S1, head fit on real data
-        test = data.test
-        scores = []
-        for k in range(ORACLE_INITS):
-            fresh = TwoLayer(self.d, width, seed=10_000_019 + init_seed * ORACLE_INITS + k)
-            fresh.W = first_layer_step(fresh, x1, y1, eta)
-            fresh.reinit_bias()
-            fresh.alpha, fresh.beta = y.mean(), (y[:, None] * x).mean(0)
-            gram, rhs, _ = feature_moments(fresh.W, fresh.b, x, y_pre)
-            fresh.a = ridge_from_moments(gram, rhs, float(recipe["ridge"])).float()
-            pred = torch.cat([fresh(test.x[i : i + 8192]) for i in range(0, len(test.x), 8192)])
-            scores.append(self.score(pred, test.y)["r2"])
-        out["oracle_head_r2"] = sum(scores) / len(scores)
+        out["theory_budget"] = float(self.r**2 * self.d + width)
+        out["n_train"] = float(len(self.load().train))
+        for name in ("m1", "m2", "stage1_mismatch", "stage2_loss", "stage2_best_loss"):
+            if name in meta:
+                out[name] = float(meta[name])
+        device = tensors["x1"].device
+        out.update(references(self, init_seed, width, device))
+        out.update(student_metrics(self, artifact, init_seed, width, device))
         return out

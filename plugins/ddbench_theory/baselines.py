@@ -1,0 +1,27 @@
+"""Reference rows of the theory's table (specs/theory.md §6) that the generic baselines do not cover.
+
+The full-data teacher is the built-in ``full`` distiller and the equal-budget random subset the
+built-in ``random`` one (both trained by the two-layer learner in data mode). This module adds the
+random-features reference: no first-layer step.
+"""
+from __future__ import annotations
+
+from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
+
+
+class RandomFeatures(Distiller):
+    """All n real points, trained with W = W0 (unit rows), re-initialised biases and the ridge head:
+    the kernel regime without feature learning (theory.md §6, claim 4). A reference row, not
+    budget-bound; stores n (d + 1) scalars like ``full``. Reconstruction (see specs/theory.md)."""
+
+    name = "random-features"
+    description = "reference: two-layer net without the first-layer step (random ReLU features + ridge) on all data"
+    budget_exempt = True
+
+    def supports(self, task: TaskView) -> str | None:
+        if task.kind != "regression" or len(task.input_shape) != 1:
+            return "random-features is the two-layer learner's kernel baseline: regression tasks with vector inputs only"
+        return None
+
+    def distill(self, task: TaskView, budget: Budget | None, learner: Learner, context: RunContext) -> Artifact:
+        return Artifact({"x": task.train.x, "y": task.train.y}, recipe={"options": {"first_layer": "random"}})

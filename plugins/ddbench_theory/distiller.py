@@ -1,0 +1,134 @@
+"""The two-stage distiller of Kinoshita, Nishikawa & Toyoizumi (2026) as specs/theory.md §4 reconstructs it.
+
+Reconstruction (see specs/theory.md): the paper's algorithm is not public; every open choice is an
+option below, with the spec's default.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from torch import Tensor
+
+from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
+from ddbench.errors import BudgetError
+from ddbench_learners.two_layer import TwoLayer, TwoLayerLearner, first_layer_step, reinit_biases
+from ddbench_theory.stage1 import INIT_MODES, INITS, LABEL_MODES, LOSSES, match_gradients
+from ddbench_theory.stage2 import OBJECTIVES, fit_head_points
+
+SIZE = re.compile(r"^(\d*)(r\^2|r|L)(?:/(\d+))?$")
+
+
+def resolve_size(spec: int | str, r: int, width: int, what: str) -> int:
+    """A size given as an integer or relative to the task: ``r``, ``2r``, ``r^2``, ``4r^2``, ``L``, ``L/4``."""
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        value = spec
+    else:
+        match = SIZE.match(str(spec).replace(" ", ""))
+        if match is None:
+            raise ValueError(f"{what}={spec!r} is not a size: give an integer or e.g. 'r^2', '2r', 'L', 'L/4'.")
+        coef, var, div = match.groups()
+        base = {"r": r, "r^2": r * r, "L": width}[var]
+        value = int(coef or 1) * base // int(div or 1)
+    if value < 1:
+        raise ValueError(f"{what}={spec!r} gives {value} points: it must give at least 1.")
+    return value
+
+
+def artifact_size(m1: int, m2: int, d: int, grid: bool) -> int:
+    """Counted scalars of the artifact (theory.md §4.3): M1 (d+1) + v (d) + t2, y2 (M2 each) + alpha, beta (1 + d)."""
+    return m1 * (d + 1) + d + (1 if grid else 2) * m2 + 1 + d
+
+
+class TwoStage(Distiller):
+    """Two-stage dataset distillation for the width-L two-layer network on multi-index tasks (theory.md §4).
+
+    Reconstruction (see specs/theory.md). Stage 1 (§4.1): M1 points in R^d whose first-layer gradient
+    at the shared theta0 matches the real one (scale-free cosine loss, then the best label scale). Stage 2
+    (§4.2, option b): one direction v in span(X~), M2 positions t_k and labels y'_k, fitted by
+    performance matching of the ridge head on the student's own first layer. alpha and beta are
+    the real data's (§4.3). The student is the unchanged ``two-layer`` learner in artifact mode,
+    with the init seed (theta0 and the bias re-initialisation) in the public recipe.
+
+    Options: ``m1`` (default ``r^2``) and ``m2`` (default ``L``): integers or sizes relative to the
+    task (``2r``, ``4r^2``, ``L/4``); ``steps1``/``lr1``/``loss`` (cos-signed, cos, fro, dc-cos)/``init`` (real,
+    gaussian)/``labels`` (nonneg, free; the defaults cos-signed + nonneg deviate from the spec:
+    see :func:`~ddbench_theory.stage1.match_gradients`)/
+    ``init_mode`` (fixed, random)/``weight_decay`` for stage 1; ``steps2``/``lr2``/
+    ``objective`` (perf-match, param-match)/``warm_start``/``learn_v``/``grid`` (half-width of the
+    public position grid of variant ``(b)-grid``; None: learned positions) for stage 2;
+    ``head_data`` (s2, s1+s2): the points the student's ridge head is fit on.
+    """
+
+    name = "two-stage"
+    description = "two-layer multi-index DD: r^2 gradient-matched points + Theta(L) head points (theory.md §4)"
+    quick = {"steps1": 500, "steps2": 200}  # theory.md §8: CPU tier K1 <= 500, K2 <= 200
+
+    def __init__(self, m1: int | str = "r^2", m2: int | str = "L", steps1: int = 2000, lr1: float = 1e-2,
+                 loss: str = "cos-signed", init: str = "real", labels: str = "nonneg", init_mode: str = "fixed", weight_decay: float = 0.0,
+                 steps2: int = 1000, lr2: float = 1e-2, objective: str = "perf-match", warm_start: bool = True,
+                 learn_v: bool = False, grid: float | None = None, head_data: str = "s2"):
+        for value, allowed, what in ((loss, LOSSES, "loss"), (init, INITS, "init"), (labels, LABEL_MODES, "labels"), (init_mode, INIT_MODES, "init_mode"),
+                                     (objective, OBJECTIVES, "objective"), (head_data, ("s2", "s1+s2"), "head_data")):
+            if value not in allowed:
+                raise ValueError(f"unknown {what} {value!r}: use one of {allowed}")
+        if steps1 < 0 or steps2 < 0:
+            raise ValueError("steps1 and steps2 must be >= 0")
+        if grid is not None and grid <= 0:
+            raise ValueError(f"grid must be a positive half-width (got {grid})")
+        self.m1, self.m2 = m1, m2
+        self.steps1, self.lr1, self.loss, self.weight_decay = steps1, lr1, loss, weight_decay
+        self.init, self.labels, self.init_mode = init, labels, init_mode
+        self.steps2, self.lr2, self.objective, self.warm_start, self.learn_v = steps2, lr2, objective, warm_start, learn_v
+        self.grid, self.head_data = grid, head_data
+
+    def supports(self, task: TaskView) -> str | None:
+        if task.kind != "regression" or len(task.input_shape) != 1:
+            return "two-stage distils regression tasks with vector inputs (the theory's multi-index task)"
+        missing = [k for k in ("r", "rho", "ridge") if k not in task.info]
+        if missing:
+            return f"two-stage needs the task's public r and two-layer recipe (info {', '.join(missing)} missing)"
+        return None
+
+    def sizes(self, task: TaskView, width: int) -> tuple[int, int]:
+        """(M1, M2) for this task and learner width."""
+        r = int(task.info["r"])
+        return resolve_size(self.m1, r, width, "m1"), resolve_size(self.m2, r, width, "m2")
+
+    def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
+        if not isinstance(learner, TwoLayerLearner):
+            raise TypeError(f"two-stage distils for the two-layer learner, got {learner.name!r}: use learner = \"two-layer\".")
+        d, width, init_seed = task.input_shape[0], learner.width, context.seed
+        m1, m2 = self.sizes(task, width)
+        size = artifact_size(m1, m2, d, self.grid is not None)
+        if budget is not None and size > budget.scalars(task):
+            raise BudgetError(f"two-stage with m1={m1}, m2={m2} stores {size} scalars, over the budget {budget}: "
+                              f"lower m1/m2 (e.g. m2='L/2') or raise the budget.")
+        eta, lam = float(task.info["rho"]) * math.sqrt(d), float(task.info["ridge"])
+        x, y = task.train.x.float(), task.train.y.float()
+        alpha, beta = y.mean(), (y[:, None] * x).mean(0)  # theory.md §3 step 1, from the real data
+        y_pre = y - alpha - x @ beta
+        s1 = match_gradients(x, y_pre, width, init_seed, m1, context, steps=self.steps1, lr=self.lr1, loss=self.loss,
+                             init=self.init, labels=self.labels, init_mode=self.init_mode,
+                             weight_decay=self.weight_decay)
+        w1 = self._student_first_layer(d, width, init_seed, s1.x, s1.y, eta)
+        b = reinit_biases(width, init_seed).to(x.device)
+        s2 = fit_head_points(w1, b, s1.x, x, y_pre, m2, lam, context, steps=self.steps2, lr=self.lr2,
+                             objective=self.objective, warm_start=self.warm_start, learn_v=self.learn_v, grid=self.grid)
+        tensors: dict[str, Tensor] = {"x1": s1.x, "y1": s1.y, "v": s2.v, "y2": s2.y, "alpha": alpha.reshape(1), "beta": beta}
+        options: dict[str, Any] = {"init_seed": init_seed, "head_data": self.head_data}
+        if self.grid is None:
+            tensors["t2"] = s2.t
+        else:
+            options["grid"] = self.grid
+        meta = {"width": width, "init_seed": init_seed, "m1": m1, "m2": m2, "x1_init": s1.x_init.cpu().tolist(),
+                "stage1_mismatch": s1.mismatch, "stage1_scale": s1.scale, "stage1_log": s1.log,
+                "stage2_loss": s2.loss, "stage2_best_loss": s2.best_loss, "stage2_log": s2.log,
+                "stopped_early": s1.stopped_early or s2.stopped_early}
+        return Artifact({k: t.detach().contiguous() for k, t in tensors.items()}, recipe={"options": options}, meta=meta)
+
+    @staticmethod
+    def _student_first_layer(d: int, width: int, init_seed: int, x1: Tensor, y1: Tensor, eta: float) -> Tensor:
+        """W~1 exactly as the student computes it: the first-layer step on S1 at theta0 (theory.md §5)."""
+        return first_layer_step(TwoLayer(d, width, init_seed).to(x1.device), x1, y1, eta)

@@ -1,0 +1,126 @@
+"""Stage 2: Theta(L) points on one stored direction that carry the ridge head (specs/theory.md §4.2, option b).
+
+Reconstruction (see specs/theory.md). S2 = {(t_k v, y'_k)}, k <= M2: along the line {t v} every
+feature relu(t (w~1_j^T v) + b_j) is a ramp with a kink at t = -b_j / (w~1_j^T v), so M2 = L
+positions interleaving the kinks give a generically invertible L x L feature matrix and the
+unchanged ridge learner can reproduce any head. (t, y') are fitted by KIP-style performance
+matching: the exact real-data loss of the head that ridge on S2 returns,
+J(a) = a^T C a - 2 h^T a + q with C = Phi^T Phi / n, h = Phi^T y / n, q = mean(y^2) from one
+chunked pass over the real data. Solves are fp64 (theory.md §4.2, §8).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ddbench.interfaces import RunContext
+from ddbench_learners.two_layer import feature_moments, grid_positions, ridge_from_moments
+
+OBJECTIVES = ("perf-match", "param-match")
+LOG_EVERY = 50
+KINK_TOL = 1e-6  # neurons with |w~1_j^T v| below this (relative to the largest) have no kink on the line
+
+
+@dataclass
+class Stage2Result:
+    """The stored direction, positions and labels, the final relative loss and the loss log."""
+
+    v: Tensor
+    t: Tensor
+    y: Tensor
+    loss: float
+    best_loss: float
+    log: list[tuple[int, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def direction(x1: Tensor, generator: torch.Generator) -> Tensor:
+    """v: a unit random combination of the rows of X~ (inside span(X~) ~ span(U))."""
+    coef = torch.randn(len(x1), generator=generator, device=x1.device)
+    v = coef @ x1
+    return v / v.norm().clamp_min(1e-12)
+
+
+def kink_positions(slopes: Tensor, b: Tensor, m2: int) -> Tensor:
+    """M2 positions at evenly spaced quantiles (k + 1/2) / M2 of the kinks -b_j / s_j.
+
+    Neurons without a kink on the line (|s_j| ~ 0, e.g. zero rows of W~1) are left out; with the
+    linear interpolation between sorted kinks a position falls between two kinks, not on one.
+    """
+    has_kink = slopes.abs() > KINK_TOL * slopes.abs().max().clamp_min(1e-30)
+    if int(has_kink.sum()) < 2:
+        raise ValueError("stage 2 found fewer than two ReLU kinks on the stored direction: stage 1 produced a "
+                         "degenerate first layer; raise m1 or steps1.")
+    kinks = (-b[has_kink] / slopes[has_kink]).double()
+    levels = (torch.arange(m2, device=b.device, dtype=torch.float64) + 0.5) / m2
+    return torch.quantile(kinks, levels)
+
+
+def head_from_points(t: Tensor, y: Tensor, slopes: Tensor, b: Tensor, lam: float) -> Tensor:
+    """a(S2) = (Phi~^T Phi~ + M2 lam I)^-1 Phi~^T y' with Phi~ = relu(t s^T + b), differentiable, fp64."""
+    phi = torch.relu(t[:, None] * slopes[None, :] + b[None, :])
+    gram = phi.T @ phi + len(t) * lam * torch.eye(len(b), dtype=phi.dtype, device=phi.device)
+    return torch.linalg.solve(gram, phi.T @ y)
+
+
+def fit_head_points(w1: Tensor, b: Tensor, x1: Tensor, x_real: Tensor, y_pre: Tensor, m2: int, lam: float,
+                    context: RunContext, *, steps: int, lr: float, objective: str = "perf-match",
+                    warm_start: bool = True, learn_v: bool = False, grid: float | None = None) -> Stage2Result:
+    """Fit S2 for the student's first layer ``w1`` and re-initialised biases ``b`` (theory.md §4.2).
+
+    ``grid`` (variant ``(b)-grid``): positions fixed on the public grid of half-width ``grid``,
+    only the labels are learned. ``learn_v`` also optimises the direction.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown stage-2 objective {objective!r}: use one of {OBJECTIVES}")
+    gram, rhs, q = feature_moments(w1, b, x_real, y_pre)
+    a_star = ridge_from_moments(gram, rhs, lam)
+
+    def real_loss(a: Tensor) -> Tensor:
+        """J(a) / q: the exact real-data loss of head ``a``, relative to predicting 0."""
+        return (a @ gram @ a - 2 * rhs @ a + q) / q
+
+    w64, b64 = w1.double(), b.double()
+    v = direction(x1, context.fork(3)).double()
+    if grid is None:
+        t = kink_positions(w64 @ v, b64, m2)
+    else:
+        t = grid_positions(m2, grid, b.device).double()
+    with torch.no_grad():
+        y2 = torch.relu(t[:, None] * (w64 @ v)[None, :] + b64) @ a_star if warm_start else torch.zeros_like(t)
+    params = [y2.requires_grad_(True)]
+    if grid is None:
+        params.append(t.requires_grad_(True))
+    if learn_v:
+        params.append(v.requires_grad_(True))
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+
+    def loss_of(t: Tensor, y2: Tensor, v: Tensor) -> Tensor:
+        slopes = w64 @ (v / v.norm())
+        a = head_from_points(t, y2, slopes, b64, lam)
+        if objective == "param-match":
+            return (a - a_star).pow(2).sum() / a_star.pow(2).sum()
+        return real_loss(a)
+
+    logged: list[tuple[int, Tensor]] = []
+    stopped = False
+    for step in range(1, steps + 1):
+        loss = loss_of(t, y2, v)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % LOG_EVERY == 0 or step == steps:
+            logged.append((step, loss.detach()))
+            context.progress.update(step, steps, loss=loss.detach(), stage=2)
+            if context.should_stop():
+                stopped = True
+                break
+    t, y2, v = t.detach(), y2.detach(), (v / v.norm()).detach()
+    with torch.no_grad():
+        final = real_loss(head_from_points(t, y2, w64 @ v, b64, lam))
+    return Stage2Result(v.float(), t.float(), y2.float(), float(final), float(real_loss(a_star)),
+                        [(s, float(x)) for s, x in logged], stopped)
