@@ -45,3 +45,11 @@ def test_real_subsets_between_chance_and_full(harness):
         assert r.mean > 10.0 + 40.0, f"{name} at ipc=10 should be far above chance (10 %): {r.values}"
         assert r.mean < full + 1.0, f"{name} at ipc=10 should not beat the full split ({full:.3f}): {r.values}"
         assert r.stored_params == 100 * 65
+
+
+@pytest.mark.parametrize("name", ["random", "herding", "full"])
+def test_baselines_pass_the_conformance_kit(manager, tmp_path, name):
+    from ddbench.testing import check_distiller
+
+    report = check_distiller(manager.get("distiller", name), cache_dir=tmp_path)
+    assert report.passed and report.cases

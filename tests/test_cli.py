@@ -20,7 +20,7 @@ def error_line(err: str) -> str:
 
 @pytest.mark.parametrize("argv, expected", [
     (["run", "--task", "digts", "--budget", "ipc=1"], "unknown task 'digts'. Did you mean: digits?"),
-    (["run", "--distiller", "radnom"], "unknown distiller 'radnom'. Did you mean: random?"),
+    (["run", "--distiller", "radnom"], "unknown distiller 'radnom'. Did you mean: random"),
     (["run", "--task", "digits", "--budget", "ipc=x"], "malformed budget 'ipc=x'"),
     (["run", "--task", "digits"], "--task needs --budget"),
     (["run", "--task", "multi-index", "--budget", "ipc=1"], "regression: ipc budgets do not apply"),

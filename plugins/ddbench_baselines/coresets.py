@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ddbench.errors import BudgetError
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Recipe, RunContext, TaskView
 
 
@@ -13,6 +14,9 @@ def random_subset(task: TaskView, budget: Budget, generator: torch.Generator) ->
     device = task.train.y.device
     if task.num_classes is None:
         m = min(budget.examples(task), len(task.train))
+        if m < 1:
+            raise BudgetError(f"budget {budget} holds no (input, target) pair of task {task.name!r} "
+                              f"({task.input_size + 1} scalars each): raise it.")
         return torch.randperm(len(task.train), generator=generator, device=device)[:m]
     ipc = budget.ipc(task)
     picks = []
@@ -30,6 +34,7 @@ class Random(Distiller):
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
         idx = random_subset(task, budget, context.generator)
+        context.progress.update(1, 1)
         return Artifact({"x": task.train.x[idx].clone(), "y": task.train.y[idx].clone()})
 
 
@@ -50,6 +55,7 @@ class Full(Distiller):
 
     def distill(self, task: TaskView, budget: Budget | None, learner: Learner, context: RunContext) -> Artifact:
         recipe = {} if self.epochs is None else {"epochs": self.epochs}
+        context.progress.update(1, 1)
         return Artifact({"x": task.train.x, "y": task.train.y}, recipe=recipe)
 
 
