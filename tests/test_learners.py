@@ -56,3 +56,12 @@ def test_learned_lr_is_read_from_the_artifact(manager):
     art = Artifact({"lr": torch.tensor(0.03)})
     assert learning_rate(art, Recipe(lr_from_artifact="lr")) == pytest.approx(0.03)
     assert learning_rate(art, Recipe(lr=0.01)) == 0.01
+
+
+def test_ridge_survives_a_rank_deficient_gram():
+    from ddbench_learners.two_layer import ridge_from_moments
+
+    phi = torch.randn(3, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e4  # 3 points, 50 features: Gram of rank 3, huge entries
+    gram, rhs = phi.T @ phi / 3, phi.T @ torch.ones(3, dtype=torch.float64) / 3
+    a = ridge_from_moments(gram, rhs, 1e-12)
+    assert torch.isfinite(a).all() and torch.allclose(phi @ a, torch.ones(3, dtype=torch.float64), atol=1e-4)

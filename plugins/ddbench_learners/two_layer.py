@@ -127,8 +127,13 @@ def feature_moments(w: Tensor, b: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor,
 def ridge_from_moments(gram: Tensor, rhs: Tensor, lam: float) -> Tensor:
     """a = (C + lam I)^-1 h by fp64 Cholesky, which equals (Phi^T Phi + m lam I)^-1 Phi^T y."""
     eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-    chol = torch.linalg.cholesky(gram + lam * eye)
-    return torch.cholesky_solve(rhs[:, None], chol)[:, 0]
+    chol, info = torch.linalg.cholesky_ex(gram + lam * eye)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs[:, None], chol)[:, 0]
+    # Rounding made a rank-deficient Gram (fewer points than neurons, tiny lambda) indefinite:
+    # solve in its eigenbasis with the eigenvalues clamped at 0, the same minimiser in exact arithmetic.
+    evals, evecs = torch.linalg.eigh(gram)
+    return evecs @ ((evecs.T @ rhs) / (evals.clamp_min(0) + lam))
 
 
 def ridge_head(model: TwoLayer, x: Tensor, y: Tensor, lam: float) -> Tensor:
