@@ -1,0 +1,165 @@
+"""The ``mtt`` distiller: matching training trajectories (Cazenavette et al., CVPR 2022).
+
+``specs/methods.md`` §7: S starts as random real images per class (stored class by class, labels
+implied), alpha as alpha_0. Every iteration picks an expert and a start epoch t in [0, T+), unrolls
+the student N steps from the expert's epoch t on S, and moves S and alpha (SGD, momentum 0.5) to
+bring the student close to the expert's epoch t + M. The learned alpha is the evaluation lr: it is
+an artifact tensor (``lr``), counted with the artifact, and the recipe declares it with per-sample
+DSA (§3).
+
+Guard (§7, §10.5): alpha is clamped on the device to at least ``lr_floor`` after every step (the
+number of clamped iterations goes to ``meta["lr_clamped"]``); a non-finite alpha or loss, or a loss
+above ``max_loss``, stops the cell with a :class:`DivergenceError` naming the iteration.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ddbench.augment import DSA
+from ddbench.errors import DDBenchError
+from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
+from ddbench_baselines.coresets import random_subset
+from ddbench_mtt.experts import ExpertRecipe, expert_buffer
+from ddbench_mtt.flat import FlatModel
+from ddbench_mtt.presets import preset
+from ddbench_mtt.unroll import EXACT_MODES, MODES, draw_schedule, gradient_fn
+
+TUNED = ("syn_steps", "expert_epochs", "max_start_epoch", "lr_img", "lr_lr", "lr_init", "batch_syn")
+EXPERT_ARCH_SEED = 0  # the student's module only supplies the architecture; its weights are unused
+REPORTS = 20  # progress reports (and divergence checks, one host sync each) per run
+
+
+class DivergenceError(DDBenchError):
+    """The learned step size or the matching loss became NaN, infinite or exploded."""
+
+
+class MTT(Distiller):
+    """Trajectory matching with cached experts and a learned step size (§7, §8).
+
+    Options left at ``None`` come from the §7 table for the task and ipc (see ``presets``).
+    ``mode``: ``unroll`` (exact, memory grows with syn_steps), ``exact-constant-memory`` (exact,
+    recomputes instead of storing) or ``tesla-approx`` (TESLA's first-order approximation, labelled).
+    ``eval_epochs``: E of the evaluation recipe (§3: 1000 for MTT); ``None`` keeps the task's.
+    """
+
+    name = "mtt"
+    description = "matching training trajectories (MTT) with a learned step size; cached experts"
+    # CPU profile [ours, chosen on digits' validation split, the quick suite's image task]: 4
+    # experts trained 4 epochs together, 50 iterations of 10 student steps on batches of 10, the
+    # task's own evaluation E. Digits' train split is ~1.2k images, so an expert batch of 256 would
+    # give 5 steps per epoch and experts that barely leave their init (23 % val at epoch 4): batch
+    # 32 gives ~38. One alpha_0 and lr_img serve ipc 1 and 10 (the §7 rows' 100 overshoots at ipc 10).
+    quick = {"iterations": 50, "num_experts": 4, "expert_group": 4, "expert_batch": 32, "max_start_epoch": 2,
+             "syn_steps": 10, "batch_syn": 10, "lr_init": 0.01, "lr_img": 10.0, "eval_epochs": None}
+
+    def __init__(self, iterations: int = 5000, syn_steps: int | None = None, expert_epochs: int | None = None,
+                 max_start_epoch: int | None = None, lr_img: float | None = None, lr_lr: float | None = None,
+                 lr_init: float | None = None, batch_syn: int | None = None, num_experts: int = 100,
+                 expert_lr: float = 0.01, expert_batch: int = 256, expert_group: int = 10, mode: str = "unroll",
+                 lr_floor: float = 1e-5, max_loss: float = 1e3, eval_epochs: int | None = 1000):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        counts = {"iterations": iterations, "num_experts": num_experts, "expert_group": expert_group,
+                  "expert_batch": expert_batch, "syn_steps": syn_steps, "expert_epochs": expert_epochs,
+                  "max_start_epoch": max_start_epoch, "batch_syn": batch_syn}
+        for name, value in counts.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer (got {value})")
+        if lr_floor <= 0:
+            raise ValueError(f"lr_floor must be positive (got {lr_floor})")
+        self.iterations, self.mode, self.lr_floor, self.max_loss = iterations, mode, lr_floor, max_loss
+        self.overrides = {"syn_steps": syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch,
+                          "lr_img": lr_img, "lr_lr": lr_lr, "lr_init": lr_init, "batch_syn": batch_syn}
+        self.num_experts, self.expert_group, self.eval_epochs = num_experts, expert_group, eval_epochs
+        self.expert_lr, self.expert_batch = expert_lr, expert_batch
+
+    def supports(self, task: TaskView) -> str | None:
+        if task.num_classes is None:
+            return "mtt distils class-balanced labelled images; the task is regression"
+        if len(task.input_shape) != 3 or not task.info.get("dsa_strategy"):
+            return "mtt trains experts and the student with DSA, which needs (C, H, W) image inputs"
+        return None
+
+    def settings(self, task: TaskView, ipc: int) -> dict[str, Any]:
+        """The hyperparameters for ``task`` at ``ipc``: the §7 row, with the user's options over it."""
+        row, source = preset(task.name, ipc)
+        values = {k: getattr(row, k) if self.overrides[k] is None else self.overrides[k] for k in TUNED}
+        values["batch_syn"] = min(values["batch_syn"] or ipc * task.num_classes, ipc * task.num_classes)  # type: ignore[operator]
+        return {**values, "preset": source, "user_options": sorted(k for k in TUNED if self.overrides[k] is not None)}
+
+    def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
+        device, ipc = context.device, budget.ipc(task)
+        cfg = self.settings(task, ipc)
+        syn_steps, m, t_max = cfg["syn_steps"], cfg["expert_epochs"], cfg["max_start_epoch"]
+        model = FlatModel(learner.build(task, EXPERT_ARCH_SEED).to(device))
+        total = self.iterations
+
+        def expert_progress(done: int, todo: int, loss: Tensor) -> None:
+            context.progress.update(done, todo, expert_loss=float(loss))
+
+        started = time.perf_counter()
+        recipe = ExpertRecipe(self.expert_lr, self.expert_batch, task.info["dsa_strategy"])
+        buffer, meta = expert_buffer(task, learner, model, self.num_experts, t_max + m, recipe, self.expert_group,
+                                     context.cache_dir, device, expert_progress)
+        meta["experts_s"] = time.perf_counter() - started
+
+        images = task.train.x[random_subset(task, budget, context.generator)].clone()  # real init, class by class
+        labels = torch.arange(task.num_classes, device=device).repeat_interleave(ipc)  # type: ignore[arg-type]
+        alpha = torch.tensor(float(cfg["lr_init"]), device=device, dtype=images.dtype)
+        images.requires_grad_(True)
+        alpha.requires_grad_(True)
+        opt_images = torch.optim.SGD([images], lr=cfg["lr_img"], momentum=0.5)
+        opt_alpha = torch.optim.SGD([alpha], lr=cfg["lr_lr"], momentum=0.5)
+        host = torch.Generator().manual_seed(context.seed)  # expert and start-epoch choices: no device sync
+        batches = context.fork(1)
+        dsa = DSA(task.info["dsa_strategy"], context.seed, device)
+        grads = gradient_fn(self.mode)
+        clamped = torch.zeros((), device=device, dtype=torch.long)
+        losses: list[tuple[int, float, float]] = []
+        every = max(1, total // REPORTS)
+        done = 0
+        for it in range(1, total + 1):
+            e = int(torch.randint(self.num_experts, (1,), generator=host))
+            t = int(torch.randint(t_max, (1,), generator=host))
+            schedule = draw_schedule(len(images), syn_steps, cfg["batch_syn"], dsa, task.input_shape[-1], batches, device)
+            out = grads(model, images, labels, alpha, buffer[e, t], buffer[e, t + m], schedule)
+            images.grad, alpha.grad = out.images, out.alpha.reshape(alpha.shape)
+            opt_images.step()
+            opt_alpha.step()
+            with torch.no_grad():
+                clamped += (alpha < self.lr_floor).long()
+                alpha.clamp_(min=self.lr_floor)
+            done = it
+            if it % every == 0 or it == total:
+                losses.append(self._check(it, out.loss, alpha))
+                context.progress.update(it, total, loss=losses[-1][1], lr=losses[-1][2])
+            if context.should_stop():
+                break
+        if not losses or losses[-1][0] != done:
+            losses.append(self._check(done, out.loss, alpha))
+        meta.update(cfg)
+        meta.update({
+            "mode": self.mode, "exact_gradient": self.mode in EXACT_MODES, "iterations": done,
+            "stopped_early": done < total, "lr": float(alpha.detach()), "lr_clamped": int(clamped), "lr_floor": self.lr_floor,
+            "loss_curve": losses, "init": "real", "zca": False, "labels": "hard, class-balanced",
+        })
+        recipe_overrides: dict[str, Any] = {"augment": "dsa", "lr_from_artifact": "lr", "labels": "class-balanced"}
+        if self.eval_epochs is not None:
+            recipe_overrides["epochs"] = self.eval_epochs
+        tensors = {"x": images.detach().clone(), "lr": alpha.detach().reshape(1).clone()}
+        return Artifact(tensors, recipe=recipe_overrides, meta=meta)
+
+    def _check(self, it: int, loss: Tensor, alpha: Tensor) -> tuple[int, float, float]:
+        """(iteration, loss, alpha) as floats (one host sync); a divergence is an error."""
+        value, lr = float(loss), float(alpha.detach())
+        if not (abs(value) < float("inf") and abs(lr) < float("inf")) or value > self.max_loss:
+            raise DivergenceError(
+                f"mtt diverged at iteration {it}: matching loss {value:.4g}, learned lr {lr:.4g} "
+                f"(limit max_loss={self.max_loss:g}): lower lr_img or lr_lr, or max_start_epoch."
+            )
+        return it, value, lr
+

@@ -1,0 +1,182 @@
+"""The expert buffer of MTT (``specs/methods.md`` §7), trained together and cached on disk.
+
+Experts train on the real train split with plain SGD (lr 0.01, no momentum, no weight decay,
+batch 256, no decay) and per-sample DSA, and the flat parameter vector is kept at initialisation
+and after every epoch. Only the epochs a distillation can use (T+ + M) are trained and stored.
+
+Cache: ``<cache_dir>/mtt-experts/<key>/`` holds one safetensors file per expert and a
+``manifest.json``. ``key`` hashes the task (name, options, a fingerprint of its train split), the
+learner (name, options, parameter layout) and the expert recipe; the manifest maps each expert
+seed to its file and stored epochs. A present expert with enough epochs is never recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+
+from ddbench.augment import DSA, AugParams, apply
+from ddbench.interfaces import Learner, Split, TaskView
+from ddbench_mtt.flat import FlatModel
+
+EXPERT_SEED = 1_000_000  # expert i is built and shuffled from seed EXPERT_SEED + i (apart from eval seeds)
+DSA_STREAM = 1 << 31  # an expert's DSA generator is seeded apart from its shuffle generator
+CACHE_FOLDER = "mtt-experts"
+
+
+@dataclass(frozen=True)
+class ExpertRecipe:
+    """How experts train (§7): SGD ``lr``, ``batch_size``, per-sample DSA with ``dsa_strategy``."""
+
+    lr: float = 0.01
+    batch_size: int = 256
+    dsa_strategy: str | None = None
+
+
+def augment_each(x: Tensor, dsas: Sequence[DSA]) -> Tensor:
+    """Per-sample DSA of K stacked batches ``x`` (K, B, C, H, W), expert k drawing from ``dsas[k]``.
+
+    Each expert keeps its own family and magnitudes (§13.3); experts that drew the same family are
+    transformed in one call.
+    """
+    k, b = x.shape[:2]
+    draws = [dsa.draw(b, x.shape[-1]) for dsa in dsas]
+    out: list[Tensor | None] = [None] * k
+    for family in dict.fromkeys(d.family for d in draws):
+        members = [i for i, d in enumerate(draws) if d.family == family]
+        values = {name: torch.cat([draws[i].values[name] for i in members]) for name in draws[members[0]].values}
+        done = apply(torch.cat([x[i] for i in members]), AugParams(family, values)).split(b)
+        for i, xi in zip(members, done):
+            out[i] = xi
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def train_experts(model: FlatModel, inits: Tensor, train: Split, epochs: int, recipe: ExpertRecipe, seeds: Sequence[int],
+                  on_epoch: Callable[[int, Tensor], None] | None = None) -> Tensor:
+    """Train K experts together (vmapped over their flat vectors); returns (K, epochs + 1, P).
+
+    Expert k has its own initialisation ``inits[k]``, its own shuffle and its own DSA draws, all
+    seeded from ``seeds[k]``. ``on_epoch(epoch, mean_loss)`` is called after every epoch.
+    """
+    device = inits.device
+    shufflers = [torch.Generator(device).manual_seed(s) for s in seeds]
+    dsas = [DSA(recipe.dsa_strategy, s + DSA_STREAM, device) for s in seeds] if recipe.dsa_strategy else None
+
+    def loss(flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(model(flat, x), y)
+
+    step = vmap(grad_and_value(loss))
+    flat = inits.clone()
+    snapshots = [flat.clone()]
+    n = len(train)
+    for epoch in range(epochs):
+        perms = torch.stack([torch.randperm(n, generator=g, device=device) for g in shufflers])
+        losses = []
+        for i in range(0, n, recipe.batch_size):
+            index = perms[:, i : i + recipe.batch_size]
+            x = train.x[index]
+            if dsas is not None:
+                x = augment_each(x, dsas)
+            grads, value = step(flat, x, train.y[index])
+            flat = flat - recipe.lr * grads
+            losses.append(value)
+        snapshots.append(flat.clone())
+        if on_epoch is not None:
+            on_epoch(epoch + 1, torch.stack(losses).mean())
+    return torch.stack(snapshots, 1)
+
+
+def accuracy(model: FlatModel, flats: Tensor, split: Split, chunk: int = 1024) -> Tensor:
+    """Accuracy (%) of each of the K flat vectors ``flats`` on ``split`` (vmapped)."""
+    forward = vmap(model, in_dims=(0, None))
+    correct = torch.zeros(len(flats), device=flats.device)
+    with torch.no_grad():
+        for i in range(0, len(split), chunk):
+            pred = forward(flats, split.x[i : i + chunk]).argmax(-1)
+            correct += (pred == split.y[i : i + chunk]).sum(1)
+    return 100.0 * correct / max(len(split), 1)
+
+
+def fingerprint(split: Split) -> str:
+    """A short, device-independent summary of a split's contents (part of the cache key)."""
+    x, y = split.x.double(), split.y.double()
+    ramp = torch.arange(1, x[0].numel() + 1, device=x.device)  # position-weighted: catches permuted pixels
+    stats = torch.stack([x.sum(), x.pow(2).sum(), (x.flatten(1) * ramp).sum(), y.sum()])
+    return f"{tuple(split.x.shape)}:" + ",".join(f"{v:.9g}" for v in stats.tolist())
+
+
+class ExpertCache:
+    """One cache folder per configuration: expert files and a manifest (see the module doc)."""
+
+    def __init__(self, root: Path, config: dict[str, Any]):
+        self.config = json.loads(json.dumps(config, sort_keys=True, default=str))
+        self.key = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:16]
+        self.folder = Path(root) / CACHE_FOLDER / self.key
+        self.manifest_path = self.folder / "manifest.json"
+
+    def manifest(self) -> dict[str, Any]:
+        if self.manifest_path.is_file():
+            return json.loads(self.manifest_path.read_text())
+        return {"config": self.config, "experts": {}}
+
+    def load(self, seed: int, epochs: int) -> Tensor | None:
+        """The first ``epochs + 1`` snapshots of expert ``seed``, or None if not cached with enough epochs."""
+        entry = self.manifest()["experts"].get(str(seed))
+        if entry is None or entry["epochs"] < epochs or not (self.folder / entry["file"]).is_file():
+            return None
+        return load_file(str(self.folder / entry["file"]))["trajectory"][: epochs + 1]
+
+    def save(self, seed: int, trajectory: Tensor, info: dict[str, Any]) -> None:
+        """Write one expert's (epochs + 1, P) trajectory and record it in the manifest (atomically)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        epochs = len(trajectory) - 1
+        name = f"expert-{seed}-e{epochs}.safetensors"
+        save_file({"trajectory": trajectory.detach().cpu().contiguous()}, str(self.folder / name),
+                  metadata={"seed": str(seed), "epochs": str(epochs)})
+        manifest = self.manifest()
+        manifest["experts"][str(seed)] = {"file": name, "epochs": epochs, **info}
+        tmp = self.manifest_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        tmp.replace(self.manifest_path)
+
+
+def expert_buffer(task: TaskView, learner: Learner, model: FlatModel, count: int, epochs: int, recipe: ExpertRecipe,
+                  group: int, cache_root: Path, device: torch.device,
+                  on_epoch: Callable[[int, int, Tensor], None] | None = None) -> tuple[Tensor, dict[str, Any]]:
+    """The (count, epochs + 1, P) trajectories of experts ``0..count-1`` on ``device``, loaded from
+    the cache or trained ``group`` at a time and cached. ``on_epoch(done, total, loss)`` reports
+    training progress in expert-epochs. Returns the buffer and facts for the artifact's meta."""
+    cache = ExpertCache(cache_root, {
+        "task": task.name, "task_options": task.options, "train": fingerprint(task.train),
+        "learner": learner.name, "learner_options": vars(learner), "layout": list(zip(model.names, model.shapes)),
+        "recipe": asdict(recipe),
+    })
+    seeds = [EXPERT_SEED + i for i in range(count)]
+    found = {s: cache.load(s, epochs) for s in seeds}
+    missing = [s for s in seeds if found[s] is None]
+    total = len(missing) * epochs
+    for start in range(0, len(missing), group):
+        batch = missing[start : start + group]
+        inits = torch.stack([model.flatten(learner.build(task, s)) for s in batch]).to(device)
+        report = None if on_epoch is None else (
+            lambda epoch, loss, done=start * epochs, n=len(batch): on_epoch(done + epoch * n, total, loss))
+        trajectories = train_experts(model, inits, task.train, epochs, recipe, batch, report)
+        val = accuracy(model, trajectories[:, -1], task.val).tolist()
+        for s, trajectory, acc in zip(batch, trajectories, val):
+            cache.save(s, trajectory, {"val_accuracy": acc})
+            found[s] = trajectory
+    buffer = torch.stack([found[s].to(device) for s in seeds])  # type: ignore[union-attr]
+    experts = cache.manifest()["experts"]
+    val_acc = [experts[str(s)]["val_accuracy"] for s in seeds]
+    return buffer, {"expert_cache": str(cache.folder), "experts_trained": len(missing), "experts": count,
+                    "expert_epochs_stored": epochs, "expert_val_accuracy": sum(val_acc) / len(val_acc)}
