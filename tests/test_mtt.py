@@ -127,11 +127,16 @@ def test_grouped_experts_equal_single_ones(manager, small):
     model = FlatModel(learner.build(view, 0))
     inits = torch.stack([model.flatten(learner.build(view, s)) for s in (0, 1)])
     recipe = ExpertRecipe(0.01, 64, STRATEGY)
-    together = train_experts(model, inits, view.train, 2, recipe, [5, 6])
-    alone = torch.cat([train_experts(model, inits[i : i + 1], view.train, 2, recipe, [s]) for i, s in enumerate((5, 6))])
-    assert together.shape == (2, 3, model.size)
+    seen: list[int] = []
+    together = train_experts([learner.build(view, s) for s in (0, 1)], view.train, 2, recipe, [5, 6], seen.append)
+    alone = torch.cat([train_experts([learner.build(view, i)], view.train, 2, recipe, [s]) for i, s in enumerate((5, 6))])
+    assert together.shape == (2, 3, model.size) and seen == [1, 2]
+    torch.testing.assert_close(together[:, 0], inits)  # FlatModel's layout: named_parameters order
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(together[0, -1], together[1, -1])
+    assert not torch.allclose(together[:, 1], together[:, 0])  # the experts moved
+    recolored = train_experts([learner.build(view, 0)], view.train, 2, ExpertRecipe(0.01, 64, None), [5])
+    assert not torch.allclose(recolored[0, -1], together[0, -1])  # DSA was applied
 
 
 def test_expert_cache_is_reused(manager, small, tmp_path):
@@ -143,7 +148,7 @@ def test_expert_cache_is_reused(manager, small, tmp_path):
 
     def build(count: int, epochs: int):
         return expert_buffer(view, learner, model, count, epochs, recipe, 2, tmp_path, torch.device("cpu"),
-                             lambda done, total, loss: seen.append(done))
+                             lambda done, total: seen.append(done))
 
     first, info = build(2, 2)
     assert info["experts_trained"] == 2 and seen[-1] == 4

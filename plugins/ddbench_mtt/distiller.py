@@ -98,8 +98,8 @@ class MTT(Distiller):
         model = FlatModel(learner.build(task, EXPERT_ARCH_SEED).to(device))
         total = self.iterations
 
-        def expert_progress(done: int, todo: int, loss: Tensor) -> None:
-            context.progress.update(done, todo, expert_loss=float(loss))
+        def expert_progress(done: int, todo: int) -> None:
+            context.progress.update(done, todo)
 
         started = time.perf_counter()
         recipe = ExpertRecipe(self.expert_lr, self.expert_batch, task.info["dsa_strategy"])

@@ -1,5 +1,8 @@
 """The expert buffer of MTT (``specs/methods.md`` §7), trained together and cached on disk.
 
+Experts are trained K at a time by the shared vmapped ensemble engine
+(:func:`ddbench_learners.ensemble.train_ensemble`), each with its own init, shuffle and DSA stream.
+
 Experts train on the real train split with plain SGD (lr 0.01, no momentum, no weight decay,
 batch 256, no decay) and per-sample DSA, and the flat parameter vector is kept at initialisation
 and after every epoch. Only the epochs a distillation can use (T+ + M) are trained and stored.
@@ -20,17 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import Tensor
-from torch.func import grad_and_value, vmap
+from torch import Tensor, nn
+from torch.func import vmap
 
-from ddbench.augment import DSA, AugParams, apply
-from ddbench.interfaces import Learner, Split, TaskView
+from ddbench.interfaces import Learner, Recipe, Split, TaskView
+from ddbench_learners.ensemble import flat_parameters, stack_parameters, train_ensemble
 from ddbench_mtt.flat import FlatModel
 
 EXPERT_SEED = 1_000_000  # expert i is built and shuffled from seed EXPERT_SEED + i (apart from eval seeds)
-DSA_STREAM = 1 << 31  # an expert's DSA generator is seeded apart from its shuffle generator
 CACHE_FOLDER = "mtt-experts"
 
 
@@ -43,56 +44,29 @@ class ExpertRecipe:
     dsa_strategy: str | None = None
 
 
-def augment_each(x: Tensor, dsas: Sequence[DSA]) -> Tensor:
-    """Per-sample DSA of K stacked batches ``x`` (K, B, C, H, W), expert k drawing from ``dsas[k]``.
+def train_experts(models: Sequence[nn.Module], train: Split, epochs: int, recipe: ExpertRecipe, seeds: Sequence[int],
+                  on_epoch: Callable[[int], None] | None = None) -> Tensor:
+    """Train K experts together with the shared ensemble engine; returns (K, epochs + 1, P).
 
-    Each expert keeps its own family and magnitudes (§13.3); experts that drew the same family are
-    transformed in one call.
+    Expert k starts from ``models[k]`` (on ``train``'s device) and draws its shuffle and DSA stream
+    from a generator seeded with ``seeds[k]``. The flat vectors follow ``named_parameters`` order,
+    as :class:`~ddbench_mtt.flat.FlatModel` does. ``on_epoch(epoch)`` is called after every epoch
+    (1..``epochs``).
     """
-    k, b = x.shape[:2]
-    draws = [dsa.draw(b, x.shape[-1]) for dsa in dsas]
-    out: list[Tensor | None] = [None] * k
-    for family in dict.fromkeys(d.family for d in draws):
-        members = [i for i, d in enumerate(draws) if d.family == family]
-        values = {name: torch.cat([draws[i].values[name] for i in members]) for name in draws[members[0]].values}
-        done = apply(torch.cat([x[i] for i in members]), AugParams(family, values)).split(b)
-        for i, xi in zip(members, done):
-            out[i] = xi
-    return torch.stack(out)  # type: ignore[arg-type]
+    device = train.x.device
+    generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+    plan = Recipe(epochs=epochs - 1, lr=recipe.lr, momentum=0.0, weight_decay=0.0, batch_size=recipe.batch_size,
+                  augment="dsa" if recipe.dsa_strategy else "none",
+                  **({"dsa_strategy": recipe.dsa_strategy} if recipe.dsa_strategy else {}))
+    snapshots = [flat_parameters(stack_parameters(models))]
 
-
-def train_experts(model: FlatModel, inits: Tensor, train: Split, epochs: int, recipe: ExpertRecipe, seeds: Sequence[int],
-                  on_epoch: Callable[[int, Tensor], None] | None = None) -> Tensor:
-    """Train K experts together (vmapped over their flat vectors); returns (K, epochs + 1, P).
-
-    Expert k has its own initialisation ``inits[k]``, its own shuffle and its own DSA draws, all
-    seeded from ``seeds[k]``. ``on_epoch(epoch, mean_loss)`` is called after every epoch.
-    """
-    device = inits.device
-    shufflers = [torch.Generator(device).manual_seed(s) for s in seeds]
-    dsas = [DSA(recipe.dsa_strategy, s + DSA_STREAM, device) for s in seeds] if recipe.dsa_strategy else None
-
-    def loss(flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(model(flat, x), y)
-
-    step = vmap(grad_and_value(loss))
-    flat = inits.clone()
-    snapshots = [flat.clone()]
-    n = len(train)
-    for epoch in range(epochs):
-        perms = torch.stack([torch.randperm(n, generator=g, device=device) for g in shufflers])
-        losses = []
-        for i in range(0, n, recipe.batch_size):
-            index = perms[:, i : i + recipe.batch_size]
-            x = train.x[index]
-            if dsas is not None:
-                x = augment_each(x, dsas)
-            grads, value = step(flat, x, train.y[index])
-            flat = flat - recipe.lr * grads
-            losses.append(value)
-        snapshots.append(flat.clone())
+    def keep(epoch: int, params: dict[str, Tensor]) -> None:
+        snapshots.append(flat_parameters(params).clone())
         if on_epoch is not None:
-            on_epoch(epoch + 1, torch.stack(losses).mean())
+            on_epoch(epoch + 1)
+
+    if epochs > 0:
+        train_ensemble(models, train.x, train.y, plan, generators, lr_decay=False, on_epoch=keep)
     return torch.stack(snapshots, 1)
 
 
@@ -152,10 +126,10 @@ class ExpertCache:
 
 def expert_buffer(task: TaskView, learner: Learner, model: FlatModel, count: int, epochs: int, recipe: ExpertRecipe,
                   group: int, cache_root: Path, device: torch.device,
-                  on_epoch: Callable[[int, int, Tensor], None] | None = None) -> tuple[Tensor, dict[str, Any]]:
+                  on_epoch: Callable[[int, int], None] | None = None) -> tuple[Tensor, dict[str, Any]]:
     """The (count, epochs + 1, P) trajectories of experts ``0..count-1`` on ``device``, loaded from
-    the cache or trained ``group`` at a time and cached. ``on_epoch(done, total, loss)`` reports
-    training progress in expert-epochs. Returns the buffer and facts for the artifact's meta."""
+    the cache or trained ``group`` at a time (:func:`train_experts`) and cached. ``on_epoch(done,
+    total)`` reports training progress in expert-epochs. Returns the buffer and facts for the artifact's meta."""
     cache = ExpertCache(cache_root, {
         "task": task.name, "task_options": task.options, "train": fingerprint(task.train),
         "learner": learner.name, "learner_options": vars(learner), "layout": list(zip(model.names, model.shapes)),
@@ -167,10 +141,10 @@ def expert_buffer(task: TaskView, learner: Learner, model: FlatModel, count: int
     total = len(missing) * epochs
     for start in range(0, len(missing), group):
         batch = missing[start : start + group]
-        inits = torch.stack([model.flatten(learner.build(task, s)) for s in batch]).to(device)
+        models = [learner.build(task, s).to(device) for s in batch]
         report = None if on_epoch is None else (
-            lambda epoch, loss, done=start * epochs, n=len(batch): on_epoch(done + epoch * n, total, loss))
-        trajectories = train_experts(model, inits, task.train, epochs, recipe, batch, report)
+            lambda epoch, done=start * epochs, n=len(batch): on_epoch(done + epoch * n, total))
+        trajectories = train_experts(models, task.train, epochs, recipe, batch, report)
         val = accuracy(model, trajectories[:, -1], task.val).tolist()
         for s, trajectory, acc in zip(batch, trajectories, val):
             cache.save(s, trajectory, {"val_accuracy": acc})
