@@ -212,11 +212,14 @@ def markdown(records: list[dict[str, Any]], pts: list[Point], eps: float, regene
     power, two = power_fit(he2), two_term_fit(he2)
     devices = sorted({p.device for p in pts})
     profiles = sorted({r["config"]["profile"] for r in records if r["config"]["distiller"] == "two-stage"})
-    prov = next((r["provenance"] for r in records if "provenance" in r), {})
+    provs = [r["provenance"] for r in records if "provenance" in r]
+    prov = provs[0] if provs else {}
+    commits = sorted({p.get("commit") or "unknown" for p in provs}) or ["unknown"]
+    torches = sorted({p.get("torch", "?") for p in provs}) or ["?"]
     lines = [
         "# ddbench leaderboard: multi-index (two-layer theory, scaling study)",
         "",
-        f"- Provenance: ddbench {prov.get('ddbench', '?')} (commit {prov.get('commit') or 'unknown'}), torch {prov.get('torch', '?')}; "
+        f"- Provenance: ddbench {prov.get('ddbench', '?')} (commit {', '.join(commits)}), torch {', '.join(torches)}; "
         f"device: {', '.join(devices) or '?'}; profile {', '.join(profiles) or '?'}; {len(pts)} two-stage cells.",
         f"- Suites: {SUITES}. Regenerate: `{regenerate}`",
         "- Method: `two-stage` (specs/theory.md §4, a reconstruction): M1 gradient-matched points in R^d + one direction with "
@@ -284,7 +287,8 @@ def closing_note(configs: list[dict[str, Any]], power: dict | None, two: dict | 
     tier = "GPU and CPU" if any(dev != "cpu" for dev in devices) else "CPU only (d <= 32, L <= 256: two points per axis, so the slopes are coarse)"
     return (f"On {tier}: " + "; ".join(parts) + f". The full training set stores up to {ratio:.0f}x more scalars than B*, "
             "and B* does not follow n(d+1) ~ d^3 r. The (M1, M2) grid is coarse (B* moves in steps of about M1(d+1) and 2 M2), "
-            "so the exponents are indicative until the GPU tier adds d up to 1024 and L up to 4096.")
+            + ("so the exponents are indicative." if any(dev != "cpu" for dev in devices)
+               else "so the exponents are indicative until the GPU tier adds d up to 1024 and L up to 4096."))
 
 
 def plot(pts: list[Point], eps: float, path: Path) -> None:
