@@ -4,7 +4,7 @@ For the GPU check of issue 8 (specs/methods.md §13.3, §13.5):
 
     python tests/benchmarks/ensemble_speed.py --device cuda
 
-1. Speed: K ConvNet-3 models (full width 128) on random CIFAR-10-shaped tensors at ipc=10
+1. Speed: K ConvNet-3 models (full width 128) on random CIFAR-10- or MNIST-shaped tensors at ipc=10
    (100 images, one batch per epoch), per-sample DSA, ``--epochs`` epochs: sequential
    ``train_classifier`` one model after the other versus one ``train_ensemble`` call (grouped path
    and the generic vmap path), wall time after a warm-up, and the ratio.
@@ -58,8 +58,11 @@ def generators(k: int, device: torch.device) -> list[torch.Generator]:
     return [torch.Generator(device).manual_seed(s) for s in range(k)]
 
 
+SHAPES = {"cifar10": (3, 32, 32), "mnist": (1, 28, 28)}
+
+
 def speed(args: argparse.Namespace, device: torch.device) -> None:
-    shape = (3, 32, 32)
+    shape = SHAPES[args.shape]
     gen = torch.Generator(device).manual_seed(0)
     x = torch.randn(10 * args.ipc, *shape, generator=gen, device=device)
     y = torch.arange(10, device=device).repeat_interleave(args.ipc)
@@ -79,7 +82,7 @@ def speed(args: argparse.Namespace, device: torch.device) -> None:
     for name, run in runs.items():
         run(warm)
         times[name] = timed(lambda: run(recipe), device)
-    print(f"\nspeed: K={args.k} ConvNet-3 width {args.width}, CIFAR-10 shape, ipc={args.ipc}, {args.epochs} epochs, DSA, "
+    print(f"\nspeed: K={args.k} ConvNet-3 width {args.width}, {args.shape} shape {shape}, ipc={args.ipc}, {args.epochs} epochs, DSA, "
           f"device {device_name(device)}")
     for name, t in times.items():
         print(f"  {name:20s} {t:8.2f} s  {t / args.epochs * 1e3:8.2f} ms/epoch  ratio {times['sequential'] / t:5.2f}x")
@@ -105,8 +108,8 @@ def accuracy(args: argparse.Namespace, device: torch.device) -> None:
         models = build(ConvNet, view.input_shape, args.k, args.width, device)
         seconds = timed(lambda: train_ensemble(models, x, y, recipe, generators(args.k, device), bf16=bf16), device)
         results[name] = (score(models), seconds)
-    print(f"\naccuracy: digits ipc={args.ipc}, K={args.k} ConvNet-3 width {args.width}, E={args.accuracy_epochs}, DSA "
-          f"(bf16 is ignored on cpu)")
+    print(f"\naccuracy: digits ipc={args.ipc}, K={args.k} ConvNet-3 width {args.width}, E={args.accuracy_epochs}, DSA"
+          f"{' (bf16 is ignored on cpu)' if device.type == 'cpu' else ''}")
     for name, (acc, seconds) in results.items():
         print(f"  {name:16s} mean {statistics.fmean(acc):6.2f} std {statistics.pstdev(acc):5.2f}  {seconds:7.1f} s  "
               f"per model {' '.join(f'{a:.2f}' for a in acc)}")
@@ -120,16 +123,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="cifar10", help="input shape of the speed run")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=100, help="epochs timed in the speed run")
-    parser.add_argument("--accuracy-epochs", type=int, default=300, help="E of the accuracy run (E + 1 epochs)")
+    parser.add_argument("--accuracy-epochs", type=int, default=300, help="E of the accuracy run (E + 1 epochs); 0 skips it")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes (§13.6)
     speed(args, device)
-    accuracy(args, device)
+    if args.accuracy_epochs > 0:
+        accuracy(args, device)
 
 
 if __name__ == "__main__":
