@@ -27,6 +27,10 @@ from ddbench.provenance import provenance
 from ddbench.suite import DistillerEntry, Suite
 
 
+RUN_LENGTH_META = ("iterations", "stopped_early")
+"""Keys of ``Artifact.meta`` kept in the results: how long a distiller ran (a time limit may cut it short)."""
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a clear error."""
     if device == "auto":
@@ -201,6 +205,7 @@ class Harness:
                 if key != task.metric:
                     result.extra[key] = statistics.fmean(s[key] for s in scores)
             result.extra.update(task.artifact_metrics(artifact))
+            result.extra.update({k: float(artifact.meta[k]) for k in RUN_LENGTH_META if k in artifact.meta})
             result.status = "ok"
             result.random_ref = self._random_reference(task, view, test, learner, cell, artifact.recipe, result)
         except Exception as exc:  # noqa: BLE001 - a failing cell never takes the run down
