@@ -1,0 +1,126 @@
+"""Pieces shared by the DC, DSA and DM distillers: applicability, the declared evaluation recipe,
+seeds for host-side draws, fresh networks on the device, and throttled progress reporting."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ddbench.interfaces import Learner, Progress, TaskView
+from ddbench_gradmatch.sampling import INITS
+
+MNIST_TASKS = ("mnist", "mnist5k")  # DC evaluates MNIST with DC-augment and E = 1000 (§3)
+EVAL_EPOCHS_FULL = 1000  # E for DSA, DM and DC on MNIST in the full profile (§3)
+REPORTS = 100  # progress reports per run: each one reads the loss back from the device
+
+
+def check_options(momentum_img: float, init: str, **positive: float | None) -> None:
+    """Reject option values the methods cannot use (a ``ValueError`` the plugin manager reports)."""
+    for key, value in positive.items():
+        if value is not None and not value > 0:
+            raise ValueError(f"{key} must be positive (got {value})")
+    if not 0 <= momentum_img < 1:
+        raise ValueError(f"momentum_img must lie in [0, 1) (got {momentum_img})")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS} (got {init!r})")
+
+
+def classification_reason(task: TaskView, method: str) -> str | None:
+    if task.num_classes is None:
+        return f"{method} matches per class; task {task.name!r} is regression"
+    return None
+
+
+def image_reason(task: TaskView, method: str, strategy: str | None) -> str | None:
+    """Why DSA-based ``method`` cannot run on ``task`` (no classes, not images, no strategy), or None."""
+    reason = classification_reason(task, method)
+    if reason is None and len(task.input_shape) != 3:
+        reason = f"{method} augments (C, H, W) images with DSA; task {task.name!r} has inputs of shape {task.input_shape}"
+    if reason is None and not (strategy or task.info.get("dsa_strategy")):
+        reason = f"task {task.name!r} declares no DSA strategy: pass the option dsa_strategy"
+    return reason
+
+
+def dsa_strategy(task: TaskView, option: str | None) -> str:
+    """The option if given, else the task's DSA strategy of §1 (no flip for digits)."""
+    return option or task.info["dsa_strategy"]
+
+
+def eval_recipe(profile: str, augment: str, strategy: str | None = None, epochs: int | None = EVAL_EPOCHS_FULL) -> dict[str, Any]:
+    """Recipe overrides an artifact declares (§3). The ``quick`` profile keeps the task's epochs."""
+    recipe: dict[str, Any] = {"augment": augment}
+    if strategy is not None:
+        recipe["dsa_strategy"] = strategy
+    if profile == "full" and epochs is not None:
+        recipe["epochs"] = epochs
+    return recipe
+
+
+class HostSeeds:
+    """Integers for per-iteration network seeds and augmentation streams, drawn on the CPU from the
+    run's seed (explicit and reproducible, §10.1; no device read-back inside the loops)."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self) -> int:
+        return int(torch.randint(2**62, (1,), generator=self.generator))
+
+
+class LossLog:
+    """Reports ``(iteration, loss)`` about ``REPORTS`` times per run and keeps them for the
+    artifact's meta; the loss stays on the device between reports (no per-iteration host sync)."""
+
+    def __init__(self, progress: Progress, total: int):
+        self.progress, self.total = progress, total
+        self.every = max(1, total // REPORTS)
+        self.history: list[tuple[int, float]] = []
+
+    def __call__(self, step: int, loss: Tensor) -> None:
+        if step % self.every == 0 or step == self.total:
+            value = float(loss)
+            self.history.append((step, value))
+            self.progress.update(step, self.total, loss=value)
+
+
+class FreshNetworks:
+    """A freshly initialised network of the learner per call (DC's outer iterations, DM's
+    iterations), each from its own seed (§2: PyTorch's default initialisation, explicit seeds).
+
+    The first call builds it with ``learner.build(task, seed)``; later calls redraw the same
+    module's parameters in place with each layer's ``reset_parameters()`` under the device's RNG
+    seeded with the new seed, so no network is built on the host and copied over (a copy to the
+    GPU waits for the queue). On the CPU this equals ``learner.build(task, seed)`` for learners
+    made of standard layers. If some parameter belongs to no layer with ``reset_parameters``, every
+    call uses ``learner.build``.
+    """
+
+    def __init__(self, learner: Learner, task: TaskView, device: torch.device, seeds: HostSeeds):
+        self.learner, self.task, self.device, self.seeds = learner, task, device, seeds
+        self.net: nn.Module | None = None
+        self.resettable = False
+
+    def __call__(self) -> nn.Module:
+        seed = self.seeds()
+        if self.net is None or not self.resettable:
+            self.net = self.learner.build(self.task, seed).to(self.device)
+            self.resettable = all(id(p) in self._owned() for p in self.net.parameters())
+            return self.net
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            index = torch.cuda.current_device() if cuda and self.device.index is None else self.device.index
+            generator = torch.cuda.default_generators[index] if cuda else torch.default_generator
+            generator.manual_seed(seed)
+            for module in self.net.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        return self.net
+
+    def _owned(self) -> set[int]:
+        assert self.net is not None
+        return {id(p) for m in self.net.modules() if hasattr(m, "reset_parameters") for p in m.parameters(recurse=False)}
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

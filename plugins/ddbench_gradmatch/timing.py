@@ -1,0 +1,76 @@
+"""Seconds per outer iteration and peak memory of dc, dsa and dm on a device.
+
+    python -m ddbench_gradmatch.timing --task mnist5k --ipc 1 10 --device cuda
+
+Each (method, ipc) runs once for warm-up (allocator, cuDNN), then ``--iterations`` outer
+iterations (``--dm-iterations`` for dm), timed with a device synchronisation at the end only.
+Prints a Markdown table with the projected time of the options' iteration count (the spec's in
+the ``full`` profile) so suite iteration counts can be sized against a time budget.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+import torch
+
+from ddbench.harness import Harness
+from ddbench.interfaces import Budget, RunContext
+from ddbench.plugins import get_plugin_manager, instantiate, options_of
+
+
+def measure(harness: Harness, task_name: str, method: str, ipc: int, iterations: int, profile: str) -> dict[str, float]:
+    """Time ``iterations`` outer iterations of ``method`` at ``ipc`` after one warm-up iteration."""
+    manager, device = harness.manager, harness.device
+    task_cls = manager.get("task", task_name)
+    _, view, _ = harness.task(task_name, {}, profile)
+    learner = instantiate(manager.get("learner", task_cls.default_learner), {}, profile)
+    distiller_cls = manager.get("distiller", method)
+    spec_iterations = {**options_of(distiller_cls), **(distiller_cls.quick if profile == "quick" else {})}["iterations"]
+
+    def run(n: int) -> float:
+        distiller = instantiate(distiller_cls, {"iterations": n}, profile)
+        context = RunContext(device, 0, torch.Generator(device).manual_seed(0), profile=profile)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        distiller.distill(view, Budget("ipc", ipc), learner, context)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    run(1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    per_iteration = run(iterations) / iterations
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return {"s_per_iteration": per_iteration, "peak_mb": peak, "iterations": spec_iterations,
+            "projected_s": per_iteration * spec_iterations}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="mnist5k")
+    parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--methods", nargs="+", default=["dc", "dsa", "dm"])
+    parser.add_argument("--iterations", type=int, default=5, help="timed outer iterations of dc and dsa")
+    parser.add_argument("--dm-iterations", type=int, default=100, help="timed iterations of dm")
+    parser.add_argument("--profile", choices=["quick", "full"], default="full")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    harness = Harness(get_plugin_manager(), args.device)
+    name = torch.cuda.get_device_name(harness.device) if harness.device.type == "cuda" else "cpu"
+    print(f"{args.task}, profile {args.profile}, device {name}, torch {torch.__version__}\n")
+    print("| method | ipc | s / outer iteration | peak MB | iterations (options) | projected s |")
+    print("|---|---|---|---|---|---|")
+    for method in args.methods:
+        for ipc in args.ipc:
+            n = args.dm_iterations if method == "dm" else args.iterations
+            r = measure(harness, args.task, method, ipc, n, args.profile)
+            cells = [method, ipc, f"{r['s_per_iteration']:.4f}", f"{r['peak_mb']:.0f}", r["iterations"], f"{r['projected_s']:.0f}"]
+            print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
