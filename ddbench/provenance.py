@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -14,7 +15,11 @@ import ddbench
 
 @functools.cache
 def git_commit() -> str | None:
-    """The commit of the ddbench source tree, when it is a git checkout (else ``None``)."""
+    """The commit of the ddbench source tree: ``$DDBENCH_COMMIT`` when set (a copy of the tree
+    without its own git history, e.g. on a remote GPU machine), else ``git rev-parse`` of the
+    checkout, else ``None``."""
+    if os.environ.get("DDBENCH_COMMIT"):
+        return os.environ["DDBENCH_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(ddbench.__file__).parent,
                              capture_output=True, text=True, timeout=5)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import random
 import time
 import traceback
@@ -302,6 +303,26 @@ def _global_rng(seed: int, device: torch.device) -> Iterator[None]:
             random.setstate(py_state)
 
 
+@contextmanager
+def _deterministic_kernels(device: torch.device) -> Iterator[None]:
+    """On CUDA, PyTorch's deterministic kernels (cuDNN and index/scatter backward otherwise use
+    atomics), so that the ``seeded`` rule tests the method's seeding rather than run-to-run kernel
+    noise. Ops with no deterministic CUDA kernel (``grid_sample``'s backward, used by DSA) only warn."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"
@@ -331,7 +352,7 @@ class _Runner:
     def distill(self, view: TaskView, budget: Budget | None, learner: Learner, global_seed: int) -> tuple[Artifact, RunContext, bool]:
         """One run on a private copy of the view; also whether the run left that copy unchanged."""
         context, copy = self.context(), _copy(view)
-        with _global_rng(global_seed, self.device):
+        with _global_rng(global_seed, self.device), _deterministic_kernels(self.device):
             artifact = self.method.distill(copy, budget, learner, context)  # type: ignore[arg-type]
         return artifact, context, _view_hash(copy) == _view_hash(view)
 
@@ -442,9 +463,12 @@ class _Runner:
             return  # returns-artifact / on-device already name the problem
         difference = _difference(first, second, exact=self.device.type == "cpu")
         if difference:
+            nondeterministic = "" if self.device.type == "cpu" else (
+                " If PyTorch warned that an op has no deterministic CUDA kernel (grid_sample's backward, used by DSA), "
+                "that op is the cause: check seeding with --ddbench-device cpu.")
             self.fail("seeded", where, f"two runs with seed {self.seed} gave different artifacts ({difference}).",
                       "draw all randomness from context.generator or context.fork(k), never from the global "
-                      "torch/numpy/random generators, and keep no state between calls.")
+                      "torch/numpy/random generators, and keep no state between calls." + nondeterministic)
 
     def trainable(self, kit_task: KitTask, view: TaskView, learner: Learner, artifact: Artifact, where: str) -> None:
         """Train the task's learner briefly on the artifact with the recipe it declares."""

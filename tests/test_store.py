@@ -121,3 +121,14 @@ def test_artifacts_are_safetensors_with_a_hashed_sidecar(tmp_path):
     (tmp_path / "a.json").replace(tmp_path / "b.json")
     with pytest.raises(ArtifactError, match="does not match the hash"):
         load(tmp_path / "b.safetensors")
+
+
+def test_provenance_commit_can_be_named_by_the_environment(monkeypatch):
+    from ddbench.provenance import git_commit, provenance
+
+    git_commit.cache_clear()
+    monkeypatch.setenv("DDBENCH_COMMIT", "abc123def456")
+    try:
+        assert provenance()["commit"] == "abc123def456"
+    finally:
+        git_commit.cache_clear()
