@@ -8,6 +8,7 @@ generator (no device sync), the magnitudes from a generator on the data's device
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,7 @@ class AugParams:
     values: dict[str, Tensor]
 
 
-def sample(family: str, n: int, size: int, generator: Tensor | torch.Generator, device: torch.device, siamese: bool = False) -> AugParams:
+def sample(family: str, n: int, size: int, generator: torch.Generator, device: torch.device, siamese: bool = False) -> AugParams:
     """Draw magnitudes of ``family`` for ``n`` images of side ``size``.
 
     ``siamese``: one draw copied to every row (the official code copies sample 0's values), so
@@ -120,6 +121,22 @@ def apply(x: Tensor, params: AugParams) -> Tensor:
                              torch.stack([-a.sin(), a.cos(), torch.zeros_like(a)], 1)], 1)
         return _affine(x, theta)
     raise ValueError(f"unknown DSA family {params.family!r}")
+
+
+def apply_grouped(batches: Sequence[Tensor], params: Sequence[AugParams]) -> list[Tensor]:
+    """``[apply(batches[i], params[i]) for i ...]`` with one :func:`apply` call per family: the
+    batches that drew the same family are concatenated (every transform acts per sample, so the
+    grouping changes nothing but the number of kernels)."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault(p.family, []).append(i)
+    out: list[Tensor] = [batches[0]] * len(batches)
+    for family, idx in groups.items():
+        values = {name: torch.cat([params[i].values[name] for i in idx]) for name in params[idx[0]].values}
+        joined = apply(torch.cat([batches[i] for i in idx]), AugParams(family, values))
+        for i, part in zip(idx, joined.split([len(batches[i]) for i in idx])):
+            out[i] = part
+    return out
 
 
 class DSA:

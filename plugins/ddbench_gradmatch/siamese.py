@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddbench.augment import DSA, AugParams, apply
+from ddbench.augment import DSA, AugParams, apply_grouped
 
 
 def broadcast(params: AugParams, n: int) -> AugParams:
@@ -21,10 +21,8 @@ def siamese_per_class(real: Tensor, syn: Tensor, dsa: DSA) -> tuple[Tensor, Tens
     shared draw per class. Differentiable with respect to ``syn``."""
     if real.shape[0] != syn.shape[0]:
         raise ValueError(f"real and synthetic batches must stack the same classes (got {real.shape[0]} and {syn.shape[0]}).")
-    out_real, out_syn = [], []
-    for c in range(real.shape[0]):
-        omega = dsa.draw(1, real.shape[-1], siamese=True)
-        out_real.append(apply(real[c], broadcast(omega, real.shape[1])))
-        out_syn.append(apply(syn[c], broadcast(omega, syn.shape[1])))
+    omegas = [dsa.draw(1, real.shape[-1], siamese=True) for _ in range(real.shape[0])]
+    # real and synthetic apart: the real side stays outside the synthetic set's autograd graph
+    out_real = apply_grouped(list(real), [broadcast(omega, real.shape[1]) for omega in omegas])
+    out_syn = apply_grouped(list(syn), [broadcast(omega, syn.shape[1]) for omega in omegas])
     return torch.stack(out_real), torch.stack(out_syn)
-

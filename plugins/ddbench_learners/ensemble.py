@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ddbench.augment import DSA, AugParams, apply
+from ddbench.augment import DSA, apply_grouped
 from ddbench.interfaces import Artifact, Recipe
 from ddbench_learners.training import augmenter, learning_rate, train_classifier
 
@@ -154,18 +154,8 @@ class _Augmenter:
             return xb
         if not isinstance(self.streams[0], DSA):
             return torch.stack([stream(x) for stream, x in zip(self.streams, xb)])
-        b, size = xb.shape[1], xb.shape[-1]
-        drawn = [stream.draw(b, size) for stream in self.streams]
-        groups: dict[str, list[int]] = {}
-        for k, params in enumerate(drawn):
-            groups.setdefault(params.family, []).append(k)
-        out: list[Tensor | None] = [None] * len(drawn)
-        for family, ks in groups.items():
-            values = {name: torch.cat([drawn[k].values[name] for k in ks]) for name in drawn[ks[0]].values}
-            batch = apply(torch.cat([xb[k] for k in ks]), AugParams(family, values))
-            for j, k in enumerate(ks):
-                out[k] = batch[j * b : (j + 1) * b]
-        return torch.stack(out)  # type: ignore[arg-type]
+        drawn = [stream.draw(xb.shape[1], xb.shape[-1]) for stream in self.streams]
+        return torch.stack(apply_grouped(list(xb), drawn))
 
 
 def _step(base: nn.Module, names: list[str]) -> Callable[[list[Tensor], Tensor, Tensor], list[Tensor]]:

@@ -61,7 +61,7 @@ def train_experts(models: Sequence[nn.Module], train: Split, epochs: int, recipe
     snapshots = [flat_parameters(stack_parameters(models))]
 
     def keep(epoch: int, params: dict[str, Tensor]) -> None:
-        snapshots.append(flat_parameters(params).clone())
+        snapshots.append(flat_parameters(params))  # a new tensor (torch.cat), not a view of the live parameters
         if on_epoch is not None:
             on_epoch(epoch + 1)
 
