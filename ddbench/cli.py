@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -130,10 +129,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     new = harness.run(suite, on_result=on_result, skip=lambda c: c.key() in done)
-    results = [result_from_dict(r) for r in store.records([c.key() for c in cells])]
+    keys = [c.key() for c in cells]
+    results = [result_from_dict(r) for r in store.records(keys)]
     store.close()
     bar.close()
-    print(table(sorted(results, key=lambda r: [c.key() for c in cells].index(r.cell.key()))))
+    print(table(sorted(results, key=lambda r: keys.index(r.cell.key()))))
     failed = sum(r.status == "failed" for r in results)
     print(f"\n{len(new)} cells run in {time.perf_counter() - start:.1f} s on {harness.device} ({len(done)} reused); "
           f"{failed} failed. Results in {store.path}.", file=sys.stderr)
@@ -147,7 +147,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         path = Path(args.results)
         if not path.is_file():
             raise SuiteError(f"results file {args.results!r} not found: pass a results.json written by `ddbench leaderboard`.")
-        records = json.loads(path.read_text())
+        records = leaderboard.read_results(path)
     else:
         store = ResultStore(args.store)
         records = store.records()

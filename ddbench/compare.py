@@ -10,7 +10,6 @@ regression (a 1 ms step that takes 2 ms is not a slowdown worth failing CI for).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ddbench.errors import SuiteError, close_names
-from ddbench.leaderboard import HIGHER_IS_BETTER, Row, aggregate
+from ddbench.leaderboard import HIGHER_IS_BETTER, Row, aggregate, read_results
 
 TIME_FLOOR_S = 0.05
 TIME_METRICS = ("distill_s", "eval_s")
@@ -86,7 +85,7 @@ def load_rows(path: str | Path) -> list[Row]:
     if path.suffix == ".csv":
         return _csv_rows(path)
     if path.suffix == ".json":
-        return aggregate(json.loads(path.read_text()))
+        return aggregate(read_results(path))
     if path.suffix in (".sqlite", ".db"):
         from ddbench.store import ResultStore
 

@@ -21,7 +21,7 @@ import torch
 
 from ddbench.artifact import compression, save, validate, with_labels
 from ddbench.errors import DDBenchError, SuiteError
-from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Progress, RunContext, Task, TaskView
+from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Progress, RunContext, Task, TaskData, TaskView
 from ddbench.plugins import PluginManager, check_options, instantiate
 from ddbench.provenance import provenance
 from ddbench.suite import DistillerEntry, Suite
@@ -40,6 +40,13 @@ def resolve_device(device: str) -> torch.device:
     if device != "cpu" and not device.startswith("cuda"):
         raise SuiteError(f"unknown device {device!r}: use auto, cpu or cuda[:N].")
     return torch.device(device)
+
+
+def task_view(task: Task, data: TaskData, device: torch.device | str, name: str | None = None,
+              options: dict[str, Any] | None = None) -> TaskView:
+    """What a distiller sees of a loaded task: train and validation on ``device``, never the test split."""
+    return TaskView(name or task.name, task.kind, task.num_classes, tuple(task.input_shape), data.train.to(device),
+                    data.val.to(device), task.info(), dict(options or {}))
 
 
 @dataclass
@@ -133,8 +140,7 @@ class Harness:
         if key not in self._tasks:
             task = instantiate(self.manager.get("task", name), options, profile)
             data = task.load()
-            view = TaskView(name, task.kind, task.num_classes, tuple(task.input_shape), data.train.to(self.device),
-                            data.val.to(self.device), task.info(), dict(options))
+            view = task_view(task, data, self.device, name, options)
             self._tasks[key] = (task, view, data.test.to(self.device))
         return self._tasks[key]
 

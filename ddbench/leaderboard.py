@@ -17,6 +17,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ddbench.errors import SuiteError
+
 HIGHER_IS_BETTER = {"accuracy": True, "r2": True, "mse": False, "gain_vs_random": True, "metric_per_kparam": True,
                     "stored_params": False, "distill_s": False, "eval_s": False, "peak_mb": False, "compression": True}
 CSV_FIELDS = ["task", "distiller", "budget", "metric", "mean", "std", "nets", "seeds", "stored_params", "metric_per_kparam",
@@ -73,6 +75,18 @@ class Row:
 def _mean(xs: list[float]) -> float:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     return statistics.fmean(xs) if xs else math.nan
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The records of an exported ``results.json`` (as :func:`write` saves them)."""
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SuiteError(f"{str(path)!r} is not a readable results.json ({type(exc).__name__}): "
+                         "pass one written by `ddbench leaderboard`.") from exc
+    if not isinstance(records, list):
+        raise SuiteError(f"{str(path)!r} holds no list of result records: pass a results.json written by `ddbench leaderboard`.")
+    return records
 
 
 def aggregate(records: list[dict[str, Any]]) -> list[Row]:

@@ -166,9 +166,9 @@ def _budget(text: str | None) -> Budget | None:
 
 def task_view(task: Task, device: torch.device | str = "cpu") -> TaskView:
     """What a distiller sees of ``task`` (train and validation on ``device``), as the harness builds it."""
-    data = task.load()
-    return TaskView(task.name, task.kind, task.num_classes, tuple(task.input_shape), data.train.to(device),
-                    data.val.to(device), task.info(), {})
+    from ddbench import harness
+
+    return harness.task_view(task, task.load(), device)
 
 
 # --------------------------------------------------------------------------------------------

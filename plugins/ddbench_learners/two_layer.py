@@ -92,6 +92,12 @@ class TwoLayer(nn.Module):
         return self.alpha + x @ self.beta + self.features(x) @ self.a
 
 
+def preprocess_labels(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 1 of theory.md §3: alpha = mean(y), beta = mean(y x), and the labels y - alpha - beta^T x."""
+    alpha, beta = y.mean(), (y[:, None] * x).mean(0)
+    return alpha, beta, y - alpha - x @ beta
+
+
 def first_layer_grad(a: Tensor, w: Tensor, b: Tensor, x: Tensor, y: Tensor) -> Tensor:
     """grad_W of L(theta) = (1/m) sum_i (f(x_i) - y_i)^2 at a theta with f = 0 (theory.md §4.1):
     G = -(2/m) diag(a) [1(W x_i + b > 0) y_i]^T X. Differentiable in ``x`` and ``y`` (the gate has
@@ -182,9 +188,7 @@ class TwoLayerLearner(Learner):
         if "x1" in artifact.tensors:
             return self._fit_artifact(model, artifact.tensors, opts, eta, lam)
         x, y = artifact.x.float(), artifact.y.float()
-        model.alpha = y.mean()
-        model.beta = (y[:, None] * x).mean(0)
-        y = y - model.alpha - x @ model.beta
+        model.alpha, model.beta, y = preprocess_labels(x, y)
         if first_layer == "step":
             model.W = first_layer_step(model, x, y, eta)
         model.reinit_bias()

@@ -23,6 +23,7 @@ from ddbench_learners.two_layer import (
     TwoLayer,
     feature_moments,
     first_layer_step,
+    preprocess_labels,
     ridge_from_moments,
 )
 
@@ -122,9 +123,8 @@ class MultiIndex(Task):
     def _calibration(self) -> dict[str, Any]:
         data = self.load()
         train, val = data.train.to(self.calib_device), data.val.to(self.calib_device)
-        x, y = train.x.double(), train.y.double()
-        alpha, beta = y.mean(), (y[:, None] * x).mean(0)
-        y_pre = (y - alpha - x @ beta).float()
+        alpha, beta, y_pre = preprocess_labels(train.x.double(), train.y.double())
+        y_pre = y_pre.float()
         model = TwoLayer(self.d, self.calib_width, seed=0).to(self.calib_device)
         w_unit = first_layer_step(model, train.x, y_pre, math.sqrt(self.d))  # eta_1 = sqrt(d), rho = 1
         median_norm = w_unit.norm(dim=1).median().item()

@@ -16,7 +16,7 @@ import torch
 
 from ddbench.artifact import count_storage
 from ddbench.interfaces import Artifact, Recipe, Split
-from ddbench_learners.two_layer import TwoLayer, TwoLayerLearner, feature_moments, first_layer_step, ridge_from_moments
+from ddbench_learners.two_layer import TwoLayer, TwoLayerLearner, first_layer_step, preprocess_labels, ridge_head
 
 if TYPE_CHECKING:
     from ddbench_tasks.multi_index import MultiIndex
@@ -75,8 +75,7 @@ def student_metrics(task: "MultiIndex", artifact: Artifact, init_seed: int, widt
     eta, lam = float(recipe["rho"]) * math.sqrt(task.d), float(recipe["ridge"])
     x1, y1 = artifact.tensors["x1"].float(), artifact.tensors["y1"].float()
     x, y = _splits(task, device)[0].x, _splits(task, device)[0].y
-    alpha, beta = y.mean(), (y[:, None] * x).mean(0)
-    y_pre = y - alpha - x @ beta
+    alpha, beta, y_pre = preprocess_labels(x, y)
     student = first_layer_step(TwoLayer(task.d, width, init_seed).to(device), x1, y1, eta)
     out = {"w1_alignment": task.first_layer_alignment(student)}
     oracle = []
@@ -85,8 +84,7 @@ def student_metrics(task: "MultiIndex", artifact: Artifact, init_seed: int, widt
         fresh.W = first_layer_step(fresh, x1, y1, eta)
         fresh.reinit_bias()
         fresh.alpha, fresh.beta = alpha, beta
-        gram, rhs, _ = feature_moments(fresh.W, fresh.b, x, y_pre)
-        fresh.a = ridge_from_moments(gram, rhs, lam).float()
+        fresh.a = ridge_head(fresh, x, y_pre, lam)
         oracle.append(_test_scores(task, learner, fresh, device)["r2"])
     out["oracle_head_r2"] = statistics.fmean(oracle)
     m = count_storage(artifact).scalars // (task.d + 1)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
 from ddbench.errors import BudgetError
-from ddbench_learners.two_layer import TwoLayer, TwoLayerLearner, first_layer_step, reinit_biases
+from ddbench_learners.two_layer import TwoLayer, TwoLayerLearner, first_layer_step, preprocess_labels, reinit_biases
 from ddbench_theory.stage1 import INIT_MODES, INITS, LABEL_MODES, LOSSES, match_gradients
 from ddbench_theory.stage2 import OBJECTIVES, fit_head_points
 
@@ -107,8 +107,7 @@ class TwoStage(Distiller):
                               f"lower m1/m2 (e.g. m2='L/2') or raise the budget.")
         eta, lam = float(task.info["rho"]) * math.sqrt(d), float(task.info["ridge"])
         x, y = task.train.x.float(), task.train.y.float()
-        alpha, beta = y.mean(), (y[:, None] * x).mean(0)  # theory.md §3 step 1, from the real data
-        y_pre = y - alpha - x @ beta
+        alpha, beta, y_pre = preprocess_labels(x, y)  # theory.md §3 step 1, from the real data
         s1 = match_gradients(x, y_pre, width, init_seed, m1, context, steps=self.steps1, lr=self.lr1, loss=self.loss,
                              init=self.init, labels=self.labels, init_mode=self.init_mode,
                              weight_decay=self.weight_decay)
