@@ -1,14 +1,17 @@
 """Differentiable Siamese Augmentation (DSA) and DC's MNIST augmentation, on the device.
 
-Faithful to ``specs/methods.md`` §4 (DSA) and §3 (DC-augment). Everything is differentiable with
-respect to the input. Parameters are drawn from explicit generators: the family from a CPU
-generator (no device sync), the magnitudes from a generator on the data's device, so that a stored
-:class:`AugParams` replays the exact same transform (needed by MTT's exact gradient).
+Faithful to ``specs/methods.md`` §4 (DSA) and §3 (DC-augment), vectorised as §13.1 asks: a drawn
+DSA transform is a :class:`Transform`, per image an affine map (crop, flip, scale and rotate), a
+colour change and a cutout square, each the identity unless the image's family is that one, so
+a batch with any mix of families is augmented by the same dozen kernels and the draws of many
+steps can be made at once (:meth:`DSA.plan`; §13.4: the family schedule drawn in advance, no host
+sync). Everything is differentiable with respect to the input. All draws come from one generator
+on the data's device, so a stored :class:`Transform` replays the exact same transform (needed by
+MTT's exact gradient).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,52 +35,125 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
 
 
 @dataclass
-class AugParams:
-    """One drawn transform: a family and per-sample magnitudes (identical rows when siamese)."""
+class Transform:
+    """Drawn DSA transforms, one per image, with any leading shape (``(steps, batch)`` for a plan;
+    index it like a tensor). Each image's family sets one stage; the others are the identity:
 
-    family: str
-    values: dict[str, Tensor]
-
-
-def sample(family: str, n: int, size: int, generator: torch.Generator, device: torch.device, siamese: bool = False) -> AugParams:
-    """Draw magnitudes of ``family`` for ``n`` images of side ``size``.
-
-    ``siamese``: one draw copied to every row (the official code copies sample 0's values), so
-    the real and the synthetic batch, and every image in them, get one identical transform.
+    - ``theta`` (..., 2, 3): the affine map of ``affine_grid`` (bilinear, zero fill,
+      align_corners=True): crop is an integer translation, flip a mirror, scale diag(sx, sy),
+      rotate a rotation;
+    - ``color`` (..., 3): brightness shift, saturation factor, contrast factor (0, 1, 1: identity);
+    - ``hole_rows`` (..., H) and ``hole_cols`` (..., W): cutout's square as row x column indicators;
+    - ``stages`` (..., 3): whether the image's family is an affine one, color, or cutout.
     """
-    m = 1 if siamese else n
 
-    def u(*shape: int) -> Tensor:
-        return torch.rand(*shape, generator=generator, device=device)
+    theta: Tensor
+    color: Tensor
+    hole_rows: Tensor
+    hole_cols: Tensor
+    stages: Tensor
 
-    def randint(low: int, high: int) -> Tensor:  # inclusive low, exclusive high
-        return torch.randint(low, high, (m,), generator=generator, device=device)
+    def parts(self) -> tuple[Tensor, ...]:
+        return self.theta, self.color, self.hole_rows, self.hole_cols, self.stages
 
-    if family == "color":
-        values = {"brightness": u(m) - 0.5, "saturation": u(m) * 2.0, "contrast": u(m) + 0.5}
-    elif family == "crop":
-        s = int(size * CROP_RATIO + 0.5)
-        values = {"tx": randint(-s, s + 1), "ty": randint(-s, s + 1)}
-    elif family == "cutout":
-        side = int(size * CUTOUT_RATIO + 0.5)
-        high = size + (1 - side % 2)
-        values = {"cx": randint(0, high), "cy": randint(0, high)}
-    elif family == "flip":
-        values = {"flip": u(m) < 0.5}
-    elif family == "scale":
-        values = {"sx": u(m) * (SCALE - 1.0 / SCALE) + 1.0 / SCALE, "sy": u(m) * (SCALE - 1.0 / SCALE) + 1.0 / SCALE}
-    elif family == "rotate":
-        values = {"angle": (u(m) - 0.5) * 2.0 * ROTATE_DEG * math.pi / 180.0}
-    else:
-        raise ValueError(f"unknown DSA family {family!r}: use one of {FAMILIES}.")
-    if siamese:
-        values = {k: v.expand(n) for k, v in values.items()}
-    return AugParams(family, values)
+    def __getitem__(self, index: int | slice | tuple[int | slice, ...]) -> Transform:
+        return Transform(*(t[index] for t in self.parts()))
+
+    def flatten(self) -> Transform:
+        """The two leading dimensions merged: (A, B) -> (A * B,)."""
+        return Transform(*(t.flatten(0, 1) for t in self.parts()))
+
+    def repeat(self, count: int) -> Transform:
+        """Every row ``count`` times (one siamese draw for a whole batch)."""
+        return Transform(*(t.repeat_interleave(count, dim=0) for t in self.parts()))
+
+    @staticmethod
+    def stack(transforms: list[Transform], dim: int) -> Transform:
+        return Transform(*(torch.stack(parts, dim) for parts in zip(*(t.parts() for t in transforms))))
 
 
-def _affine(x: Tensor, theta: Tensor) -> Tensor:
-    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+def _integer(u: Tensor, low: int, high: int) -> Tensor:
+    """Uniforms in [0, 1) to integers uniform on low..high-1 (as floats)."""
+    return (u * (high - low)).floor().clamp(max=high - low - 1) + low
+
+
+def transforms(codes: Tensor, u: Tensor, size: int) -> Transform:
+    """The transforms of images of side ``size`` whose families are ``codes`` (indices into
+    :data:`FAMILIES`, any shape) and whose magnitudes come from uniforms ``u`` (codes' shape + (3,)),
+    with the distributions of §4:
+
+    color: brightness u0 - 0.5, saturation 2 u1, contrast u2 + 0.5; crop: tx, ty uniform on
+    -s..s; cutout: centre (cx, cy) uniform on 0..H (H - 1 for an odd side); flip: with probability
+    0.5 (u0 < 0.5); scale: sx, sy ~ U(1/1.2, 1.2); rotate: angle ~ U(-15, 15) degrees.
+    """
+    crop, flip, scale, rotate, color, cutout = (codes == FAMILIES.index(f) for f in ("crop", "flip", "scale", "rotate", "color", "cutout"))
+    u0, u1, u2 = u.unbind(-1)
+    s = int(size * CROP_RATIO + 0.5)
+    # out[h, w] = x[h - ty, w - tx]: the grid reads 2 t / (size - 1) to the left in normalised units
+    tx = torch.where(crop, _integer(u0, -s, s + 1), 0.0) * (-2.0 / (size - 1))
+    ty = torch.where(crop, _integer(u1, -s, s + 1), 0.0) * (-2.0 / (size - 1))
+    sx = torch.where(scale, u0 * (SCALE - 1.0 / SCALE) + 1.0 / SCALE, 1.0)
+    sx = torch.where(flip & (u0 < 0.5), -1.0, sx)
+    sy = torch.where(scale, u1 * (SCALE - 1.0 / SCALE) + 1.0 / SCALE, 1.0)
+    angle = torch.where(rotate, (u0 - 0.5) * (2.0 * ROTATE_DEG * math.pi / 180.0), 0.0)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([sx * cos, sin, tx, -sin, sy * cos, ty], -1).unflatten(-1, (2, 3))
+
+    shades = torch.stack([torch.where(color, u0 - 0.5, 0.0), torch.where(color, u1 * 2.0, 1.0),
+                          torch.where(color, u2 + 0.5, 1.0)], -1)
+
+    side = int(size * CUTOUT_RATIO + 0.5)
+    high = size + (1 - side % 2)
+    pixels = torch.arange(size, device=u.device, dtype=u.dtype)
+
+    def hole(centre: Tensor) -> Tensor:  # pixels in [centre - side // 2, centre - side // 2 + side)
+        offset = pixels - (_integer(centre, 0, high) - side // 2).unsqueeze(-1)
+        return ((offset >= 0) & (offset < side) & cutout.unsqueeze(-1)).to(u.dtype)
+
+    stages = torch.stack([crop | flip | scale | rotate, color, cutout], -1)
+    return Transform(theta, shades, hole(u1), hole(u0), stages)
+
+
+def apply(x: Tensor, transform: Transform) -> Tensor:
+    """Augment images ``x`` (N, C, H, W) with one transform per image (a ``Transform`` of leading shape (N,)).
+
+    On a GPU every stage runs (no host sync); on the CPU, where looking costs nothing, a stage that
+    is the identity for the whole batch is skipped (the result differs only by rounding)."""
+    n, dtype = x.shape[0], x.dtype
+    affine, color, cutout = transform.stages.any(0).tolist() if x.device.type == "cpu" else (True, True, True)
+    if affine:
+        grid = F.affine_grid(transform.theta.to(dtype), list(x.shape), align_corners=True)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    if color:
+        brightness, saturation, contrast = transform.color.to(dtype).reshape(n, 3, 1, 1, 1).unbind(1)
+        x = x + brightness
+        mean = x.mean(dim=1, keepdim=True)  # per pixel over channels: a no-op for one channel
+        x = torch.addcmul(mean, x - mean, saturation)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = torch.addcmul(mean, x - mean, contrast)
+    if cutout:
+        x = x - x * (transform.hole_rows[:, None, :, None] * transform.hole_cols[:, None, None, :]).to(dtype)
+    return x
+
+
+class DSA:
+    """DSA for one strategy and seed: per batch one family drawn uniformly from the strategy, then
+    per-image magnitudes (§4, mode S), all from one generator on ``device``."""
+
+    def __init__(self, strategy: str, seed: int, device: torch.device | str):
+        self.families = parse_strategy(strategy)
+        self.device = torch.device(device)
+        self.codes = torch.tensor([FAMILIES.index(f) for f in self.families], device=self.device)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+
+    def plan(self, steps: int, batch: int, size: int) -> Transform:
+        """Transforms for ``steps`` batches of ``batch`` images of side ``size``, drawn at once:
+        shape (steps, batch); ``plan[t, :n]`` augments a step's batch of n images. A plan with
+        ``batch=1`` is one siamese draw per step (repeat it over the images that share it)."""
+        pick = torch.rand(steps, generator=self.generator, device=self.device)
+        step_codes = self.codes[(pick * len(self.families)).long().clamp(max=len(self.families) - 1)]
+        u = torch.rand(steps, batch, 3, generator=self.generator, device=self.device)
+        return transforms(step_codes.unsqueeze(1).expand(steps, batch), u, size)
 
 
 def _shift(x: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
@@ -88,76 +164,6 @@ def _shift(x: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
     inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).unsqueeze(1).to(x.dtype)
     index = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).view(n, 1, h * w).expand(n, c, h * w)
     return torch.gather(x.reshape(n, c, h * w), 2, index).view(n, c, h, w) * inside
-
-
-def apply(x: Tensor, params: AugParams) -> Tensor:
-    """Apply a drawn transform to a batch ``x`` (N, C, H, W), differentiably."""
-    v, n = params.values, x.shape[0]
-    if params.family == "color":
-        x = x + v["brightness"].view(n, 1, 1, 1)
-        mean = x.mean(dim=1, keepdim=True)  # per pixel over channels: a no-op for one channel
-        x = (x - mean) * v["saturation"].view(n, 1, 1, 1) + mean
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        return (x - mean) * v["contrast"].view(n, 1, 1, 1) + mean
-    if params.family == "crop":
-        return _shift(x, v["tx"], v["ty"])
-    if params.family == "cutout":
-        h, w = x.shape[2:]
-        side = int(h * CUTOUT_RATIO + 0.5)
-        rows = torch.arange(h, device=x.device).view(1, h, 1) - (v["cy"].view(n, 1, 1) - side // 2)
-        cols = torch.arange(w, device=x.device).view(1, 1, w) - (v["cx"].view(n, 1, 1) - side // 2)
-        hole = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
-        return x * (~hole).unsqueeze(1).to(x.dtype)
-    if params.family == "flip":
-        return torch.where(v["flip"].view(n, 1, 1, 1), x.flip(3), x)
-    if params.family == "scale":
-        theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-        theta[:, 0, 0] = v["sx"]
-        theta[:, 1, 1] = v["sy"]
-        return _affine(x, theta)
-    if params.family == "rotate":
-        a = v["angle"].to(x.dtype)
-        theta = torch.stack([torch.stack([a.cos(), a.sin(), torch.zeros_like(a)], 1),
-                             torch.stack([-a.sin(), a.cos(), torch.zeros_like(a)], 1)], 1)
-        return _affine(x, theta)
-    raise ValueError(f"unknown DSA family {params.family!r}")
-
-
-def apply_grouped(batches: Sequence[Tensor], params: Sequence[AugParams]) -> list[Tensor]:
-    """``[apply(batches[i], params[i]) for i ...]`` with one :func:`apply` call per family: the
-    batches that drew the same family are concatenated (every transform acts per sample, so the
-    grouping changes nothing but the number of kernels)."""
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(params):
-        groups.setdefault(p.family, []).append(i)
-    out: list[Tensor] = [batches[0]] * len(batches)
-    for family, idx in groups.items():
-        values = {name: torch.cat([params[i].values[name] for i in idx]) for name in params[idx[0]].values}
-        joined = apply(torch.cat([batches[i] for i in idx]), AugParams(family, values))
-        for i, part in zip(idx, joined.split([len(batches[i]) for i in idx])):
-            out[i] = part
-    return out
-
-
-class DSA:
-    """DSA for one strategy: one family per call (uniform), then magnitudes.
-
-    ``seed`` seeds a CPU generator for the family draw and a device generator for magnitudes.
-    """
-
-    def __init__(self, strategy: str, seed: int, device: torch.device | str):
-        self.families = parse_strategy(strategy)
-        self.device = torch.device(device)
-        self.family_gen = torch.Generator().manual_seed(seed)
-        self.value_gen = torch.Generator(self.device).manual_seed(seed)
-
-    def draw(self, n: int, size: int, siamese: bool = False) -> AugParams:
-        family = self.families[int(torch.randint(len(self.families), (1,), generator=self.family_gen))]
-        return sample(family, n, size, self.value_gen, self.device, siamese)
-
-    def __call__(self, x: Tensor, siamese: bool = False) -> Tensor:
-        """Per-sample (default) or siamese augmentation of ``x``."""
-        return apply(x, self.draw(x.shape[0], x.shape[-1], siamese))
 
 
 class DCAugment:

@@ -13,7 +13,8 @@ from ddbench.harness import CellResult, Harness
 from ddbench.plugins import PluginManager, instantiate
 from ddbench.suite import DistillerEntry, Suite, TaskEntry
 from ddbench_learners.ensemble import flat_parameters, grouped_layers, sgd_step, train_ensemble, vmap_unsupported
-from ddbench_learners.training import seeded, train_classifier
+from ddbench_learners import training
+from ddbench_learners.training import seeded, shuffles, train_classifier
 
 SEEDS = (0, 1, 2)
 STRATEGY = "color_crop_cutout_flip_scale_rotate"  # every DSA family, flip included
@@ -64,6 +65,47 @@ def test_ensemble_equals_sequential_per_model(manager, small, name, augment):
             torch.testing.assert_close(pb, pa, rtol=1e-4, atol=1e-5)
         assert accuracy(b, test) == pytest.approx(accuracy(a, test), abs=100.0 / len(test.y) + 1e-9)
     assert not torch.equal(ens[0].classifier.weight, ens[1].classifier.weight)  # each model its own seed
+
+
+def test_draws_made_in_several_blocks_still_match(manager, small, monkeypatch):
+    """Shuffles and DSA plans drawn a block of epochs at a time (here 3 epochs a block, 3 blocks):
+    both paths cut the same blocks, so they still agree; the blocks cover every epoch once."""
+    monkeypatch.setattr(training, "BLOCK_DRAWS", 300)
+    assert [list(b) for b in training.epoch_blocks(6, 100)] == [[0, 1, 2], [3, 4, 5], [6]]
+    view, test, x, y = small
+    lrn = learner(manager)
+    recipe = Recipe(epochs=6, lr=0.01, batch_size=32, augment="dsa", dsa_strategy=STRATEGY)
+    seq = sequential(lrn, view, Artifact({"x": x, "y": y}), recipe)
+    ens, _ = together(lrn, view, Artifact({"x": x, "y": y}), recipe)
+    for a, b in zip(seq, ens):
+        torch.testing.assert_close(b(test.x[:64]), a(test.x[:64]), rtol=1e-4, atol=1e-4)
+
+
+def test_shuffles_are_permutations_drawn_from_the_generator():
+    perms = training.shuffles(torch.Generator().manual_seed(0), 50, 4, torch.device("cpu"))
+    assert all(sorted(p.tolist()) == list(range(50)) for p in perms) and not torch.equal(perms[0], perms[1])
+    assert torch.equal(perms, training.shuffles(torch.Generator().manual_seed(0), 50, 4, torch.device("cpu")))
+
+
+def test_a_step_launches_the_same_kernels_for_any_number_of_models():
+    """Shuffles and DSA draws are made a block at a time, so a training step issues one set of ops
+    for all K models (on a GPU each op is a kernel launch): the ops of 5 more epochs, one block,
+    are the same for K = 2 and K = 6. (One DSA family, so the CPU's skipping of identity stages
+    cannot differ between runs.)"""
+    from torch.profiler import ProfilerActivity, profile
+
+    x, y = torch.randn(20, 1, 8, 8), torch.arange(10).repeat(2)
+
+    def ops(k: int, epochs: int) -> int:
+        models = [seeded(s, lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))) for s in range(k)]
+        recipe = Recipe(epochs=epochs, batch_size=10, augment="dsa", dsa_strategy="rotate")
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            train_ensemble(models, x, y, recipe, [torch.Generator().manual_seed(s) for s in range(k)])
+        return sum(1 for e in prof.events() if e.name.startswith("aten::") and
+                   (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+
+    per_ten_steps = {k: ops(k, 9) - ops(k, 4) for k in (2, 6)}
+    assert per_ten_steps[2] == per_ten_steps[6] > 0, per_ten_steps
 
 
 def test_generic_vmap_path_equals_sequential(small):
@@ -156,8 +198,7 @@ def test_on_epoch_gives_flat_trajectories_for_experts(manager, small):
         model, gen = lrn.build(view, seed), torch.Generator().manual_seed(seed)
         torch.randint(2**62, (1,), generator=gen)  # the augmentation seed train_classifier draws first
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        for _ in range(4):
-            perm = torch.randperm(len(x), generator=gen)
+        for perm in shuffles(gen, len(x), 4, torch.device("cpu")):  # all 4 epochs in one block
             for i in range(0, len(x), 40):
                 opt.zero_grad()
                 F.cross_entropy(model(x[perm[i : i + 40]]), y[perm[i : i + 40]]).backward()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench import Artifact, Budget, Learner, Recipe, RunContext, Split, TaskView
-from ddbench.augment import DSA, FAMILIES
+from ddbench.augment import DSA, FAMILIES, apply
 from ddbench.plugins import instantiate
 from ddbench.suite import DistillerEntry, Suite, TaskEntry
 from ddbench_gradmatch.common import FreshNetworks, HostSeeds
@@ -112,7 +112,7 @@ def test_batched_class_gradients_equal_the_per_class_loop(digits, convnet):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dsa_families_are_differentiable_and_shape_preserving(family):
     x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    out = DSA(family, 0, "cpu")(x)
+    out = apply(x, DSA(family, 0, "cpu").plan(1, 5, 16)[0])
     assert out.shape == x.shape and torch.isfinite(out).all()
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     (grad,) = torch.autograd.grad((out * weights).sum(), x)
@@ -289,16 +289,17 @@ def test_bad_options_are_one_line_errors(manager, options):
 @pytest.mark.slow
 def test_each_method_beats_random_at_ipc1_over_seeds(harness):
     """dc, dsa and dm (quick profile, digits, default learner) against random at ipc=1 under the
-    same evaluation recipe, over 3 distillation seeds: a one-sided paired t-test on the per-seed mean
-    gains, p < 0.05, and a mean gain of at least 5 points."""
+    same evaluation recipe, over 5 distillation seeds: a one-sided paired t-test on the per-seed mean
+    gains, p < 0.05, and a mean gain of at least 5 points. Five seeds, not three: over 10 seeds the
+    gains were about 16 +- 9 points, which gives three seeds only a coin flip's power at p < 0.05."""
     from scipy import stats
 
     suite = Suite("gradmatch", [TaskEntry("digits", [Budget.parse("ipc=1")])], [DistillerEntry(n) for n in METHODS],
-                  "quick", 2, [0, 1, 2])
+                  "quick", 2, [0, 1, 2, 3, 4])
     results = harness.run(suite)
     assert all(r.status == "ok" for r in results), [(r.cell.label, r.error) for r in results if r.status != "ok"]
     for name in METHODS:
         gains = [r.gain for r in results if r.cell.distiller == name]
-        assert None not in gains and len(gains) == 3
+        assert None not in gains and len(gains) == 5
         test = stats.ttest_1samp(gains, 0.0, alternative="greater")
         assert test.pvalue < 0.05 and statistics.fmean(gains) > 5.0, f"{name}: gains over random {gains} (p = {test.pvalue:.3g})"

@@ -2,6 +2,7 @@
 augmentation; Zhao & Bilen, ICML 2021), as ``specs/methods.md`` §5 states them."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddbench.augment import DSA
+from ddbench.augment import DSA, apply
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
 from ddbench_gradmatch.common import (
     MNIST_TASKS, FreshNetworks, HostSeeds, LossLog, check_options, classification_reason, dsa_strategy, eval_recipe, has_batchnorm,
@@ -182,11 +183,13 @@ def train_network(net: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tens
     """The inner loop (§5): ``epochs`` epochs of shuffled batches of the (detached) synthetic set,
     plain cross-entropy, per-sample DSA for DSA."""
     net.train()
-    for _ in range(epochs):
+    steps = math.ceil(len(x) / batch)
+    plan = None if augment is None else augment.plan(epochs * steps, batch, x.shape[-1])  # all draws at once
+    for epoch in range(epochs):
         order = torch.randperm(len(x), generator=generator, device=x.device)
-        for i in range(0, len(x), batch):
-            idx = order[i : i + batch]
-            xb = x[idx] if augment is None else augment(x[idx])
+        for j in range(steps):
+            idx = order[j * batch : (j + 1) * batch]
+            xb = x[idx] if plan is None else apply(x[idx], plan[epoch * steps + j, : len(idx)])
             loss = F.cross_entropy(net(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -8,12 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddbench.augment import DSA, AugParams, apply_grouped
-
-
-def broadcast(params: AugParams, n: int) -> AugParams:
-    """A one-row (siamese) draw repeated for a batch of ``n`` images."""
-    return AugParams(params.family, {k: v[:1].expand(n) for k, v in params.values.items()})
+from ddbench.augment import DSA, apply
 
 
 def siamese_per_class(real: Tensor, syn: Tensor, dsa: DSA) -> tuple[Tensor, Tensor]:
@@ -21,8 +16,8 @@ def siamese_per_class(real: Tensor, syn: Tensor, dsa: DSA) -> tuple[Tensor, Tens
     shared draw per class. Differentiable with respect to ``syn``."""
     if real.shape[0] != syn.shape[0]:
         raise ValueError(f"real and synthetic batches must stack the same classes (got {real.shape[0]} and {syn.shape[0]}).")
-    omegas = [dsa.draw(1, real.shape[-1], siamese=True) for _ in range(real.shape[0])]
+    omegas = dsa.plan(real.shape[0], 1, real.shape[-1])[:, 0]  # per class: a family and one set of values
     # real and synthetic apart: the real side stays outside the synthetic set's autograd graph
-    out_real = apply_grouped(list(real), [broadcast(omega, real.shape[1]) for omega in omegas])
-    out_syn = apply_grouped(list(syn), [broadcast(omega, syn.shape[1]) for omega in omegas])
-    return torch.stack(out_real), torch.stack(out_syn)
+    out_real = apply(real.flatten(0, 1), omegas.repeat(real.shape[1])).view(real.shape)
+    out_syn = apply(syn.flatten(0, 1), omegas.repeat(syn.shape[1])).view(syn.shape)
+    return out_real, out_syn

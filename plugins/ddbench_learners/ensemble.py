@@ -11,8 +11,10 @@ same order, so model k ends where sequential training with the same seed ends, t
 tolerance (the vmapped convolutions sum in a different order).
 
 Per-sample DSA (§4): each model draws a family and magnitudes for its own batch from its own
-stream; models that drew the same family are augmented in one call (the transforms are per
-sample, so grouping changes nothing). SGD with momentum and weight decay is applied to the
+stream, a block of epochs at a time (a plan per model, :meth:`~ddbench.augment.DSA.plan`, as
+``train_classifier`` draws them); a step augments all K batches in one vectorised call whatever
+families they drew. Shuffles are drawn a block at a time too, so a step launches no per-model
+kernels at all. SGD with momentum and weight decay is applied to the
 stacked tensors with the same ``torch._foreach`` arithmetic as ``torch.optim.SGD``.
 
 The engine also trains MTT's expert trajectories (§7): ``on_epoch`` sees the stacked parameters
@@ -21,6 +23,7 @@ after every epoch and :func:`flat_parameters` turns them into one flat vector pe
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -28,9 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ddbench.augment import DSA, apply_grouped
+from ddbench.augment import DSA, Transform, apply
 from ddbench.interfaces import Artifact, Recipe
-from ddbench_learners.training import augmenter, learning_rate, train_classifier
+from ddbench_learners.training import augmenter, epoch_blocks, learning_rate, shuffles, train_classifier
 
 Params = dict[str, Tensor]
 EpochCallback = Callable[[int, Params], None]
@@ -147,15 +150,21 @@ class _Augmenter:
     def __init__(self, recipe: Recipe, generators: Sequence[torch.Generator], device: torch.device):
         seeds = [int(torch.randint(2**62, (1,), generator=g, device=device)) for g in generators]
         self.streams = [augmenter(recipe, seed, device) for seed in seeds]
+        self.plan: Transform | None = None
 
-    def __call__(self, xb: Tensor) -> Tensor:
+    def block(self, steps: int, batch: int, size: int) -> None:
+        """Draw each model's DSA plan for the next ``steps`` batches, as ``train_classifier`` does,
+        stacked (steps, K, batch): a step's transforms for all K models are one slice."""
+        if isinstance(self.streams[0], DSA):
+            self.plan = Transform.stack([stream.plan(steps, batch, size) for stream in self.streams], dim=1)
+
+    def __call__(self, step: int, xb: Tensor) -> Tensor:
         """Augment each model's batch ``xb[k]`` with its own stream; ``xb`` is (K, B, ...)."""
         if self.streams[0] is None:
             return xb
-        if not isinstance(self.streams[0], DSA):
+        if self.plan is None:
             return torch.stack([stream(x) for stream, x in zip(self.streams, xb)])
-        drawn = [stream.draw(xb.shape[1], xb.shape[-1]) for stream in self.streams]
-        return torch.stack(apply_grouped(list(xb), drawn))
+        return apply(xb.flatten(0, 1), self.plan[step, :, : xb.shape[1]].flatten()).view(xb.shape)
 
 
 def _step(base: nn.Module, names: list[str]) -> Callable[[list[Tensor], Tensor, Tensor], list[Tensor]]:
@@ -217,19 +226,22 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor, recipe: Re
     step = _step(base, names)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
     n, bs = len(x), max(1, min(recipe.batch_size, len(x)))
+    steps = math.ceil(n / bs)
     buffers: list[Tensor] | None = None
-    for epoch in range(recipe.epochs + 1):
-        perms = torch.stack([torch.randperm(n, generator=g, device=device) for g in generators])
-        for i in range(0, n, bs):
-            idx = perms[:, i : i + bs]
-            with autocast:
-                grads = step(tensors, augment(x[idx]), y[idx])
-            buffers = sgd_step(tensors, grads, buffers, lr, recipe.momentum, recipe.weight_decay)
-        if on_epoch is not None:
-            on_epoch(epoch, params)
-        if lr_decay and epoch == recipe.epochs // 2 + 1:
-            lr *= 0.1
-            buffers = None  # train_classifier rebuilds the optimiser here, which resets momentum
+    for block in epoch_blocks(recipe.epochs, n):
+        perms = torch.stack([shuffles(g, n, len(block), device) for g in generators])  # (K, epochs, n)
+        augment.block(len(block) * steps, bs, x.shape[-1])
+        for e, epoch in enumerate(block):
+            for j in range(steps):
+                idx = perms[:, e, j * bs : (j + 1) * bs]
+                with autocast:
+                    grads = step(tensors, augment(e * steps + j, x[idx]), y[idx])
+                buffers = sgd_step(tensors, grads, buffers, lr, recipe.momentum, recipe.weight_decay)
+            if on_epoch is not None:
+                on_epoch(epoch, params)
+            if lr_decay and epoch == recipe.epochs // 2 + 1:
+                lr *= 0.1
+                buffers = None  # train_classifier rebuilds the optimiser here, which resets momentum
     write_back(params, models)
     return models
 

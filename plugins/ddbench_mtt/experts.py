@@ -9,8 +9,8 @@ and after every epoch. Only the epochs a distillation can use (T+ + M) are train
 
 Cache: ``<cache_dir>/mtt-experts/<key>/`` holds one safetensors file per expert and a
 ``manifest.json``. ``key`` hashes the task (name, options, a fingerprint of its train split), the
-learner (name, options, parameter layout) and the expert recipe; the manifest maps each expert
-seed to its file and stored epochs. A present expert with enough epochs is never recomputed.
+learner (name, options, parameter layout), the expert recipe and how training draws its randomness
+(``DRAWS``); the manifest maps each expert seed to its file and stored epochs. A present expert with enough epochs is never recomputed.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from torch.func import vmap
 
 from ddbench.interfaces import Learner, Recipe, Split, TaskView
 from ddbench_learners.ensemble import flat_parameters, stack_parameters, train_ensemble
+from ddbench_learners.training import DRAWS
 from ddbench_mtt.flat import FlatModel
 
 EXPERT_SEED = 1_000_000  # expert i is built and shuffled from seed EXPERT_SEED + i (apart from eval seeds)
@@ -133,7 +134,7 @@ def expert_buffer(task: TaskView, learner: Learner, model: FlatModel, count: int
     cache = ExpertCache(cache_root, {
         "task": task.name, "task_options": task.options, "train": fingerprint(task.train),
         "learner": learner.name, "learner_options": vars(learner), "layout": list(zip(model.names, model.shapes)),
-        "recipe": asdict(recipe),
+        "recipe": asdict(recipe), "draws": DRAWS,
     })
     seeds = [EXPERT_SEED + i for i in range(count)]
     found = {s: cache.load(s, epochs) for s in seeds}

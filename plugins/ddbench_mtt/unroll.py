@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddbench.augment import DSA, AugParams, apply
+from ddbench.augment import DSA, Transform, apply
 from ddbench_mtt.flat import FlatModel
 
 MODES = ("unroll", "exact-constant-memory", "tesla-approx")
@@ -37,7 +37,7 @@ class Step:
     """One student step: which synthetic rows it trains on and the per-sample DSA transform."""
 
     index: Tensor
-    aug: AugParams | None
+    aug: Transform | None
 
 
 @dataclass
@@ -52,14 +52,16 @@ class Gradients:
 def draw_schedule(n: int, steps: int, batch: int, dsa: DSA | None, size: int, generator: torch.Generator,
                   device: torch.device) -> list[Step]:
     """``steps`` consecutive ``batch``-sized chunks of random permutations of the ``n`` synthetic
-    rows (a new permutation when one is used up), each with a per-sample DSA draw (§4, §7)."""
+    rows (a new permutation when one is used up), each with a per-sample DSA draw (§4, §7), all
+    the steps' DSA draws made at once."""
+    plan = None if dsa is None else dsa.plan(steps, batch, size)
     schedule: list[Step] = []
     chunks: list[Tensor] = []
-    for _ in range(steps):
+    for t in range(steps):
         if not chunks:
             chunks = list(torch.randperm(n, generator=generator, device=device).split(batch))
         index = chunks.pop(0)
-        schedule.append(Step(index, None if dsa is None else dsa.draw(len(index), size)))
+        schedule.append(Step(index, None if plan is None else plan[t, : len(index)]))
     return schedule
 
 

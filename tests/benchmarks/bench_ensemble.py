@@ -1,7 +1,7 @@
 """Sequential versus vmapped-ensemble evaluation training (specs/methods.md §13.3), pytest-benchmark.
 
 K = 1, 5, 10 ConvNet-3 models (width 16) on random tensors of MNIST (1x28x28) and CIFAR-10
-(3x32x32) shapes, ipc=10 (100 images, one batch), per-sample DSA, one epoch. Compare the
+(3x32x32) shapes, ipc=10 (100 images, one batch), per-sample DSA, 10 epochs (one block of draws). Compare the
 ``sequential`` and ``ensemble`` rows of one shape and K:
 
     OMP_NUM_THREADS=1 python -m pytest tests/benchmarks/bench_ensemble.py --benchmark-enable \\
@@ -20,7 +20,7 @@ from ddbench_learners.ensemble import train_ensemble
 from ddbench_learners.training import train_classifier
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-RECIPE = Recipe(epochs=0, augment="dsa", dsa_strategy="color_crop_cutout_flip_scale_rotate")
+RECIPE = Recipe(epochs=9, augment="dsa", dsa_strategy="color_crop_cutout_flip_scale_rotate")
 
 
 @pytest.mark.parametrize("mode", ["sequential", "ensemble"])

@@ -8,7 +8,10 @@ For the GPU check of issue 8 (specs/methods.md §13.3, §13.5):
    (100 images, one batch per epoch), per-sample DSA, ``--epochs`` epochs: sequential
    ``train_classifier`` one model after the other versus one ``train_ensemble`` call (grouped path
    and the generic vmap path), wall time after a warm-up, and the ratio.
-2. Equality and bf16: the same K models trained on the digits task (ships with scikit-learn, no
+   Also the ops issued per training step (each a kernel launch on a GPU; device-independent).
+2. ``--profile``: where the ensemble's time goes: the device's busy time against wall time (near
+   equal: compute-bound; far apart: launch-bound) and the top ops by device time.
+3. Equality and bf16: the same K models trained on the digits task (ships with scikit-learn, no
    download) at ipc=10 for ``--accuracy-epochs`` epochs, sequential fp32, ensemble fp32 and
    ensemble bf16 autocast; per-model test accuracies and their means.
 """
@@ -20,6 +23,7 @@ import time
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from ddbench import Artifact, Recipe
 from ddbench.harness import Harness
@@ -82,10 +86,42 @@ def speed(args: argparse.Namespace, device: torch.device) -> None:
     for name, run in runs.items():
         run(warm)
         times[name] = timed(lambda: run(recipe), device)
+    steps = {name: ops_per_step(lambda r: run(r), device) for name, run in runs.items()}
     print(f"\nspeed: K={args.k} ConvNet-3 width {args.width}, {args.shape} shape {shape}, ipc={args.ipc}, {args.epochs} epochs, DSA, "
           f"device {device_name(device)}")
     for name, t in times.items():
-        print(f"  {name:20s} {t:8.2f} s  {t / args.epochs * 1e3:8.2f} ms/epoch  ratio {times['sequential'] / t:5.2f}x")
+        print(f"  {name:20s} {t:8.2f} s  {t / args.epochs * 1e3:8.2f} ms/epoch  ratio {times['sequential'] / t:5.2f}x  "
+              f"{steps[name]:6.0f} ops/epoch")
+    if args.profile:
+        profiled(lambda: runs["ensemble (grouped)"](recipe), device, args.epochs)
+
+
+def ops_per_step(run, device: torch.device) -> float:
+    """Top-level ops issued per epoch (one step at ipc=10), from the difference of a 12- and a
+    2-epoch run (one block of draws each, so set-up costs cancel)."""
+    def count(epochs: int) -> int:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(Recipe(epochs=epochs - 1, augment="dsa", dsa_strategy=DSA))
+            sync(device)
+        return sum(1 for e in prof.events() if e.name.startswith("aten::") and
+                   (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+    return (count(12) - count(2)) / 10
+
+
+def profiled(run, device: torch.device, epochs: int) -> None:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        run()
+        sync(device)
+    wall = time.perf_counter() - start
+    table = prof.key_averages()
+    if device.type == "cuda":
+        busy = sum(e.self_device_time_total for e in table) / 1e6
+        print(f"\nprofile (ensemble, {epochs} epochs): device busy {busy:.2f} s of {wall:.2f} s wall "
+              f"({busy / epochs * 1e3:.2f} of {wall / epochs * 1e3:.2f} ms/epoch)")
+    print(table.table(sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=20))
 
 
 def accuracy(args: argparse.Namespace, device: torch.device) -> None:
@@ -127,6 +163,7 @@ def main() -> None:
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=100, help="epochs timed in the speed run")
+    parser.add_argument("--profile", action="store_true", help="profile the ensemble run: device time against wall time")
     parser.add_argument("--accuracy-epochs", type=int, default=300, help="E of the accuracy run (E + 1 epochs); 0 skips it")
     args = parser.parse_args()
     device = torch.device(args.device)
