@@ -14,8 +14,8 @@ Per-sample DSA (§4): each model draws a family and magnitudes for its own batch
 stream, a block of epochs at a time (a plan per model, :meth:`~ddbench.augment.DSA.plan`, as
 ``train_classifier`` draws them); a step augments all K batches in one vectorised call whatever
 families they drew. Shuffles are drawn a block at a time too, so a step launches no per-model
-kernels at all. SGD with momentum and weight decay is applied to the
-stacked tensors with the same ``torch._foreach`` arithmetic as ``torch.optim.SGD``.
+kernels at all. SGD with momentum and weight decay is applied to the stacked tensors with the
+same ``torch._foreach`` arithmetic as ``torch.optim.SGD``.
 
 The engine also trains MTT's expert trajectories (§7): ``on_epoch`` sees the stacked parameters
 after every epoch and :func:`flat_parameters` turns them into one flat vector per model.

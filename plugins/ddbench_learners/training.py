@@ -71,7 +71,8 @@ def train_classifier(model: nn.Module, artifact: Artifact, recipe: Recipe, gener
     SGD (momentum, weight decay from the recipe), cross-entropy, shuffled batches, epoch indices
     0..E, lr x 0.1 once after epoch index E//2 + 1 (the optimiser is rebuilt then, as in the
     reference code, which resets momentum). Augmentation per sample, seeded from ``generator``;
-    shuffles and DSA draws are made a block of epochs at a time (:func:`epoch_blocks`). ``bf16``: forward and backward under bf16 autocast on CUDA (ignored on CPU).
+    shuffles and DSA draws are made a block of epochs at a time (:func:`epoch_blocks`).
+    ``bf16``: forward and backward under bf16 autocast on CUDA (ignored on CPU).
     """
     x, y = artifact.x, artifact.y
     device = x.device
