@@ -4,11 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ddbench.errors import ArtifactError, BudgetError
 from ddbench.interfaces import Artifact, Budget, TaskView
@@ -38,32 +40,78 @@ def count_storage(artifact: Artifact) -> Storage:
     return Storage(sum(by_tensor.values()), total_bytes, by_dtype, by_tensor)
 
 
-def validate(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str) -> Storage:
-    """Check types, shapes, finiteness and the budget; return the storage count.
+DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+          torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The real dtypes an artifact tensor may have (no complex, quantized or float8 packing)."""
+TENSOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-    ``budget`` is ``None`` for budget-exempt reference rows (the full train split).
+
+def check_boundary(artifact: Any, distiller: str) -> None:
+    """What may leave a distiller's worker: an :class:`Artifact` of plain dense tensors of real dtypes.
+
+    Tensor subclasses (whose ``numel`` or ``__torch_function__`` may lie), sparse, quantized and
+    complex tensors, and non-tensor values are refused with a one-line error naming the tensor.
+    Views are fine: only their own elements are serialized (:func:`to_bytes`) and counted.
     """
     if not isinstance(artifact, Artifact):
         raise ArtifactError(f"distiller {distiller!r} returned {type(artifact).__name__}, not an Artifact: return ddbench.Artifact(tensors={{...}}).")
-    if not artifact.tensors:
+    if not isinstance(artifact.tensors, dict) or not artifact.tensors:
         raise ArtifactError(f"distiller {distiller!r} returned an artifact with no tensors: store at least 'x' and 'y'.")
     for name, tensor in artifact.tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise ArtifactError(f"artifact tensor {name!r} from {distiller!r} is a {type(tensor).__name__}, not a torch.Tensor: convert it.")
+        where = f"artifact tensor {name!r} from {distiller!r}"
+        if not isinstance(name, str) or not TENSOR_NAME.match(name):
+            raise ArtifactError(f"artifact tensor name {name!r} from {distiller!r} is not a plain name: use letters, digits, '_', '.', '-'.")
+        if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+            what = "a torch.Tensor subclass" if isinstance(tensor, torch.Tensor) else "not a torch.Tensor"
+            raise ArtifactError(f"{where} is a {type(tensor).__name__} ({what}): return a plain tensor.")
+        if tensor.layout != torch.strided:
+            raise ArtifactError(f"{where} is a {tensor.layout} tensor: store it dense (tensor.to_dense()).")
+        if tensor.is_quantized or tensor.dtype not in DTYPES:
+            raise ArtifactError(f"{where} has dtype {tensor.dtype}: store a real dtype "
+                                f"({', '.join(str(d).removeprefix('torch.') for d in DTYPES)}).")
+        if tensor.device.type == "meta":
+            raise ArtifactError(f"{where} is on the meta device and holds no values: store real values.")
+
+
+def to_bytes(tensors: dict[str, Tensor]) -> bytes:
+    """The tensors in the safetensors format: each tensor's own elements, copied (never its storage)."""
+    from safetensors.torch import save
+
+    return save({k: t.detach().to("cpu", copy=True).contiguous() for k, t in tensors.items()})
+
+
+def from_bytes(data: bytes, distiller: str) -> dict[str, Tensor]:
+    """Plain tensors parsed from safetensors bytes; the harness counts these and nothing else."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, TypeError, OSError) as exc:
+        raise ArtifactError(f"the artifact of {distiller!r} did not arrive as valid safetensors bytes ({exc}).") from exc
+    for name, tensor in tensors.items():
+        if not TENSOR_NAME.match(name) or tensor.dtype not in DTYPES:
+            raise ArtifactError(f"artifact tensor {name!r} from {distiller!r} ({tensor.dtype}) is not a plain named tensor of a real dtype.")
+    return {k: t.clone() for k, t in tensors.items()}
+
+
+def validate(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str,
+             input_tensors: tuple[str, ...] = ("x",)) -> Storage:
+    """Check types, shapes, labels, finiteness and the budget; return the storage count.
+
+    ``budget`` is ``None`` for budget-exempt reference rows (the full train split);
+    ``input_tensors`` are the tensors the learner trains from (one must be present).
+    """
+    check_boundary(artifact, distiller)
+    tensors = artifact.tensors
+    if not any(name in tensors for name in input_tensors):
+        raise ArtifactError(f"artifact from {distiller!r} has no {' or '.join(map(repr, input_tensors))} tensor "
+                            f"(it has {', '.join(sorted(tensors))}): store the inputs the learner trains from as tensors['x'].")
+    for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ArtifactError(f"artifact tensor {name!r} from {distiller!r} has NaN or infinite values: check the method's learning rate or loss.")
-    if "x" in artifact.tensors:
-        x = artifact.tensors["x"]
-        if tuple(x.shape[1:]) != tuple(task.input_shape):
-            raise ArtifactError(
-                f"artifact 'x' from {distiller!r} has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, task.input_shape))}) for task {task.name!r}."
-            )
-        y = artifact.tensors.get("y")
-        if y is None and artifact.recipe.get("labels") == "class-balanced":
-            if task.num_classes is None or len(x) % task.num_classes:
-                raise ArtifactError(f"artifact from {distiller!r} declares class-balanced labels but has {len(x)} rows for {task.num_classes} classes: store 'y' instead.")
-        elif y is None or len(y) != len(x):
-            raise ArtifactError(f"artifact from {distiller!r} needs a 'y' with one target per row of 'x' (got {None if y is None else len(y)} for {len(x)}).")
+    if "x" in tensors:
+        _check_inputs_and_labels(artifact, task, distiller)
     storage = count_storage(artifact)
     if budget is not None:
         limit = budget.scalars(task)
@@ -73,6 +121,42 @@ def validate(artifact: Artifact, task: TaskView, budget: Budget | None, distille
                 f"artifact from {distiller!r} stores {storage.scalars} scalars, over the budget {budget} = {limit} scalars ({parts}): store less."
             )
     return storage
+
+
+def _check_inputs_and_labels(artifact: Artifact, task: TaskView, distiller: str) -> None:
+    """``x`` float32 of shape (N >= 1, *input_shape); ``y`` one target per row: int64 classes in
+    range, (N, C) soft labels or float regression targets (checked here, before any reaches CUDA)."""
+    x = artifact.tensors["x"]
+    if tuple(x.shape[1:]) != tuple(task.input_shape) or x.dim() == 0:
+        raise ArtifactError(
+            f"artifact 'x' from {distiller!r} has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, task.input_shape))}) for task {task.name!r}."
+        )
+    if len(x) == 0:
+        raise ArtifactError(f"artifact 'x' from {distiller!r} has no rows: store at least one example.")
+    if x.dtype != torch.float32:
+        raise ArtifactError(f"artifact 'x' from {distiller!r} is {str(x.dtype).removeprefix('torch.')}: inputs must be float32, "
+                            "the learners' dtype (x.float()).")
+    y = artifact.tensors.get("y")
+    if y is None and artifact.recipe.get("labels") == "class-balanced":
+        if task.num_classes is None or len(x) % task.num_classes:
+            raise ArtifactError(f"artifact from {distiller!r} declares class-balanced labels but has {len(x)} rows for {task.num_classes} classes: store 'y' instead.")
+        return
+    if y is None or y.dim() == 0 or len(y) != len(x):
+        raise ArtifactError(f"artifact from {distiller!r} needs a 'y' with one target per row of 'x' (got {None if y is None else tuple(y.shape)} for {len(x)}).")
+    if task.num_classes is None:
+        if not y.is_floating_point() or y.dim() != 1:
+            raise ArtifactError(f"artifact 'y' from {distiller!r} is {y.dtype} of shape {tuple(y.shape)}: regression targets are one float per row.")
+    elif y.is_floating_point():
+        if tuple(y.shape) != (len(x), task.num_classes):
+            raise ArtifactError(f"artifact 'y' from {distiller!r} is float of shape {tuple(y.shape)}: soft labels are (N, {task.num_classes}); "
+                                "hard labels are int64 class indices.")
+    else:
+        if y.dtype != torch.int64 or y.dim() != 1:
+            raise ArtifactError(f"artifact 'y' from {distiller!r} is {str(y.dtype).removeprefix('torch.')} of shape {tuple(y.shape)}: "
+                                "store hard labels as int64 class indices (N,) (y.long()).")
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= task.num_classes:
+            raise ArtifactError(f"artifact 'y' from {distiller!r} holds labels {low}..{high}, outside the task's classes 0..{task.num_classes - 1}.")
 
 
 def with_labels(artifact: Artifact, num_classes: int | None) -> Artifact:
@@ -106,11 +190,9 @@ def content_hash(artifact: Artifact) -> str:
 def save(artifact: Artifact, path: str | Path, info: dict[str, Any] | None = None) -> Path:
     """Write ``path`` (.safetensors) and a JSON sidecar with the recipe, meta, ``info`` (task,
     distiller, budget, config, versions) and the content hash. Never pickle."""
-    from safetensors.torch import save_file
-
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in artifact.tensors.items()}, str(path))
+    path.write_bytes(to_bytes(artifact.tensors))
     sidecar = {"recipe": artifact.recipe, "meta": artifact.meta, "info": info or {}, "sha256": content_hash(artifact)}
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str) + "\n")
     return path

@@ -1,21 +1,26 @@
-"""The ``ddbench`` command line: ``run``, ``ls`` and ``plugins``."""
+"""The ``ddbench`` command line: ``run``, ``leaderboard``, ``compare``, ``ls``, ``plugins`` and ``new-plugin``.
+
+Bad input is one line on stderr naming the thing and the fix, exit status 2, and nothing written.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from ddbench import __version__
-from ddbench.errors import DDBenchError, SuiteError
+from ddbench.errors import DDBenchError, DDBenchWarning, SuiteError
 from ddbench.harness import CellResult, Harness
+from ddbench.interfaces import Budget
 from ddbench.plugins import get_plugin_manager, options_of
 from ddbench.report import table
 from ddbench.store import DEFAULT_PATH, ResultStore, result_from_dict
-from ddbench.suite import DistillerEntry, TaskEntry, default_suite, load_suite, parse_named
-from ddbench.interfaces import Budget
+from ddbench.suite import (DistillerEntry, TaskEntry, check_eval_seeds, check_seed, check_time_limit, default_suite,
+                           load_suite, parse_named)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,19 +86,27 @@ def suite_from_args(args: argparse.Namespace):  # -> Suite
         for t in suite.tasks:
             t.learner, t.learner_options = name, opts
     if args.seeds is not None:
-        if args.seeds < 1:
-            raise SuiteError("--seeds must be at least 1.")
-        suite.eval_seeds = args.seeds
-    if args.distill_seeds:
+        suite.eval_seeds = check_eval_seeds(args.seeds, "--seeds")
+    if args.distill_seeds is not None:
         try:
-            suite.distill_seeds = [int(s) for s in args.distill_seeds.split(",") if s.strip()]
+            seeds = [int(s) for s in args.distill_seeds.split(",") if s.strip()]
         except ValueError as exc:
             raise SuiteError(f"--distill-seeds takes comma-separated integers (got {args.distill_seeds!r}).") from exc
+        if not seeds:
+            raise SuiteError("--distill-seeds needs at least one seed, e.g. --distill-seeds 0,1,2.")
+        suite.distill_seeds = [check_seed(s, "--distill-seeds") for s in seeds]
     if args.profile:
         suite.profile = args.profile
     if args.time_limit is not None:
-        suite.time_limit_s = args.time_limit
+        suite.time_limit_s = check_time_limit(args.time_limit, "--time-limit")
     return suite
+
+
+def folder(path: str, flag: str) -> Path:
+    """``path`` as a folder to write into: a path that is a file is a one-line error."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise SuiteError(f"{flag} {path!r} is a file: pass a folder (it is created if missing).")
+    return Path(path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -104,6 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.download:
         os.environ["DDBENCH_DOWNLOAD"] = "1"
     suite = suite_from_args(args)
+    artifacts = folder(args.save_artifacts, "--save-artifacts") if args.save_artifacts else None
     manager = get_plugin_manager()
     bar = tqdm(total=0, unit="cell", file=sys.stderr, dynamic_ncols=True, leave=False, disable=None)
 
@@ -112,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.set_description_str(f"{label} step {step}{f'/{total}' if total else ''} {shown}", refresh=False)
         bar.refresh()
 
-    harness = Harness(manager, args.device, on_progress=on_progress, artifact_dir=args.save_artifacts)
+    harness = Harness(manager, args.device, on_progress=on_progress, artifact_dir=artifacts)
     cells = list(harness.cells(suite))
     store = ResultStore(args.store, manager)
     done = {c.key() for c in cells if not args.force and store.done(c)}
@@ -128,7 +142,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         tqdm.write(f"{c.label}: {what} ({result.distill_s + result.eval_s:.1f} s)", file=sys.stderr)
 
     start = time.perf_counter()
-    new = harness.run(suite, on_result=on_result, skip=lambda c: c.key() in done)
+    try:
+        new = harness.run(suite, on_result=on_result, skip=lambda c: c.key() in done)
+    except KeyboardInterrupt:
+        bar.close()
+        store.close()
+        print(f"ddbench: interrupted; every finished cell is kept in {store.path}, and a rerun skips them.", file=sys.stderr)
+        return 130
     keys = [c.key() for c in cells]
     results = [result_from_dict(r) for r in store.records(keys)]
     store.close()
@@ -143,21 +163,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ddbench import leaderboard
 
+    out = folder(args.out, "--out")
     if args.results:
         path = Path(args.results)
         if not path.is_file():
             raise SuiteError(f"results file {args.results!r} not found: pass a results.json written by `ddbench leaderboard`.")
         records = leaderboard.read_results(path)
     else:
-        store = ResultStore(args.store)
+        store = ResultStore(args.store, create=False)
         records = store.records()
         store.close()
-    if args.suite:
-        keys = {c.key() for c in Harness(get_plugin_manager(), "cpu").cells(load_suite(args.suite))}
-        records = [r for r in records if r["key"] in keys]
+    if args.suite:  # the suite's cells on any device
+        configs = [{**c.config(), "device_type": None} for c in Harness(get_plugin_manager(), "cpu").cells(load_suite(args.suite))]
+        records = [r for r in records if {**r["config"], "device_type": None} in configs]
     if not records:
         raise SuiteError("no stored results to build a leaderboard from: run `ddbench run` first (or pass --store/--results).")
-    for path in leaderboard.write(records, Path(args.out), args.task or None):
+    for path in leaderboard.write(records, out, args.task or None):
         print(path)
     return 0
 
@@ -201,10 +222,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from ddbench.scaffold import write_plugin
 
-    root = write_plugin(args.name, args.dir, taken=get_plugin_manager().names("distiller"))
+    root = write_plugin(args.name, folder(args.dir, "--dir"), taken=get_plugin_manager().names("distiller"))
     print(root)
     print(f"next: pip install -e {root} && pytest {root}  (then: ddbench plugins)", file=sys.stderr)
     return 0
+
+
+def _warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None, line=None) -> None:
+    if issubclass(category, DDBenchWarning):
+        print(f"ddbench: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    warnings.showwarning = _warning
     try:
         commands = {"run": cmd_run, "ls": cmd_ls, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
                     "new-plugin": cmd_new_plugin}
@@ -221,8 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ddbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ddbench: interrupted; finished cells were reported above.", file=sys.stderr)
+        print("ddbench: interrupted.", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = _default_showwarning
 
 
 if __name__ == "__main__":

@@ -32,8 +32,16 @@ class SuiteError(DDBenchError):
     """A malformed suite file or command line combination."""
 
 
+class StoreError(DDBenchError):
+    """A results store or results file that is missing, unreadable or not ddbench's."""
+
+
 class TaskDataError(DDBenchError):
     """A dataset that cannot be loaded (files absent, download off or failed)."""
+
+
+class DDBenchWarning(UserWarning):
+    """Something worth a line on stderr that does not stop the command (the CLI prints it as one)."""
 
 
 def close_names(name: str, choices: Iterable[str]) -> str:

@@ -1,17 +1,25 @@
-"""The harness loop: for every (task, distiller, budget, seed) cell, distil, validate the artifact,
-train the task's learner on it K times with explicit seeds, and score on the test split.
+"""The harness loop: for every (task, distiller, budget, seed) cell, distil in a fresh worker
+process, admit the artifact at the boundary, train the task's learner on it K times with explicit
+seeds, and score on the test split.
 
-A failing cell (a plugin that raises, an over-budget or NaN artifact) is recorded with its error
-and traceback; the run goes on.
+The distiller runs in a cell worker (:mod:`ddbench.worker`) that holds the task's train and
+validation splits only; what crosses back is the artifact's tensors (safetensors bytes) and its
+declared recipe and meta (JSON). The harness counts and validates those tensors, checks the
+declared recipe (:func:`ddbench.recipe.declared_recipe`), and trains its own learner instance,
+which the distiller never saw, on them; ``meta`` is recorded but never reaches the learner.
+A failing cell (a plugin that raises, exits, crashes or overruns its time limit; an over-budget or
+NaN artifact) is recorded with its error and a capped traceback; the run goes on.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import resource
+import shutil
 import statistics
+import tempfile
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,16 +27,23 @@ from typing import Any
 
 import torch
 
-from ddbench.artifact import compression, save, validate, with_labels
+from ddbench import worker
+from ddbench.artifact import Storage, compression, save, validate, with_labels
 from ddbench.errors import DDBenchError, SuiteError
-from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Progress, RunContext, Task, TaskData, TaskView
+from ddbench.interfaces import Artifact, Budget, Learner, Task, TaskData, TaskView
 from ddbench.plugins import PluginManager, check_options, instantiate
 from ddbench.provenance import provenance
+from ddbench.recipe import Recipe, declared_recipe
 from ddbench.suite import DistillerEntry, Suite
 
 
 RUN_LENGTH_META = ("iterations", "stopped_early")
 """Keys of ``Artifact.meta`` kept in the results: how long a distiller ran (a time limit may cut it short)."""
+RESULTS_VERSION = 1
+"""Bumped when a change to ddbench changes results; part of every cell key, so a store never
+passes off a result of another version as current (0: results stored before keys carried it)."""
+TRACEBACK_CHARS = 8000  # a stored traceback keeps its first and last lines up to this size
+HEADER_BYTES = 1 << 20  # room for the safetensors header beyond 8 bytes per budgeted scalar
 
 
 def resolve_device(device: str) -> torch.device:
@@ -63,6 +78,9 @@ class Cell:
     learner: str
     learner_options: dict[str, Any]
     profile: str
+    time_limit_s: float | None = None
+    device_type: str = "cpu"
+    results_version: int = RESULTS_VERSION
 
     @property
     def label(self) -> str:
@@ -98,6 +116,7 @@ class CellResult:
     error: str = ""
     traceback: str = ""
     random_ref: float | None = None  # mean metric of `random` at this budget under this cell's recipe
+    recipe: dict[str, Any] = field(default_factory=dict)  # the evaluation recipe the nets trained with
 
     @property
     def gain(self) -> float | None:
@@ -113,14 +132,21 @@ class CellResult:
         return statistics.pstdev(self.values) if len(self.values) > 1 else 0.0
 
 
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
+def capped(text: str, limit: int = TRACEBACK_CHARS) -> str:
+    """``text`` cut to about ``limit`` characters, keeping its start and its end (a traceback's cause)."""
+    if len(text) <= limit:
+        return text
+    head = limit // 4
+    return f"{text[:head]}\n[... {len(text) - limit} characters cut ...]\n{text[-(limit - head):]}"
 
 
 class Harness:
-    """Runs suites of cells with the plugins of ``manager`` on ``device``."""
+    """Runs suites of cells with the plugins of ``manager`` on ``device``.
+
+    Distillations run in worker processes (:mod:`ddbench.worker`), which import the main module
+    of the program, as multiprocessing does: a script that drives a harness itself guards its
+    entry point with ``if __name__ == "__main__":``.
+    """
 
     def __init__(self, manager: PluginManager, device: str = "auto", cache_dir: Path | str = ".ddbench/cache",
                  on_progress: Callable[[str, int, int | None, dict[str, float]], None] | None = None,
@@ -131,6 +157,8 @@ class Harness:
         self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else None
         self.on_progress = on_progress
         self._tasks: dict[str, tuple[Task, TaskView, Any]] = {}
+        self._views: dict[str, worker.ViewSpec] = {}
+        self._view_dir: Path | None = None
         self._random_refs: dict[str, float] = {}
 
     # -- building ----------------------------------------------------------------------------
@@ -143,6 +171,17 @@ class Harness:
             view = task_view(task, data, self.device, name, options)
             self._tasks[key] = (task, view, data.test.to(self.device))
         return self._tasks[key]
+
+    def _view_spec(self, cell: Cell, view: TaskView) -> worker.ViewSpec:
+        """The file a worker reads the view's train and validation splits from, written once per task."""
+        key = json.dumps([cell.task, cell.task_options, cell.profile], sort_keys=True, default=str)
+        if key not in self._views:
+            if self._view_dir is None:
+                self._view_dir = Path(tempfile.mkdtemp(prefix="ddbench-views-"))
+                weakref.finalize(self, shutil.rmtree, self._view_dir, True)
+            path = self._view_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+            self._views[key] = worker.write_view(view, path)
+        return self._views[key]
 
     def cells(self, suite: Suite) -> Iterator[Cell]:
         """Expand a suite into cells, validating every name up front."""
@@ -165,60 +204,64 @@ class Harness:
                 for budget in ([None] if exempt else t.budgets):
                     for seed in suite.distill_seeds:
                         yield Cell(t.name, t.options, d.name, d.options, budget, seed, list(range(suite.eval_seeds)),
-                                   learner, t.learner_options, suite.profile)
+                                   learner, t.learner_options, suite.profile, suite.time_limit_s, self.device.type)
 
     # -- running -----------------------------------------------------------------------------
     def run(self, suite: Suite, on_result: Callable[[CellResult], None] | None = None,
             skip: Callable[[Cell], bool] | None = None) -> list[CellResult]:
         """Run every cell of ``suite``; ``on_result`` sees each result as soon as it is final."""
-        results = []
         cells = list(self.cells(suite))
+        worker.mp_context(self.manager.modules())  # the fork server imports the plugins while tasks load
+        results = []
         for i, cell in enumerate(cells):
             if skip is not None and skip(cell):
                 continue
-            result = self.run_cell(cell, suite.time_limit_s, f"[{i + 1}/{len(cells)}]")
+            result = self.run_cell(cell, f"[{i + 1}/{len(cells)}]")
             results.append(result)
             if on_result is not None:
                 on_result(result)
         return results
 
-    def run_cell(self, cell: Cell, time_limit_s: float | None = None, tag: str = "") -> CellResult:
-        """Distil, validate, evaluate one cell; any exception becomes a failed result."""
+    def run_cell(self, cell: Cell, tag: str = "") -> CellResult:
+        """Distil in a worker, admit the artifact, evaluate one cell; any failure becomes a failed result."""
         result = CellResult(cell, "failed", device=self._device_name())
         try:
             task, view, test = self.task(cell.task, cell.task_options, cell.profile)
-            distiller: Distiller = instantiate(self.manager.get("distiller", cell.distiller), cell.distiller_options, cell.profile)
-            learner: Learner = instantiate(self.manager.get("learner", cell.learner), cell.learner_options, cell.profile)
-            reason = distiller.supports(view)
-            if reason is not None:
-                result.status, result.error = "skipped", reason
+            distiller = self.manager.get("distiller", cell.distiller)
+            reply = self._distill(distiller, cell.distiller_options, cell, view,
+                                  None if distiller.budget_exempt else cell.budget, cell.time_limit_s, tag)
+            result.distill_s, result.peak_mb = reply.distill_s, reply.peak_mb
+            if reply.status != "ok":
+                result.status, result.error, result.traceback = reply.status, reply.error[:1000], capped(reply.traceback)
                 return result
-            artifact = self._distill(distiller, view, cell, learner, time_limit_s, tag, result)
-            storage = validate(artifact, view, None if distiller.budget_exempt else cell.budget, cell.distiller)
+            learner: Learner = instantiate(self.manager.get("learner", cell.learner), cell.learner_options, cell.profile)
+            artifact, storage = self._admit(reply, view, cell, learner, None if distiller.budget_exempt else cell.budget)
             result.stored_params, result.stored_bytes = storage.scalars, storage.bytes
             result.by_tensor, result.by_dtype = storage.by_tensor, storage.by_dtype
             result.compression = compression(view, storage)
+            recipe = task.recipe(cell.profile).updated(artifact.recipe)
+            result.recipe = recipe.as_dict()
             if self.artifact_dir is not None:
                 info = {"cell": cell.config(), "key": cell.key(), "provenance": provenance(self.manager),
-                        "recipe": task.recipe(cell.profile).updated(artifact.recipe).as_dict(), "storage": asdict(storage)}
-                save(artifact, self.artifact_dir / f"{cell.task}-{cell.distiller}-{cell.key()}", info)
+                        "recipe": result.recipe, "storage": asdict(storage)}
+                save(Artifact(artifact.tensors, artifact.recipe, reply.meta), self.artifact_dir / f"{cell.task}-{cell.distiller}-{cell.key()}", info)
             start = time.perf_counter()
-            scores, result.eval_mode = self._scores(task, view, test, learner, artifact, cell)
+            scores, result.eval_mode = self._scores(task, view, test, learner, artifact, recipe, cell)
             result.eval_s = time.perf_counter() - start
             result.metric = task.metric
             result.values = [s[task.metric] for s in scores]
             for key in scores[0]:
                 if key != task.metric:
                     result.extra[key] = statistics.fmean(s[key] for s in scores)
-            result.extra.update(task.artifact_metrics(artifact))
-            result.extra.update({k: float(artifact.meta[k]) for k in RUN_LENGTH_META if k in artifact.meta})
+            result.extra.update(task.artifact_metrics(Artifact(artifact.tensors, artifact.recipe, reply.meta)))
+            result.extra.update(run_length(reply.meta))
             result.status = "ok"
             result.random_ref = self._random_reference(task, view, test, learner, cell, artifact.recipe, result)
         except Exception as exc:  # noqa: BLE001 - a failing cell never takes the run down
             result.status = "failed"
             message = str(exc).splitlines()[0] if str(exc) else ""
-            result.error = message if isinstance(exc, DDBenchError) else f"{type(exc).__name__}: {message}"
-            result.traceback = traceback.format_exc()
+            result.error = (message if isinstance(exc, DDBenchError) else f"{type(exc).__name__}: {message}")[:1000]
+            result.traceback = capped(traceback.format_exc())
         return result
 
     def _device_name(self) -> str:
@@ -226,30 +269,34 @@ class Harness:
             return torch.cuda.get_device_name(self.device)
         return "cpu"
 
-    def _distill(self, distiller: Distiller, view: TaskView, cell: Cell, learner: Learner,
-                 time_limit_s: float | None, tag: str, result: CellResult) -> Artifact:
+    def _distill(self, distiller: type, options: dict[str, Any], cell: Cell, view: TaskView, budget: Budget | None,
+                 time_limit_s: float | None, tag: str) -> worker.DistillReply:
+        """One distillation in a fresh worker (:func:`ddbench.worker.distill`)."""
         def report(step: int, total: int | None, metrics: dict[str, float]) -> None:
-            if self.on_progress is not None:
+            if self.on_progress is not None and tag:
                 self.on_progress(f"{tag} {cell.label}", step, total, metrics)
 
-        context = RunContext(self.device, cell.seed, torch.Generator(self.device).manual_seed(cell.seed), Progress(report),
-                             cell.profile, time_limit_s, self.cache_dir)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        start = time.perf_counter()
-        artifact = distiller.distill(view, cell.budget, learner, context)  # type: ignore[arg-type]
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        result.distill_s = time.perf_counter() - start
-        result.peak_mb = _peak_mb(self.device)
-        return artifact
+        request = worker.DistillRequest(distiller, options, self.manager.get("learner", cell.learner), cell.learner_options,
+                                        cell.profile, self._view_spec(cell, view), budget, cell.seed, str(self.device),
+                                        time_limit_s, str(self.cache_dir), torch.get_num_threads())
+        max_bytes = None if budget is None else budget.scalars(view) * 8 + HEADER_BYTES
+        return worker.distill(request, report, max_bytes)
 
-    def _scores(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact,
+    @staticmethod
+    def _admit(reply: worker.DistillReply, view: TaskView, cell: Cell, learner: Learner,
+               budget: Budget | None) -> tuple[Artifact, Storage]:
+        """The artifact the learner may train from: the worker's tensors, counted and validated, and
+        its declared recipe, checked; its meta stays behind."""
+        where = f"the artifact of {cell.distiller!r}"
+        recipe = declared_recipe(reply.recipe, reply.tensors, type(learner).recipe_options, where)
+        artifact = Artifact(reply.tensors, recipe)
+        return artifact, validate(artifact, view, budget, cell.distiller, type(learner).input_tensors)
+
+    def _scores(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact, recipe: Recipe,
                 cell: Cell) -> tuple[list[dict[str, float]], str]:
         """Train a fresh learner per evaluation seed on the artifact; score each on test. Also returns
         how they were trained: a learner with ``fit_ensemble(models, artifact, recipe, generators)
         -> str`` trains the K models itself (together where it can) and says how, e.g. ``ensemble``."""
-        recipe = task.recipe(cell.profile).updated(artifact.recipe)
         artifact = with_labels(artifact.to(self.device), view.num_classes)
         models = [learner.build(view, seed).to(self.device) for seed in cell.eval_seeds]
         generators = [torch.Generator(self.device).manual_seed(seed) for seed in cell.eval_seeds]
@@ -275,14 +322,24 @@ class Harness:
         if cell.distiller == "random" and not overrides:
             self._random_refs[key] = result.mean
         if key not in self._random_refs:
-            random: Distiller = instantiate(self.manager.get("distiller", "random"), {}, cell.profile)
-            context = RunContext(self.device, cell.seed, torch.Generator(self.device).manual_seed(cell.seed),
-                                 Progress(), cell.profile, None, self.cache_dir)
+            reply = self._distill(self.manager.get("distiller", "random"), {}, cell, view, cell.budget, None, "")
             try:
-                artifact = random.distill(view, cell.budget, learner, context)
-                artifact.recipe = overrides
-                scores, _ = self._scores(task, view, test, learner, artifact, cell)
+                if reply.status != "ok":
+                    return None
+                reply.recipe = overrides
+                artifact, _ = self._admit(reply, view, cell, learner, cell.budget)
+                scores, _ = self._scores(task, view, test, learner, artifact, task.recipe(cell.profile).updated(overrides), cell)
             except Exception:  # noqa: BLE001 - the reference is a column, not the cell
                 return None
             self._random_refs[key] = statistics.fmean(s[task.metric] for s in scores)
         return self._random_refs[key]
+
+
+def run_length(meta: dict[str, Any]) -> dict[str, float]:
+    """The :data:`RUN_LENGTH_META` numbers of an artifact's meta (others, and non-numbers, are left out)."""
+    out = {}
+    for key in RUN_LENGTH_META:
+        value = meta.get(key)
+        if isinstance(value, (bool, int, float)):
+            out[key] = float(value)
+    return out

@@ -6,7 +6,6 @@ declare ``quick = {...}``: option values used by the ``quick`` profile unless th
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from abc import ABC, abstractmethod
@@ -18,7 +17,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from ddbench.errors import BudgetError, SuiteError, close_names
+from ddbench.errors import BudgetError
+from ddbench.recipe import Recipe
 
 Kind = Literal["classification", "regression"]
 
@@ -77,50 +77,6 @@ class TaskView:
     def class_index(self, c: int) -> Tensor:
         """Indices of the train examples of class ``c``."""
         return torch.nonzero(self.train.y == c).flatten()
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation recipe
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Recipe:
-    """How a learner trains on an artifact (``specs/methods.md`` §3 for the image defaults).
-
-    ``epochs`` is E: training runs over epoch indices 0..E (E + 1 epochs) and the learning rate
-    is multiplied by 0.1 once, after epoch index E//2 + 1, as in the official ``evaluate_synset``.
-    ``lr_from_artifact`` names an artifact tensor that holds a learned learning rate (MTT).
-    ``labels="class-balanced"`` declares hard labels implied by order (``ipc`` rows of class 0,
-    then class 1, ...): the artifact may then omit ``y`` and the harness derives it, so a method
-    that also stores a learned scalar still fits an ``ipc`` budget.
-    ``options`` carries learner-specific public settings (the two-layer learner's step size).
-    """
-
-    epochs: int = 300
-    lr: float = 0.01
-    lr_from_artifact: str | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    augment: Literal["none", "dsa", "dc"] = "none"
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    labels: Literal["stored", "class-balanced"] = "stored"
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def updated(self, overrides: dict[str, Any]) -> "Recipe":
-        """A copy with ``overrides`` applied; unknown keys are an error naming the fix."""
-        names = {f.name for f in dataclasses.fields(self)}
-        for key in overrides:
-            if key not in names:
-                raise SuiteError(
-                    f"unknown recipe field {key!r}.{close_names(key, names)} "
-                    f"Recipe fields: {', '.join(sorted(names))}."
-                )
-        if "options" in overrides:
-            overrides = {**overrides, "options": {**self.options, **overrides["options"]}}
-        return dataclasses.replace(self, **overrides)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +255,15 @@ class Task(Component, ABC):
 
 
 class Learner(Component, ABC):
-    """A model family plus its training recipe."""
+    """A model family plus its training recipe.
+
+    ``recipe_options``: the learner-specific :attr:`Recipe.options` it reads, with their types (an
+    artifact may declare the integer, string and boolean ones; docs/threat-model.md).
+    ``input_tensors``: artifact tensors it can train from; an artifact must hold one of them.
+    """
+
+    recipe_options: ClassVar[dict[str, type]] = {}
+    input_tensors: ClassVar[tuple[str, ...]] = ("x",)
 
     @abstractmethod
     def build(self, task: TaskView, seed: int) -> nn.Module:

@@ -1,8 +1,10 @@
 """Leaderboards from stored results: Markdown (ranked within budget tiers), CSV and a Pareto plot.
 
 Input is a list of stored records (``ResultStore.records()`` or an exported ``results.json``).
-The Markdown depends only on the records, so regenerating from committed results reproduces it
-byte for byte.
+A row aggregates the distillation seeds of one configuration: cells that differ in anything else
+(distiller, learner or task options, profile, evaluation seeds, time limit, device type, results
+version) are separate rows, labelled by what sets them apart (:func:`label_rows`). The Markdown
+depends only on the records, so regenerating from committed results reproduces it byte for byte.
 """
 from __future__ import annotations
 
@@ -17,12 +19,15 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ddbench.errors import SuiteError
+from ddbench.errors import StoreError
+from ddbench.store import check_record
 
 HIGHER_IS_BETTER = {"accuracy": True, "r2": True, "mse": False, "gain_vs_random": True, "metric_per_kparam": True,
                     "stored_params": False, "distill_s": False, "eval_s": False, "peak_mb": False, "compression": True}
 CSV_FIELDS = ["task", "distiller", "budget", "metric", "mean", "std", "nets", "seeds", "stored_params", "metric_per_kparam",
-              "gain_vs_random", "compression", "distill_s", "eval_s", "peak_mb", "device", "status"]
+              "gain_vs_random", "compression", "distill_s", "eval_s", "peak_mb", "device", "status", "label", "settings"]
+IDENTITY = ("task", "distiller", "budget", "seed")
+"""Config keys that name a row; every other key of a cell's config is a setting that keeps rows apart."""
 
 
 @dataclass
@@ -44,6 +49,12 @@ class Row:
     device: str = ""
     failed: list[str] = field(default_factory=list)
     extra: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] | None = None  # the settings every cell of the row shares (None: unknown, e.g. an old CSV)
+    label: str = ""  # the distiller and what sets this row apart on its board (label_rows)
+
+    @property
+    def signature(self) -> str | None:
+        return None if self.config is None else json.dumps(self.config, sort_keys=True, default=str)
 
     @property
     def mean(self) -> float:
@@ -82,25 +93,32 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     try:
         records = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise SuiteError(f"{str(path)!r} is not a readable results.json ({type(exc).__name__}): "
+        raise StoreError(f"{str(path)!r} is not a readable results.json ({type(exc).__name__}): "
                          "pass one written by `ddbench leaderboard`.") from exc
     if not isinstance(records, list):
-        raise SuiteError(f"{str(path)!r} holds no list of result records: pass a results.json written by `ddbench leaderboard`.")
-    return records
+        raise StoreError(f"{str(path)!r} holds no list of result records: pass a results.json written by `ddbench leaderboard`.")
+    return [check_record(r, f"record #{i + 1} of {str(path)!r}") for i, r in enumerate(records)]
+
+
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a cell's config: everything but the row's name (task, distiller, budget) and its seed."""
+    return {k: v for k, v in config.items() if k not in IDENTITY}
 
 
 def aggregate(records: list[dict[str, Any]]) -> list[Row]:
-    """Group stored cells by (task, distiller, budget); skipped cells are left out."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    """Group stored cells by (task, distiller, budget, settings); skipped cells are left out."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for rec in records:
         if rec["status"] == "skipped":
             continue
         c = rec["config"]
-        groups.setdefault((c["task"], c["distiller"], c["budget"] or "full"), []).append(rec)
+        groups.setdefault((c["task"], c["distiller"], c["budget"] or "full",
+                           json.dumps(settings(c), sort_keys=True, default=str)), []).append(rec)
     rows = []
-    for (task, distiller, budget), recs in groups.items():
+    for (task, distiller, budget, _), recs in groups.items():
         ok = [r for r in recs if r["status"] == "ok"]
-        row = Row(task, distiller, budget, failed=[r["error"] for r in recs if r["status"] != "ok"])
+        row = Row(task, distiller, budget, failed=[r["error"] for r in recs if r["status"] != "ok"],
+                  config=settings(recs[0]["config"]))
         if ok:
             row.metric = ok[0]["metric"]
             row.values = [v for r in ok for v in r["values"]]
@@ -114,7 +132,53 @@ def aggregate(records: list[dict[str, Any]]) -> list[Row]:
             keys = sorted({k for r in ok for k in r["extra"]})
             row.extra = {k: _mean([r["extra"].get(k, math.nan) for r in ok]) for k in keys}
         rows.append(row)
-    return sorted(rows, key=lambda r: (r.task, r.budget, r.distiller))
+    label_rows(rows)
+    return sorted(rows, key=lambda r: (r.task, r.budget, r.label))
+
+
+def _flat(config: dict[str, Any]) -> dict[str, str]:
+    """A row's settings as short ``name: value`` texts (distiller options apart: see :func:`label_rows`)."""
+    out = {}
+    for key, value in sorted(config.items()):
+        if key == "distiller_options":
+            continue
+        if isinstance(value, dict):
+            prefix = key.removesuffix("_options")
+            out.update({f"{prefix}.{k}": _text(v) for k, v in sorted(value.items())})
+        elif key == "eval_seeds":
+            out["eval seeds"] = ",".join(map(str, value))
+        elif key == "time_limit_s":
+            out["time limit"] = "none" if value is None else f"{value:g} s"
+        else:
+            out[key.replace("_", " ")] = _text(value)
+    return out
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def shared_settings(rows: list[Row]) -> dict[str, str]:
+    """The settings every row of ``rows`` has with the same value."""
+    flats = [_flat(r.config) for r in rows if r.config is not None]
+    if not flats:
+        return {}
+    return {k: v for k, v in flats[0].items() if all(f.get(k) == v for f in flats[1:])}
+
+
+def label_rows(rows: list[Row]) -> None:
+    """Set each row's label: its distiller, the options given to it, and (in brackets) the settings
+    in which it differs from the rest of its task's board, e.g. ``dsa (lr_img=10) [time limit: 30 s]``."""
+    for task in {r.task for r in rows}:
+        board = [r for r in rows if r.task == task]
+        shared = shared_settings(board)
+        for r in board:
+            if r.config is None:
+                r.label = r.label or r.distiller
+                continue
+            options = ", ".join(f"{k}={_text(v)}" for k, v in sorted(r.config.get("distiller_options", {}).items()))
+            differs = ", ".join(f"{k}: {v}" for k, v in _flat(r.config).items() if shared.get(k) != v)
+            r.label = r.distiller + (f" ({options})" if options else "") + (f" [{differs}]" if differs else "")
 
 
 def _fmt(x: float, spec: str) -> str:
@@ -137,6 +201,7 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
     devices = sorted({r["device"] for r in recs if r["device"]})
     profiles = sorted({r["config"]["profile"] for r in recs})
     eval_seeds = sorted({len(r["config"]["eval_seeds"]) for r in recs})
+    shared = ", ".join(f"{k}: {v}" for k, v in shared_settings(rows).items())
     extras = sorted({k for r in rows for k in r.extra})
     lines = [
         f"# ddbench leaderboard: {task}",
@@ -148,6 +213,7 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
         f"- Ranked by mean {metric} ({'higher' if higher else 'lower'} is better) within each budget tier; ± is the std over all "
         "evaluation nets of all distillation seeds. `full` is the whole train split (a reference, not ranked); gain vs random = "
         "metric minus a random real subset at the same budget, seed and evaluation recipe.",
+        f"- Settings of every row: {shared or 'none shared'}; a row that differs says how in brackets after its distiller.",
         f"- Regenerate: `{regenerate}`",
         "",
     ]
@@ -156,7 +222,7 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
     full = [r for r in rows if r.budget == "full"]
     for budget in sorted({r.budget for r in rows if r.budget != "full"}, key=_budget_key):
         tier = [r for r in rows if r.budget == budget]
-        ranked = sorted([r for r in tier if r.values], key=lambda r: -r.mean if higher else r.mean)
+        ranked = sorted([r for r in tier if r.values], key=lambda r: (-r.mean if higher else r.mean, r.label))
         table = []
         for rank, r in enumerate(ranked, 1):
             table.append(_line(str(rank), r, extras))
@@ -169,7 +235,7 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
 
 
 def _line(rank: str, r: Row, extras: list[str]) -> list[str]:
-    return [rank, r.distiller, f"{_fmt(r.mean, '.2f')} ± {_fmt(r.std, '.2f')}" if r.values else "", str(len(r.values)),
+    return [rank, r.label or r.distiller, f"{_fmt(r.mean, '.2f')} ± {_fmt(r.std, '.2f')}" if r.values else "", str(len(r.values)),
             _fmt(r.stored_params, '.0f'), _fmt(r.metric_per_kparam, '.4g'), _fmt(r.gain_vs_random, '+.2f'),
             _fmt(r.compression, '.1f') + ("x" if r.values else ""), _fmt(r.distill_s, '.1f'), _fmt(r.eval_s, '.1f'),
             _fmt(r.peak_mb, '.0f'), *[_fmt(r.extra.get(k, math.nan), '.4g') for k in extras], r.status]
@@ -180,12 +246,13 @@ def to_csv(rows: list[Row]) -> str:
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({"task": r.task, "distiller": r.distiller, "budget": r.budget, "metric": r.metric,
+        writer.writerow({"task": r.task, "distiller": r.distiller, "label": r.label, "budget": r.budget, "metric": r.metric,
                          "mean": _fmt(r.mean, ".6g"), "std": _fmt(r.std, ".6g"), "nets": len(r.values),
                          "seeds": " ".join(map(str, r.seeds)), "stored_params": _fmt(r.stored_params, ".0f"),
                          "metric_per_kparam": _fmt(r.metric_per_kparam, ".6g"), "gain_vs_random": _fmt(r.gain_vs_random, ".6g"),
                          "compression": _fmt(r.compression, ".6g"), "distill_s": _fmt(r.distill_s, ".4g"),
-                         "eval_s": _fmt(r.eval_s, ".4g"), "peak_mb": _fmt(r.peak_mb, ".4g"), "device": r.device, "status": r.status})
+                         "eval_s": _fmt(r.eval_s, ".4g"), "peak_mb": _fmt(r.peak_mb, ".4g"), "device": r.device, "status": r.status,
+                         "settings": r.signature or ""})
     return buf.getvalue()
 
 
@@ -210,13 +277,14 @@ def plot(task: str, rows: list[Row], path: Path) -> None:
     rows = [r for r in rows if r.task == task and r.values]
     metric = rows[0].metric if rows else "metric"
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in sorted({r.distiller for r in rows if r.budget != "full"}):
-        pts = sorted((r.stored_params, r.mean, r.std) for r in rows if r.distiller == name and r.budget != "full")
-        style = dict(linestyle="--", color="gray") if name == "random" else {}
+    for name in sorted({r.label for r in rows if r.budget != "full"}):
+        series = [r for r in rows if r.label == name and r.budget != "full"]
+        pts = sorted((r.stored_params, r.mean, r.std) for r in series)
+        style = dict(linestyle="--", color="gray") if series[0].distiller == "random" else {}
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=name, **style)
     for r in rows:
         if r.budget == "full":
-            ax.axhline(r.mean, color="black", linestyle=":", label=f"full data ({r.stored_params:.0f} params)")
+            ax.axhline(r.mean, color="black", linestyle=":", label=f"{r.label}: whole train split ({r.stored_params:.0f} params)")
             ax.plot([r.stored_params], [r.mean], marker="*", markersize=12, color="black", linestyle="none")
     front = pareto([(r.stored_params, r.mean) for r in rows if r.budget != "full"], HIGHER_IS_BETTER.get(metric, True))
     if front:

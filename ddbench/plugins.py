@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -12,7 +13,7 @@ from typing import Any
 import pluggy
 
 from ddbench import hookspecs
-from ddbench.errors import PluginError, SuiteError, close_names, unknown
+from ddbench.errors import DDBenchWarning, PluginError, SuiteError, close_names, unknown
 from ddbench.interfaces import INTERFACES, REQUIRED
 
 ENTRY_POINT_GROUP = "ddbench"
@@ -75,6 +76,8 @@ class Registry:
 
 def options_of(cls: type) -> dict[str, Any]:
     """The constructor options of a component class and their defaults."""
+    if cls.__init__ is object.__init__:  # no options (and no slow signature parse of a builtin)
+        return {}
     params = inspect.signature(cls).parameters.values()
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return {p.name: (None if p.default is p.empty else p.default) for p in params if p.kind in kinds}
@@ -116,7 +119,12 @@ class PluginManager:
         if disabled is None:
             disabled = [d.strip() for d in os.environ.get(DISABLE_ENV, "").split(",") if d.strip()]
         disabled = set(disabled)
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        entry_points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        installed = {ep.name for ep in entry_points}
+        for name in sorted(disabled - installed):
+            warnings.warn(DDBenchWarning(f"{DISABLE_ENV} names {name!r}, which is not an installed plugin, so it disables nothing."
+                                         f"{close_names(name, installed)} Installed: {', '.join(sorted(installed))}."), stacklevel=2)
+        for ep in entry_points:
             if ep.name in disabled or ep.name in self.plugins:
                 continue
             try:
@@ -186,6 +194,10 @@ class PluginManager:
 
     def owner(self, kind: str, name: str) -> str:
         return self.registries[kind].owner[name]
+
+    def modules(self) -> list[str]:
+        """The modules that define the registered classes (the cell workers' fork server imports them once)."""
+        return sorted({cls.__module__ for registry in self.registries.values() for cls in registry.items.values()})
 
 
 _default: PluginManager | None = None

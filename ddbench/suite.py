@@ -21,6 +21,7 @@ task are skipped with the reason).
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +37,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PROFILES = ("quick", "full")
+MAX_SEED = 2**31 - 1  # distillation seeds: 0 .. MAX_SEED (seeds of derived generators stay within 64 bits)
+MAX_EVAL_SEEDS = 1000
 SUITE_KEYS = {"name", "profile", "eval_seeds", "distill_seeds", "task", "distiller", "time_limit_s"}
 TASK_KEYS = {"name", "options", "budgets", "learner", "learner_options"}
 DISTILLER_KEYS = {"name", "options"}
@@ -85,12 +88,10 @@ def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
     profile = data.get("profile", "quick")
     if profile not in PROFILES:
         raise SuiteError(f"{source}: profile must be one of {PROFILES} (got {profile!r}).")
-    eval_seeds = _need(source, data.get("eval_seeds", 3), int, "eval_seeds must be a positive integer")
-    if eval_seeds < 1:
-        raise SuiteError(f"{source}: eval_seeds must be a positive integer (got {eval_seeds}).")
+    eval_seeds = check_eval_seeds(_need(source, data.get("eval_seeds", 3), int, "eval_seeds must be a positive integer"), f"{source}: eval_seeds")
     seeds = _need(source, data.get("distill_seeds", [0]), list, "distill_seeds must be a list of integers")
     for s in seeds:
-        _need(source, s, int, "distill_seeds must be a list of integers")
+        check_seed(_need(source, s, int, "distill_seeds must be a list of integers"), f"{source}: distill_seeds")
     raw_tasks = _need(source, data.get("task"), list, "needs at least one [[task]] table with a name and budgets")
     tasks = []
     for i, t in enumerate(raw_tasks):
@@ -103,8 +104,11 @@ def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
             parsed = [Budget.parse(b) for b in budgets]
         except BudgetError as exc:
             raise SuiteError(f"{where} ({name}): {exc}") from exc
+        learner = t.get("learner")
+        if learner is not None:
+            _need(where, learner, str, "learner must be a learner's name, e.g. learner = \"convnet\"")
         tasks.append(TaskEntry(name, parsed, _need(where, t.get("options", {}), dict, "options must be a table"),
-                               t.get("learner"), _need(where, t.get("learner_options", {}), dict, "learner_options must be a table")))
+                               learner, _need(where, t.get("learner_options", {}), dict, "learner_options must be a table")))
     distillers = None
     if "distiller" in data:
         distillers = []
@@ -116,8 +120,26 @@ def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
                                              _need(where, d.get("options", {}), dict, "options must be a table")))
     limit = data.get("time_limit_s")
     if limit is not None:
-        _need(source, limit, (int, float), "time_limit_s must be a number of seconds")
+        limit = check_time_limit(_need(source, limit, (int, float), "time_limit_s must be a number of seconds"), f"{source}: time_limit_s")
     return Suite(str(data.get("name", Path(source).stem)), tasks, distillers, profile, eval_seeds, list(seeds), limit)
+
+
+def check_seed(seed: int, where: str) -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise SuiteError(f"{where}: a seed must be an integer from 0 to {MAX_SEED} (got {seed}).")
+    return seed
+
+
+def check_eval_seeds(count: int, where: str) -> int:
+    if not 1 <= count <= MAX_EVAL_SEEDS:
+        raise SuiteError(f"{where} must be a positive integer up to {MAX_EVAL_SEEDS} (got {count}).")
+    return count
+
+
+def check_time_limit(seconds: float, where: str) -> float:
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise SuiteError(f"{where} must be a positive number of seconds (got {seconds}).")
+    return float(seconds)  # 45 and 45.0 are one setting, and one cell key
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -127,6 +149,8 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(f"suite file {str(path)!r} not found: pass an existing .toml file (see ddbench/suites/default.toml).")
     try:
         data = tomllib.loads(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"suite file {str(path)!r} is not text ({exc.reason}): pass a .toml file.") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"suite file {str(path)!r} is not valid TOML: {exc}.") from exc
     return parse_suite(data, str(path))

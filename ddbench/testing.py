@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import pickle
 import random
 import time
 import traceback
@@ -31,6 +32,7 @@ import pytest
 import torch
 
 from ddbench.artifact import content_hash, count_storage, validate, with_labels
+from ddbench.recipe import declared_recipe
 from ddbench.errors import BudgetError, DDBenchError, PluginError
 from ddbench.interfaces import (
     Artifact, Budget, Distiller, Learner, Progress, Recipe, RunContext, Split, Task, TaskData, TaskView,
@@ -38,12 +40,13 @@ from ddbench.interfaces import (
 
 RULES: dict[str, str] = {
     "interface": "the class subclasses ddbench.Distiller, has a valid `name` and implements distill()",
+    "importable": "the class is defined at module level of an importable module, so a cell worker can load it",
     "supports": "supports(view) returns None or a reason string, and accepts at least one kit task",
     "runs": "distill() completes on every budget it can meet",
     "returns-artifact": "distill() returns a ddbench.Artifact of torch.Tensors",
     "on-device": "every artifact tensor is on context.device",
     "finite": "no artifact tensor holds NaN or infinite values",
-    "valid": "the artifact passes ddbench.artifact.validate and its recipe names real Recipe fields",
+    "valid": "the artifact passes ddbench.artifact.validate and its recipe passes ddbench.recipe.declared_recipe",
     "within-budget": "the artifact stores no more scalars than the budget allows",
     "seeded": "the same seed gives the same artifact (bitwise on CPU), whatever the global RNG state",
     "progress": "distill() reports progress through context.progress.update() at least once",
@@ -274,6 +277,11 @@ def conformance(distiller: type[Distiller], options: dict[str, Any] | None = Non
         report.failures.append(Failure("interface", f"class {distiller!r}", str(exc),
                                        "subclass ddbench.Distiller, set `name`, implement distill(); see docs/write-a-distiller.md."))
         return report
+    try:
+        pickle.dumps(distiller)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        report.failures.append(Failure("importable", f"class {distiller.__qualname__}", f"the class cannot be sent to a cell worker ({exc}).",
+                                       "define the distiller class at module level of an importable module (not inside a function)."))
     run = _Runner(method, report, device, profile, seed, Path(cache_dir) if cache_dir else Path(".ddbench/cache"))
     for kit_task in (tasks if tasks is not None else [tiny_classification(), tiny_regression()]):
         run.task(kit_task)
@@ -408,13 +416,13 @@ class _Runner:
         if not unchanged:
             self.fail("read-only-task", where, "distill() changed the task's train or validation tensors in place.",
                       "clone before modifying, e.g. task.train.x[idx].clone().")
-        usable = self.artifact(view, budget, artifact, case, where)
+        usable = self.artifact(view, budget, learner, artifact, case, where)
         self.seeded(view, budget, learner, artifact, where)
         if len(self.report.failures) == before:
             case.status = "ok"
         return artifact if usable else None
 
-    def artifact(self, view: TaskView, budget: Budget | None, artifact: Any, case: Case, where: str) -> bool:
+    def artifact(self, view: TaskView, budget: Budget | None, learner: Learner, artifact: Any, case: Case, where: str) -> bool:
         """Check one artifact against returns-artifact, on-device, finite, valid and within-budget."""
         if not isinstance(artifact, Artifact) or not all(isinstance(t, torch.Tensor) for t in getattr(artifact, "tensors", {}).values()):
             self.fail("returns-artifact", where, f"distill() returned {type(artifact).__name__}, not an Artifact of tensors.",
@@ -433,11 +441,12 @@ class _Runner:
                       "lower the learning rate, clip gradients or guard divisions; never return a diverged artifact.")
         else:  # validate() checks finiteness too: run it only when the values are finite
             try:
-                validate(artifact, view, None, self.report.distiller)
-                Recipe().updated(artifact.recipe)
+                validate(artifact, view, None, self.report.distiller, type(learner).input_tensors)
+                declared_recipe(artifact.recipe, artifact.tensors, type(learner).recipe_options, f"the artifact of {self.report.distiller!r}")
             except DDBenchError as exc:
                 usable = False
-                self.fail("valid", where, str(exc), "store 'x' as (N, *task.input_shape), one 'y' per row, plain Recipe fields.")
+                self.fail("valid", where, str(exc), "store plain tensors: float32 'x' as (N, *task.input_shape) and one int64 label "
+                          "or float target 'y' per row; declare only recipe choices (real numbers travel as counted tensors).")
         storage = count_storage(artifact)
         case.stored_scalars = storage.scalars
         if budget is not None:

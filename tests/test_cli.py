@@ -63,3 +63,122 @@ def test_run_prints_table_and_counts_failed_cells(capsys, tmp_path):
     assert any(l.startswith("| digits | random") and "ipc=1" in l and "| ok" in l for l in out.splitlines())
     assert "failed: budget params=100 is below one example per class" in out
     assert "2 cells" in err and "1 failed" in err
+
+
+# -- bad stores, results files and folders: one line, exit 2, nothing changed -----------------------
+def sqlite_with(path, sql):
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute(sql)
+    return path
+
+
+@pytest.fixture
+def bad_stores(tmp_path):
+    (tmp_path / "folder.sqlite").mkdir()
+    (tmp_path / "text.sqlite").write_text("task,distiller\ndigits,random\n")
+    (tmp_path / "corrupt.sqlite").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
+    sqlite_with(tmp_path / "foreign.sqlite", "CREATE TABLE users (id INTEGER, name TEXT)")
+    sqlite_with(tmp_path / "cells.sqlite", "CREATE TABLE cells (key TEXT, value TEXT)")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("folder.sqlite", "is a folder: pass a file path"),
+    ("text.sqlite", "is not a results store (not an SQLite file)"),
+    ("corrupt.sqlite", "cannot be read (file is not a database): it is corrupt or not a ddbench store"),
+    ("foreign.sqlite", "is an SQLite database of something else (tables users), not a ddbench results store"),
+    ("cells.sqlite", "has a 'cells' table that is not ddbench's (columns key, value)"),
+])
+@pytest.mark.parametrize("command", ["run", "leaderboard", "compare"])
+def test_a_bad_store_is_one_line_and_left_as_it_was(capsys, bad_stores, name, expected, command):
+    store = bad_stores / name
+    before = None if store.is_dir() else store.read_bytes()
+    argv = {"run": ["run", "--store", str(store), "--task", "digits", "--budget", "ipc=1", "--distiller", "random"],
+            "leaderboard": ["leaderboard", "--store", str(store), "--out", str(bad_stores / "out")],
+            "compare": ["compare", str(store), str(store)]}[command]
+    if command == "compare" and name == "folder.sqlite":
+        expected = "is a folder: pass a results store"
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and expected in error_line(err) and "Traceback" not in err
+    assert before is None or store.read_bytes() == before
+    assert not (bad_stores / "out").exists()
+
+
+def test_leaderboard_on_a_missing_store_creates_nothing(capsys, tmp_path):
+    code, _, err = run(capsys, "leaderboard", "--store", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "out"))
+    assert code == 2 and "results store" in error_line(err) and "not found: run `ddbench run --store" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "is not a readable results.json (JSONDecodeError)"),
+    ('{"a": 1}', "holds no list of result records"),
+    ("[1, 2]", "record #1 of"),
+    ('[{"config": {"task": "digits"}}]', "lacks distiller, budget, seed, status, values, metric"),
+])
+def test_a_malformed_results_json_is_one_line(capsys, tmp_path, content, expected):
+    path = tmp_path / "results.json"
+    path.write_text(content)
+    for argv in (["leaderboard", "--results", str(path), "--out", str(tmp_path / "out")], ["compare", str(path), str(path)]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and expected in error_line(err)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("a,b\n1,2\n", "is not a leaderboard CSV (no column task, distiller, budget, metric, mean)"),
+    ("task,distiller,budget,metric,mean\ndigits,random,ipc=1,accuracy,high\n", "line 2 is malformed"),
+    (b"\xff\xfe\x00bad", "is not a readable CSV"),
+])
+def test_a_malformed_csv_is_one_line(capsys, tmp_path, content, expected):
+    path = tmp_path / "board.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, _, err = run(capsys, "compare", str(path), str(path))
+    assert code == 2 and expected in error_line(err)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--distill-seeds", "2**70"], "--distill-seeds takes comma-separated integers (got '2**70')"),
+    (["--distill-seeds", str(2**70)], f"--distill-seeds: a seed must be an integer from 0 to {2**31 - 1} (got {2**70})"),
+    (["--distill-seeds", ","], "--distill-seeds needs at least one seed"),
+    (["--seeds", "100000"], "--seeds must be a positive integer up to 1000"),
+    (["--time-limit", "-1"], "--time-limit must be a positive number of seconds (got -1.0)"),
+    (["--time-limit", "nan"], "--time-limit must be a positive number of seconds (got nan)"),
+])
+def test_bad_run_numbers_are_one_line(capsys, tmp_path, argv, expected):
+    code, _, err = run(capsys, "run", "--store", str(tmp_path / "r.sqlite"), "--task", "digits", "--budget", "ipc=1", *argv)
+    assert code == 2 and expected in error_line(err)
+    assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_a_file_where_a_folder_belongs_is_one_line(capsys, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    for argv, flag in ((["leaderboard", "--results", str(tmp_path / "r.json"), "--out", str(taken)], "--out"),
+                       (["new-plugin", "x-method", "--dir", str(taken)], "--dir"),
+                       (["run", "--save-artifacts", str(taken), "--task", "digits", "--budget", "ipc=1"], "--save-artifacts")):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and f"{flag} '{taken}' is a file: pass a folder" in error_line(err)
+    assert taken.read_text() == "keep me"
+
+
+def test_a_suite_learner_that_is_not_a_name(capsys, tmp_path):
+    path = tmp_path / "suite.toml"
+    path.write_text("[[task]]\nname = 'digits'\nbudgets = ['ipc=1']\nlearner = 5\n")
+    code, _, err = run(capsys, "run", "--suite", str(path))
+    assert code == 2 and "[[task]] #1: learner must be a learner's name" in error_line(err)
+
+
+def test_an_unknown_disabled_plugin_is_a_warning_naming_close_ones(capsys, monkeypatch):
+    from ddbench.plugins import reset_plugin_manager
+
+    monkeypatch.setenv("DDBENCH_DISABLE_PLUGINS", "gradmach")
+    reset_plugin_manager()
+    try:
+        code, _, err = run(capsys, "ls", "distillers")
+    finally:
+        reset_plugin_manager()
+    assert code == 0
+    (line,) = [l for l in err.splitlines() if l.startswith("ddbench: warning:")]
+    assert "DDBENCH_DISABLE_PLUGINS names 'gradmach', which is not an installed plugin" in line and "Did you mean: gradmatch?" in line

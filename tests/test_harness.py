@@ -138,15 +138,18 @@ def test_saved_artifact_sidecar_records_the_cell(test_harness, tmp_path):
     assert torch.equal(load(path).tensors["y"], torch.arange(10))
 
 
+class Stopped(Fixed):
+    """Records a run length in its meta (a worker loads the class by reference: module level)."""
+
+    name = "stopped"
+
+    def distill(self, task, budget, learner, context):
+        artifact = super().distill(task, budget, learner, context)
+        artifact.meta.update(iterations=7, stopped_early=True, loss=[1.0, 0.5])
+        return artifact
+
+
 def test_run_length_from_artifact_meta_is_recorded(test_harness):
-    class Stopped(Fixed):
-        name = "stopped"
-
-        def distill(self, task, budget, learner, context):
-            artifact = super().distill(task, budget, learner, context)
-            artifact.meta.update(iterations=7, stopped_early=True, loss=[1.0, 0.5])
-            return artifact
-
     pm = test_harness.manager
     pm.add(types.SimpleNamespace(ddbench_register_distillers=hookimpl(lambda register: register(Stopped))), "stopped-plugin")
     (result,) = test_harness.run(suite(("stopped", {})))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 import types
 from pathlib import Path
 
@@ -84,9 +85,10 @@ def test_every_hook_is_implemented_by_a_test(name):
 
 
 @pytest.mark.parametrize("name", sorted(KIND_OF_HOOK))
-def test_documented_example_registers_through_its_hook(name):
+def test_documented_example_registers_through_its_hook(name, monkeypatch):
     """Each hook's example, run as a plugin module, registers one component of the hook's kind."""
     module = types.ModuleType(f"hooks_md_{name}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # importable by name, as a plugin module is
     exec(compile(python_blocks(sections()[name])[-1], f"docs/hooks.md ({name})", "exec"), module.__dict__)
     manager = PluginManager()
     manager.add(module, "doc-example")

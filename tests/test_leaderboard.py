@@ -56,9 +56,9 @@ def test_committed_default_leaderboard_reproduces():
     if not (board / "results.json").is_file():
         pytest.fail("leaderboards/default/results.json is missing: regenerate with `ddbench leaderboard --out leaderboards/default`")
     committed = {p.name: p.read_bytes() for p in board.glob("*.md")}
-    records = json.loads((board / "results.json").read_text())
-    from ddbench.leaderboard import markdown
+    from ddbench.leaderboard import markdown, read_results
 
+    records = read_results(board / "results.json")
     rows = aggregate(records)
     regenerate = "ddbench leaderboard --results leaderboards/default/results.json --out leaderboards/default"
     for name, text in committed.items():

@@ -108,7 +108,7 @@ def test_over_budget_ignores_seed_and_nan_each_named():
     ("silent", "progress", "distill() never called context.progress.update().", "call context.progress.update(step, total"),
     ("in-place", "read-only-task", "changed the task's train or validation tensors in place.", "clone before modifying"),
     ("meta", "on-device", "tensors {'x': 'meta'} are not on the requested device cpu.", "create every tensor on context.device"),
-    ("float-labels", "trainable", "learner 'convnet' could not train on the artifact: RuntimeError", "int64 class labels"),
+    ("float-labels", "valid", "artifact 'y' from 'reference' is float of shape (3,): soft labels are (N, 3)", "one int64 label"),
     ("crash-when-small", "budget-error", "distill() crashed with IndexError: index 0 is out of bounds", "raise ddbench.errors.BudgetError"),
     ("overspend-when-small", "budget-error", "returned an artifact of 195 scalars, over params=100 = 100", "raise ddbench.errors.BudgetError"),
 ])
@@ -120,13 +120,38 @@ def test_each_broken_rule_is_named_with_its_fix(mode, rule, detail, fix):
     assert line.startswith(f"[{rule}] tiny-classification ") and detail in line and "Fix: " in line and fix in line
 
 
+class Crash(Reference):
+    name = "crash"
+
+    def distill(self, task, budget, learner, context):
+        raise ZeroDivisionError("division by zero")
+
+
+class BadSupports(Reference):
+    name = "bad-supports"
+
+    def supports(self, task):
+        return False
+
+
+class ImagesOnly(Reference):
+    name = "images-only"
+
+    def supports(self, task):
+        return "needs images"
+
+
+class Whole(Distiller):
+    name = "whole"
+    budget_exempt = True
+
+    def distill(self, task, budget, learner, context):
+        assert budget is None
+        context.progress.update(1, 1)
+        return Artifact({"x": task.train.x, "y": task.train.y})
+
+
 def test_a_crash_on_a_meetable_budget_is_named():
-    class Crash(Reference):
-        name = "crash"
-
-        def distill(self, task, budget, learner, context):
-            raise ZeroDivisionError("division by zero")
-
     report = conformance(Crash, tasks=[tiny_regression(impossible=None)])
     assert len(report.failures) == 1
     assert re.match(r"\[runs\] tiny-regression params=90: distill\(\) raised ZeroDivisionError: division by zero "
@@ -137,18 +162,6 @@ def test_interface_and_supports_rules():
     class NoDistill:
         name = "no-distill"
 
-    class BadSupports(Reference):
-        name = "bad-supports"
-
-        def supports(self, task):
-            return False
-
-    class ImagesOnly(Reference):
-        name = "images-only"
-
-        def supports(self, task):
-            return "needs images"
-
     assert conformance(NoDistill).rules_broken == ["interface"]
     assert "does not implement the Distiller interface" in str(conformance(NoDistill).failures[0])
     assert conformance(BadSupports, tasks=[tiny_regression()]).failures[0].detail == "supports() returned False."
@@ -157,17 +170,17 @@ def test_interface_and_supports_rules():
 
 
 def test_budget_exempt_distillers_skip_the_budget_rules():
-    class Whole(Distiller):
-        name = "whole"
-        budget_exempt = True
-
-        def distill(self, task, budget, learner, context):
-            assert budget is None
-            context.progress.update(1, 1)
-            return Artifact({"x": task.train.x, "y": task.train.y})
-
     report = check_distiller(Whole)
     assert [(c.budget, c.status) for c in report.cases] == [("full", "ok"), ("full", "ok")]
+
+
+def test_a_class_a_worker_cannot_import_is_named():
+    class Local(Reference):  # defined inside a function: pickled by reference, it cannot reach a worker
+        name = "local"
+
+    report = conformance(Local, tasks=[tiny_regression()])
+    assert report.rules_broken == ["importable"]
+    assert "Can't pickle local object" in report.failures[0].detail and "module level" in report.failures[0].fix
 
 
 def test_registered_task_runs_an_installed_task():

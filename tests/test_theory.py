@@ -43,7 +43,7 @@ def test_bad_sizes_name_the_option(spec):
 def test_counted_size_formula_matches_spec():
     """theory.md §4.3 and the issue's note: d=32, r=2, L=256 stores 4*33 + 2*32 + 2*256 + 1 = 709."""
     assert artifact_size(4, 256, 32, grid=False) == 709
-    assert artifact_size(4, 256, 32, grid=True) == 709 - 256
+    assert artifact_size(4, 256, 32, grid=True) == 709 - 256 + 1  # the grid's half-width is a counted tensor
 
 
 def test_matching_losses():
@@ -130,7 +130,8 @@ def test_artifact_stores_exactly_the_spec_tensors_and_is_seeded(manager, small):
 
 def test_grid_variant_stores_no_positions_and_the_student_trains(manager, small):
     art, learner = distil_small(manager, small, grid=3.0, m2="L/2")
-    assert "t2" not in art.tensors and len(art.tensors["y2"]) == 16 and art.recipe["options"]["grid"] == 3.0
+    assert "t2" not in art.tensors and len(art.tensors["y2"]) == 16 and art.tensors["grid"].tolist() == [3.0]
+    assert "grid" not in art.recipe["options"]  # a real number travels as a counted tensor, never in the recipe
     task, view, _ = small
     recipe = task.recipe("quick").updated(art.recipe)
     model = learner.fit(learner.build(view, 0), art, recipe, torch.Generator())

@@ -5,7 +5,8 @@ symmetric initialisation (f_theta0 = 0), label preprocessing y <- y - alpha - be
 first-layer gradient step with weight decay 1/eta_1 that cancels W0 (closed form), bias
 re-initialisation, then a ridge fit of the second layer (fp64 Cholesky). eta_1 = rho * sqrt(d).
 
-Public recipe options (``Recipe.options``, from the task; never counted):
+Public recipe options (``Recipe.options``; ``rho`` and ``ridge`` from the task, the others may
+be declared by an artifact; never counted):
 
 - ``rho``, ``ridge``: eta_1 = rho sqrt(d) and the ridge lambda (theory.md §3).
 - ``init_seed``: the fixed-init protocol (theory.md §3, §5). When present, theta0 and the
@@ -14,8 +15,9 @@ Public recipe options (``Recipe.options``, from the task; never counted):
 - ``first_layer``: ``step`` (default) or ``random`` (random features, theory.md §6: W = W0, no
   first-layer step).
 - ``head_data`` (artifact mode): ``s2`` (default) or ``s1+s2``: the points the ridge head is fit on.
-- ``grid`` (artifact mode, variant ``(b)-grid``): half-width T of the public grid of stage-2
-  positions, used when the artifact stores no ``t2``.
+
+Artifact-mode tensor ``grid`` (variant ``(b)-grid``): the half-width T of the grid of stage-2
+positions, stored (and counted) instead of ``t2``.
 
 Two ways to train (:meth:`TwoLayerLearner.fit`):
 
@@ -163,6 +165,8 @@ class TwoLayerLearner(Learner):
 
     name = "two-layer"
     description = "width-L two-layer ReLU net: one big first-layer step, then ridge (theory task)"
+    recipe_options = {"rho": float, "ridge": float, "init_seed": int, "first_layer": str, "head_data": str}
+    input_tensors = ("x", "x1")
 
     def __init__(self, width: int = 256):
         if width % 2 or width < 2:
@@ -198,16 +202,16 @@ class TwoLayerLearner(Learner):
     def _fit_artifact(self, model: TwoLayer, tensors: dict[str, Tensor], opts: dict, eta: float, lam: float) -> TwoLayer:
         """Artifact mode (theory.md §5): everything from the stored tensors, labels as given."""
         missing = [k for k in ARTIFACT_TENSORS if k not in tensors]
-        if missing or ("t2" not in tensors and "grid" not in opts):
+        if missing or ("t2" not in tensors and "grid" not in tensors):
             raise ValueError(
-                f"two-layer artifact mode needs tensors {', '.join(ARTIFACT_TENSORS)} and t2 (or recipe option grid); "
+                f"two-layer artifact mode needs tensors {', '.join(ARTIFACT_TENSORS)} and t2 (or grid); "
                 f"missing: {', '.join(missing) or 't2/grid'}."
             )
         head_data = opts.get("head_data", "s2")
         if head_data not in HEAD_DATA:
             raise ValueError(f"recipe option head_data={head_data!r} is unknown: use one of {HEAD_DATA}.")
         x1, y1, v, y2 = (tensors[k].float() for k in ("x1", "y1", "v", "y2"))
-        t2 = tensors["t2"].float() if "t2" in tensors else grid_positions(len(y2), float(opts["grid"]), y2.device)
+        t2 = tensors["t2"].float() if "t2" in tensors else grid_positions(len(y2), float(tensors["grid"].reshape(-1)[0]), y2.device)
         model.alpha = tensors["alpha"].float().reshape(())
         model.beta = tensors["beta"].float()
         if opts.get("first_layer", "step") == "step":

@@ -9,6 +9,7 @@ import math
 import re
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
@@ -37,8 +38,9 @@ def resolve_size(spec: int | str, r: int, width: int, what: str) -> int:
 
 
 def artifact_size(m1: int, m2: int, d: int, grid: bool) -> int:
-    """Counted scalars of the artifact (theory.md §4.3): M1 (d+1) + v (d) + t2, y2 (M2 each) + alpha, beta (1 + d)."""
-    return m1 * (d + 1) + d + (1 if grid else 2) * m2 + 1 + d
+    """Counted scalars of the artifact (theory.md §4.3): M1 (d+1) + v (d) + t2, y2 (M2 each) + alpha, beta (1 + d);
+    with a public grid, the grid's half-width (1) instead of t2."""
+    return m1 * (d + 1) + d + (m2 + 1 if grid else 2 * m2) + 1 + d
 
 
 class TwoStage(Distiller):
@@ -120,7 +122,7 @@ class TwoStage(Distiller):
         if self.grid is None:
             tensors["t2"] = s2.t
         else:
-            options["grid"] = self.grid
+            tensors["grid"] = torch.tensor([float(self.grid)], device=s2.y.device)
         meta = {"width": width, "init_seed": init_seed, "m1": m1, "m2": m2, "x1_init": s1.x_init.cpu().tolist(),
                 "stage1_mismatch": s1.mismatch, "stage1_scale": s1.scale, "stage1_log": s1.log,
                 "stage2_loss": s2.loss, "stage2_best_loss": s2.best_loss, "stage2_log": s2.log,

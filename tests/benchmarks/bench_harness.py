@@ -47,6 +47,19 @@ def test_baseline_distillation(benchmark, manager, setup, name):
     assert len(art.x) == 100
 
 
+def test_worker_round_trip(benchmark, harness, digits):
+    """One distillation in a fresh cell worker and back (``random``, digits ipc=1): the isolation's
+    cost per cell, on top of the distillation itself."""
+    from ddbench.suite import DistillerEntry, Suite, TaskEntry
+
+    _, view, _ = digits
+    suite = Suite("bench", [TaskEntry("digits", [Budget.parse("ipc=1")])], [DistillerEntry("random")], "quick", 1, [0])
+    cell = next(harness.cells(suite))
+    random = harness.manager.get("distiller", "random")
+    reply = benchmark(lambda: harness._distill(random, {}, cell, view, cell.budget, None, ""))
+    assert reply.status == "ok" and reply.tensors["x"].shape == (10, 1, 8, 8)
+
+
 def test_evaluation_forward_on_test(benchmark, setup):
     view, test, learner, _ = setup
     model = learner.build(view, 0)
