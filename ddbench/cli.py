@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ddbench import __version__
+from ddbench import __version__, worker
 from ddbench.errors import DDBenchError, DDBenchWarning, SuiteError
 from ddbench.harness import CellResult, Harness
 from ddbench.interfaces import Budget
@@ -118,6 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["DDBENCH_DOWNLOAD"] = "1"
     suite = suite_from_args(args)
     artifacts = folder(args.save_artifacts, "--save-artifacts") if args.save_artifacts else None
+    worker.warm_allocator()
     manager = get_plugin_manager()
     bar = tqdm(total=0, unit="cell", file=sys.stderr, dynamic_ncols=True, leave=False, disable=None)
 
