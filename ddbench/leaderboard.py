@@ -13,6 +13,7 @@ import io
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,26 +159,29 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
-def shared_settings(rows: list[Row]) -> dict[str, str]:
-    """The settings every row of ``rows`` has with the same value."""
-    flats = [_flat(r.config) for r in rows if r.config is not None]
-    if not flats:
-        return {}
-    return {k: v for k, v in flats[0].items() if all(f.get(k) == v for f in flats[1:])}
+def common_settings(rows: list[Row]) -> dict[str, str]:
+    """Each setting's most common value over ``rows`` (ties: the first in sorted order)."""
+    counts: dict[str, Counter[str]] = {}
+    for r in rows:
+        if r.config is not None:
+            for k, v in _flat(r.config).items():
+                counts.setdefault(k, Counter())[v] += 1
+    return {k: min(c, key=lambda v: (-c[v], v)) for k, c in sorted(counts.items())}
 
 
 def label_rows(rows: list[Row]) -> None:
     """Set each row's label: its distiller, the options given to it, and (in brackets) the settings
-    in which it differs from the rest of its task's board, e.g. ``dsa (lr_img=10) [time limit: 30 s]``."""
+    in which it differs from most rows of its task's board, e.g. ``dsa (lr_img=10) [time limit: 30 s]``."""
     for task in {r.task for r in rows}:
         board = [r for r in rows if r.task == task]
-        shared = shared_settings(board)
+        common = common_settings(board)
         for r in board:
             if r.config is None:
                 r.label = r.label or r.distiller
                 continue
             options = ", ".join(f"{k}={_text(v)}" for k, v in sorted(r.config.get("distiller_options", {}).items()))
-            differs = ", ".join(f"{k}: {v}" for k, v in _flat(r.config).items() if shared.get(k) != v)
+            flat = _flat(r.config)
+            differs = ", ".join(f"{k}: {flat.get(k, 'unset')}" for k in sorted({*flat, *common}) if flat.get(k) != common.get(k))
             r.label = r.distiller + (f" ({options})" if options else "") + (f" [{differs}]" if differs else "")
 
 
@@ -201,7 +205,7 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
     devices = sorted({r["device"] for r in recs if r["device"]})
     profiles = sorted({r["config"]["profile"] for r in recs})
     eval_seeds = sorted({len(r["config"]["eval_seeds"]) for r in recs})
-    shared = ", ".join(f"{k}: {v}" for k, v in shared_settings(rows).items())
+    common = ", ".join(f"{k}: {v}" for k, v in common_settings(rows).items())
     extras = sorted({k for r in rows for k in r.extra})
     lines = [
         f"# ddbench leaderboard: {task}",
@@ -213,7 +217,7 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
         f"- Ranked by mean {metric} ({'higher' if higher else 'lower'} is better) within each budget tier; ± is the std over all "
         "evaluation nets of all distillation seeds. `full` is the whole train split (a reference, not ranked); gain vs random = "
         "metric minus a random real subset at the same budget, seed and evaluation recipe.",
-        f"- Settings of every row: {shared or 'none shared'}; a row that differs says how in brackets after its distiller.",
+        f"- Settings: {common or 'none recorded'}; a row that differs says how, in brackets after its distiller.",
         f"- Regenerate: `{regenerate}`",
         "",
     ]

@@ -100,3 +100,36 @@ def test_compare_rule_errors(tmp_path, capsys, rule, message):
     old = write_json(tmp_path / "old.json", RECORDS)
     assert main(["compare", old, old, "--fail-on", rule]) == 2
     assert message in capsys.readouterr().err
+
+
+def configured(distiller: str, values: list[float], options: dict | None = None, time_limit: float | None = None,
+               learner: str = "convnet", version: int | None = None) -> dict:
+    rec = record(distiller, "ipc=1", values)
+    rec["config"] = {**rec["config"], "distiller_options": options or {}, "time_limit_s": time_limit, "learner": learner}
+    if version is not None:
+        rec["config"]["results_version"] = version
+    return rec
+
+
+SETTINGS = [configured("dsa", [80.0]), configured("dsa", [85.0], {"lr_img": 10}), configured("dsa", [70.0], time_limit=30.0),
+            configured("dsa", [60.0], learner="mlp"), configured("random", [50.0])]
+
+
+def test_rows_with_different_settings_stay_apart_and_say_how(tmp_path):
+    rows = aggregate(SETTINGS)
+    assert sorted((r.label, r.mean) for r in rows) == [
+        ("dsa", 80.0), ("dsa (lr_img=10)", 85.0), ("dsa [learner: mlp]", 60.0), ("dsa [time limit: 30 s]", 70.0), ("random", 50.0)]
+    write(SETTINGS, tmp_path)
+    text = (tmp_path / "digits.md").read_text()
+    assert "| 1      | dsa (lr_img=10)" in text and "| 4      | dsa [learner: mlp]" in text
+    assert "Settings: device type: cpu, eval seeds: 0,1, learner: convnet, profile: quick, results version: 1, time limit: none;" in text
+
+
+def test_compare_never_compares_rows_of_different_settings(tmp_path, capsys):
+    old = write_json(tmp_path / "old.json", SETTINGS)
+    changed = [configured("dsa", [80.0], {"lr_img": 1})] + SETTINGS[1:]  # the plain dsa row is gone
+    assert main(["compare", old, write_json(tmp_path / "new.json", changed)]) == 1
+    flagged = [[c.strip() for c in l.split("|")[1:-1]] for l in capsys.readouterr().out.splitlines() if "REGRESSION" in l]
+    assert flagged == [["digits", "dsa", "ipc=1", "(cell)", "ok", "missing", "", "", "REGRESSION"]]
+    newer = [dict(r, config={**r["config"], "results_version": 2}) for r in SETTINGS]  # another ddbench version: compared
+    assert main(["compare", old, write_json(tmp_path / "newer.json", newer)]) == 0
