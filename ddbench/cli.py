@@ -174,9 +174,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         store = ResultStore(args.store, create=False)
         records = store.records()
         store.close()
-    if args.suite:  # the suite's cells on any device
-        configs = [{**c.config(), "device_type": None} for c in Harness(get_plugin_manager(), "cpu").cells(load_suite(args.suite))]
-        records = [r for r in records if {**r["config"], "device_type": None} in configs]
+    if args.suite:  # the suite's cells, on any device and by any ddbench version
+        anywhere = {"device_type": None, "results_version": None}
+        configs = [{**c.config(), **anywhere} for c in Harness(get_plugin_manager(), "cpu").cells(load_suite(args.suite))]
+        records = [r for r in records if {**r["config"], **anywhere} in configs]
     if not records:
         raise SuiteError("no stored results to build a leaderboard from: run `ddbench run` first (or pass --store/--results).")
     for path in leaderboard.write(records, out, args.task or None):

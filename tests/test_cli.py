@@ -182,3 +182,20 @@ def test_an_unknown_disabled_plugin_is_a_warning_naming_close_ones(capsys, monke
     assert code == 0
     (line,) = [l for l in err.splitlines() if l.startswith("ddbench: warning:")]
     assert "DDBENCH_DISABLE_PLUGINS names 'gradmach', which is not an installed plugin" in line and "Did you mean: gradmatch?" in line
+
+
+def test_leaderboard_suite_filter_takes_the_suites_cells_from_any_device(capsys, tmp_path):
+    from ddbench import Budget
+    from ddbench.harness import Cell, CellResult
+    from ddbench.store import ResultStore
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text("name = 's'\neval_seeds = 1\n[[task]]\nname = 'digits'\nbudgets = ['ipc=1']\n[[distiller]]\nname = 'random'\n")
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        for distiller, device in (("random", "cuda"), ("herding", "cpu")):
+            cell = Cell("digits", {}, distiller, {}, Budget.parse("ipc=1"), 0, [0], "convnet", {}, "quick", device_type=device)
+            store.put(CellResult(cell, "ok", "accuracy", [60.0], stored_params=650, device=device))
+    code, out, _ = run(capsys, "leaderboard", "--store", str(tmp_path / "r.sqlite"), "--suite", str(suite), "--out", str(tmp_path / "lb"))
+    assert code == 0
+    text = (tmp_path / "lb" / "digits.md").read_text()
+    assert "| random" in text and "herding" not in text
