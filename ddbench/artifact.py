@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ddbench.errors import ArtifactError, BudgetError
-from ddbench.interfaces import Artifact, Budget, TaskView
+from ddbench.interfaces import Artifact, Budget, Learner, TaskView
+from ddbench.recipe import declared_recipe
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,16 @@ def validate(artifact: Artifact, task: TaskView, budget: Budget | None, distille
                 f"artifact from {distiller!r} stores {storage.scalars} scalars, over the budget {budget} = {limit} scalars ({parts}): store less."
             )
     return storage
+
+
+def admit(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str,
+          learner: type[Learner]) -> tuple[Artifact, Storage]:
+    """The artifact ``learner`` may train from: the declared recipe checked
+    (:func:`~ddbench.recipe.declared_recipe`), the tensors validated and counted (:func:`validate`),
+    and the meta left behind. Used by the harness and by the conformance kit alike."""
+    recipe = declared_recipe(artifact.recipe, artifact.tensors, learner.recipe_options, f"the artifact of {distiller!r}")
+    admitted = Artifact(artifact.tensors, recipe)
+    return admitted, validate(admitted, task, budget, distiller, learner.input_tensors)
 
 
 def _check_inputs_and_labels(artifact: Artifact, task: TaskView, distiller: str) -> None:

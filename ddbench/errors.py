@@ -44,6 +44,17 @@ class DDBenchWarning(UserWarning):
     """Something worth a line on stderr that does not stop the command (the CLI prints it as one)."""
 
 
+def one_line(exc: BaseException) -> str:
+    """The line a failed cell records: a ddbench error's own message, else the exception's type and
+    first line (a ``SystemExit`` says where it came from)."""
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, DDBenchError):
+        return message
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}) raised inside the distiller (sys.exit in a plugin?)"
+    return f"{type(exc).__name__}: {message}"
+
+
 def close_names(name: str, choices: Iterable[str]) -> str:
     """' Did you mean: a, b?' for near misses of ``name`` among ``choices``, else ''."""
     matches = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)

@@ -5,7 +5,7 @@ seeds, and score on the test split.
 The distiller runs in a cell worker (:mod:`ddbench.worker`) that holds the task's train and
 validation splits only; what crosses back is the artifact's tensors (safetensors bytes) and its
 declared recipe and meta (JSON). The harness counts and validates those tensors, checks the
-declared recipe (:func:`ddbench.recipe.declared_recipe`), and trains its own learner instance,
+declared recipe (:func:`ddbench.artifact.admit`), and trains its own learner instance,
 which the distiller never saw, on them; ``meta`` is recorded but never reaches the learner.
 A failing cell (a plugin that raises, exits, crashes or overruns its time limit; an over-budget or
 NaN artifact) is recorded with its error and a capped traceback; the run goes on.
@@ -28,12 +28,12 @@ from typing import Any
 import torch
 
 from ddbench import worker
-from ddbench.artifact import Storage, compression, save, validate, with_labels
-from ddbench.errors import DDBenchError, SuiteError
+from ddbench.artifact import admit, compression, save, with_labels
+from ddbench.errors import SuiteError, one_line
 from ddbench.interfaces import Artifact, Budget, Learner, Task, TaskData, TaskView
 from ddbench.plugins import PluginManager, check_options, instantiate
 from ddbench.provenance import provenance
-from ddbench.recipe import Recipe, declared_recipe
+from ddbench.recipe import Recipe
 from ddbench.suite import DistillerEntry, Suite
 
 
@@ -235,7 +235,8 @@ class Harness:
                 result.status, result.error, result.traceback = reply.status, reply.error[:1000], capped(reply.traceback)
                 return result
             learner: Learner = instantiate(self.manager.get("learner", cell.learner), cell.learner_options, cell.profile)
-            artifact, storage = self._admit(reply, view, cell, learner, None if distiller.budget_exempt else cell.budget)
+            artifact, storage = admit(Artifact(reply.tensors, reply.recipe), view, None if distiller.budget_exempt else cell.budget,
+                                      cell.distiller, type(learner))
             result.stored_params, result.stored_bytes = storage.scalars, storage.bytes
             result.by_tensor, result.by_dtype = storage.by_tensor, storage.by_dtype
             result.compression = compression(view, storage)
@@ -259,8 +260,7 @@ class Harness:
             result.random_ref = self._random_reference(task, view, test, learner, cell, artifact.recipe, result)
         except Exception as exc:  # noqa: BLE001 - a failing cell never takes the run down
             result.status = "failed"
-            message = str(exc).splitlines()[0] if str(exc) else ""
-            result.error = (message if isinstance(exc, DDBenchError) else f"{type(exc).__name__}: {message}")[:1000]
+            result.error = one_line(exc)[:1000]
             result.traceback = capped(traceback.format_exc())
         return result
 
@@ -281,16 +281,6 @@ class Harness:
                                         time_limit_s, str(self.cache_dir), torch.get_num_threads())
         max_bytes = None if budget is None else budget.scalars(view) * 8 + HEADER_BYTES
         return worker.distill(request, report, max_bytes)
-
-    @staticmethod
-    def _admit(reply: worker.DistillReply, view: TaskView, cell: Cell, learner: Learner,
-               budget: Budget | None) -> tuple[Artifact, Storage]:
-        """The artifact the learner may train from: the worker's tensors, counted and validated, and
-        its declared recipe, checked; its meta stays behind."""
-        where = f"the artifact of {cell.distiller!r}"
-        recipe = declared_recipe(reply.recipe, reply.tensors, type(learner).recipe_options, where)
-        artifact = Artifact(reply.tensors, recipe)
-        return artifact, validate(artifact, view, budget, cell.distiller, type(learner).input_tensors)
 
     def _scores(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact, recipe: Recipe,
                 cell: Cell) -> tuple[list[dict[str, float]], str]:
@@ -326,8 +316,7 @@ class Harness:
             try:
                 if reply.status != "ok":
                     return None
-                reply.recipe = overrides
-                artifact, _ = self._admit(reply, view, cell, learner, cell.budget)
+                artifact, _ = admit(Artifact(reply.tensors, overrides), view, cell.budget, "random", type(learner))
                 scores, _ = self._scores(task, view, test, learner, artifact, task.recipe(cell.profile).updated(overrides), cell)
             except Exception:  # noqa: BLE001 - the reference is a column, not the cell
                 return None

@@ -31,8 +31,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddbench.artifact import content_hash, count_storage, validate, with_labels
-from ddbench.recipe import declared_recipe
+from ddbench.artifact import admit, content_hash, count_storage, with_labels
 from ddbench.errors import BudgetError, DDBenchError, PluginError
 from ddbench.interfaces import (
     Artifact, Budget, Distiller, Learner, Progress, Recipe, RunContext, Split, Task, TaskData, TaskView,
@@ -46,7 +45,7 @@ RULES: dict[str, str] = {
     "returns-artifact": "distill() returns a ddbench.Artifact of torch.Tensors",
     "on-device": "every artifact tensor is on context.device",
     "finite": "no artifact tensor holds NaN or infinite values",
-    "valid": "the artifact passes ddbench.artifact.validate and its recipe passes ddbench.recipe.declared_recipe",
+    "valid": "ddbench.artifact.admit accepts the artifact: its tensors validate and its recipe declares only choices",
     "within-budget": "the artifact stores no more scalars than the budget allows",
     "seeded": "the same seed gives the same artifact (bitwise on CPU), whatever the global RNG state",
     "progress": "distill() reports progress through context.progress.update() at least once",
@@ -441,8 +440,7 @@ class _Runner:
                       "lower the learning rate, clip gradients or guard divisions; never return a diverged artifact.")
         else:  # validate() checks finiteness too: run it only when the values are finite
             try:
-                validate(artifact, view, None, self.report.distiller, type(learner).input_tensors)
-                declared_recipe(artifact.recipe, artifact.tensors, type(learner).recipe_options, f"the artifact of {self.report.distiller!r}")
+                admit(artifact, view, None, self.report.distiller, type(learner))
             except DDBenchError as exc:
                 usable = False
                 self.fail("valid", where, str(exc), "store plain tensors: float32 'x' as (N, *task.input_shape) and one int64 label "

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from ddbench.artifact import check_boundary, from_bytes, to_bytes
-from ddbench.errors import DDBenchError
+from ddbench.errors import DDBenchError, one_line
 from ddbench.interfaces import Budget, Progress, RunContext, Split, TaskView
 
 ProgressCallback = Callable[[int, "int | None", "dict[str, float]"], None]
@@ -355,7 +355,7 @@ def _child(request: DistillRequest, conn: Connection) -> None:
     try:
         header, data = _run(request, channel)
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt from a plugin fail the cell too
-        header, data = {"status": "failed", "error": _error_line(exc), "traceback": traceback.format_exc()}, None
+        header, data = {"status": "failed", "error": one_line(exc), "traceback": traceback.format_exc()}, None
     channel.send({"kind": "result", **header})
     if data is not None:
         conn.send_bytes(data)
@@ -404,12 +404,3 @@ def _plain(value: Any) -> Any:
         if size <= 100_000:
             return value.tolist()
     return repr(value)[:1000]
-
-
-def _error_line(exc: BaseException) -> str:
-    message = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, DDBenchError):
-        return message
-    if isinstance(exc, SystemExit):
-        return f"SystemExit({exc.code!r}) raised inside the distiller (sys.exit in a plugin?)"
-    return f"{type(exc).__name__}: {message}"
