@@ -5,32 +5,47 @@ are in :mod:`ddbench.hookspecs`, the harness loop in :mod:`ddbench.harness`.
 """
 from __future__ import annotations
 
-from importlib import metadata
+from importlib import import_module, metadata
+from typing import TYPE_CHECKING, Any
 
-import pluggy
-
-hookimpl = pluggy.HookimplMarker("ddbench")
+from ddbench.hookspecs import hookimpl
 
 try:
     __version__ = metadata.version("ddbench")
 except metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-from ddbench.interfaces import (  # noqa: E402
-    Artifact,
-    Budget,
-    Distiller,
-    Learner,
-    Progress,
-    Recipe,
-    RunContext,
-    Split,
-    Task,
-    TaskData,
-    TaskView,
-)
+if TYPE_CHECKING:
+    from ddbench.interfaces import (
+        Artifact,
+        Budget,
+        Distiller,
+        Learner,
+        Progress,
+        Recipe,
+        RunContext,
+        Split,
+        Task,
+        TaskData,
+        TaskView,
+    )
 
-__all__ = [
-    "Artifact", "Budget", "Distiller", "Learner", "Progress", "Recipe", "RunContext", "Split",
-    "Task", "TaskData", "TaskView", "hookimpl", "__version__",
-]
+_INTERFACES = ("Artifact", "Budget", "Distiller", "Learner", "Progress", "Recipe", "RunContext", "Split",
+               "Task", "TaskData", "TaskView")
+
+__all__ = [*_INTERFACES, "hookimpl", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """The interface classes of :mod:`ddbench.interfaces`, imported on first use: importing a
+    submodule that needs no torch (the conformance kit's pytest plugin, loaded by every pytest run)
+    does not import it."""
+    if name not in _INTERFACES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module("ddbench.interfaces"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

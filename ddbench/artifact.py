@@ -7,14 +7,30 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ddbench.errors import ArtifactError, BudgetError
+from ddbench.errors import ArtifactError, BudgetError, DDBenchError
 from ddbench.interfaces import Artifact, Budget, Learner, TaskView
 from ddbench.recipe import declared_recipe
+
+
+class Problem(NamedTuple):
+    """One reason an artifact is refused: the conformance rule it breaks and a one-line message.
+
+    ``rule`` is a key of :data:`ddbench.testing.RULES`: ``returns-artifact``, ``valid``, ``finite``
+    or ``within-budget``. :func:`validate` and :func:`admit` raise the first problem
+    (:meth:`error`); the conformance kit reports every one under its rule.
+    """
+
+    rule: str
+    message: str
+
+    def error(self) -> DDBenchError:
+        """The exception the harness raises for this problem: a BudgetError over budget, else an ArtifactError."""
+        return (BudgetError if self.rule == "within-budget" else ArtifactError)(self.message)
 
 
 @dataclass(frozen=True)
@@ -54,24 +70,33 @@ def check_boundary(artifact: Any, distiller: str) -> None:
     complex tensors, and non-tensor values are refused with a one-line error naming the tensor.
     Views are fine: only their own elements are serialized (:func:`to_bytes`) and counted.
     """
+    problem = boundary_problem(artifact, distiller)
+    if problem is not None:
+        raise problem.error()
+
+
+def boundary_problem(artifact: Any, distiller: str) -> Problem | None:
+    """The first reason :func:`check_boundary` refuses ``artifact``, or ``None``."""
     if not isinstance(artifact, Artifact):
-        raise ArtifactError(f"distiller {distiller!r} returned {type(artifact).__name__}, not an Artifact: return ddbench.Artifact(tensors={{...}}).")
+        return Problem("returns-artifact", f"distiller {distiller!r} returned {type(artifact).__name__}, not an Artifact: "
+                                           "return ddbench.Artifact(tensors={...}).")
     if not isinstance(artifact.tensors, dict) or not artifact.tensors:
-        raise ArtifactError(f"distiller {distiller!r} returned an artifact with no tensors: store at least 'x' and 'y'.")
+        return Problem("valid", f"distiller {distiller!r} returned an artifact with no tensors: store at least 'x' and 'y'.")
     for name, tensor in artifact.tensors.items():
         where = f"artifact tensor {name!r} from {distiller!r}"
         if not isinstance(name, str) or not TENSOR_NAME.match(name):
-            raise ArtifactError(f"artifact tensor name {name!r} from {distiller!r} is not a plain name: use letters, digits, '_', '.', '-'.")
+            return Problem("valid", f"artifact tensor name {name!r} from {distiller!r} is not a plain name: use letters, digits, '_', '.', '-'.")
         if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
             what = "a torch.Tensor subclass" if isinstance(tensor, torch.Tensor) else "not a torch.Tensor"
-            raise ArtifactError(f"{where} is a {type(tensor).__name__} ({what}): return a plain tensor.")
+            return Problem("valid", f"{where} is a {type(tensor).__name__} ({what}): return a plain tensor.")
         if tensor.layout != torch.strided:
-            raise ArtifactError(f"{where} is a {tensor.layout} tensor: store it dense (tensor.to_dense()).")
+            return Problem("valid", f"{where} is a {tensor.layout} tensor: store it dense (tensor.to_dense()).")
         if tensor.is_quantized or tensor.dtype not in DTYPES:
-            raise ArtifactError(f"{where} has dtype {tensor.dtype}: store a real dtype "
-                                f"({', '.join(str(d).removeprefix('torch.') for d in DTYPES)}).")
+            return Problem("valid", f"{where} has dtype {tensor.dtype}: store a real dtype "
+                                    f"({', '.join(str(d).removeprefix('torch.') for d in DTYPES)}).")
         if tensor.device.type == "meta":
-            raise ArtifactError(f"{where} is on the meta device and holds no values: store real values.")
+            return Problem("valid", f"{where} is on the meta device and holds no values: store real values.")
+    return None
 
 
 def to_bytes(tensors: dict[str, Tensor]) -> bytes:
@@ -101,73 +126,108 @@ def validate(artifact: Artifact, task: TaskView, budget: Budget | None, distille
     """Check types, shapes, labels, finiteness and the budget; return the storage count.
 
     ``budget`` is ``None`` for budget-exempt reference rows (the full train split);
-    ``input_tensors`` are the tensors the learner trains from (one must be present).
+    ``input_tensors`` are the tensors the learner trains from (one must be present). Raises the
+    first of :func:`problems`.
     """
-    check_boundary(artifact, distiller)
+    found = problems(artifact, task, budget, distiller, input_tensors)
+    if found:
+        raise found[0].error()
+    return count_storage(artifact)
+
+
+def problems(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str,
+             input_tensors: tuple[str, ...] = ("x",)) -> list[Problem]:
+    """Every reason :func:`validate` refuses ``artifact``, in the order it checks them (empty when
+    it is valid): the boundary (:func:`check_boundary`; past a problem there nothing else is
+    checked), an input tensor, finite values, inputs and labels, and the budget."""
+    problem = boundary_problem(artifact, distiller)
+    if problem is not None:
+        return [problem]
     tensors = artifact.tensors
+    found: list[Problem] = []
     if not any(name in tensors for name in input_tensors):
-        raise ArtifactError(f"artifact from {distiller!r} has no {' or '.join(map(repr, input_tensors))} tensor "
-                            f"(it has {', '.join(sorted(tensors))}): store the inputs the learner trains from as tensors['x'].")
+        found.append(Problem("valid", f"artifact from {distiller!r} has no {' or '.join(map(repr, input_tensors))} tensor "
+                                      f"(it has {', '.join(sorted(tensors))}): store the inputs the learner trains from as tensors['x']."))
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ArtifactError(f"artifact tensor {name!r} from {distiller!r} has NaN or infinite values: check the method's learning rate or loss.")
+            found.append(Problem("finite", f"artifact tensor {name!r} from {distiller!r} has NaN or infinite values: "
+                                           "check the method's learning rate or loss."))
     if "x" in tensors:
-        _check_inputs_and_labels(artifact, task, distiller)
-    storage = count_storage(artifact)
+        problem = _inputs_and_labels_problem(artifact, task, distiller)
+        if problem is not None:
+            found.append(problem)
     if budget is not None:
-        limit = budget.scalars(task)
+        storage, limit = count_storage(artifact), budget.scalars(task)
         if storage.scalars > limit:
             parts = ", ".join(f"{k}={v}" for k, v in storage.by_tensor.items())
-            raise BudgetError(
-                f"artifact from {distiller!r} stores {storage.scalars} scalars, over the budget {budget} = {limit} scalars ({parts}): store less."
-            )
-    return storage
+            found.append(Problem("within-budget", f"artifact from {distiller!r} stores {storage.scalars} scalars, over the budget "
+                                                  f"{budget} = {limit} scalars ({parts}): store less."))
+    return found
 
 
 def admit(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str,
           learner: type[Learner]) -> tuple[Artifact, Storage]:
     """The artifact ``learner`` may train from: the declared recipe checked
     (:func:`~ddbench.recipe.declared_recipe`), the tensors validated and counted (:func:`validate`),
-    and the meta left behind. Used by the harness and by the conformance kit alike."""
-    recipe = declared_recipe(artifact.recipe, artifact.tensors, learner.recipe_options, f"the artifact of {distiller!r}")
-    admitted = Artifact(artifact.tensors, recipe)
-    return admitted, validate(admitted, task, budget, distiller, learner.input_tensors)
+    and the meta left behind. Used by the harness and by the conformance kit alike (through
+    :func:`admission_problems`); raises the first of :func:`admission_problems`."""
+    found = admission_problems(artifact, task, budget, distiller, learner)
+    if found:
+        raise found[0].error()
+    admitted = Artifact(artifact.tensors, declared_recipe(artifact.recipe, artifact.tensors, learner.recipe_options,
+                                                          f"the artifact of {distiller!r}"))
+    return admitted, count_storage(admitted)
 
 
-def _check_inputs_and_labels(artifact: Artifact, task: TaskView, distiller: str) -> None:
+def admission_problems(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str,
+                       learner: type[Learner]) -> list[Problem]:
+    """Every reason :func:`admit` refuses ``artifact`` (empty when it is admitted): the declared
+    recipe (rule ``valid``), then :func:`problems` of the tensors."""
+    try:
+        recipe = declared_recipe(artifact.recipe, artifact.tensors, learner.recipe_options, f"the artifact of {distiller!r}")
+    except ArtifactError as exc:
+        return [Problem("valid", str(exc)), *problems(artifact, task, budget, distiller, learner.input_tensors)]
+    return problems(Artifact(artifact.tensors, recipe), task, budget, distiller, learner.input_tensors)
+
+
+def _inputs_and_labels_problem(artifact: Artifact, task: TaskView, distiller: str) -> Problem | None:
     """``x`` float32 of shape (N >= 1, *input_shape); ``y`` one target per row: int64 classes in
     range, (N, C) soft labels or float regression targets (checked here, before any reaches CUDA)."""
     x = artifact.tensors["x"]
     if tuple(x.shape[1:]) != tuple(task.input_shape) or x.dim() == 0:
-        raise ArtifactError(
-            f"artifact 'x' from {distiller!r} has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, task.input_shape))}) for task {task.name!r}."
-        )
+        return Problem("valid", f"artifact 'x' from {distiller!r} has shape {tuple(x.shape)}, "
+                                f"expected (N, {', '.join(map(str, task.input_shape))}) for task {task.name!r}.")
     if len(x) == 0:
-        raise ArtifactError(f"artifact 'x' from {distiller!r} has no rows: store at least one example.")
+        return Problem("valid", f"artifact 'x' from {distiller!r} has no rows: store at least one example.")
     if x.dtype != torch.float32:
-        raise ArtifactError(f"artifact 'x' from {distiller!r} is {str(x.dtype).removeprefix('torch.')}: inputs must be float32, "
-                            "the learners' dtype (x.float()).")
+        return Problem("valid", f"artifact 'x' from {distiller!r} is {str(x.dtype).removeprefix('torch.')}: inputs must be float32, "
+                                "the learners' dtype (x.float()).")
     y = artifact.tensors.get("y")
     if y is None and artifact.recipe.get("labels") == "class-balanced":
         if task.num_classes is None or len(x) % task.num_classes:
-            raise ArtifactError(f"artifact from {distiller!r} declares class-balanced labels but has {len(x)} rows for {task.num_classes} classes: store 'y' instead.")
-        return
+            return Problem("valid", f"artifact from {distiller!r} declares class-balanced labels but has {len(x)} rows "
+                                    f"for {task.num_classes} classes: store 'y' instead.")
+        return None
     if y is None or y.dim() == 0 or len(y) != len(x):
-        raise ArtifactError(f"artifact from {distiller!r} needs a 'y' with one target per row of 'x' (got {None if y is None else tuple(y.shape)} for {len(x)}).")
+        return Problem("valid", f"artifact from {distiller!r} needs a 'y' with one target per row of 'x' "
+                                f"(got {None if y is None else tuple(y.shape)} for {len(x)}).")
     if task.num_classes is None:
         if not y.is_floating_point() or y.dim() != 1:
-            raise ArtifactError(f"artifact 'y' from {distiller!r} is {y.dtype} of shape {tuple(y.shape)}: regression targets are one float per row.")
+            return Problem("valid", f"artifact 'y' from {distiller!r} is {y.dtype} of shape {tuple(y.shape)}: "
+                                    "regression targets are one float per row.")
     elif y.is_floating_point():
         if tuple(y.shape) != (len(x), task.num_classes):
-            raise ArtifactError(f"artifact 'y' from {distiller!r} is float of shape {tuple(y.shape)}: soft labels are (N, {task.num_classes}); "
-                                "hard labels are int64 class indices.")
+            return Problem("valid", f"artifact 'y' from {distiller!r} is float of shape {tuple(y.shape)}: "
+                                    f"soft labels are (N, {task.num_classes}); hard labels are int64 class indices.")
     else:
         if y.dtype != torch.int64 or y.dim() != 1:
-            raise ArtifactError(f"artifact 'y' from {distiller!r} is {str(y.dtype).removeprefix('torch.')} of shape {tuple(y.shape)}: "
-                                "store hard labels as int64 class indices (N,) (y.long()).")
+            return Problem("valid", f"artifact 'y' from {distiller!r} is {str(y.dtype).removeprefix('torch.')} of shape "
+                                    f"{tuple(y.shape)}: store hard labels as int64 class indices (N,) (y.long()).")
         low, high = int(y.min()), int(y.max())
         if low < 0 or high >= task.num_classes:
-            raise ArtifactError(f"artifact 'y' from {distiller!r} holds labels {low}..{high}, outside the task's classes 0..{task.num_classes - 1}.")
+            return Problem("valid", f"artifact 'y' from {distiller!r} holds labels {low}..{high}, "
+                                    f"outside the task's classes 0..{task.num_classes - 1}.")
+    return None
 
 
 def with_labels(artifact: Artifact, num_classes: int | None) -> Artifact:

@@ -1,4 +1,5 @@
-"""The ``ddbench`` command line: ``run``, ``leaderboard``, ``compare``, ``ls``, ``plugins`` and ``new-plugin``.
+"""The ``ddbench`` command line: ``run``, ``leaderboard``, ``compare``, ``ls``, ``plugins`` and
+``new-plugin``, and the subcommands plugins add (``ddbench_register_commands``).
 
 Bad input is one line on stderr naming the thing and the fix, exit status 2, and nothing written.
 """
@@ -13,22 +14,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ddbench import __version__, worker
-from ddbench.errors import DDBenchError, DDBenchWarning, SuiteError
-from ddbench.harness import CellResult, Harness
+from ddbench.errors import DDBenchError, DDBenchWarning, PluginError, SuiteError, close_names
 from ddbench.interfaces import Budget
-from ddbench.plugins import get_plugin_manager, options_of
-from ddbench.report import table
-from ddbench.store import DEFAULT_PATH, ResultStore, result_from_dict
+from ddbench.plugins import PluginManager, get_plugin_manager, options_of
+from ddbench.results.leaderboard import BOARDS
+from ddbench.results.records import CellResult
+from ddbench.results.report import table
+from ddbench.results.store import DEFAULT_PATH, ResultStore, read_all, read_results
 from ddbench.suite import (DistillerEntry, TaskEntry, check_eval_seeds, check_seed, check_time_limit, default_suite,
-                           load_suite, parse_named)
+                           expand_suite, load_suite, parse_named)
+
+CORE_COMMANDS = ("run", "leaderboard", "compare", "ls", "plugins", "new-plugin")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParser:
+    """The parser of every command: the built-in ones, then those the plugins of ``manager``
+    (default: :func:`~ddbench.plugins.get_plugin_manager`) register."""
     parser = argparse.ArgumentParser(prog="ddbench", description="Benchmark dataset distillation methods by accuracy per stored parameter.")
     parser.add_argument("--version", action="version", version=f"ddbench {__version__}")
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run a suite (no arguments: the quick default suite)")
+    run.set_defaults(handler=cmd_run)
     run.add_argument("--suite", help="suite TOML file (default: the built-in quick suite)")
     run.add_argument("--task", action="append", default=[], metavar="NAME[:k=v,...]", help="task(s) to run, with options")
     run.add_argument("--distiller", action="append", default=[], metavar="NAME[:k=v,...]", help="distiller(s) to run, with options")
@@ -45,27 +52,39 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="recompute cells already finished in the store")
     run.add_argument("--save-artifacts", metavar="DIR", help="save every artifact as .safetensors + .json under DIR")
 
-    board = sub.add_parser("leaderboard", help="write leaderboards (Markdown, CSV, plot) from stored results")
-    source = board.add_mutually_exclusive_group()
-    source.add_argument("--store", help=f"results store to read (default {DEFAULT_PATH})")
-    source.add_argument("--results", help="an exported results.json to read instead of a store")
+    board = sub.add_parser("leaderboard", help="write leaderboards (Markdown, CSV, plot) and plugin reports from stored results")
+    board.set_defaults(handler=cmd_leaderboard)
+    board.add_argument("--store", action="append", default=[], help=f"results store to read, repeatable (default {DEFAULT_PATH})")
+    board.add_argument("--results", action="append", default=[], help="an exported results.json (or store) to read, repeatable")
     board.add_argument("--suite", help="only the cells of this suite file")
     board.add_argument("--task", action="append", default=[], help="only these tasks")
     board.add_argument("--out", default="leaderboards", help="output folder (default leaderboards/)")
+    board.add_argument("--report", action="append", default=[], metavar="NAME",
+                       help=f"write only these: {BOARDS} (the generic boards) or a plugin report (default: all)")
 
     cmp = sub.add_parser("compare", help="exit 1 when NEW regresses against OLD")
+    cmp.set_defaults(handler=cmd_compare)
     cmp.add_argument("old", help="results store (.sqlite), results.json or leaderboard .csv")
     cmp.add_argument("new", help="results store (.sqlite), results.json or leaderboard .csv")
     cmp.add_argument("--fail-on", action="append", default=[], metavar="METRIC:DELTA",
                      help="e.g. accuracy:-1.0 (absolute) or distill_s:+20%% (relative)")
 
     ls = sub.add_parser("ls", help="list registered tasks, learners or distillers")
+    ls.set_defaults(handler=cmd_ls)
     ls.add_argument("kind", choices=["tasks", "learners", "distillers"])
-    sub.add_parser("plugins", help="list loaded plugins: version, source, what each registered")
+    sub.add_parser("plugins", help="list loaded plugins: version, source, what each registered").set_defaults(handler=cmd_plugins)
 
     scaffold = sub.add_parser("new-plugin", help="write a ready-to-install distiller plugin package")
+    scaffold.set_defaults(handler=cmd_new_plugin)
     scaffold.add_argument("name", help="distiller name, e.g. my-method (package ddbench-my-method)")
     scaffold.add_argument("--dir", default=".", help="folder to create the package in (default: here)")
+    for plugin, command in (manager or get_plugin_manager()).commands():
+        if command.name in CORE_COMMANDS:
+            raise PluginError(f"plugin {plugin!r} registered command {command.name!r}, which is a ddbench command: rename it.")
+        extra = sub.add_parser(command.name, help=command.help, description=command.description or command.help)
+        if command.arguments is not None:
+            command.arguments(extra)
+        extra.set_defaults(handler=lambda args, _run=command.run: _run(args) or 0)
     return parser
 
 
@@ -112,6 +131,8 @@ def folder(path: str, flag: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ddbench.harness import Harness
+
     if args.data_root:
         os.environ["DDBENCH_DATA_ROOT"] = args.data_root
     if args.download:
@@ -150,48 +171,56 @@ def cmd_run(args: argparse.Namespace) -> int:
         store.close()
         print(f"ddbench: interrupted; every finished cell is kept in {store.path}, and a rerun skips them.", file=sys.stderr)
         return 130
-    keys = [c.key() for c in cells]
-    results = [result_from_dict(r) for r in store.records(keys)]
+    order = {c.key(): i for i, c in enumerate(cells)}
+    records = sorted(store.records(order), key=lambda r: order[r["key"]])
     store.close()
     bar.close()
-    print(table(sorted(results, key=lambda r: keys.index(r.cell.key()))))
-    failed = sum(r.status == "failed" for r in results)
+    print(table(records))
+    failed = sum(r["status"] == "failed" for r in records)
     print(f"\n{len(new)} cells run in {time.perf_counter() - start:.1f} s on {harness.device} ({len(done)} reused); "
           f"{failed} failed. Results in {store.path}.", file=sys.stderr)
     return min(failed, 100)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from ddbench import leaderboard
+    from ddbench.results import leaderboard
 
     out = folder(args.out, "--out")
-    if args.results:
-        path = Path(args.results)
-        if not path.is_file():
-            raise SuiteError(f"results file {args.results!r} not found: pass a results.json written by `ddbench leaderboard`.")
-        records = leaderboard.read_results(path)
-    else:
-        store = ResultStore(args.store, create=False)
-        records = store.records()
-        store.close()
+    manager = get_plugin_manager()
+    reports = dict((report.name, report) for _, report in manager.reports())
+    for name in args.report:
+        if name != BOARDS and name not in reports:
+            choices = [BOARDS, *reports]
+            raise SuiteError(f"unknown report {name!r} in --report.{close_names(name, choices)} Available: {', '.join(choices)}.")
+    chosen = set(args.report) or {BOARDS, *reports}
+    records = read_all(args.store, args.results).require_records()
     if args.suite:  # the suite's cells, on any device and by any ddbench version
         anywhere = {"device_type": None, "results_version": None}
-        configs = [{**c.config(), **anywhere} for c in Harness(get_plugin_manager(), "cpu").cells(load_suite(args.suite))]
+        configs = [{**c.config(), **anywhere} for c in expand_suite(manager, load_suite(args.suite))]
         records = [r for r in records if {**r["config"], **anywhere} in configs]
+    if args.task:
+        records = [r for r in records if r["config"]["task"] in args.task]
     if not records:
         raise SuiteError("no stored results to build a leaderboard from: run `ddbench run` first (or pass --store/--results).")
-    for path in leaderboard.write(records, out, args.task or None):
+    written = leaderboard.write(records, out) if BOARDS in chosen else []
+    for name, report in reports.items():
+        if name in chosen:
+            written += report.write(records, out)
+    for path in written:
         print(path)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ddbench.compare import Rule, compare, load_rows
+    from ddbench.results.compare import Rule, compare, default_rules
+    from ddbench.results.records import directions
 
-    rules = [Rule.parse(r) for r in args.fail_on] or [Rule.parse("accuracy:-1.0"), Rule.parse("r2:-0.02")]
-    text, regressions = compare(load_rows(args.old), load_rows(args.new), rules)
+    old, new = read_results(args.old).rows(), read_results(args.new).rows()
+    known = directions(old + new)
+    rules = [Rule.parse(r, known) for r in args.fail_on] or default_rules(known)
+    text, regressions = compare(old, new, rules)
     print(text)
-    print(f"\n{regressions} regression(s) against {', '.join(f'{r.metric}:{r}' for r in rules)}.", file=sys.stderr)
+    print(f"\n{regressions} regression(s) against {', '.join(f'{r.metric}:{r}' for r in rules) or 'missing cells only'}.", file=sys.stderr)
     return 1 if regressions else 0
 
 
@@ -202,7 +231,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     kind = args.kind[:-1]
     rows = []
     for name in manager.names(kind):
-        cls = manager.get(kind, name)
+        cls = manager.registries[kind].get(name)
         opts = ", ".join(f"{k}={v!r}" for k, v in options_of(cls).items())
         rows.append([name, manager.owner(kind, name), cls.description, opts])
     print(tabulate(rows, headers=[kind, "plugin", "description", "options (defaults)"], tablefmt="github"))
@@ -214,8 +243,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     manager = get_plugin_manager()
     rows = []
+    extras: dict[str, dict[str, list[str]]] = {}
+    for kind, found in (("command", manager.commands()), ("report", manager.reports())):
+        for plugin, item in found:
+            extras.setdefault(plugin, {}).setdefault(kind, []).append(item.name)
     for info in manager.plugins.values():
-        what = "; ".join(f"{k}s: {', '.join(v)}" for k, v in info.registered.items() if v)
+        registered = {**info.registered, **extras.get(info.name, {})}
+        what = "; ".join(f"{k}s: {', '.join(v)}" for k, v in registered.items() if v)
         rows.append([info.name, info.version, info.source, what or "(nothing)"])
     print(tabulate(rows, headers=["plugin", "version", "source", "registered"], tablefmt="github"))
     return 0
@@ -241,16 +275,14 @@ _default_showwarning = warnings.showwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
     warnings.showwarning = _warning
     try:
-        commands = {"run": cmd_run, "ls": cmd_ls, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
-                    "new-plugin": cmd_new_plugin}
-        return commands[args.command](args)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return args.handler(args)
     except DDBenchError as exc:
         print(f"ddbench: error: {exc}", file=sys.stderr)
         return 2

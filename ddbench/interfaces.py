@@ -6,10 +6,12 @@ declare ``quick = {...}``: option values used by the ``quick`` profile unless th
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -115,7 +117,7 @@ class Budget:
     """A storage budget: images per class (``ipc=10``) or stored scalars (``params=50000``).
 
     ``ipc`` converts to scalars as ipc x classes x (input size + 1): one input and one hard label
-    per stored example (``DESIGN.md``, "The artifact and the budget").
+    per stored example (``docs/design.md`` §3, "The artifact and the budget").
     """
 
     kind: Literal["ipc", "params"]
@@ -216,13 +218,22 @@ class Component:
 class Task(Component, ABC):
     """Data and how to judge on it.
 
-    Subclasses set ``kind``, ``metric``, ``default_learner`` and implement :meth:`view_info`,
-    :meth:`load` and :meth:`recipe`. ``load`` must give the same splits for the same options.
+    Subclasses set ``kind``, ``metric``, ``default_learner`` (the registered name of the learner
+    its cells train unless a suite names another) and implement :meth:`load` and :meth:`recipe`
+    (:meth:`info` optionally). ``load`` must give the same splits for the same options.
     """
 
     kind: ClassVar[Kind] = "classification"
     metric: ClassVar[str] = "accuracy"
-    default_learner: ClassVar[str] = "mlp"
+    default_learner: ClassVar[str]
+    higher_is_better: ClassVar[dict[str, bool]] = {"accuracy": True, "r2": True, "mse": False}
+    """Which way each metric of the task is better: those :meth:`score` returns and those of
+    :meth:`artifact_metrics` that may be compared (a subclass extends it, e.g.
+    ``{**Task.higher_is_better, "alignment": True}``). The harness stores it with every result, so
+    boards rank, and ``ddbench compare --fail-on`` judges, from the records alone."""
+    leaderboard_columns: ClassVar[tuple[str, ...]] = ()
+    """The extra metrics and diagnostics (keys of the result's ``extra``) shown as board columns,
+    beside the harness's own; every other extra stays in ``results.json`` only."""
     num_classes: int | None
     input_shape: tuple[int, ...]
 
@@ -257,6 +268,15 @@ class Task(Component, ABC):
 class Learner(Component, ABC):
     """A model family plus its training recipe.
 
+    Required: :meth:`build` and :meth:`fit`. Capabilities the harness and methods rely on, each with
+    a default here:
+
+    - :meth:`fit_ensemble`: train the harness's K evaluation nets (default: :meth:`fit` one by one);
+      a learner may train them together (a vmapped ensemble) and say so in the returned mode.
+    - :meth:`embed` with ``supports_embedding = True``: a feature map of the inputs (DM's embedding,
+      herding's features); a distiller that needs it asks in :meth:`Distiller.supports`.
+    - :meth:`predict`: outputs in chunks without gradients.
+
     ``recipe_options``: the learner-specific :attr:`Recipe.options` it reads, with their types (an
     artifact may declare the integer, string and boolean ones; docs/threat-model.md).
     ``input_tensors``: artifact tensors it can train from; an artifact must hold one of them.
@@ -264,6 +284,7 @@ class Learner(Component, ABC):
 
     recipe_options: ClassVar[dict[str, type]] = {}
     input_tensors: ClassVar[tuple[str, ...]] = ("x",)
+    supports_embedding: ClassVar[bool] = False
 
     @abstractmethod
     def build(self, task: TaskView, seed: int) -> nn.Module:
@@ -272,6 +293,18 @@ class Learner(Component, ABC):
     @abstractmethod
     def fit(self, model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator) -> nn.Module:
         """Train ``model`` on the artifact's tensors with ``recipe``; randomness from ``generator``."""
+
+    def fit_ensemble(self, models: Sequence[nn.Module], artifact: Artifact, recipe: Recipe,
+                     generators: Sequence[torch.Generator]) -> str:
+        """Train the K ``models`` (model k from ``generators[k]``) exactly as :meth:`fit` would one by
+        one, and return how: ``"sequential"`` here; e.g. ``"ensemble"`` where trained together."""
+        for model, generator in zip(models, generators, strict=True):
+            self.fit(model, artifact, recipe, generator)
+        return "sequential"
+
+    def embed(self, model: nn.Module, x: Tensor) -> Tensor:
+        """Features of ``x`` (N, F) under ``model``; only when ``supports_embedding`` is True."""
+        raise NotImplementedError(f"learner {self.name!r} has no embedding (supports_embedding is False).")
 
     def predict(self, model: nn.Module, x: Tensor, batch_size: int = 2048) -> Tensor:
         """Outputs (logits or values) for ``x``, in chunks, without gradients."""
@@ -285,26 +318,38 @@ class Learner(Component, ABC):
 class Distiller(Component, ABC):
     """Turns a task's train split into an :class:`Artifact` within a :class:`Budget`.
 
+    Required: :meth:`distill`. :meth:`supports` (default: everything) sees the task and the learner
+    the cell trains, so a mismatch is a skip with a reason, not an error halfway through.
     ``budget_exempt`` marks reference rows (the full train split) that the budget does not bind.
     """
 
     budget_exempt: ClassVar[bool] = False
 
-    def supports(self, task: TaskView) -> str | None:
-        """``None`` if the method applies to ``task``, else the reason it does not."""
+    def supports(self, task: TaskView, learner: Learner) -> str | None:
+        """``None`` if the method applies to ``task`` with ``learner``, else the reason it does not."""
         return None
 
     @abstractmethod
-    def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
+    def distill(self, task: TaskView, budget: Budget | None, learner: Learner, context: RunContext) -> Artifact:
         """Build the artifact. Never touches test data (it is not in ``task``).
 
         ``budget`` is ``None`` for ``budget_exempt`` distillers.
         """
 
 
+def supports(distiller: Distiller, task: TaskView, learner: Learner) -> str | None:
+    """Ask ``distiller`` whether it applies, accepting the old one-argument ``supports(task)`` of
+    plugins written before the learner was passed (with a :class:`DeprecationWarning`)."""
+    try:
+        params = inspect.signature(distiller.supports).parameters
+    except (TypeError, ValueError):
+        params = {}
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) == 1 and not any(p.kind is p.VAR_POSITIONAL for p in params.values()):
+        warnings.warn(f"{type(distiller).__qualname__}.supports(task) takes one argument: define supports(self, task, learner) "
+                      "(ddbench now passes the learner the cell trains).", DeprecationWarning, stacklevel=2)
+        return distiller.supports(task)  # type: ignore[call-arg]
+    return distiller.supports(task, learner)
+
+
 INTERFACES: dict[str, type] = {"task": Task, "learner": Learner, "distiller": Distiller}
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "task": ("load", "recipe", "score", "kind", "metric", "default_learner"),
-    "learner": ("build", "fit", "predict"),
-    "distiller": ("distill", "supports"),
-}

@@ -4,20 +4,23 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import sys
+import types
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pluggy
 
 from ddbench import hookspecs
 from ddbench.errors import DDBenchWarning, PluginError, SuiteError, close_names, unknown
-from ddbench.interfaces import INTERFACES, REQUIRED
+from ddbench.interfaces import INTERFACES, Distiller, Learner, Task
 
 ENTRY_POINT_GROUP = "ddbench"
 DISABLE_ENV = "DDBENCH_DISABLE_PLUGINS"
+TRACE_ENV = "DDBENCH_TRACE_PLUGINS"  # set: every hook call and its result are written to stderr
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 KINDS = ("task", "learner", "distiller")
 
@@ -32,16 +35,22 @@ class PluginInfo:
     registered: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
 
 
-class Registry:
-    """Name -> class for one kind of component, validated on registration."""
+T = TypeVar("T")
 
-    def __init__(self, kind: str):
+
+class Registry(Generic[T]):
+    """Name -> class for one kind of component; a class is admitted when it subclasses the kind's
+    interface (``base``), implements its abstract methods and has a valid, unique ``name``."""
+
+    def __init__(self, kind: str, base: type[T] | None = None):
         self.kind = kind
-        self.items: dict[str, type] = {}
+        self.base: type = base if base is not None else INTERFACES[kind]
+        self.items: dict[str, type[T]] = {}
         self.owner: dict[str, str] = {}
 
     def register(self, cls: Any, plugin: str) -> None:
         what = f"plugin {plugin!r} registered"
+        base = self.base.__name__
         if not inspect.isclass(cls):
             raise PluginError(f"{what} {cls!r} as a {self.kind}, but it is not a class: register the {self.kind} class itself.")
         name = getattr(cls, "name", None)
@@ -50,14 +59,14 @@ class Registry:
                 f"{what} {self.kind} class {cls.__qualname__} without a valid `name` "
                 f"(lower-case letters, digits, '-', '_'): set the class attribute `name`."
             )
-        missing = [m for m in REQUIRED[self.kind] if not hasattr(cls, m)]
+        if not issubclass(cls, self.base):
+            raise PluginError(f"{what} {self.kind} {name!r} ({cls.__qualname__}), which is not a subclass of "
+                              f"ddbench.interfaces.{base}: subclass it (`class {cls.__name__}({base}): ...`).")
         abstract = sorted(getattr(cls, "__abstractmethods__", ()))
-        if missing or abstract:
-            base = INTERFACES[self.kind]
-            raise PluginError(
-                f"{what} {self.kind} {name!r} that does not implement the {base.__name__} interface "
-                f"(missing: {', '.join(missing + abstract)}): subclass ddbench.interfaces.{base.__name__} and implement them."
-            )
+        if abstract:
+            raise PluginError(f"{what} {self.kind} {name!r} without the {base} method(s) {', '.join(abstract)}: implement them.")
+        if self.base is Task and not isinstance(getattr(cls, "default_learner", None), str):
+            raise PluginError(f"{what} task {name!r} without a `default_learner`: set it to the name of a registered learner.")
         if name in self.items:
             raise PluginError(
                 f"{what} {self.kind} {name!r}, already registered by plugin {self.owner[name]!r}: rename one of them."
@@ -65,13 +74,17 @@ class Registry:
         self.items[name] = cls
         self.owner[name] = plugin
 
-    def get(self, name: str) -> type:
+    def get(self, name: str) -> type[T]:
+        """The class registered as ``name``, or a one-line error suggesting close names."""
         if name not in self.items:
             raise unknown(self.kind, name, self.items, f"See `ddbench ls {self.kind}s`.")
         return self.items[name]
 
     def names(self) -> list[str]:
         return sorted(self.items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.items
 
 
 def options_of(cls: type) -> dict[str, Any]:
@@ -110,8 +123,14 @@ class PluginManager:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager("ddbench")
         self.pm.add_hookspecs(hookspecs)
-        self.registries = {kind: Registry(kind) for kind in KINDS}
+        self.tasks: Registry[Task] = Registry("task", Task)
+        self.learners: Registry[Learner] = Registry("learner", Learner)
+        self.distillers: Registry[Distiller] = Registry("distiller", Distiller)
+        self.registries: dict[str, Registry[Any]] = {"task": self.tasks, "learner": self.learners, "distiller": self.distillers}
         self.plugins: dict[str, PluginInfo] = {}
+        if os.environ.get(TRACE_ENV):
+            self.pm.trace.root.setwriter(lambda text: print(text, end="", file=sys.stderr))
+            self.pm.enable_tracing()
 
     # -- loading -----------------------------------------------------------------------------
     def load_entrypoints(self, disabled: Iterable[str] | None = None) -> None:
@@ -143,6 +162,13 @@ class PluginManager:
         """Register one plugin object (a module or an instance with ``ddbench_*`` hooks)."""
         if name in self.plugins:
             raise PluginError(f"plugin {name!r} is already loaded: give the new one another name.")
+        if isinstance(plugin, types.SimpleNamespace):
+            plugin = _Namespace(**vars(plugin))  # pluggy's per-plugin hook calls need a hashable plugin
+        try:
+            hash(plugin)
+        except TypeError:
+            raise PluginError(f"plugin {name!r} is an unhashable {type(plugin).__name__}: register a module, "
+                              "a class instance or a types.SimpleNamespace.") from None
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
@@ -152,17 +178,14 @@ class PluginManager:
             raise PluginError(f"plugin {name!r} has an invalid hook: {exc}. Hooks must be named ddbench_* (see ddbench.hookspecs).") from exc
         info = PluginInfo(name, version, source)
         self.plugins[name] = info
-        hooks = {
-            "task": self.pm.hook.ddbench_register_tasks,
-            "learner": self.pm.hook.ddbench_register_learners,
-            "distiller": self.pm.hook.ddbench_register_distillers,
-        }
+        hooks = {"task": "ddbench_register_tasks", "learner": "ddbench_register_learners",
+                 "distiller": "ddbench_register_distillers"}
         for kind, hook in hooks.items():
             def register(cls: Any, _kind: str = kind) -> None:
                 self.registries[_kind].register(cls, name)
                 info.registered[_kind].append(cls.name)
             try:
-                self._call_one(hook, plugin, register)
+                self.hook_of(plugin, hook)(register=register)
             except PluginError:
                 self._forget(name)
                 raise
@@ -170,11 +193,11 @@ class PluginManager:
                 self._forget(name)
                 raise PluginError(f"plugin {name!r} raised while registering {kind}s: {type(exc).__name__}: {exc}") from exc
 
-    def _call_one(self, hook: Any, plugin: object, register: Any) -> None:
-        """Call ``hook`` on ``plugin`` alone, so each plugin registers exactly once."""
-        impls = [i for i in hook.get_hookimpls() if i.plugin is plugin]
-        for impl in impls:
-            impl.function(register=register)
+    def hook_of(self, plugin: object, hook: str) -> Any:
+        """The caller of ``hook`` for ``plugin`` alone (pluggy's subset caller, so hook wrappers and
+        tracing apply): each plugin registers exactly once, when it is added."""
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        return self.pm.subset_hook_caller(hook, remove_plugins=others)
 
     def _forget(self, name: str) -> None:
         for registry in self.registries.values():
@@ -187,6 +210,9 @@ class PluginManager:
 
     # -- lookup ------------------------------------------------------------------------------
     def get(self, kind: str, name: str) -> type:
+        """Deprecated: ``manager.tasks.get(name)``, ``manager.learners.get(name)`` or
+        ``manager.distillers.get(name)`` (typed)."""
+        warnings.warn(f"manager.get({kind!r}, name) is deprecated: use manager.{kind}s.get(name).", DeprecationWarning, stacklevel=2)
         return self.registries[kind].get(name)
 
     def names(self, kind: str) -> list[str]:
@@ -198,6 +224,42 @@ class PluginManager:
     def modules(self) -> list[str]:
         """The modules that define the registered classes (the cell workers' fork server imports them once)."""
         return sorted({cls.__module__ for registry in self.registries.values() for cls in registry.items.values()})
+
+    # -- commands and reports (ddbench_register_commands, ddbench_register_reports) ------------
+    def commands(self) -> list[tuple[str, hookspecs.Command]]:
+        """``(plugin, command)`` for every subcommand the plugins register, by command name."""
+        return self._gather("ddbench_register_commands", hookspecs.Command, "command")
+
+    def reports(self) -> list[tuple[str, hookspecs.Report]]:
+        """``(plugin, report)`` for every report the plugins register, by report name."""
+        return self._gather("ddbench_register_reports", hookspecs.Report, "report")
+
+    def _gather(self, hook: str, cls: type, what: str) -> list[tuple[str, Any]]:
+        """Call ``hook`` once per plugin with a ``register`` that checks each object and its name."""
+        found: dict[str, tuple[str, Any]] = {}
+        for name in list(self.plugins):
+            def register(item: Any, _plugin: str = name) -> None:
+                said = f"plugin {_plugin!r} registered"
+                if not isinstance(item, cls):
+                    raise PluginError(f"{said} {item!r} as a {what}: register a ddbench.hookspecs.{cls.__name__}(...).")
+                if not isinstance(item.name, str) or not NAME_RE.match(item.name):
+                    raise PluginError(f"{said} a {what} named {item.name!r}: use lower-case letters, digits, '-', '_'.")
+                if item.name in found:
+                    raise PluginError(f"{said} {what} {item.name!r}, already registered by plugin {found[item.name][0]!r}: rename one of them.")
+                found[item.name] = (_plugin, item)
+            try:
+                self.hook_of(self.pm.get_plugin(name), hook)(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure becomes a named error
+                raise PluginError(f"plugin {name!r} raised while registering {what}s: {type(exc).__name__}: {exc}") from exc
+        return [found[k] for k in sorted(found)]
+
+
+class _Namespace(types.SimpleNamespace):
+    """A ``SimpleNamespace`` plugin, hashable by identity."""
+
+    __hash__ = object.__hash__
 
 
 _default: PluginManager | None = None

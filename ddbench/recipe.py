@@ -29,7 +29,7 @@ MAX_OPTION_INT = 1 << 62
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a learner trains on an artifact (``specs/methods.md`` §3 for the image defaults).
+    """How a learner trains on an artifact (``docs/methods.md`` §3 for the image defaults).
 
     ``epochs`` is E: training runs over epoch indices 0..E (E + 1 epochs) and the learning rate
     is multiplied by 0.1 once, after epoch index E//2 + 1, as in the official ``evaluate_synset``.
@@ -114,7 +114,7 @@ def _choice(choices: tuple[str, ...]) -> Any:
 
 
 def _strategy(value: Any, tensors: Mapping[str, Tensor], option_types: Mapping[str, type], where: str) -> str:
-    from ddbench.augment import FAMILIES, parse_strategy
+    from ddbench.ops.augment import FAMILIES, parse_strategy
 
     try:
         parse_strategy(value if isinstance(value, str) else "")

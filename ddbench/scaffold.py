@@ -107,7 +107,7 @@ class $cls(Distiller):
     # Options are the constructor's keyword arguments (defaults = your published values);
     # `quick = {...}` overrides them in the CPU-sized quick profile.
 
-    def supports(self, task: TaskView) -> str | None:
+    def supports(self, task: TaskView, learner: Learner) -> str | None:
         return None  # or a one-line reason, e.g. "needs images" for tasks the method does not apply to
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:

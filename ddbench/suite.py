@@ -18,18 +18,27 @@ A suite file::
 
 With no ``[[distiller]]`` table, every registered distiller runs (those that do not apply to a
 task are skipped with the reason).
+
+:func:`expand_suite` turns a suite into its cells with the plugins of a manager, and
+:func:`load_task` loads one task and its view: the harness, ``ddbench leaderboard --suite`` and
+the measurement commands of plugins use them, none of them building a harness to get there.
 """
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ddbench.errors import BudgetError, SuiteError, close_names
-from ddbench.interfaces import Budget
+from ddbench.interfaces import Budget, Split, Task, TaskData, TaskView
+from ddbench.plugins import PluginManager, check_options, instantiate
+from ddbench.results.records import Cell
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -175,3 +184,44 @@ def parse_named(text: str) -> tuple[str, dict[str, Any]]:
         except tomllib.TOMLDecodeError:
             options[key.strip()] = value.strip()
     return name.strip(), options
+
+
+def expand_suite(manager: PluginManager, suite: Suite, device_type: str = "cpu") -> Iterator[Cell]:
+    """The cells of ``suite`` with the plugins of ``manager``, every name and option checked up front;
+    ``device_type`` (``cpu`` or ``cuda``) is part of each cell's key."""
+    distillers = suite.distillers
+    if distillers is None:
+        distillers = [DistillerEntry(n) for n in manager.names("distiller")]
+    for entry in distillers:
+        check_options(manager.distillers.get(entry.name), entry.options)
+    for t in suite.tasks:
+        task_cls = manager.tasks.get(t.name)
+        check_options(task_cls, t.options)
+        learner = t.learner or task_cls.default_learner
+        check_options(manager.learners.get(learner), t.learner_options)
+        if task_cls.kind == "regression" and any(b.kind == "ipc" for b in t.budgets):
+            raise SuiteError(f"task {t.name!r} is regression: ipc budgets do not apply; use params=N.")
+        if not t.budgets:
+            raise SuiteError(f"task {t.name!r} has no budgets: give at least one, e.g. ipc=10 or params=5000.")
+        for d in distillers:
+            exempt = manager.distillers.get(d.name).budget_exempt
+            for budget in ([None] if exempt else t.budgets):
+                for seed in suite.distill_seeds:
+                    yield Cell(t.name, t.options, d.name, d.options, budget, seed, list(range(suite.eval_seeds)),
+                               learner, t.learner_options, suite.profile, suite.time_limit_s, device_type)
+
+
+def task_view(task: Task, data: TaskData, device: torch.device | str, name: str | None = None,
+              options: dict[str, Any] | None = None) -> TaskView:
+    """What a distiller sees of a loaded task: train and validation on ``device``, never the test split."""
+    return TaskView(name or task.name, task.kind, task.num_classes, tuple(task.input_shape), data.train.to(device),
+                    data.val.to(device), task.info(), dict(options or {}))
+
+
+def load_task(manager: PluginManager, name: str, options: dict[str, Any], profile: str,
+              device: torch.device | str) -> tuple[Task, TaskView, Split]:
+    """The task ``name`` built with ``options`` under ``profile``, the view distillers get (train and
+    validation on ``device``) and the test split on ``device``."""
+    task = instantiate(manager.tasks.get(name), options, profile)
+    data = task.load()
+    return task, task_view(task, data, device, name, options), data.test.to(device)

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ddbench.artifact import check_boundary, from_bytes, to_bytes
 from ddbench.errors import DDBenchError, one_line
-from ddbench.interfaces import Budget, Progress, RunContext, Split, TaskView
+from ddbench.interfaces import Budget, Progress, RunContext, Split, TaskView, supports
 
 ProgressCallback = Callable[[int, "int | None", "dict[str, float]"], None]
 
@@ -370,7 +370,7 @@ def _run(request: DistillRequest, channel: _Channel) -> tuple[dict[str, Any], by
     view = read_view(request.view, device)
     distiller = instantiate(request.distiller, request.distiller_options, request.profile)
     learner = instantiate(request.learner, request.learner_options, request.profile)
-    reason = distiller.supports(view)
+    reason = supports(distiller, view, learner)
     if reason is not None:
         return {"status": "skipped", "error": str(reason)}, None
     generator = torch.Generator(device).manual_seed(request.seed)

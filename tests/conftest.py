@@ -1,11 +1,45 @@
-"""Shared fixtures: the plugin manager, a CPU harness and task views at small sizes."""
+"""Shared fixtures: the plugin manager, a CPU harness and task views at small sizes; and the
+benchmarks' mode: each ``tests/benchmarks/bench_*.py`` body runs once, as a plain test, unless
+``--benchmark-enable`` or ``--benchmark-only`` is given (or pytest-benchmark is not installed)."""
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 
 from ddbench.harness import Harness
 from ddbench.plugins import get_plugin_manager
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Benchmarks untimed unless asked for (set before pytest-benchmark's own pytest_configure reads
+    the option); without pytest-benchmark, a ``benchmark`` fixture that calls the body once."""
+    if not config.pluginmanager.hasplugin("benchmark"):
+        config.pluginmanager.register(_RunOnceFixture(), "ddbench-tests-benchmark-fallback")
+    elif not (config.getoption("benchmark_enable") or config.getoption("benchmark_only")):
+        config.option.benchmark_disable = True
+
+
+class _RunOnce:
+    """What a benchmark body sees where pytest-benchmark is not installed: its function called once."""
+
+    def __init__(self) -> None:
+        self.extra_info: dict[str, Any] = {}
+
+    def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    def pedantic(self, target: Callable[..., Any], args: tuple = (), kwargs: dict[str, Any] | None = None, **_: Any) -> Any:
+        return target(*args, **(kwargs or {}))
+
+
+class _RunOnceFixture:
+    @pytest.fixture
+    def benchmark(self) -> _RunOnce:
+        return _RunOnce()
 
 
 @pytest.fixture(scope="session")

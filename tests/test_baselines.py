@@ -20,8 +20,8 @@ def test_herding_picks_the_mean_matching_order():
 
 def test_random_is_class_balanced_and_seeded(manager, digits):
     _, view, _ = digits
-    random = instantiate(manager.get("distiller", "random"), {})
-    learner = instantiate(manager.get("learner", "convnet"), {}, "quick")
+    random = instantiate(manager.distillers.get("random"), {})
+    learner = instantiate(manager.learners.get("convnet"), {}, "quick")
 
     def run(seed):
         ctx = RunContext(torch.device("cpu"), seed, torch.Generator().manual_seed(seed))
@@ -51,5 +51,5 @@ def test_real_subsets_between_chance_and_full(harness):
 def test_baselines_pass_the_conformance_kit(manager, tmp_path, name):
     from ddbench.testing import check_distiller
 
-    report = check_distiller(manager.get("distiller", name), cache_dir=tmp_path)
+    report = check_distiller(manager.distillers.get(name), cache_dir=tmp_path)
     assert report.passed and report.cases

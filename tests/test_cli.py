@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from pathlib import Path
+
 from ddbench.cli import main
+
+ROOT_BOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
 
 
 def run(capsys, *argv):
@@ -186,8 +190,8 @@ def test_an_unknown_disabled_plugin_is_a_warning_naming_close_ones(capsys, monke
 
 def test_leaderboard_suite_filter_takes_the_suites_cells_from_any_device(capsys, tmp_path):
     from ddbench import Budget
-    from ddbench.harness import Cell, CellResult
-    from ddbench.store import ResultStore
+    from ddbench.results.records import Cell, CellResult
+    from ddbench.results.store import ResultStore
 
     suite = tmp_path / "suite.toml"
     suite.write_text("name = 's'\neval_seeds = 1\n[[task]]\nname = 'digits'\nbudgets = ['ipc=1']\n[[distiller]]\nname = 'random'\n")
@@ -199,3 +203,122 @@ def test_leaderboard_suite_filter_takes_the_suites_cells_from_any_device(capsys,
     assert code == 0
     text = (tmp_path / "lb" / "digits.md").read_text()
     assert "| random" in text and "herding" not in text
+
+
+# -- plugin subcommands, reports, the one reader --------------------------------------------------
+PLUGIN_COMMANDS = ["ensemble-speed", "gradmatch-timing", "mtt-memory", "theory-scaling"]
+
+
+def test_build_parser_needs_no_arguments_and_has_the_plugin_commands():
+    from ddbench.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    assert set(PLUGIN_COMMANDS) <= set(sub.choices) and {"run", "leaderboard", "compare"} <= set(sub.choices)
+
+
+@pytest.mark.parametrize("command", [*PLUGIN_COMMANDS, "leaderboard"])
+def test_every_subcommand_has_help(capsys, command):
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--help"])
+    assert exit.value.code == 0 and f"usage: ddbench {command}" in capsys.readouterr().out
+
+
+def test_plugins_lists_commands_and_reports(capsys):
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0 and "commands: theory-scaling; reports: multi-index-scaling" in out and "commands: mtt-memory" in out
+
+
+def stored_result(store, distiller: str, accuracy: float, budget: str | None = "ipc=1"):
+    from ddbench import Budget
+    from ddbench.results.records import Cell, CellResult
+
+    cell = Cell("digits", {}, distiller, {}, Budget.parse(budget) if budget else None, 0, [0], "convnet", {}, "quick")
+    result = CellResult(cell, "ok", "accuracy", [accuracy], stored_params=650, compression=1.0, device="cpu",
+                        higher_is_better={"accuracy": True})
+    store.put(result)
+    return result
+
+
+def test_leaderboard_reads_several_stores_and_counts_a_cell_once(capsys, tmp_path):
+    from ddbench.results.store import ResultStore
+
+    with ResultStore(tmp_path / "a.sqlite") as a, ResultStore(tmp_path / "b.sqlite") as b:
+        stored_result(a, "random", 60.0)
+        stored_result(b, "random", 61.0)  # the same cell, finished later: it replaces the first
+        stored_result(b, "herding", 70.0)
+    code, out, _ = run(capsys, "leaderboard", "--store", str(tmp_path / "a.sqlite"), "--store", str(tmp_path / "b.sqlite"),
+                       "--out", str(tmp_path / "lb"), "--report", "boards")
+    assert code == 0 and sorted(p.name for p in (tmp_path / "lb").iterdir()) == ["digits.csv", "digits.md", "digits.png", "results.json"]
+    text = (tmp_path / "lb" / "digits.md").read_text()
+    lines = [[c.strip() for c in l.split("|")[1:5]] for l in text.splitlines() if l.startswith("| 1 ") or l.startswith("| 2 ")]
+    assert lines == [["1", "herding", "70.00 ± 0.00", "1"], ["2", "random", "61.00 ± 0.00", "1"]]
+
+
+def test_leaderboard_report_choices_are_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "leaderboard", "--results", str(tmp_path / "r.json"), "--report", "multi-index-scalng")
+    assert code == 2 and "unknown report 'multi-index-scalng' in --report. Did you mean: multi-index-scaling?" in error_line(err)
+
+
+def test_leaderboard_refuses_a_board_csv_as_records(capsys, tmp_path):
+    path = tmp_path / "board.csv"
+    path.write_text("task,distiller,budget,metric,mean\ndigits,random,ipc=1,accuracy,60\n")
+    code, _, err = run(capsys, "leaderboard", "--results", str(path), "--out", str(tmp_path / "lb"))
+    assert code == 2 and "is a leaderboard CSV: it holds aggregated rows, not cell records" in error_line(err)
+
+
+def test_run_table_labels_budget_exempt_rows_full(tmp_path):
+    from ddbench.results.report import table
+    from ddbench.results.store import ResultStore
+
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        stored_result(store, "full", 98.0, budget=None)
+        records = store.records()
+    (line,) = [l for l in table(records).splitlines() if l.startswith("| digits")]
+    assert [c.strip() for c in line.split("|")[1:4]] == ["digits", "full", "full"] and "(none)" not in line
+
+
+@pytest.mark.parametrize("old, new", [("ddbench.store", "ddbench.results.store"), ("ddbench.leaderboard", "ddbench.results.leaderboard"),
+                                      ("ddbench.compare", "ddbench.results.compare"), ("ddbench.report", "ddbench.results.report")])
+def test_old_results_modules_warn_and_still_work(monkeypatch, old, new):
+    import importlib
+    import sys
+
+    monkeypatch.delitem(sys.modules, old, raising=False)
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: import {new}"):
+        module = importlib.import_module(old)
+    assert all(hasattr(module, name) for name in module.__all__)
+
+
+def test_results_modules_import_neither_torch_nor_the_harness():
+    import ast
+    from pathlib import Path
+
+    import ddbench.results
+
+    for path in sorted(Path(ddbench.results.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        heavy = {m for m in imported if m.split(".")[0] == "torch" or m in ("ddbench.harness", "ddbench.worker")}
+        at_top = {m for node in tree.body if isinstance(node, ast.ImportFrom) and (m := node.module) == "ddbench.interfaces"}
+        assert not heavy and not at_top, f"{path.name} imports {sorted(heavy | at_top)}"
+
+
+def test_theory_scaling_without_cells_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "theory-scaling", "--results", str(ROOT_BOARDS / "mnist5k" / "results.json"))
+    assert code == 2 and "no finished two-stage multi-index cells" in error_line(err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv, expected", [
+    (["gradmatch-timing", "--task", "digits", "--ipc", "1", "--methods", "dm", "--dm-iterations", "1", "--profile", "quick",
+      "--device", "cpu"], "| dm | 1 | "),
+    (["mtt-memory", "--device", "cpu", "--task", "digits", "--ipc", "1", "--syn-steps", "2", "--modes", "unroll",
+      "--iterations", "1"], "unroll                           2"),
+    (["ensemble-speed", "--device", "cpu", "--k", "2", "--shape", "mnist", "--ipc", "1", "--width", "8", "--epochs", "2",
+      "--accuracy-epochs", "1"], "ensemble (vmap)"),
+])
+def test_measurement_subcommands_run_at_tiny_sizes(capsys, argv, expected):
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and expected in out

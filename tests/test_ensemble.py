@@ -1,4 +1,4 @@
-"""The vmapped evaluation ensemble (specs/methods.md §3, §13.3): each of the K models ends where
+"""The vmapped evaluation ensemble (docs/methods.md §3, §13.3): each of the K models ends where
 sequential training with the same seed ends, to floating-point tolerance."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from ddbench import Artifact, Budget, Distiller, Learner, Recipe, hookimpl
 from ddbench.harness import CellResult, Harness
 from ddbench.plugins import PluginManager, instantiate
 from ddbench.suite import DistillerEntry, Suite, TaskEntry
-from ddbench_learners.ensemble import flat_parameters, grouped_layers, sgd_step, train_ensemble, vmap_unsupported
-from ddbench_learners import training
-from ddbench_learners.training import seeded, shuffles, train_classifier
+from ddbench.ops.ensemble import flat_parameters, grouped_layers, sgd_step, train_ensemble, vmap_unsupported
+from ddbench.ops import training
+from ddbench.ops.training import seeded, shuffles, train_classifier
 
 SEEDS = (0, 1, 2)
 STRATEGY = "color_crop_cutout_flip_scale_rotate"  # every DSA family, flip included
@@ -29,7 +29,7 @@ def small(digits):
 
 
 def learner(manager, name="convnet", **options):
-    return instantiate(manager.get("learner", name), {"width": 16, **options}, "quick")
+    return instantiate(manager.learners.get(name), {"width": 16, **options}, "quick")
 
 
 def sequential(lrn, view, artifact, recipe):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench import Artifact, Budget, Learner, Recipe, RunContext, Split, TaskView
-from ddbench.augment import DSA, FAMILIES, apply
+from ddbench.ops.augment import DSA, FAMILIES, apply
 from ddbench.plugins import instantiate
 from ddbench.suite import DistillerEntry, Suite, TaskEntry
 from ddbench_gradmatch.common import FreshNetworks, HostSeeds
@@ -30,10 +30,10 @@ def context(seed: int = 0, profile: str = "quick", limit: float | None = None) -
 
 @pytest.fixture(scope="module")
 def convnet(manager):
-    return instantiate(manager.get("learner", "convnet"), {}, "quick")
+    return instantiate(manager.learners.get("convnet"), {}, "quick")
 
 
-# -- the distance (methods.md §5) ------------------------------------------------------------------
+# -- the distance (docs/methods.md §5) ------------------------------------------------------------------
 def test_distance_matches_a_hand_computation():
     # One class. Conv weight (out=2, in=1, 1, 2) -> rows [1, 1] vs [1, 1] (cos 1) and [1, 0] vs
     # [0, 1] (cos 0): 0 + 1. Linear (2, 2): rows [3, 4] vs [3, 4] (cos 1), [1, 0] vs [-1, 0]
@@ -176,7 +176,7 @@ def test_fresh_networks_equal_the_learners_build(digits, convnet):
 @pytest.mark.parametrize("name", METHODS)
 def test_distillers_return_class_balanced_seeded_artifacts(manager, digits, convnet, name):
     _, view, _ = digits
-    distiller = instantiate(manager.get("distiller", name), {"iterations": 3, "batch_real": 8}, "quick")
+    distiller = instantiate(manager.distillers.get(name), {"iterations": 3, "batch_real": 8}, "quick")
     budget = Budget.parse("ipc=2")
     ctx = context(0)
     a = distiller.distill(view, budget, convnet, ctx)
@@ -193,7 +193,7 @@ def test_distillers_return_class_balanced_seeded_artifacts(manager, digits, conv
 
 def test_images_move_and_the_matching_loss_falls(manager, digits, convnet):
     _, view, _ = digits
-    distiller = instantiate(manager.get("distiller", "dm"), {"iterations": 40, "batch_real": 16}, "quick")
+    distiller = instantiate(manager.distillers.get("dm"), {"iterations": 40, "batch_real": 16}, "quick")
     ctx = context(0)
     art = distiller.distill(view, Budget.parse("ipc=1"), convnet, ctx)
     losses = [m["loss"] for _, _, m in ctx.progress.history]
@@ -214,14 +214,14 @@ def test_inner_loop_trains_the_network_on_the_synthetic_set(digits, convnet):
 
 def test_batchnorm_learners_match_with_frozen_statistics(manager, digits):
     _, view, _ = digits
-    bn = instantiate(manager.get("learner", "convnet"), {"norm": "batchnorm"}, "quick")
+    bn = instantiate(manager.learners.get("convnet"), {"norm": "batchnorm"}, "quick")
     net = bn.build(view, 0)
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     seen = [m.num_batches_tracked.item() for m in norms]
     freeze_batchnorm(net, ClassPools(view), torch.Generator().manual_seed(0))
     assert norms and all(not m.training and m.num_batches_tracked.item() == n + 1 for m, n in zip(norms, seen))
     options = {"iterations": 1, "outer_loop": 2, "inner_loop": 2, "class_batch": 3, "batch_real": 8}
-    art = instantiate(manager.get("distiller", "dsa"), options, "quick").distill(view, Budget.parse("ipc=2"), bn, context(0))
+    art = instantiate(manager.distillers.get("dsa"), options, "quick").distill(view, Budget.parse("ipc=2"), bn, context(0))
     assert art.meta["outer_loop"] == 2 and art.meta["inner_loop"] == 2 and torch.isfinite(art.x).all()
 
 
@@ -230,14 +230,14 @@ def test_class_batches_give_the_same_summed_update(manager, digits, convnet):
 
     def run(chunk):
         options = {"iterations": 2, "class_batch": chunk, "batch_real": 8}
-        return instantiate(manager.get("distiller", "dc"), options, "quick").distill(view, Budget.parse("ipc=1"), convnet, context(0))
+        return instantiate(manager.distillers.get("dc"), options, "quick").distill(view, Budget.parse("ipc=1"), convnet, context(0))
 
     assert torch.allclose(run(None).x, run(4).x, atol=1e-5)
 
 
 def test_declared_evaluation_recipes(manager, digits):
     _, view, _ = digits
-    recipe = lambda name, task, profile: instantiate(manager.get("distiller", name), {}).recipe(task, profile)  # noqa: E731
+    recipe = lambda name, task, profile: instantiate(manager.distillers.get(name), {}).recipe(task, profile)  # noqa: E731
     assert recipe("dc", view, "quick") == recipe("dc", view, "full") == {}  # no augmentation, the task's E
     mnist = dataclasses.replace(view, name="mnist5k")
     assert recipe("dc", mnist, "full") == {"augment": "dc", "epochs": 1000} and recipe("dc", mnist, "quick") == {"augment": "dc"}
@@ -250,19 +250,20 @@ def test_declared_evaluation_recipes(manager, digits):
 
 def test_time_limit_stops_early_and_says_so(manager, digits, convnet):
     _, view, _ = digits
-    art = instantiate(manager.get("distiller", "dc"), {}, "quick").distill(view, Budget.parse("ipc=1"), convnet, context(0, limit=0.0))
+    art = instantiate(manager.distillers.get("dc"), {}, "quick").distill(view, Budget.parse("ipc=1"), convnet, context(0, limit=0.0))
     assert art.meta["stopped_early"] and art.meta["iterations"] == 0 and art.x.shape == (10, 1, 8, 8)
 
 
-def test_unsupported_tasks_and_learners_are_named(manager, harness, digits):
+def test_unsupported_tasks_and_learners_are_named(manager, harness, digits, convnet):
     _, view, _ = digits
     _, regression, _ = harness.task("multi-index", {"d": 8, "r": 1}, "quick")
     for name in METHODS:
-        reason = instantiate(manager.get("distiller", name), {}).supports(regression)
+        reason = instantiate(manager.distillers.get(name), {}).supports(regression, convnet)
         assert reason is not None and "regression" in reason
-    _, signal, _ = harness.task("mnist1d", {}, "quick")
-    assert instantiate(manager.get("distiller", "dc"), {}).supports(signal) is None  # DC works on any classifier
-    assert "images" in instantiate(manager.get("distiller", "dsa"), {}).supports(signal)
+    vectors = Split(torch.randn(20, 64), torch.arange(20) % 10)
+    signal = TaskView("vectors", "classification", 10, (64,), vectors, vectors)
+    assert instantiate(manager.distillers.get("dc"), {}).supports(signal, convnet) is None  # DC works on any classifier
+    assert "images" in instantiate(manager.distillers.get("dsa"), {}).supports(signal, convnet)
 
     class NoEmbed(Learner):
         name = "no-embed"
@@ -273,8 +274,9 @@ def test_unsupported_tasks_and_learners_are_named(manager, harness, digits):
         def fit(self, model, artifact: Artifact, recipe, generator):
             return model
 
-    with pytest.raises(TypeError, match="dm needs a learner with an embed"):
-        instantiate(manager.get("distiller", "dm"), {}).distill(view, Budget.parse("ipc=1"), NoEmbed(), context())
+    assert "no-embed" in instantiate(manager.distillers.get("dm"), {}).supports(view, NoEmbed())  # a skip, not an error
+    assert "no-embed" in instantiate(manager.distillers.get("herding"), {}).supports(view, NoEmbed())
+    assert instantiate(manager.distillers.get("dm"), {}).supports(view, convnet) is None
 
 
 @pytest.mark.parametrize("options", [{"iterations": 0}, {"init": "zeros"}, {"distance": "l1"}, {"momentum_img": 1.0}])
@@ -282,7 +284,7 @@ def test_bad_options_are_one_line_errors(manager, options):
     from ddbench.errors import SuiteError
 
     with pytest.raises(SuiteError, match="bad options for 'dc'"):
-        instantiate(manager.get("distiller", "dc"), options)
+        instantiate(manager.distillers.get("dc"), options)
 
 
 # -- the done-when check ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from ddbench.errors import BudgetError, SuiteError
 from ddbench.harness import Harness
 from ddbench.plugins import PluginManager
 from ddbench.suite import DistillerEntry, Suite, TaskEntry
+from ddbench.testing import TinyRegression
 
 FAST = {"epochs": 3}  # evaluation recipe override that keeps these tests fast
 
@@ -61,10 +62,11 @@ class Images(Distiller):
 
 
 @pytest.fixture(scope="module")
-def test_harness(tmp_path_factory):
+def kit_harness(tmp_path_factory):
     pm = PluginManager()
     pm.load_entrypoints()
-    plugin = types.SimpleNamespace(ddbench_register_distillers=hookimpl(lambda register: [register(c) for c in (Fixed, Noisy, Images)]))
+    plugin = types.SimpleNamespace(ddbench_register_distillers=hookimpl(lambda register: [register(c) for c in (Fixed, Noisy, Images)]),
+                                   ddbench_register_tasks=hookimpl(lambda register: register(TinyRegression)))
     pm.add(plugin, "test-plugin")
     return Harness(pm, "cpu", cache_dir=tmp_path_factory.mktemp("cache"))
 
@@ -74,9 +76,9 @@ def suite(*distillers, budgets=("ipc=1",), eval_seeds=1, task="digits", options=
                  [DistillerEntry(n, o) for n, o in distillers], "quick", eval_seeds, [0])
 
 
-def test_failing_cells_do_not_stop_the_run(test_harness):
-    results = test_harness.run(suite(("fixed", {"mode": "raise"}), ("fixed", {"mode": "over"}),
-                                     ("fixed", {"mode": "nan"}), ("fixed", {"mode": "ok"})))
+def test_failing_cells_do_not_stop_the_run(kit_harness):
+    results = kit_harness.run(suite(("fixed", {"mode": "raise"}), ("fixed", {"mode": "over"}),
+                                    ("fixed", {"mode": "nan"}), ("fixed", {"mode": "ok"})))
     status = [(r.status, r.error) for r in results]
     assert status[0] == ("failed", "RuntimeError: plugin bug")
     assert "RuntimeError: plugin bug" in results[0].traceback
@@ -86,8 +88,8 @@ def test_failing_cells_do_not_stop_the_run(test_harness):
     assert all("\n" not in r.error for r in results)
 
 
-def test_storage_counts_every_tensor(test_harness):
-    ok, hidden = test_harness.run(suite(("fixed", {"mode": "ok"}), ("fixed", {"mode": "hidden"}), budgets=("ipc=2",)))
+def test_storage_counts_every_tensor(kit_harness):
+    ok, hidden = kit_harness.run(suite(("fixed", {"mode": "ok"}), ("fixed", {"mode": "hidden"}), budgets=("ipc=2",)))
     assert ok.stored_params == 20 * 64 + 20
     assert hidden.status == "failed" and "decoder=100" in hidden.error  # the hidden tensor is charged
     storage = count_storage(Artifact({"x": torch.zeros(3, 4), "y": torch.zeros(3, dtype=torch.long), "lr": torch.zeros((), dtype=torch.float64)}))
@@ -95,21 +97,21 @@ def test_storage_counts_every_tensor(test_harness):
     assert storage.by_dtype == {"float32": 48, "int64": 24, "float64": 8}
 
 
-def test_seeds_give_identical_results_on_cpu(test_harness):
-    first = test_harness.run(suite(("noisy", {}), eval_seeds=2))[0]
-    again = test_harness.run(suite(("noisy", {}), eval_seeds=2))[0]
+def test_seeds_give_identical_results_on_cpu(kit_harness):
+    first = kit_harness.run(suite(("noisy", {}), eval_seeds=2))[0]
+    again = kit_harness.run(suite(("noisy", {}), eval_seeds=2))[0]
     assert first.status == "ok" and first.values == again.values
     assert first.values[0] != first.values[1]  # different eval seeds, different models
 
 
-def test_unsupported_task_is_skipped(test_harness):
-    (result,) = test_harness.run(suite(("images-only", {}), task="mnist1d"))
+def test_unsupported_task_is_skipped(kit_harness):
+    (result,) = kit_harness.run(suite(("images-only", {}), budgets=("params=90",), task="tiny-regression"))
     assert (result.status, result.error) == ("skipped", "needs images")
 
 
-def test_ipc_budget_on_regression_is_rejected_up_front(test_harness):
+def test_ipc_budget_on_regression_is_rejected_up_front(kit_harness):
     with pytest.raises(SuiteError, match="regression: ipc budgets do not apply; use params=N"):
-        list(test_harness.cells(suite(("random", {}), task="multi-index")))
+        list(kit_harness.cells(suite(("random", {}), task="multi-index")))
 
 
 def test_budget_conversion(digits):
@@ -123,12 +125,12 @@ def test_budget_conversion(digits):
             Budget.parse(bad)
 
 
-def test_saved_artifact_sidecar_records_the_cell(test_harness, tmp_path):
+def test_saved_artifact_sidecar_records_the_cell(kit_harness, tmp_path):
     import json
 
     from ddbench.artifact import load
 
-    saving = Harness(test_harness.manager, "cpu", cache_dir=test_harness.cache_dir, artifact_dir=tmp_path)
+    saving = Harness(kit_harness.manager, "cpu", cache_dir=kit_harness.cache_dir, artifact_dir=tmp_path)
     (result,) = saving.run(suite(("fixed", {"mode": "ok"})))
     (path,) = tmp_path.glob("digits-fixed-*.safetensors")
     sidecar = json.loads(path.with_suffix(".json").read_text())
@@ -149,8 +151,9 @@ class Stopped(Fixed):
         return artifact
 
 
-def test_run_length_from_artifact_meta_is_recorded(test_harness):
-    pm = test_harness.manager
+def test_run_length_from_artifact_meta_is_recorded(kit_harness):
+    pm = PluginManager()  # its own manager: the module's harness stays as every other test finds it
+    pm.load_entrypoints()
     pm.add(types.SimpleNamespace(ddbench_register_distillers=hookimpl(lambda register: register(Stopped))), "stopped-plugin")
-    (result,) = test_harness.run(suite(("stopped", {})))
+    (result,) = Harness(pm, "cpu", cache_dir=kit_harness.cache_dir).run(suite(("stopped", {})))
     assert result.extra["iterations"] == 7.0 and result.extra["stopped_early"] == 1.0 and "loss" not in result.extra

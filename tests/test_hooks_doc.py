@@ -1,6 +1,7 @@
 """Meta-tests of docs/hooks.md: every hookspec is documented with the signature the code has, its
-example registers what it says, and every hookspec is implemented by some test under tests/.
-Also the registration hooks that other tests do not implement themselves (tasks, learners)."""
+example registers (for commands and reports: runs) what it says, and every hookspec is implemented
+by some test under tests/. Also the hooks that other tests do not implement themselves (tasks,
+learners, commands, reports)."""
 from __future__ import annotations
 
 import ast
@@ -15,6 +16,8 @@ import torch
 import ddbench.hookspecs
 from ddbench import Artifact, Learner, hookimpl
 from ddbench.errors import PluginError
+from ddbench.cli import build_parser, main
+from ddbench.hookspecs import Command, Report
 from ddbench.plugins import PluginManager
 from ddbench.testing import TinyClassification, check_distiller, task_view
 
@@ -95,7 +98,7 @@ def test_documented_example_registers_through_its_hook(name, monkeypatch):
     kind = KIND_OF_HOOK[name]
     registered = manager.plugins["doc-example"].registered
     assert len(registered[kind]) == 1 and not any(v for k, v in registered.items() if k != kind)
-    cls = manager.get(kind, registered[kind][0])
+    cls = manager.registries[kind].get(registered[kind][0])
     if kind == "task":
         data = cls().load()
         assert len(data.train) == 1400 and data.train.x.shape[1:] == cls.input_shape
@@ -124,16 +127,101 @@ class Constant(Learner):
 def test_register_tasks_hook_validates_tasks():
     manager = PluginManager()
     manager.add(types.SimpleNamespace(ddbench_register_tasks=hookimpl(lambda register: register(TinyClassification))), "kit")
-    assert manager.get("task", "tiny-classification") is TinyClassification
+    assert manager.tasks.get("tiny-classification") is TinyClassification
     assert manager.plugins["kit"].registered["task"] == ["tiny-classification"]
-    with pytest.raises(PluginError, match="plugin 'wrong' registered task 'constant' that does not implement the Task interface"):
+    with pytest.raises(PluginError, match="plugin 'wrong' registered task 'constant' \\(Constant\\), which is not a subclass of ddbench.interfaces.Task"):
         manager.add(types.SimpleNamespace(ddbench_register_tasks=hookimpl(lambda register: register(Constant))), "wrong")
 
 
 def test_register_learners_hook_validates_learners():
     manager = PluginManager()
     manager.add(types.SimpleNamespace(ddbench_register_learners=hookimpl(lambda register: register(Constant))), "const")
-    assert manager.get("learner", "constant") is Constant
-    with pytest.raises(PluginError, match="registered learner 'tiny-classification' that does not implement the Learner interface"):
+    assert manager.learners.get("constant") is Constant
+    with pytest.raises(PluginError, match="registered learner 'tiny-classification' \\(TinyClassification\\), which is not a subclass of ddbench.interfaces.Learner"):
         manager.add(types.SimpleNamespace(ddbench_register_learners=hookimpl(lambda register: register(TinyClassification))), "w")
     assert "w" not in manager.plugins
+
+
+# -- the command and report hooks ------------------------------------------------------------
+def example_plugin(name: str, monkeypatch) -> PluginManager:
+    """A manager with the example of ``name`` in docs/hooks.md loaded as the plugin ``doc-example``."""
+    module = types.ModuleType(f"hooks_md_{name}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(python_blocks(sections()[name])[-1], f"docs/hooks.md ({name})", "exec"), module.__dict__)
+    manager = PluginManager()
+    manager.add(module, "doc-example")
+    return manager
+
+
+def stored(tmp_path: Path) -> Path:
+    from ddbench import Budget
+    from ddbench.results.records import Cell, CellResult
+    from ddbench.results.store import ResultStore
+
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        for distiller, accuracy in (("random", 60.0), ("herding", 70.0)):
+            cell = Cell("digits", {}, distiller, {}, Budget.parse("ipc=1"), 0, [0], "convnet", {}, "quick")
+            store.put(CellResult(cell, "ok", "accuracy", [accuracy], stored_params=650, higher_is_better={"accuracy": True}))
+    return tmp_path / "r.sqlite"
+
+
+def test_documented_command_example_runs_as_a_subcommand(monkeypatch, tmp_path, capsys):
+    manager = example_plugin("ddbench_register_commands", monkeypatch)
+    ((plugin, command),) = manager.commands()
+    assert plugin == "doc-example" and command.name == "count-cells" and not manager.reports()
+    args = build_parser(manager).parse_args(["count-cells", "--store", str(stored(tmp_path))])
+    assert args.handler(args) == 0 and capsys.readouterr().out == "digits: 2 ok\n"
+
+
+def test_documented_report_example_writes_beside_the_boards(monkeypatch, tmp_path):
+    from ddbench.results.store import read_results
+
+    manager = example_plugin("ddbench_register_reports", monkeypatch)
+    ((plugin, report),) = manager.reports()
+    assert plugin == "doc-example" and report.name == "best"
+    (path,) = report.write(read_results(stored(tmp_path)).records, tmp_path / "out")
+    assert path.read_text().splitlines()[-1] == "| digits | ipc=1 | herding | 70.00 |"
+    assert report.write([], tmp_path / "none") == [] and not (tmp_path / "none").exists()
+
+
+def command(name: str, code: int = 0) -> Command:
+    return Command(name, f"the {name} command", lambda args: code)
+
+
+@pytest.mark.parametrize("registered, message", [
+    (lambda register: register("not a command"), "registered 'not a command' as a command: register a ddbench.hookspecs.Command"),
+    (lambda register: register(command("Bad Name")), "a command named 'Bad Name': use lower-case letters"),
+    (lambda register: [register(command("twice")), register(command("twice"))], "command 'twice', already registered by plugin 'p'"),
+    (lambda register: 1 / 0, "plugin 'p' raised while registering commands: ZeroDivisionError"),
+])
+def test_register_commands_hook_validates_commands(registered, message):
+    manager = PluginManager()
+    manager.add(types.SimpleNamespace(ddbench_register_commands=hookimpl(registered)), "p")
+    with pytest.raises(PluginError, match=re.escape(message)):
+        manager.commands()
+
+
+def test_a_plugin_command_cannot_take_a_ddbench_command(capsys, monkeypatch):
+    manager = PluginManager()
+    manager.add(types.SimpleNamespace(ddbench_register_commands=hookimpl(lambda register: register(command("run")))), "taker")
+    with pytest.raises(PluginError, match="plugin 'taker' registered command 'run', which is a ddbench command: rename it"):
+        build_parser(manager)
+    monkeypatch.setattr("ddbench.cli.get_plugin_manager", lambda: manager)
+    assert main(["ls", "tasks"]) == 2  # one line, exit 2, for every command: the parser cannot be built
+    assert capsys.readouterr().err.startswith("ddbench: error: plugin 'taker' registered command 'run'")
+
+
+def test_a_plugin_command_runs_through_main_with_its_exit_status(monkeypatch):
+    manager = PluginManager()
+    manager.add(types.SimpleNamespace(ddbench_register_commands=hookimpl(lambda register: register(command("fails", 3)))), "p")
+    monkeypatch.setattr("ddbench.cli.get_plugin_manager", lambda: manager)
+    assert main(["fails"]) == 3
+
+
+def test_register_reports_hook_validates_reports():
+    manager = PluginManager()
+    write = lambda records, out: []  # noqa: E731
+    manager.add(types.SimpleNamespace(ddbench_register_reports=hookimpl(lambda register: register(Report("mine", write)))), "a")
+    manager.add(types.SimpleNamespace(ddbench_register_reports=hookimpl(lambda register: register(Report("mine", write)))), "b")
+    with pytest.raises(PluginError, match="plugin 'b' registered report 'mine', already registered by plugin 'a'"):
+        manager.reports()

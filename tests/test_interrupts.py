@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ddbench.store import ResultStore
+from ddbench.results.store import ResultStore
 
 TESTS = Path(__file__).resolve().parent
 RUN_WITH_ADVERSARIAL = (  # `ddbench run ARGS` with the adversarial plugin registered in code
@@ -67,6 +67,7 @@ def reported(stderr: str) -> set[str]:
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc to find worker processes")
 
 
+@pytest.mark.slow  # 5-6 s: a finished cell, then Ctrl-C; the fast lane's kill test below checks no worker outlives the run
 def test_ctrl_c_stops_the_run_cleanly_and_keeps_finished_cells(tmp_path):
     marker, db = uuid.uuid4().hex, tmp_path / "r.sqlite"
     proc = start(["--store", str(db), "--task", "digits", "--budget", "ipc=1", "--distiller", "first",

@@ -8,9 +8,9 @@ import pytest
 
 from ddbench import Budget
 from ddbench.cli import main
-from ddbench.harness import Cell, CellResult
-from ddbench.leaderboard import aggregate, pareto, write
-from ddbench.store import result_to_dict
+from ddbench.results.leaderboard import markdown, pareto, write
+from ddbench.results.records import Cell, CellResult, aggregate, result_to_dict
+from ddbench.results.store import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def record(distiller: str, budget: str | None, values: list[float], seed: int = 
            params: int = 650, ref: float | None = 60.0) -> dict:
     cell = Cell("digits", {}, distiller, {}, Budget.parse(budget) if budget else None, seed, [0, 1], "convnet", {}, "quick")
     result = CellResult(cell, "ok", "accuracy", values, stored_params=params, compression=121.1, distill_s=distill_s,
-                        eval_s=1.0, peak_mb=300.0, device="cpu", random_ref=ref)
+                        eval_s=1.0, peak_mb=300.0, device="cpu", random_ref=ref, higher_is_better={"accuracy": True})
     return {**result_to_dict(result), "key": cell.key(), "finished_at": "2026-11-22T00:00:00Z",
             "provenance": {"ddbench": "0.1.0", "commit": "abc", "torch": "2", "python": "3.11", "plugins": {}}}
 
@@ -51,18 +51,27 @@ def test_leaderboard_regenerates_byte_for_byte(tmp_path):
     assert (out / "digits.png").stat().st_size > 1000 and (out / "digits.csv").read_text().startswith("task,distiller,budget")
 
 
-def test_committed_default_leaderboard_reproduces():
-    board = ROOT / "leaderboards" / "default"
-    if not (board / "results.json").is_file():
-        pytest.fail("leaderboards/default/results.json is missing: regenerate with `ddbench leaderboard --out leaderboards/default`")
-    committed = {p.name: p.read_bytes() for p in board.glob("*.md")}
-    from ddbench.leaderboard import markdown, read_results
-
-    records = read_results(board / "results.json")
+@pytest.mark.parametrize("board", ["default", "mnist5k"])
+def test_committed_leaderboards_reproduce(board):
+    folder = ROOT / "leaderboards" / board
+    if not (folder / "results.json").is_file():
+        pytest.fail(f"leaderboards/{board}/results.json is missing: regenerate with `ddbench leaderboard --out leaderboards/{board}`")
+    committed = {p.name: p.read_bytes() for p in folder.glob("*.md")}
+    records = read_results(folder / "results.json").records
     rows = aggregate(records)
-    regenerate = "ddbench leaderboard --results leaderboards/default/results.json --out leaderboards/default"
+    regenerate = f"ddbench leaderboard --results leaderboards/{board}/results.json --out leaderboards/{board}"
     for name, text in committed.items():
         assert (markdown(name[:-3], rows, records, regenerate) + "\n").encode() == text, name
+    assert all("higher_is_better" in r and "leaderboard_columns" in r for r in records)  # no direction table to fall back on
+
+
+def test_committed_scaling_study_reproduces():
+    from ddbench_theory.scaling import EPS, markdown as study, points
+
+    folder = ROOT / "leaderboards"
+    records = read_results(folder / "multi-index-scaling.json").records
+    regenerate = "ddbench leaderboard --results leaderboards/multi-index-scaling.json --out leaderboards --report multi-index-scaling"
+    assert study(records, points(records), EPS, regenerate) == (folder / "multi-index-scaling.md").read_text()
 
 
 def write_json(path: Path, records: list[dict]) -> str:
@@ -133,3 +142,38 @@ def test_compare_never_compares_rows_of_different_settings(tmp_path, capsys):
     assert flagged == [["digits", "dsa", "ipc=1", "(cell)", "ok", "missing", "", "", "REGRESSION"]]
     newer = [dict(r, config={**r["config"], "results_version": 2}) for r in SETTINGS]  # another ddbench version: compared
     assert main(["compare", old, write_json(tmp_path / "newer.json", newer)]) == 0
+
+
+def directed(distiller: str, error: float, budget: str = "params=100", higher: bool = False) -> dict:
+    """A record of a task whose headline metric is lower-is-better, declared by the task (no table)."""
+    rec = record(distiller, budget, [error])
+    return {**rec, "config": {**rec["config"], "task": "toy"}, "metric": "error", "random_ref": None,
+            "higher_is_better": {"error": higher}, "leaderboard_columns": ["bits"], "extra": {"bits": 3.0, "hidden": 1.0}}
+
+
+def test_boards_rank_in_the_direction_the_records_state(tmp_path):
+    write([directed("a", 0.5), directed("b", 0.2), directed("c", 0.9)], tmp_path)
+    text = (tmp_path / "toy.md").read_text()
+    ranked = [[c.strip() for c in l.split("|")[1:3]] for l in text.splitlines() if l[:3] == "| 1" or l[:3] == "| 2" or l[:3] == "| 3"]
+    assert ranked == [["1", "b"], ["2", "a"], ["3", "c"]] and "Ranked by mean error (lower is better)" in text
+    assert "| bits " in text and "hidden" not in text  # declared extras are columns; the rest stays in results.json
+    assert (tmp_path / "toy.csv").read_text().splitlines()[1].endswith(",false")
+
+
+def test_a_board_whose_records_state_no_direction_says_so(tmp_path):
+    rec = {**directed("a", 0.5), "higher_is_better": {}}
+    write([rec], tmp_path)
+    assert "Ranked by mean error (higher is better, assumed: the records do not say)" in (tmp_path / "toy.md").read_text()
+
+
+def test_compare_takes_directions_from_the_records(tmp_path, capsys):
+    old = write_json(tmp_path / "old.json", [directed("a", 0.5)])
+    worse = write_json(tmp_path / "new.json", [directed("a", 0.7)])
+    assert main(["compare", old, worse, "--fail-on", "error:+0.1"]) == 1
+    assert main(["compare", old, worse, "--fail-on", "error:-0.1"]) == 2
+    assert "error is lower-is-better, so a regression is a rise: write error:+0.1" in capsys.readouterr().err
+    assert main(["compare", old, worse, "--fail-on", "bits:+1"]) == 2  # no record says which way bits is better
+    assert "unknown metric 'bits' in --fail-on" in capsys.readouterr().err
+    board = tmp_path / "board"
+    write([directed("a", 0.5)], board)
+    assert main(["compare", str(board / "toy.csv"), worse, "--fail-on", "error:+0.1"]) == 1  # the CSV carries the direction

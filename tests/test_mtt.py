@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ddbench import Budget, RunContext
-from ddbench.augment import DSA
+from ddbench.ops.augment import DSA
 from ddbench.harness import Cell
 from ddbench.plugins import instantiate
 from ddbench_learners.convnet import ConvNet
@@ -124,7 +124,7 @@ def test_presets_follow_the_spec_table():
 def test_grouped_experts_equal_single_ones(manager, small):
     """Experts trained together keep their own shuffle and DSA draws: grouping changes nothing."""
     view = small
-    learner = instantiate(manager.get("learner", "convnet"), {"width": 4}, "full")
+    learner = instantiate(manager.learners.get("convnet"), {"width": 4}, "full")
     model = FlatModel(learner.build(view, 0))
     inits = torch.stack([model.flatten(learner.build(view, s)) for s in (0, 1)])
     recipe = ExpertRecipe(0.01, 64, STRATEGY)
@@ -142,7 +142,7 @@ def test_grouped_experts_equal_single_ones(manager, small):
 
 def test_expert_cache_is_reused(manager, small, tmp_path):
     view = small
-    learner = instantiate(manager.get("learner", "convnet"), {"width": 4}, "full")
+    learner = instantiate(manager.learners.get("convnet"), {"width": 4}, "full")
     model = FlatModel(learner.build(view, 0))
     recipe = ExpertRecipe(0.01, 64, STRATEGY)
     seen: list[int] = []
@@ -166,10 +166,10 @@ def test_expert_cache_is_reused(manager, small, tmp_path):
 
 
 def distill(manager, view, options, cache, ipc=1, seed=0):
-    learner = instantiate(manager.get("learner", "convnet"), {"width": 4}, "full")
+    learner = instantiate(manager.learners.get("convnet"), {"width": 4}, "full")
     base = {"iterations": 3, "num_experts": 2, "expert_group": 2, "max_start_epoch": 1, "expert_epochs": 1,
             "syn_steps": 2, "expert_batch": 64, "eval_epochs": None}
-    mtt = instantiate(manager.get("distiller", "mtt"), {**base, **options}, "full")
+    mtt = instantiate(manager.distillers.get("mtt"), {**base, **options}, "full")
     context = RunContext(torch.device("cpu"), seed, torch.Generator().manual_seed(seed), cache_dir=cache)
     return mtt.distill(view, Budget("ipc", ipc), learner, context), context
 
@@ -200,12 +200,13 @@ def test_bad_options_are_named(manager, bad):
     from ddbench.errors import SuiteError
 
     with pytest.raises(SuiteError, match=next(iter(bad))):
-        instantiate(manager.get("distiller", "mtt"), bad, "full")
+        instantiate(manager.distillers.get("mtt"), bad, "full")
 
 
 def test_skips_tasks_without_images(manager, harness):
     _, view, _ = harness.task("multi-index", {"d": 8, "r": 1}, "quick")
-    assert "regression" in instantiate(manager.get("distiller", "mtt"), {}, "quick").supports(view)
+    learner = instantiate(manager.learners.get("two-layer"), {}, "quick")
+    assert "regression" in instantiate(manager.distillers.get("mtt"), {}, "quick").supports(view, learner)
 
 
 @pytest.mark.slow

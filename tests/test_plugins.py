@@ -40,7 +40,7 @@ def test_builtins_come_from_entry_points(manager):
 def test_plugin_registered_in_code():
     pm = PluginManager()
     pm.add(plugin_with(ddbench_register_distillers=lambda register: register(Echo)), "echo-plugin")
-    assert pm.get("distiller", "echo") is Echo
+    assert pm.distillers.get("echo") is Echo
     assert pm.plugins["echo-plugin"].registered["distiller"] == ["echo"]
     assert instantiate(Echo, {"copies": 2}).copies == 2
 
@@ -56,7 +56,7 @@ def test_invalid_registration_names_the_plugin():
     class NotADistiller:
         name = "broken"
 
-    with pytest.raises(PluginError, match="plugin 'bad'.*'broken'.*does not implement the Distiller interface.*distill"):
+    with pytest.raises(PluginError, match="plugin 'bad'.*'broken'.*not a subclass of ddbench.interfaces.Distiller"):
         pm.add(plugin_with(ddbench_register_distillers=lambda register: register(NotADistiller)), "bad")
     assert "bad" not in pm.plugins  # nothing half-registered is left behind
     with pytest.raises(PluginError, match="not a class"):
@@ -108,6 +108,77 @@ def test_entry_point_import_failure_and_disable(monkeypatch):
 
 def test_unknown_name_suggests_close_matches(manager):
     with pytest.raises(UnknownNameError, match="unknown task 'digts'. Did you mean: digits"):
-        manager.get("task", "digts")
+        manager.tasks.get("digts")
     with pytest.raises(UnknownNameError, match="unknown distiller 'herdin'. Did you mean: herding"):
-        manager.get("distiller", "herdin")
+        manager.distillers.get("herdin")
+
+
+def test_a_duck_typed_class_is_refused_at_registration():
+    """A class with the right methods but not the interface's base used to pass registration and crash later."""
+    class Duck:
+        name = "duck"
+
+        def distill(self, task, budget, learner, context):
+            return None
+
+        def supports(self, task, learner):
+            return None
+
+    pm = PluginManager()
+    with pytest.raises(PluginError, match="'duck' .*not a subclass of ddbench.interfaces.Distiller.*subclass it"):
+        pm.add(plugin_with(ddbench_register_distillers=lambda register: register(Duck)), "ducks")
+    assert "duck" not in pm.distillers
+
+
+def test_missing_abstract_methods_and_default_learner_are_named():
+    from ddbench.interfaces import Task
+
+    class Half(Distiller):
+        name = "half"
+
+    class NoLearner(Task):
+        name = "no-learner"
+
+        def load(self):
+            raise NotImplementedError
+
+        def recipe(self, profile):
+            raise NotImplementedError
+
+    pm = PluginManager()
+    with pytest.raises(PluginError, match="'half' without the Distiller method\\(s\\) distill"):
+        pm.add(plugin_with(ddbench_register_distillers=lambda register: register(Half)), "half")
+    with pytest.raises(PluginError, match="task 'no-learner' without a `default_learner`"):
+        pm.add(plugin_with(ddbench_register_tasks=lambda register: register(NoLearner)), "tasks")
+
+
+def test_typed_registries(manager):
+    from ddbench.interfaces import Learner, Task
+
+    with pytest.warns(DeprecationWarning, match=r"manager.get\('distiller', name\) is deprecated: use manager.distillers.get\(name\)"):
+        assert manager.get("distiller", "random") is manager.distillers.get("random")
+    assert issubclass(manager.tasks.get("digits"), Task) and issubclass(manager.learners.get("mlp"), Learner)
+    assert "dc" in manager.distillers and "dc" not in manager.learners
+    with pytest.raises(UnknownNameError, match="unknown learner 'mpl'.*mlp"):
+        manager.learners.get("mpl")
+
+
+def test_old_one_argument_supports_still_works_with_a_deprecation():
+    from ddbench.interfaces import supports
+
+    class Old(Echo):
+        def supports(self, task):
+            return "old style"
+
+    with pytest.warns(DeprecationWarning, match="supports\\(self, task, learner\\)"):
+        assert supports(Old(), None, None) == "old style"
+    assert supports(Echo(), None, None) is None
+
+
+def test_hooks_are_called_through_pluggy_and_can_be_traced(monkeypatch, capsys):
+    monkeypatch.setenv("DDBENCH_TRACE_PLUGINS", "1")
+    pm = PluginManager()
+    pm.add(plugin_with(ddbench_register_distillers=lambda register: register(Echo)), "traced")
+    assert "ddbench_register_distillers" in capsys.readouterr().err
+    with pytest.raises(PluginError, match="unhashable"):
+        pm.add({"ddbench_register_tasks": None}, "a-dict")

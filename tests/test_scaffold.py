@@ -52,7 +52,7 @@ def test_scaffold_distiller_registers_and_passes_the_kit(scaffold):
     plugin = importlib.import_module("ddbench_kernel_herd")
     manager = PluginManager()
     manager.add(plugin, "kernel-herd")
-    cls = manager.get("distiller", "kernel-herd")
+    cls = manager.distillers.get("kernel-herd")
     assert cls.__name__ == "KernelHerd" and manager.plugins["kernel-herd"].registered["distiller"] == ["kernel-herd"]
     report = check_distiller(cls)
     assert [c.status for c in report.cases] == ["ok"] * 5

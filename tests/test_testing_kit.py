@@ -3,6 +3,8 @@ with a message that names the rule and the fix."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import types
 from importlib import metadata
 from pathlib import Path
@@ -10,12 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddbench import Artifact, Distiller, hookimpl
-from ddbench.errors import BudgetError
+import ddbench.testing
+from ddbench import Artifact, Budget, Distiller, hookimpl
+from ddbench.artifact import admission_problems, admit
+from ddbench.errors import ArtifactError, BudgetError
 from ddbench.testing import (
     RULES, ConformanceError, TinyClassification, TinyRegression, check_distiller, check_registered, conformance,
     registered_task, task_view, tiny_classification, tiny_regression,
 )
+from ddbench_learners.convnet import ConvNetLearner
 
 pytest_plugins = ["pytester"]
 
@@ -92,19 +97,20 @@ def test_over_budget_ignores_seed_and_nan_each_named():
     assert caught.value.report.rules_broken == ["budget-error", "finite", "seeded", "within-budget"]
     assert message.startswith("distiller 'over-seed-nan' broke 4 conformance rule(s) "
                               "(budget-error, finite, seeded, within-budget) on cpu:")
-    assert ("[within-budget] tiny-classification ipc=1: the artifact stores 325 scalars (x=320, y=5), over ipc=1 = 195. "
-            "Fix: size the artifact from the budget") in message
+    assert ("[within-budget] tiny-classification ipc=1: artifact from 'over-seed-nan' stores 325 scalars, over the budget "
+            "ipc=1 = 195 scalars (x=320, y=5): store less. Fix: size the artifact from the budget") in message
     assert ("[seeded] tiny-classification ipc=1: two runs with seed 0 gave different artifacts (tensor 'x' differs). "
             "Fix: draw all randomness from context.generator") in message
-    assert "[finite] tiny-classification ipc=1: tensors ['x'] hold NaN or infinite values. Fix: lower the learning rate" in message
+    assert ("[finite] tiny-classification ipc=1: artifact tensor 'x' from 'over-seed-nan' has NaN or infinite values: "
+            "check the method's learning rate or loss. Fix: lower the learning rate") in message
     assert ("[budget-error] tiny-classification params=100 (unmeetable): distill() returned an artifact of 195 scalars, "
             "over params=100 = 100, instead of raising BudgetError. Fix: check the budget before any work") in message
 
 
 @pytest.mark.parametrize("mode, rule, detail, fix", [
-    ("over", "within-budget", "the artifact stores 390 scalars (x=384, y=6), over ipc=1 = 195.", "size the artifact from the budget"),
+    ("over", "within-budget", "stores 390 scalars, over the budget ipc=1 = 195 scalars (x=384, y=6)", "size the artifact from the budget"),
     ("unseeded", "seeded", "two runs with seed 0 gave different artifacts (tensor 'x' differs).", "never from the global"),
-    ("nan", "finite", "tensors ['x'] hold NaN or infinite values.", "never return a diverged artifact"),
+    ("nan", "finite", "artifact tensor 'x' from 'reference' has NaN or infinite values", "never return a diverged artifact"),
     ("silent", "progress", "distill() never called context.progress.update().", "call context.progress.update(step, total"),
     ("in-place", "read-only-task", "changed the task's train or validation tensors in place.", "clone before modifying"),
     ("meta", "on-device", "tensors {'x': 'meta'} are not on the requested device cpu.", "create every tensor on context.device"),
@@ -130,14 +136,14 @@ class Crash(Reference):
 class BadSupports(Reference):
     name = "bad-supports"
 
-    def supports(self, task):
+    def supports(self, task, learner):
         return False
 
 
 class ImagesOnly(Reference):
     name = "images-only"
 
-    def supports(self, task):
+    def supports(self, task, learner):
         return "needs images"
 
 
@@ -163,7 +169,7 @@ def test_interface_and_supports_rules():
         name = "no-distill"
 
     assert conformance(NoDistill).rules_broken == ["interface"]
-    assert "does not implement the Distiller interface" in str(conformance(NoDistill).failures[0])
+    assert "which is not a subclass of ddbench.interfaces.Distiller" in str(conformance(NoDistill).failures[0])
     assert conformance(BadSupports, tasks=[tiny_regression()]).failures[0].detail == "supports() returned False."
     report = conformance(ImagesOnly, tasks=[tiny_regression()])
     assert report.rules_broken == ["supports"] and "tiny-regression: needs images" in report.failures[0].detail
@@ -233,7 +239,7 @@ def test_fixtures_and_option_work_for_a_plugin_author(pytester):
                 x = torch.stack([task.train.x[task.class_index(c)].mean(0) for c in range(task.num_classes)])
                 return Artifact({"x": x.repeat_interleave(ipc, 0), "y": torch.arange(task.num_classes, device=context.device).repeat_interleave(ipc)})
 
-            def supports(self, task):
+            def supports(self, task, learner):
                 return None if task.num_classes else "classification only"
 
         def test_means(ddbench_check, ddbench_device, ddbench_tiny_classification, ddbench_context):
@@ -249,3 +255,41 @@ def test_every_rule_is_documented():
     text = (DOCS / "write-a-distiller.md").read_text()
     missing = [rule for rule in [*RULES, "entry-point"] if f"`{rule}`" not in text]
     assert not missing, f"rules {missing} are not described in docs/write-a-distiller.md: add a row for each."
+
+
+def test_the_kit_reports_every_problem_admit_refuses_under_its_rule():
+    """One home for the artifact checks: ddbench.artifact finds the problems, the harness raises
+    the first (one line), the kit reports each under its rule with the same message."""
+    view, budget = task_view(TinyClassification()), Budget.parse("ipc=1")
+    x = torch.zeros(5, 1, 8, 8)  # what OverSeedNan returns: 5 rows, one NaN, over the 195 scalars of ipc=1
+    x[0] = float("nan")
+    artifact = Artifact({"x": x, "y": torch.zeros(5, dtype=torch.long)})
+    problems = admission_problems(artifact, view, budget, "over-seed-nan", ConvNetLearner)
+    assert [p.rule for p in problems] == ["finite", "within-budget"] and {p.rule for p in problems} <= set(RULES)
+    with pytest.raises(ArtifactError) as refused:
+        admit(artifact, view, budget, "over-seed-nan", ConvNetLearner)
+    assert str(refused.value) == problems[0].message and "\n" not in problems[0].message
+    with pytest.raises(BudgetError) as over:
+        admit(Artifact({"x": x.nan_to_num(), "y": artifact.tensors["y"]}), view, budget, "over-seed-nan", ConvNetLearner)
+    assert str(over.value) == problems[1].message
+    kit = conformance(OverSeedNan, tasks=[tiny_classification(impossible=None)])
+    assert {(p.rule, p.message) for p in problems} <= {(f.rule, f.detail) for f in kit.failures}
+
+
+def test_the_pytest_plugin_imports_nothing_heavy():
+    """pytest loads the kit's plugin in every run where ddbench is installed: no torch until a fixture is used."""
+    code = "import ddbench.testing.pytest_plugin, sys; print('torch' in sys.modules, 'numpy' in sys.modules, 'ddbench.interfaces' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False", "False"]
+    (entry,) = [e for e in metadata.entry_points(group="pytest11") if e.name == "ddbench"]
+    assert entry.value == "ddbench.testing.pytest_plugin"
+
+
+def test_the_package_exports_what_the_kit_module_did():
+    names = {"RULES", "Failure", "Case", "ConformanceReport", "ConformanceError", "TinyClassification", "TinyRegression", "KitTask",
+             "tiny_classification", "tiny_regression", "registered_task", "task_view", "check_distiller", "conformance",
+             "check_registered", "TRAIN_EPOCHS", "SEEDED_RTOL"}
+    assert set(ddbench.testing.__all__) == names and names <= set(dir(ddbench.testing))
+    assert all(getattr(ddbench.testing, name) is not None for name in names)
+    with pytest.raises(AttributeError, match="has no attribute 'missing'"):
+        ddbench.testing.missing  # noqa: B018

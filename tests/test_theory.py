@@ -1,4 +1,4 @@
-"""The two-stage multi-index distiller (specs/theory.md §4-§6) and its references."""
+"""The two-stage multi-index distiller (docs/theory.md §4-§6) and its references."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ import torch
 from ddbench import Artifact, Budget, RunContext
 from ddbench.harness import Cell
 from ddbench.plugins import instantiate
-from ddbench_learners.two_layer import TwoLayer, TwoLayerLearner, first_layer_step, reinit_biases
+from ddbench.suite import DistillerEntry, Suite, TaskEntry
+from ddbench_theory.two_layer import TwoLayer, TwoLayerLearner, first_layer_step, reinit_biases
 from ddbench_theory.distiller import artifact_size, resolve_size
 from ddbench_theory.stage1 import matching_loss
 from ddbench_theory.stage2 import head_from_points, kink_positions
@@ -41,7 +42,7 @@ def test_bad_sizes_name_the_option(spec):
 
 
 def test_counted_size_formula_matches_spec():
-    """theory.md §4.3 and the issue's note: d=32, r=2, L=256 stores 4*33 + 2*32 + 2*256 + 1 = 709."""
+    """docs/theory.md §4.3 and the issue's note: d=32, r=2, L=256 stores 4*33 + 2*32 + 2*256 + 1 = 709."""
     assert artifact_size(4, 256, 32, grid=False) == 709
     assert artifact_size(4, 256, 32, grid=True) == 709 - 256 + 1  # the grid's half-width is a counted tensor
 
@@ -71,7 +72,7 @@ def test_kink_positions_skip_flat_neurons_and_fall_between_kinks():
 
 
 def test_points_on_a_line_can_carry_any_head():
-    """theory.md §4.2 (3): M2 = L positions interleaving L kinks make ridge on S2 reproduce a head."""
+    """docs/theory.md §4.2 (3): M2 = L positions interleaving L kinks make ridge on S2 reproduce a head."""
     gen = torch.Generator().manual_seed(0)
     width = 12
     slopes = torch.randn(width, generator=gen, dtype=torch.float64)
@@ -82,18 +83,21 @@ def test_points_on_a_line_can_carry_any_head():
     assert torch.allclose(head_from_points(t, y, slopes, b, lam=1e-12), a, atol=1e-4)
 
 
-def test_supports_regression_only(manager, digits, small):
-    distiller = instantiate(manager.get("distiller", "two-stage"), {}, "quick")
-    assert "regression" in distiller.supports(digits[1])
-    assert distiller.supports(small[1]) is None
-    assert "regression" in instantiate(manager.get("distiller", "random-features"), {}).supports(digits[1])
+def test_supports_regression_only_and_the_two_layer_learner(manager, digits, small):
+    distiller = instantiate(manager.distillers.get("two-stage"), {}, "quick")
+    two_layer = instantiate(manager.learners.get("two-layer"), {}, "quick")
+    mlp = instantiate(manager.learners.get("mlp"), {}, "quick")
+    assert "regression" in distiller.supports(digits[1], two_layer)
+    assert distiller.supports(small[1], two_layer) is None
+    assert "two-layer learner" in distiller.supports(small[1], mlp)  # a skip with a reason, not a TypeError mid-cell
+    assert "regression" in instantiate(manager.distillers.get("random-features"), {}).supports(digits[1], two_layer)
 
 
 def test_bad_options_are_one_line_errors(manager):
     with pytest.raises(Exception, match="unknown loss 'l2'"):
-        instantiate(manager.get("distiller", "two-stage"), {"loss": "l2"})
-    with pytest.raises(Exception, match="grid must be a positive"):
-        instantiate(manager.get("distiller", "two-stage"), {"grid": -1.0})
+        instantiate(manager.distillers.get("two-stage"), {"loss": "l2"})
+    with pytest.raises(Exception, match="grid must be positive"):
+        instantiate(manager.distillers.get("two-stage"), {"grid": -1.0})
 
 
 def test_over_budget_is_a_failed_cell_naming_the_fix(harness):
@@ -101,18 +105,17 @@ def test_over_budget_is_a_failed_cell_naming_the_fix(harness):
     assert result.status == "failed" and "stores 709 scalars, over the budget params=500" in result.error
 
 
-def test_needs_the_two_layer_learner(manager, small):
-    _, view, _ = small
-    distiller = instantiate(manager.get("distiller", "two-stage"), FAST, "quick")
-    context = RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0))
-    with pytest.raises(TypeError, match="two-layer"):
-        distiller.distill(view, Budget.parse("params=10000"), instantiate(manager.get("learner", "mlp"), {}), context)
+def test_another_learner_is_a_skip_with_a_reason(harness):
+    suite = Suite("skip", [TaskEntry("multi-index", [Budget.parse("params=5000")], {"d": 8, "r": 1, "n": 400, "n_test": 200},
+                                     learner="mlp")], [DistillerEntry("two-stage", FAST)], eval_seeds=1)
+    (result,) = harness.run(suite)
+    assert result.status == "skipped" and "two-layer learner" in result.error
 
 
 def distil_small(manager, small, seed: int = 0, **options) -> tuple[Artifact, TwoLayerLearner]:
     _, view, _ = small
     learner = TwoLayerLearner(32)
-    distiller = instantiate(manager.get("distiller", "two-stage"), {**FAST, **options}, "quick")
+    distiller = instantiate(manager.distillers.get("two-stage"), {**FAST, **options}, "quick")
     context = RunContext(torch.device("cpu"), seed, torch.Generator().manual_seed(seed))
     return distiller.distill(view, Budget.parse("params=10000"), learner, context), learner
 
@@ -185,13 +188,17 @@ def test_reference_rows_run_in_the_harness(harness):
 
 
 def synthetic_record(d: int, r: int, width: int, m1: int, m2: int, r2: float, teacher: float = 0.98) -> dict:
+    """A stored record of a two-stage multi-index cell, as the harness writes it (readable by ``ddbench leaderboard``)."""
     stored = artifact_size(m1, m2, d, grid=False)
     extra = {"n_train": 1000.0, "m1": m1, "m2": m2, "teacher_r2": teacher, "random_equal_r2": -0.5, "random_features_r2": 0.2,
              "alignment": 0.98, "subspace_overlap": 0.97, "w1_alignment": 0.98, "stage1_mismatch": 0.3}
     config = {"task": "multi-index", "task_options": {"d": d, "r": r, "link": "he2", "seed": 0}, "distiller": "two-stage",
-              "distiller_options": {}, "learner_options": {"width": width}, "profile": "quick", "seed": 0}
-    return {"key": f"{d}-{r}-{width}-{m1}-{m2}", "config": config, "status": "ok", "values": [r2], "extra": extra,
-            "stored_params": stored, "distill_s": 1.0, "peak_mb": 1.0, "device": "cpu"}
+              "distiller_options": {"m1": m1, "m2": m2}, "budget": f"params={stored}", "seed": 0, "eval_seeds": [0],
+              "learner": "two-layer", "learner_options": {"width": width}, "profile": "quick"}
+    return {"key": f"{d}-{r}-{width}-{m1}-{m2}", "config": config, "status": "ok", "metric": "r2", "values": [r2], "extra": extra,
+            "stored_params": stored, "distill_s": 1.0, "eval_s": 1.0, "compression": 1.0, "peak_mb": 1.0, "device": "cpu",
+            "error": "", "random_ref": None, "higher_is_better": {"r2": True}, "leaderboard_columns": [],
+            "finished_at": "2026-12-01T00:00:00Z", "provenance": {"ddbench": "0.1.0", "commit": "abc", "torch": "2"}}
 
 
 def test_b_star_is_the_smallest_budget_reaching_the_target():
@@ -218,13 +225,32 @@ def test_fits_recover_a_two_term_law():
     assert power["slope_d"] == pytest.approx(1.0) and power["slope_r"] == pytest.approx(2.0)
 
 
-def test_scaling_report_is_written_and_reproducible(tmp_path):
-    from ddbench_theory.scaling import write
+SCALING_RECORDS = [synthetic_record(d, r, 64, r * r * k, m2, 0.96 if k * m2 >= 64 else 0.5)
+                   for d in (16, 32) for r in (1, 2) for k in (1, 2) for m2 in (16, 32, 64)]
 
-    recs = [synthetic_record(d, r, 64, r * r * k, m2, 0.96 if k * m2 >= 64 else 0.5)
-            for d in (16, 32) for r in (1, 2) for k in (1, 2) for m2 in (16, 32, 64)]
-    paths = write(recs, tmp_path)
-    md = paths[0].read_text()
-    assert "B*(eps = 0.05)" in md and "NNLS B* = c1 r^2 d + c2 L" in md and paths[2].stat().st_size > 0
-    again = write(json.loads(paths[3].read_text()), tmp_path / "again")[0].read_text()
-    assert again.replace((tmp_path / "again").as_posix(), tmp_path.as_posix()) == md
+
+def test_scaling_report_is_written_by_the_leaderboard_and_reproducible(tmp_path, capsys):
+    from ddbench.cli import main
+
+    source = tmp_path / "records.json"
+    source.write_text(json.dumps(SCALING_RECORDS))
+    out = tmp_path / "lb"
+    assert main(["leaderboard", "--results", str(source), "--out", str(out), "--report", "multi-index-scaling"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"multi-index-scaling.{x}" for x in ("csv", "json", "md", "png")]
+    md = (out / "multi-index-scaling.md").read_text()
+    assert "B*(eps = 0.05)" in md and "NNLS B* = c1 r^2 d + c2 L" in md and (out / "multi-index-scaling.png").stat().st_size > 0
+    regenerate = f"ddbench leaderboard --results {out.as_posix()}/multi-index-scaling.json --out {out.as_posix()} --report multi-index-scaling"
+    assert f"Regenerate: `{regenerate}`" in md
+    assert main(regenerate.split()[1:]) == 0  # from the records it saved: the same page
+    assert (out / "multi-index-scaling.md").read_text() == md
+    capsys.readouterr()
+    assert main(["theory-scaling", "--results", str(source), "--eps", "0.01"]) == 0  # prints, writes nothing
+    printed = capsys.readouterr().out
+    assert "B*(eps = 0.01)" in printed and sorted(p.name for p in out.iterdir())[0] == "multi-index-scaling.csv"
+
+
+def test_scaling_report_writes_nothing_without_a_grid(tmp_path):
+    from ddbench_theory.scaling import REPORT
+
+    assert REPORT.write(SCALING_RECORDS[:1], tmp_path / "one") == [] and not (tmp_path / "one").exists()
+    assert len(REPORT.write(SCALING_RECORDS[:2], tmp_path / "two")) == 4

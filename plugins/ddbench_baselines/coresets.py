@@ -1,29 +1,12 @@
-"""Coreset baselines (``specs/methods.md`` §9): real examples chosen, not synthesised."""
+"""Coreset baselines (``docs/methods.md`` §9): real examples chosen, not synthesised."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ddbench.errors import BudgetError
+from ddbench import options
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Recipe, RunContext, TaskView
-
-
-def random_subset(task: TaskView, budget: Budget, generator: torch.Generator) -> Tensor:
-    """Indices of a seeded random subset: ``ipc`` per class (classification) or as many points as
-    the budget holds (regression)."""
-    device = task.train.y.device
-    if task.num_classes is None:
-        m = min(budget.examples(task), len(task.train))
-        if m < 1:
-            raise BudgetError(f"budget {budget} holds no (input, target) pair of task {task.name!r} "
-                              f"({task.input_size + 1} scalars each): raise it.")
-        return torch.randperm(len(task.train), generator=generator, device=device)[:m]
-    ipc = budget.ipc(task)
-    picks = []
-    for c in range(task.num_classes):
-        idx = task.class_index(c)
-        picks.append(idx[torch.randperm(len(idx), generator=generator, device=device)[:ipc]])
-    return torch.cat(picks)
+from ddbench.ops.subsets import random_subset
 
 
 class Random(Distiller):
@@ -88,16 +71,18 @@ class Herding(Distiller):
     quick = {"epochs": 5}
 
     def __init__(self, features: str = "trained", epochs: int = 30):
-        if features not in ("trained", "random"):
-            raise ValueError("features must be 'trained' or 'random'")
+        options.one_of("features", features, ("trained", "random"))
+        options.non_negative(epochs=epochs)
         self.features, self.epochs = features, epochs
 
-    def supports(self, task: TaskView) -> str | None:
-        return "herding selects per class; the task is regression" if task.num_classes is None else None
+    def supports(self, task: TaskView, learner: Learner) -> str | None:
+        if task.num_classes is None:
+            return "herding selects per class; the task is regression"
+        if not learner.supports_embedding:
+            return f"herding selects in a learner's feature space; {learner.name!r} has no embedding (supports_embedding)"
+        return None
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
-        if not hasattr(learner, "embed"):
-            raise TypeError(f"herding needs a learner with an embed() method; {learner.name!r} has none.")
         ipc = budget.ipc(task)
         model = learner.build(task, context.seed).to(context.device)
         if self.features == "trained":

@@ -7,7 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ddbench import options
 from ddbench.interfaces import Learner, Progress, TaskView
+from ddbench.ops.training import draw_seed
 from ddbench_gradmatch.sampling import INITS
 
 MNIST_TASKS = ("mnist", "mnist5k")  # DC evaluates MNIST with DC-augment and E = 1000 (§3)
@@ -15,15 +17,11 @@ EVAL_EPOCHS_FULL = 1000  # E for DSA, DM and DC on MNIST in the full profile (§
 REPORTS = 100  # progress reports per run: each one reads the loss back from the device
 
 
-def check_options(momentum_img: float, init: str, **positive: float | None) -> None:
-    """Reject option values the methods cannot use (a ``ValueError`` the plugin manager reports)."""
-    for key, value in positive.items():
-        if value is not None and not value > 0:
-            raise ValueError(f"{key} must be positive (got {value})")
-    if not 0 <= momentum_img < 1:
-        raise ValueError(f"momentum_img must lie in [0, 1) (got {momentum_img})")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS} (got {init!r})")
+def check_values(momentum_img: float, init: str, **counts: float | None) -> None:
+    """Reject option values the methods cannot use (:mod:`ddbench.options`)."""
+    options.positive(**counts)
+    options.within("momentum_img", momentum_img, 0, 1)
+    options.one_of("init", init, INITS)
 
 
 def classification_reason(task: TaskView, method: str) -> str | None:
@@ -65,7 +63,7 @@ class HostSeeds:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self) -> int:
-        return int(torch.randint(2**62, (1,), generator=self.generator))
+        return draw_seed(self.generator)
 
 
 class LossLog:

@@ -1,5 +1,5 @@
 """DC (gradient matching; Zhao, Mopuri & Bilen, ICLR 2021) and DSA (DC with differentiable siamese
-augmentation; Zhao & Bilen, ICML 2021), as ``specs/methods.md`` §5 states them."""
+augmentation; Zhao & Bilen, ICML 2021), as ``docs/methods.md`` §5 states them."""
 from __future__ import annotations
 
 import math
@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddbench.augment import DSA, apply
+from ddbench.ops.augment import DSA, apply
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
 from ddbench_gradmatch.common import (
-    MNIST_TASKS, FreshNetworks, HostSeeds, LossLog, check_options, classification_reason, dsa_strategy, eval_recipe, has_batchnorm,
+    MNIST_TASKS, FreshNetworks, HostSeeds, LossLog, check_values, classification_reason, dsa_strategy, eval_recipe, has_batchnorm,
     image_reason,
 )
 from ddbench_gradmatch.matching import check_distance, class_gradients, gradient_distance
@@ -70,13 +70,13 @@ class DCDistiller(Distiller):
     class_batch: int | None = None
 
     def __post_init__(self) -> None:
-        check_options(self.momentum_img, self.init, iterations=self.iterations, outer_loop=self.outer_loop,
+        check_values(self.momentum_img, self.init, iterations=self.iterations, outer_loop=self.outer_loop,
                       inner_loop=self.inner_loop, lr_img=self.lr_img, lr_net=self.lr_net, batch_real=self.batch_real,
                       batch_train=self.batch_train, class_batch=self.class_batch)
         check_distance(self.distance)
 
     # -- what differs between DC and DSA ------------------------------------------------------
-    def supports(self, task: TaskView) -> str | None:
+    def supports(self, task: TaskView, learner: Learner) -> str | None:
         return classification_reason(task, self.name)
 
     def augmenters(self, task: TaskView, seeds: HostSeeds, device: torch.device) -> tuple[DSA | None, DSA | None]:
@@ -156,7 +156,7 @@ class DSADistiller(DCDistiller):
     init: str = "real"
     dsa_strategy: str | None = None
 
-    def supports(self, task: TaskView) -> str | None:
+    def supports(self, task: TaskView, learner: Learner) -> str | None:
         return image_reason(task, self.name, self.dsa_strategy)
 
     def augmenters(self, task: TaskView, seeds: HostSeeds, device: torch.device) -> tuple[DSA | None, DSA | None]:

@@ -1,4 +1,4 @@
-"""DM (distribution matching; Zhao & Bilen, WACV 2023), as ``specs/methods.md`` §6 states it."""
+"""DM (distribution matching; Zhao & Bilen, WACV 2023), as ``docs/methods.md`` §6 states it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from ddbench.augment import DSA
+from ddbench.ops.augment import DSA
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
-from ddbench_gradmatch.common import FreshNetworks, HostSeeds, LossLog, check_options, dsa_strategy, eval_recipe, image_reason
+from ddbench_gradmatch.common import FreshNetworks, HostSeeds, LossLog, check_values, dsa_strategy, eval_recipe, image_reason
 from ddbench_gradmatch.sampling import ClassPools, initial_images
 from ddbench_gradmatch.siamese import siamese_per_class
 
@@ -41,19 +41,20 @@ class DMDistiller(Distiller):
     dsa_strategy: str | None = None
 
     def __post_init__(self) -> None:
-        check_options(self.momentum_img, self.init, iterations=self.iterations, lr_img=self.lr_img, batch_real=self.batch_real)
+        check_values(self.momentum_img, self.init, iterations=self.iterations, lr_img=self.lr_img, batch_real=self.batch_real)
 
-    def supports(self, task: TaskView) -> str | None:
-        return image_reason(task, self.name, self.dsa_strategy)
+    def supports(self, task: TaskView, learner: Learner) -> str | None:
+        reason = image_reason(task, self.name, self.dsa_strategy)
+        if reason is None and not learner.supports_embedding:
+            reason = f"dm matches mean embeddings; learner {learner.name!r} has none (supports_embedding): use convnet"
+        return reason
 
     def recipe(self, task: TaskView, profile: str) -> dict[str, Any]:
         """DM evaluates with per-sample DSA and E = 1000 (§3)."""
         return eval_recipe(profile, "dsa", dsa_strategy(task, self.dsa_strategy))
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
-        embed = getattr(learner, "embed", None)
-        if embed is None:
-            raise TypeError(f"dm needs a learner with an embed(model, x) method; {learner.name!r} has none: use convnet.")
+        embed = learner.embed
         ipc, classes, device, g = budget.ipc(task), task.num_classes, context.device, context.generator
         assert classes is not None  # supports() rejected regression
         lr_img = self.lr_img or (10.0 if ipc >= LARGE_IPC else 1.0)

@@ -1,6 +1,6 @@
 """DC's gradient-matching distance and per-class gradients batched over classes.
 
-``specs/methods.md`` §5 (the distance) and §13.2 (batching the per-class gradients with
+``docs/methods.md`` §5 (the distance) and §13.2 (batching the per-class gradients with
 ``torch.func``). Every gradient here is a list with one ``(C, *param_shape)`` tensor per network
 parameter: row ``c`` is the gradient of class ``c``'s mean cross-entropy.
 """
@@ -19,7 +19,7 @@ EPS = 1e-6  # added to the product of norms in every cosine (§5)
 
 def check_distance(kind: str) -> str:
     if kind not in DISTANCES:
-        raise ValueError(f"unknown matching distance {kind!r}: use one of {DISTANCES} (default 'ours', methods.md §5).")
+        raise ValueError(f"unknown matching distance {kind!r}: use one of {DISTANCES} (default 'ours', docs/methods.md §5).")
     return kind
 
 

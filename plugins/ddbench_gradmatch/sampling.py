@@ -1,4 +1,4 @@
-"""Per-class real-image pools on the device and the synthetic set's initialisation (methods.md §5,
+"""Per-class real-image pools on the device and the synthetic set's initialisation (docs/methods.md §5,
 §6, §13.1)."""
 from __future__ import annotations
 

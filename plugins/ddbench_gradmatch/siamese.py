@@ -1,4 +1,4 @@
-"""Siamese DSA for class-stacked batches (methods.md §4, as DC/DSA and DM use it).
+"""Siamese DSA for class-stacked batches (docs/methods.md §4, as DC/DSA and DM use it).
 
 For every class one transform omega (a family drawn uniformly, then one set of values) is drawn
 and applied identically to every real and every synthetic image of that class.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddbench.augment import DSA, apply
+from ddbench.ops.augment import DSA, apply
 
 
 def siamese_per_class(real: Tensor, syn: Tensor, dsa: DSA) -> tuple[Tensor, Tensor]:

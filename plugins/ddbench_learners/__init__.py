@@ -1,15 +1,22 @@
-"""Built-in learners: ConvNet-3 (``convnet``), ``mlp`` and the theory's ``two-layer`` network."""
+"""Built-in classifier learners: ConvNet-3 (``convnet``) and ``mlp``, on :class:`ddbench.ops.classifier.ClassifierLearner`."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from ddbench import hookimpl
+from ddbench.hookspecs import Command
 from ddbench_learners.convnet import ConvNetLearner
 from ddbench_learners.mlp import MLPLearner
-from ddbench_learners.two_layer import TwoLayerLearner
 
 
 @hookimpl
 def ddbench_register_learners(register: Callable[[type], None]) -> None:
-    for learner in (ConvNetLearner, MLPLearner, TwoLayerLearner):
+    for learner in (ConvNetLearner, MLPLearner):
         register(learner)
+
+
+@hookimpl
+def ddbench_register_commands(register: Callable[[Command], None]) -> None:
+    from ddbench_learners import speed
+
+    register(speed.COMMAND)

@@ -1,15 +1,14 @@
-"""ConvNet-3 exactly as ``specs/methods.md`` §2: [conv 3x3 -> instance norm -> ReLU -> avgpool 2] x depth,
+"""ConvNet-3 exactly as ``docs/methods.md`` §2: [conv 3x3 -> instance norm -> ReLU -> avgpool 2] x depth,
 then one linear layer. Width, depth and the norm are options; the defaults are the paper's."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ddbench.interfaces import Artifact, Learner, Recipe, TaskView
-from ddbench_learners.ensemble import fit_classifiers
-from ddbench_learners.training import require_classification, seeded, train_classifier
+from ddbench import options
+from ddbench.interfaces import TaskView
+from ddbench.ops.classifier import ClassifierLearner, FeaturesClassifier
+from ddbench.ops.training import require_classification, seeded
 
 NORMS = ("instancenorm", "batchnorm", "none")
 
@@ -22,7 +21,7 @@ def norm_layer(kind: str, width: int) -> nn.Module:
     return nn.Identity()
 
 
-class ConvNet(nn.Module):
+class ConvNet(FeaturesClassifier):
     def __init__(self, in_shape: tuple[int, ...], num_classes: int, width: int = 128, depth: int = 3, norm: str = "instancenorm"):
         super().__init__()
         channels, size = in_shape[0], in_shape[1]
@@ -36,15 +35,8 @@ class ConvNet(nn.Module):
             feat = self.features(torch.zeros(1, *in_shape)).shape[1]
         self.classifier = nn.Linear(feat, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
 
-    def layers(self) -> list[nn.Module]:
-        """The layers in forward order (``forward`` is their plain chain): the ensemble's grouped path."""
-        return [*self.features, self.classifier]
-
-
-class ConvNetLearner(Learner):
+class ConvNetLearner(ClassifierLearner):
     """ConvNet-3 (default: width 128, depth 3, instance norm) trained with the recipe of §3.
 
     ``ensemble``: the harness's K evaluation nets train as one vmapped ensemble (§13.3; BatchNorm
@@ -56,8 +48,8 @@ class ConvNetLearner(Learner):
     quick = {"width": 32}  # CPU profile only; the spec's width 128 is the default everywhere else
 
     def __init__(self, width: int = 128, depth: int = 3, norm: str = "instancenorm", ensemble: bool = True, bf16: bool = False):
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}")
+        options.one_of("norm", norm, NORMS)
+        options.positive(width=width, depth=depth)
         self.width, self.depth, self.norm = width, depth, norm
         self.ensemble, self.bf16 = ensemble, bf16
 
@@ -66,15 +58,3 @@ class ConvNetLearner(Learner):
         if len(task.input_shape) != 3:
             raise ValueError(f"convnet needs (C, H, W) inputs; task {task.name!r} has shape {task.input_shape}: use the 'mlp' learner.")
         return seeded(seed, lambda: ConvNet(task.input_shape, classes, self.width, self.depth, self.norm))
-
-    def fit(self, model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator) -> nn.Module:
-        return train_classifier(model, artifact, recipe, generator, bf16=self.bf16)
-
-    def fit_ensemble(self, models: Sequence[nn.Module], artifact: Artifact, recipe: Recipe,
-                     generators: Sequence[torch.Generator]) -> str:
-        """Train the K models as :meth:`fit` would, together where possible; returns how."""
-        return fit_classifiers(models, artifact, recipe, generators, ensemble=self.ensemble, bf16=self.bf16)
-
-    def embed(self, model: nn.Module, x: Tensor) -> Tensor:
-        """The flattened F-dim feature before the linear layer (DM's embedding)."""
-        return model.features(x)

@@ -1,12 +1,20 @@
-"""Trajectory matching: the ``mtt`` distiller (``specs/methods.md`` §7, §8)."""
+"""Trajectory matching: the ``mtt`` distiller (``docs/methods.md`` §7, §8)."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from ddbench import hookimpl
+from ddbench.hookspecs import Command
 from ddbench_mtt.distiller import MTT
 
 
 @hookimpl
 def ddbench_register_distillers(register: Callable[[type], None]) -> None:
     register(MTT)
+
+
+@hookimpl
+def ddbench_register_commands(register: Callable[[Command], None]) -> None:
+    from ddbench_mtt import measure
+
+    register(measure.COMMAND)

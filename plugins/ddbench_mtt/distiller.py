@@ -1,6 +1,6 @@
 """The ``mtt`` distiller: matching training trajectories (Cazenavette et al., CVPR 2022).
 
-``specs/methods.md`` §7: S starts as random real images per class (stored class by class, labels
+``docs/methods.md`` §7: S starts as random real images per class (stored class by class, labels
 implied), alpha as alpha_0. Every iteration picks an expert and a start epoch t in [0, T+), unrolls
 the student N steps from the expert's epoch t on S, and moves S and alpha (SGD, momentum 0.5) to
 bring the student close to the expert's epoch t + M. The learned alpha is the evaluation lr: it is
@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddbench.augment import DSA
+from ddbench.ops.augment import DSA
+from ddbench import options
 from ddbench.errors import DDBenchError
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
-from ddbench_baselines.coresets import random_subset
+from ddbench.ops.subsets import random_subset
 from ddbench_mtt.experts import ExpertRecipe, expert_buffer
 from ddbench_mtt.flat import FlatModel
 from ddbench_mtt.presets import preset
@@ -61,23 +62,17 @@ class MTT(Distiller):
                  lr_init: float | None = None, batch_syn: int | None = None, num_experts: int = 100,
                  expert_lr: float = 0.01, expert_batch: int = 256, expert_group: int = 10, mode: str = "unroll",
                  lr_floor: float = 1e-5, max_loss: float = 1e3, eval_epochs: int | None = 1000):
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-        counts = {"iterations": iterations, "num_experts": num_experts, "expert_group": expert_group,
-                  "expert_batch": expert_batch, "syn_steps": syn_steps, "expert_epochs": expert_epochs,
-                  "max_start_epoch": max_start_epoch, "batch_syn": batch_syn}
-        for name, value in counts.items():
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer (got {value})")
-        if lr_floor <= 0:
-            raise ValueError(f"lr_floor must be positive (got {lr_floor})")
+        options.one_of("mode", mode, MODES)
+        options.positive(iterations=iterations, num_experts=num_experts, expert_group=expert_group, expert_batch=expert_batch,
+                         syn_steps=syn_steps, expert_epochs=expert_epochs, max_start_epoch=max_start_epoch,
+                         batch_syn=batch_syn, lr_floor=lr_floor)
         self.iterations, self.mode, self.lr_floor, self.max_loss = iterations, mode, lr_floor, max_loss
         self.overrides = {"syn_steps": syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch,
                           "lr_img": lr_img, "lr_lr": lr_lr, "lr_init": lr_init, "batch_syn": batch_syn}
         self.num_experts, self.expert_group, self.eval_epochs = num_experts, expert_group, eval_epochs
         self.expert_lr, self.expert_batch = expert_lr, expert_batch
 
-    def supports(self, task: TaskView) -> str | None:
+    def supports(self, task: TaskView, learner: Learner) -> str | None:
         if task.num_classes is None:
             return "mtt distils class-balanced labelled images; the task is regression"
         if len(task.input_shape) != 3 or not task.info.get("dsa_strategy"):

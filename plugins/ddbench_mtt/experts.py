@@ -1,7 +1,7 @@
-"""The expert buffer of MTT (``specs/methods.md`` §7), trained together and cached on disk.
+"""The expert buffer of MTT (``docs/methods.md`` §7), trained together and cached on disk.
 
 Experts are trained K at a time by the shared vmapped ensemble engine
-(:func:`ddbench_learners.ensemble.train_ensemble`), each with its own init, shuffle and DSA stream.
+(:func:`ddbench.ops.ensemble.train_ensemble`), each with its own init, shuffle and DSA stream.
 
 Experts train on the real train split with plain SGD (lr 0.01, no momentum, no weight decay,
 batch 256, no decay) and per-sample DSA, and the flat parameter vector is kept at initialisation
@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from torch.func import vmap
 
 from ddbench.interfaces import Learner, Recipe, Split, TaskView
-from ddbench_learners.ensemble import flat_parameters, stack_parameters, train_ensemble
-from ddbench_learners.training import DRAWS
+from ddbench.ops.ensemble import flat_parameters, stack_parameters, train_ensemble
+from ddbench.ops.training import DRAWS
 from ddbench_mtt.flat import FlatModel
 
 EXPERT_SEED = 1_000_000  # expert i is built and shuffled from seed EXPERT_SEED + i (apart from eval seeds)

@@ -1,4 +1,4 @@
-"""A learner's network as a pure function of one flat parameter vector (``specs/methods.md`` §7).
+"""A learner's network as a pure function of one flat parameter vector (``docs/methods.md`` §7).
 
 Experts and the student share this layout, so an expert snapshot *is* a student starting point.
 """

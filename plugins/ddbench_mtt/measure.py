@@ -4,13 +4,15 @@ Memory is measured two ways: the peak bytes of tensors autograd keeps for backwa
 ``saved_tensors_hooks``, device-independent, plus the N parameter vectors the adjoint modes
 store), and on CUDA the peak of ``torch.cuda.max_memory_allocated`` above the inputs.
 
-GPU run (prints one row per mode and syn_steps)::
+GPU run (prints one row per mode and syn_steps; the command ``ddbench mtt-memory``, registered
+through ``ddbench_register_commands``)::
 
-    python -m ddbench_mtt.measure --device cuda --task mnist5k --ipc 10 --syn-steps 10 30
+    ddbench mtt-memory --device cuda --task mnist5k --ipc 10 --syn-steps 10 30
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,9 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddbench.augment import DSA
-from ddbench.harness import Harness
+from ddbench.ops.augment import DSA
+from ddbench.harness import resolve_device
+from ddbench.hookspecs import Command
 from ddbench.plugins import get_plugin_manager, instantiate
+from ddbench.suite import load_task
 from ddbench_mtt.flat import FlatModel
 from ddbench_mtt.unroll import EXACT_MODES, MODES, Gradients, draw_schedule, gradient_fn
 
@@ -68,8 +72,8 @@ def setup(task: str, ipc: int, device: torch.device, learner: str = "convnet", p
     """A student on real images of ``task`` (ipc per class), a start vector and a perturbed target:
     what one MTT iteration needs, without training experts (costs do not depend on their values)."""
     manager = get_plugin_manager()
-    _, view, _ = Harness(manager, str(device)).task(task, {}, profile)
-    net = instantiate(manager.get("learner", learner), {}, profile)
+    _, view, _ = load_task(manager, task, {}, profile, device)
+    net = instantiate(manager.learners.get(learner), {}, profile)
     model = FlatModel(net.build(view, seed).to(device))
     idx = torch.cat([view.class_index(c)[:ipc] for c in range(view.num_classes)])  # type: ignore[arg-type]
     start = model.flatten()
@@ -92,16 +96,18 @@ def run_mode(case: dict[str, Any], mode: str, syn_steps: int, alpha: float = 0.0
     return call
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ddbench_mtt.measure", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--task", default="mnist5k")
-    parser.add_argument("--ipc", type=int, default=10)
-    parser.add_argument("--syn-steps", type=int, nargs="+", default=[10, 30])
-    parser.add_argument("--modes", nargs="+", default=list(EXACT_MODES), choices=MODES)
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cuda", help="cuda[:N] (default) or cpu")
+    parser.add_argument("--task", default="mnist5k", help="task whose real images start the student (default mnist5k)")
+    parser.add_argument("--ipc", type=int, default=10, help="images per class of the synthetic set (default 10)")
+    parser.add_argument("--syn-steps", type=int, nargs="+", default=[10, 30], help="student steps N per iteration (default 10 30)")
+    parser.add_argument("--modes", nargs="+", default=list(EXACT_MODES), choices=MODES, help="gradient modes (default: the exact ones)")
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations after one warm-up")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
+
+
+def run(args: argparse.Namespace) -> int:
+    """One line per (syn_steps, mode): seconds per iteration, CUDA peak MB above the inputs, graph MB."""
+    device = resolve_device(args.device)
     case = setup(args.task, args.ipc, device)
     cuda = device.type == "cuda"
     if cuda:
@@ -128,7 +134,14 @@ def main(argv: list[str] | None = None) -> None:
             peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if cuda else float("nan")
             graph = graph_bytes(mode, call, steps, case["model"].size, case["start"].element_size()) / 2**20
             print(f"{mode:<24}{steps:>10}{seconds:>14.4f}{peak:>10.1f}{graph:>10.1f}")
+    return 0
 
 
-if __name__ == "__main__":
-    main()
+COMMAND = Command("mtt-memory", "seconds per iteration and memory of the MTT gradient modes against syn_steps", run, arguments,
+                  __doc__.split("\n\n")[0].replace("\n", " "))
+
+
+if __name__ == "__main__":  # the former script: the same as `ddbench mtt-memory ...`
+    from ddbench.cli import main
+
+    sys.exit(main(["mtt-memory", *sys.argv[1:]]))

@@ -1,4 +1,4 @@
-"""MTT's hyperparameters per dataset and images per class (``specs/methods.md`` §7 table).
+"""MTT's hyperparameters per dataset and images per class (``docs/methods.md`` §7 table).
 
 The table's source is the author-provided commands collected by DC-Bench. MNIST and
 FashionMNIST have no published configuration: as §7 says, they start from the CIFAR-10 row of the
@@ -43,4 +43,4 @@ def preset(task: str, ipc: int) -> tuple[Preset, str]:
     row = max((k for k in table if k <= ipc), default=min(table))
     source = "cifar100" if table is CIFAR100 else "cifar10"
     note = "" if task in ("cifar10", "cifar100") else f" (no published row for {task})"
-    return table[row], f"methods.md §7, {source} ipc={row}{note}"
+    return table[row], f"docs/methods.md §7, {source} ipc={row}{note}"

@@ -1,6 +1,6 @@
 """The student unroll of MTT and its gradient with respect to the synthetic set and the step size.
 
-``specs/methods.md`` §7 (the unroll and the loss) and §8 (the gradient modes). The student is plain
+``docs/methods.md`` §7 (the unroll and the loss) and §8 (the gradient modes). The student is plain
 SGD on one flat parameter vector::
 
     theta_{i+1} = theta_i - alpha * g_i,   g_i = grad_theta CE_mean(f(A_wi(S[idx_i]); theta_i), y[idx_i])
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddbench.augment import DSA, Transform, apply
+from ddbench.ops.augment import DSA, Transform, apply
 from ddbench_mtt.flat import FlatModel
 
 MODES = ("unroll", "exact-constant-memory", "tesla-approx")

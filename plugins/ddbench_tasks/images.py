@@ -1,6 +1,6 @@
 """Image classification tasks: bundled/generated sets and torchvision sets read from a data root.
 
-Inputs are normalised per channel (``specs/methods.md`` §1); methods work in that space and the
+Inputs are normalised per channel (``docs/methods.md`` §1); methods work in that space and the
 test split gets the identical transform. Validation is a stratified, seeded slice of train.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ddbench import options
 from ddbench.errors import TaskDataError
 from ddbench.interfaces import Recipe, Split, Task, TaskData
 from ddbench_tasks.splits import stratified_split
@@ -39,8 +40,7 @@ class ImageTask(Task):
     quick_epochs: ClassVar[int] = 150
 
     def __init__(self, val_fraction: float = 0.1, seed: int = 0):
-        if not 0 < val_fraction < 1:
-            raise ValueError("val_fraction must lie in (0, 1)")
+        options.within("val_fraction", val_fraction, 0, 1, low_open=True)
         self.val_fraction = val_fraction
         self.seed = seed
         self._data: TaskData | None = None

@@ -1,4 +1,4 @@
-"""Reference rows of the theory's table (specs/theory.md §6) that the generic baselines do not cover.
+"""Reference rows of the theory's table (docs/theory.md §6) that the generic baselines do not cover.
 
 The full-data teacher is the built-in ``full`` distiller and the equal-budget random subset the
 built-in ``random`` one (both trained by the two-layer learner in data mode). This module adds the
@@ -11,14 +11,14 @@ from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext,
 
 class RandomFeatures(Distiller):
     """All n real points, trained with W = W0 (unit rows), re-initialised biases and the ridge head:
-    the kernel regime without feature learning (theory.md §6, claim 4). A reference row, not
-    budget-bound; stores n (d + 1) scalars like ``full``. Reconstruction (see specs/theory.md)."""
+    the kernel regime without feature learning (docs/theory.md §6, claim 4). A reference row, not
+    budget-bound; stores n (d + 1) scalars like ``full``. Reconstruction (see docs/theory.md)."""
 
     name = "random-features"
     description = "reference: two-layer net without the first-layer step (random ReLU features + ridge) on all data"
     budget_exempt = True
 
-    def supports(self, task: TaskView) -> str | None:
+    def supports(self, task: TaskView, learner: Learner) -> str | None:
         if task.kind != "regression" or len(task.input_shape) != 1:
             return "random-features is the two-layer learner's kernel baseline: regression tasks with vector inputs only"
         return None

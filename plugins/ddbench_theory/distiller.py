@@ -1,6 +1,6 @@
-"""The two-stage distiller of Kinoshita, Nishikawa & Toyoizumi (2026) as specs/theory.md §4 reconstructs it.
+"""The two-stage distiller of Kinoshita, Nishikawa & Toyoizumi (2026) as docs/theory.md §4 reconstructs it.
 
-Reconstruction (see specs/theory.md): the paper's algorithm is not public; every open choice is an
+Reconstruction (see docs/theory.md): the paper's algorithm is not public; every open choice is an
 option below, with the spec's default.
 """
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
+from ddbench import options
 from ddbench.errors import BudgetError
-from ddbench_learners.two_layer import TwoLayer, TwoLayerLearner, first_layer_step, preprocess_labels, reinit_biases
+from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
+from ddbench_theory.two_layer import HEAD_DATA, TwoLayer, TwoLayerLearner, first_layer_step, preprocess_labels, reinit_biases
 from ddbench_theory.stage1 import INIT_MODES, INITS, LABEL_MODES, LOSSES, match_gradients
 from ddbench_theory.stage2 import OBJECTIVES, fit_head_points
 
@@ -38,15 +39,15 @@ def resolve_size(spec: int | str, r: int, width: int, what: str) -> int:
 
 
 def artifact_size(m1: int, m2: int, d: int, grid: bool) -> int:
-    """Counted scalars of the artifact (theory.md §4.3): M1 (d+1) + v (d) + t2, y2 (M2 each) + alpha, beta (1 + d);
+    """Counted scalars of the artifact (docs/theory.md §4.3): M1 (d+1) + v (d) + t2, y2 (M2 each) + alpha, beta (1 + d);
     with a public grid, the grid's half-width (1) instead of t2."""
     return m1 * (d + 1) + d + (m2 + 1 if grid else 2 * m2) + 1 + d
 
 
 class TwoStage(Distiller):
-    """Two-stage dataset distillation for the width-L two-layer network on multi-index tasks (theory.md §4).
+    """Two-stage dataset distillation for the width-L two-layer network on multi-index tasks (docs/theory.md §4).
 
-    Reconstruction (see specs/theory.md). Stage 1 (§4.1): M1 points in R^d whose first-layer gradient
+    Reconstruction (see docs/theory.md). Stage 1 (§4.1): M1 points in R^d whose first-layer gradient
     at the shared theta0 matches the real one (scale-free cosine loss, then the best label scale). Stage 2
     (§4.2, option b): one direction v in span(X~), M2 positions t_k and labels y'_k, fitted by
     performance matching of the ridge head on the student's own first layer. alpha and beta are
@@ -64,30 +65,30 @@ class TwoStage(Distiller):
     """
 
     name = "two-stage"
-    description = "two-layer multi-index DD: r^2 gradient-matched points + Theta(L) head points (theory.md §4)"
-    quick = {"steps1": 500, "steps2": 200}  # theory.md §8: CPU tier K1 <= 500, K2 <= 200
+    description = "two-layer multi-index DD: r^2 gradient-matched points + Theta(L) head points (docs/theory.md §4)"
+    quick = {"steps1": 500, "steps2": 200}  # docs/theory.md §8: CPU tier K1 <= 500, K2 <= 200
 
     def __init__(self, m1: int | str = "r^2", m2: int | str = "L", steps1: int = 2000, lr1: float = 1e-2,
                  loss: str = "cos-signed", init: str = "real", labels: str = "nonneg", init_mode: str = "fixed", weight_decay: float = 0.0,
                  steps2: int = 1000, lr2: float = 1e-2, objective: str = "perf-match", warm_start: bool = True,
                  learn_v: bool = False, grid: float | None = None, head_data: str = "s2"):
-        for value, allowed, what in ((loss, LOSSES, "loss"), (init, INITS, "init"), (labels, LABEL_MODES, "labels"), (init_mode, INIT_MODES, "init_mode"),
-                                     (objective, OBJECTIVES, "objective"), (head_data, ("s2", "s1+s2"), "head_data")):
-            if value not in allowed:
-                raise ValueError(f"unknown {what} {value!r}: use one of {allowed}")
-        if steps1 < 0 or steps2 < 0:
-            raise ValueError("steps1 and steps2 must be >= 0")
-        if grid is not None and grid <= 0:
-            raise ValueError(f"grid must be a positive half-width (got {grid})")
+        for what, value, allowed in (("loss", loss, LOSSES), ("init", init, INITS), ("labels", labels, LABEL_MODES),
+                                     ("init_mode", init_mode, INIT_MODES), ("objective", objective, OBJECTIVES),
+                                     ("head_data", head_data, HEAD_DATA)):
+            options.one_of(what, value, allowed)
+        options.non_negative(steps1=steps1, steps2=steps2)
+        options.positive(grid=grid)
         self.m1, self.m2 = m1, m2
         self.steps1, self.lr1, self.loss, self.weight_decay = steps1, lr1, loss, weight_decay
         self.init, self.labels, self.init_mode = init, labels, init_mode
         self.steps2, self.lr2, self.objective, self.warm_start, self.learn_v = steps2, lr2, objective, warm_start, learn_v
         self.grid, self.head_data = grid, head_data
 
-    def supports(self, task: TaskView) -> str | None:
+    def supports(self, task: TaskView, learner: Learner) -> str | None:
         if task.kind != "regression" or len(task.input_shape) != 1:
             return "two-stage distils regression tasks with vector inputs (the theory's multi-index task)"
+        if not isinstance(learner, TwoLayerLearner):
+            return f"two-stage distils for the two-layer learner, not {learner.name!r}: use learner = \"two-layer\""
         missing = [k for k in ("r", "rho", "ridge") if k not in task.info]
         if missing:
             return f"two-stage needs the task's public r and two-layer recipe (info {', '.join(missing)} missing)"
@@ -99,8 +100,6 @@ class TwoStage(Distiller):
         return resolve_size(self.m1, r, width, "m1"), resolve_size(self.m2, r, width, "m2")
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
-        if not isinstance(learner, TwoLayerLearner):
-            raise TypeError(f"two-stage distils for the two-layer learner, got {learner.name!r}: use learner = \"two-layer\".")
         d, width, init_seed = task.input_shape[0], learner.width, context.seed
         m1, m2 = self.sizes(task, width)
         size = artifact_size(m1, m2, d, self.grid is not None)
@@ -109,7 +108,7 @@ class TwoStage(Distiller):
                               f"lower m1/m2 (e.g. m2='L/2') or raise the budget.")
         eta, lam = float(task.info["rho"]) * math.sqrt(d), float(task.info["ridge"])
         x, y = task.train.x.float(), task.train.y.float()
-        alpha, beta, y_pre = preprocess_labels(x, y)  # theory.md §3 step 1, from the real data
+        alpha, beta, y_pre = preprocess_labels(x, y)  # docs/theory.md §3 step 1, from the real data
         s1 = match_gradients(x, y_pre, width, init_seed, m1, context, steps=self.steps1, lr=self.lr1, loss=self.loss,
                              init=self.init, labels=self.labels, init_mode=self.init_mode,
                              weight_decay=self.weight_decay)
@@ -131,5 +130,5 @@ class TwoStage(Distiller):
 
     @staticmethod
     def _student_first_layer(d: int, width: int, init_seed: int, x1: Tensor, y1: Tensor, eta: float) -> Tensor:
-        """W~1 exactly as the student computes it: the first-layer step on S1 at theta0 (theory.md §5)."""
+        """W~1 exactly as the student computes it: the first-layer step on S1 at theta0 (docs/theory.md §5)."""
         return first_layer_step(TwoLayer(d, width, init_seed).to(x1.device), x1, y1, eta)

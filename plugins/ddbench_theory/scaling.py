@@ -1,18 +1,21 @@
 """The scaling study of the two-stage distiller: B*(eps), its fits in d, r and L, the leaderboard and plot.
 
-specs/theory.md §7, claim 2: B*(eps) is the smallest counted budget on the (M1, M2) grid whose
+docs/theory.md §7, claim 2: B*(eps) is the smallest counted budget on the (M1, M2) grid whose
 student reaches R^2 >= R^2(teacher) - eps, the teacher being the full-data learner at the same
 theta0 (per-cell metric ``teacher_r2``). Fits: log B* = c + s_d log d + s_r log r + s_L log L
 (least squares) and B* = c1 r^2 d + c2 L (non-negative least squares), beside the one-term model
 B* = c n (d + 1) that the claim rules out.
 
-Usage (regenerates everything from stored results)::
+The study is the report ``multi-index-scaling`` of ``ddbench leaderboard`` (registered through
+``ddbench_register_reports``); it writes ``multi-index-scaling.md``, ``multi-index-scaling.csv``,
+``multi-index-scaling.png`` and the records it used as ``multi-index-scaling.json`` under
+``--out``, and writes nothing for records without a grid (no configuration at two sizes)::
 
-    python -m ddbench_theory.scaling --store .ddbench/scaling-cpu.sqlite [--store MORE.sqlite] --out leaderboards
-    python -m ddbench_theory.scaling --results leaderboards/multi-index-scaling.json --out leaderboards
+    ddbench leaderboard --store .ddbench/scaling-cpu.sqlite [--store MORE.sqlite] --out leaderboards --report multi-index-scaling
+    ddbench leaderboard --results leaderboards/multi-index-scaling.json --out leaderboards --report multi-index-scaling
 
-Writes ``multi-index.md``, ``multi-index-scaling.csv``, ``multi-index-scaling.png`` and the input
-records as ``multi-index-scaling.json`` under ``--out``.
+``ddbench theory-scaling`` (``ddbench_register_commands``) prints the study for another ``--eps``
+without writing anything.
 """
 from __future__ import annotations
 
@@ -22,8 +25,6 @@ import io
 import json
 import math
 import statistics
-import sys
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,13 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
-from ddbench.store import ResultStore
+from ddbench.errors import StoreError
+from ddbench.hookspecs import Command, Report
+from ddbench.results.leaderboard import regenerate_command
+from ddbench.results.store import read_all
 
-EPS = 0.05  # theory.md §7, claim 2
+EPS = 0.05  # docs/theory.md §7, claim 2
+NAME = "multi-index-scaling"  # the report's name and its files' stem
 SUITES = "leaderboards/suites/multi-index-scaling.toml (CPU), leaderboards/suites/multi-index-scaling-gpu.toml (GPU)"
 
 
@@ -222,7 +227,7 @@ def markdown(records: list[dict[str, Any]], pts: list[Point], eps: float, regene
         f"- Provenance: ddbench {prov.get('ddbench', '?')} (commit {', '.join(commits)}), torch {', '.join(torches)}; "
         f"device: {', '.join(devices) or '?'}; profile {', '.join(profiles) or '?'}; {len(pts)} two-stage cells.",
         f"- Suites: {SUITES}. Regenerate: `{regenerate}`",
-        "- Method: `two-stage` (specs/theory.md §4, a reconstruction): M1 gradient-matched points in R^d + one direction with "
+        "- Method: `two-stage` (docs/theory.md §4, a reconstruction): M1 gradient-matched points in R^d + one direction with "
         "M2 positions and labels + alpha, beta. Test R^2 on fresh Gaussian inputs with noise-free targets (n_test = 2e4 quick, 1e5 full).",
         "- References, all at the student's theta0 (fixed-init protocol) and computed per cell by the task: **teacher** = the "
         "learner on all n real points (stores n(d+1)); **store the model** = W1, b, a, alpha, beta of the teacher (same R^2 as the "
@@ -334,50 +339,51 @@ def to_csv(pts: list[Point], eps: float) -> str:
     return buf.getvalue()
 
 
-def load_records(stores: Sequence[str], results: Sequence[str]) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    for path in stores:
-        if not Path(path).is_file():
-            raise SystemExit(f"store {path!r} not found: run the scaling suite first (see the suite files).")
-        store = ResultStore(path)
-        records += store.records()
-        store.close()
-    for path in results:
-        if not Path(path).is_file():
-            raise SystemExit(f"results file {path!r} not found: pass a multi-index-scaling.json written by this command.")
-        records += json.loads(Path(path).read_text())
-    return records
+def is_grid(pts: list[Point]) -> bool:
+    """Whether ``pts`` make a study: some configuration at two or more (M1, M2) sizes."""
+    sizes: dict[tuple, set[tuple[int, int]]] = {}
+    for p in pts:
+        sizes.setdefault((p.d, p.r, p.L, p.link, p.seed), set()).add((p.m1, p.m2))
+    return any(len(s) > 1 for s in sizes.values())
 
 
 def write(records: list[dict[str, Any]], out: Path, eps: float = EPS) -> list[Path]:
-    """Write the study's Markdown, CSV, plot and records under ``out``."""
+    """Write the study's Markdown, CSV, plot and records under ``out`` (nothing when the records hold no grid)."""
     pts = points(records)
-    if not pts:
-        raise SystemExit("no finished two-stage multi-index cells in the given results: run the scaling suite first.")
+    if not is_grid(pts):
+        return []
     out.mkdir(parents=True, exist_ok=True)
     records = sorted((r for r in records if r["config"]["task"] == "multi-index"), key=lambda r: r["key"])
-    paths = [out / "multi-index.md", out / "multi-index-scaling.csv", out / "multi-index-scaling.png", out / "multi-index-scaling.json"]
-    regenerate = f"python -m ddbench_theory.scaling --results {paths[3].as_posix()} --out {out.as_posix()}"
-    paths[0].write_text(markdown(records, pts, eps, regenerate))
+    paths = [out / f"{NAME}.md", out / f"{NAME}.csv", out / f"{NAME}.png", out / f"{NAME}.json"]
+    paths[0].write_text(markdown(records, pts, eps, regenerate_command(out, paths[3].name, NAME)))
     paths[1].write_text(to_csv(pts, eps))
     plot(pts, eps, paths[2])
     paths[3].write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ddbench_theory.scaling", description=__doc__.splitlines()[0])
+REPORT = Report(NAME, write, "the two-stage scaling study: B*(eps), its fits in d, r and L, a plot (docs/theory.md §7)")
+
+
+# -- ddbench theory-scaling ----------------------------------------------------------------------
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", action="append", default=[], help="results store(s) of the scaling suites")
     parser.add_argument("--results", action="append", default=[], help="exported multi-index-scaling.json file(s)")
-    parser.add_argument("--out", default="leaderboards", help="output folder (default leaderboards/)")
     parser.add_argument("--eps", type=float, default=EPS, help=f"target gap to the teacher's R^2 (default {EPS})")
-    args = parser.parse_args(argv)
-    if not args.store and not args.results:
-        parser.error("give --store or --results")
-    for path in write(load_records(args.store, args.results), Path(args.out), args.eps):
-        print(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the study of the given results at ``--eps`` (the board itself is ``ddbench leaderboard``'s)."""
+    records = read_all(args.store, args.results).require_records()
+    pts = points(records)
+    if not pts:
+        raise StoreError("no finished two-stage multi-index cells in the given results: run the scaling suite first "
+                         "(leaderboards/suites/multi-index-scaling.toml).")
+    records = sorted((r for r in records if r["config"]["task"] == "multi-index"), key=lambda r: r["key"])
+    print(markdown(records, pts, args.eps, "ddbench leaderboard --store STORE --out DIR --report " + NAME), end="")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+COMMAND = Command("theory-scaling", "print the multi-index scaling study (B*, fits) of stored results", run, arguments,
+                  "Print the two-stage scaling study of stored results at a chosen eps; nothing is written "
+                  f"(ddbench leaderboard --report {NAME} writes the board).")

@@ -1,9 +1,9 @@
-"""Stage 1: gradient matching at the symmetric initialisation (specs/theory.md §4.1).
+"""Stage 1: gradient matching at the symmetric initialisation (docs/theory.md §4.1).
 
-Reconstruction (see specs/theory.md). The M1 ~ r^2 distilled points (X~, y~) are fitted so that
+Reconstruction (see docs/theory.md). The M1 ~ r^2 distilled points (X~, y~) are fitted so that
 their first-layer gradient at theta0, G~ = grad_W L_S1(theta0), matches the real one G on the
 preprocessed real labels. Both gradients come from the closed form of
-:func:`ddbench_learners.two_layer.first_layer_grad` (f_theta0 = 0): no double backward.
+:func:`ddbench_theory.two_layer.first_layer_grad` (f_theta0 = 0): no double backward.
 """
 from __future__ import annotations
 
@@ -14,18 +14,18 @@ import torch
 from torch import Tensor
 
 from ddbench.interfaces import RunContext
-from ddbench_learners.two_layer import first_layer_grad, symmetric_init
+from ddbench_theory.two_layer import first_layer_grad, symmetric_init
 
 LOSSES = ("cos-signed", "cos", "fro", "dc-cos")
 INITS = ("real", "gaussian")
 INIT_MODES = ("fixed", "random")
 LABEL_MODES = ("nonneg", "free")
-LOG_EVERY = 50  # theory.md §4.1: log D every 50 steps
+LOG_EVERY = 50  # docs/theory.md §4.1: log D every 50 steps
 EPS = 1e-30
 
 
 def matching_loss(g_syn: Tensor, g_real: Tensor, kind: str) -> Tensor:
-    """Distance D between the distilled and real first-layer gradients (theory.md §4.1).
+    """Distance D between the distilled and real first-layer gradients (docs/theory.md §4.1).
 
     ``cos``: the spec's scale- and sign-free 1 - <G~, G>^2 / (||G~||^2 ||G||^2); ``cos-signed``
     (ddbench's default, see :func:`match_gradients`): scale-free 1 - <G~, G> / (||G~|| ||G||);
@@ -68,7 +68,7 @@ def theta0(d: int, width: int, seed: int, device: torch.device) -> tuple[Tensor,
 def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m1: int, context: RunContext, *,
                     steps: int, lr: float, loss: str = "cos-signed", init: str = "real", labels: str = "nonneg",
                     init_mode: str = "fixed", weight_decay: float = 0.0) -> Stage1Result:
-    """Adam on (X~, y~) with cosine decay for ``steps`` steps (theory.md §4.1).
+    """Adam on (X~, y~) with cosine decay for ``steps`` steps (docs/theory.md §4.1).
 
     ``init`` picks the starting points (``real``: M1 random real inputs and their preprocessed
     labels; ``gaussian``: N(0, I_d) and N(0, 1)). ``labels='nonneg'`` (default; a deviation from the
@@ -132,7 +132,7 @@ def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m
     a, w0, b0 = theta0(d, width, init_seed, device)
     g_syn = first_layer_grad(a, w0, b0, x_syn, y_syn)
     scale = 1.0
-    if loss != "fro":  # theory.md §4.1: Frobenius-optimal rescaling after a scale-free loss
+    if loss != "fro":  # docs/theory.md §4.1: Frobenius-optimal rescaling after a scale-free loss
         scale = float((g_syn * g_fixed).sum() / g_syn.pow(2).sum().clamp_min(EPS))
         y_syn, g_syn = scale * y_syn, scale * g_syn
     mismatch = float(matching_loss(g_syn, g_fixed, loss))

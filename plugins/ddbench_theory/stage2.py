@@ -1,12 +1,12 @@
-"""Stage 2: Theta(L) points on one stored direction that carry the ridge head (specs/theory.md §4.2, option b).
+"""Stage 2: Theta(L) points on one stored direction that carry the ridge head (docs/theory.md §4.2, option b).
 
-Reconstruction (see specs/theory.md). S2 = {(t_k v, y'_k)}, k <= M2: along the line {t v} every
+Reconstruction (see docs/theory.md). S2 = {(t_k v, y'_k)}, k <= M2: along the line {t v} every
 feature relu(t (w~1_j^T v) + b_j) is a ramp with a kink at t = -b_j / (w~1_j^T v), so M2 = L
 positions interleaving the kinks give a generically invertible L x L feature matrix and the
 unchanged ridge learner can reproduce any head. (t, y') are fitted by KIP-style performance
 matching: the exact real-data loss of the head that ridge on S2 returns,
 J(a) = a^T C a - 2 h^T a + q with C = Phi^T Phi / n, h = Phi^T y / n, q = mean(y^2) from one
-chunked pass over the real data. Solves are fp64 (theory.md §4.2, §8).
+chunked pass over the real data. Solves are fp64 (docs/theory.md §4.2, §8).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ddbench.interfaces import RunContext
-from ddbench_learners.two_layer import feature_moments, grid_positions, ridge_from_moments
+from ddbench_theory.two_layer import feature_moments, grid_positions, ridge_from_moments
 
 OBJECTIVES = ("perf-match", "param-match")
 LOG_EVERY = 50
@@ -68,7 +68,7 @@ def head_from_points(t: Tensor, y: Tensor, slopes: Tensor, b: Tensor, lam: float
 def fit_head_points(w1: Tensor, b: Tensor, x1: Tensor, x_real: Tensor, y_pre: Tensor, m2: int, lam: float,
                     context: RunContext, *, steps: int, lr: float, objective: str = "perf-match",
                     warm_start: bool = True, learn_v: bool = False, grid: float | None = None) -> Stage2Result:
-    """Fit S2 for the student's first layer ``w1`` and re-initialised biases ``b`` (theory.md §4.2).
+    """Fit S2 for the student's first layer ``w1`` and re-initialised biases ``b`` (docs/theory.md §4.2).
 
     ``grid`` (variant ``(b)-grid``): positions fixed on the public grid of half-width ``grid``,
     only the labels are learned. ``learn_v`` also optimises the direction.

@@ -1,11 +1,14 @@
-"""Sequential versus vmapped-ensemble evaluation training (specs/methods.md §13.3), pytest-benchmark.
+"""Sequential versus vmapped-ensemble evaluation training (docs/methods.md §13.3), pytest-benchmark.
 
 K = 1, 5, 10 ConvNet-3 models (width 16) on random tensors of MNIST (1x28x28) and CIFAR-10
 (3x32x32) shapes, ipc=10 (100 images, one batch), per-sample DSA, 10 epochs (one block of draws). Compare the
 ``sequential`` and ``ensemble`` rows of one shape and K:
 
-    OMP_NUM_THREADS=1 python -m pytest tests/benchmarks/bench_ensemble.py --benchmark-enable \\
+    OMP_NUM_THREADS=1 python -m pytest tests/benchmarks/bench_ensemble.py --benchmark-enable -m "" \\
         --benchmark-group-by=param:shape,param:k --benchmark-columns=mean,stddev,rounds
+
+As a plain test (benchmarks disabled), the fast lane runs one size (MNIST, K = 5) and the slow lane
+(``-m slow``) the rest of the grid; ``-m ""`` runs the whole grid.
 
 The GPU measurement at full width lives in ``ensemble_speed.py`` beside this file.
 """
@@ -16,16 +19,17 @@ import torch
 
 from ddbench import Artifact, Recipe
 from ddbench_learners.convnet import ConvNet
-from ddbench_learners.ensemble import train_ensemble
-from ddbench_learners.training import train_classifier
+from ddbench.ops.ensemble import train_ensemble
+from ddbench.ops.training import train_classifier
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+FAST = ("mnist", 5)  # the size the fast lane runs
+GRID = [pytest.param(shape, k, marks=() if (shape, k) == FAST else pytest.mark.slow) for shape in SHAPES for k in (1, 5, 10)]
 RECIPE = Recipe(epochs=9, augment="dsa", dsa_strategy="color_crop_cutout_flip_scale_rotate")
 
 
 @pytest.mark.parametrize("mode", ["sequential", "ensemble"])
-@pytest.mark.parametrize("k", [1, 5, 10])
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("shape, k", GRID)
 def test_evaluation_training(benchmark, shape, k, mode):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(100, *SHAPES[shape], generator=gen)

@@ -17,7 +17,7 @@ from ddbench_gradmatch.matching import class_gradients, gradient_distance
 @pytest.fixture(scope="module")
 def setup(manager, digits):
     _, view, _ = digits
-    return view, instantiate(manager.get("learner", "convnet"), {}, "quick")
+    return view, instantiate(manager.learners.get("convnet"), {}, "quick")
 
 
 @pytest.mark.parametrize("ipc", [1, 10])
@@ -25,7 +25,7 @@ def setup(manager, digits):
 def test_one_outer_iteration(benchmark, manager, setup, name, ipc):
     """One outer iteration in the quick profile (dc/dsa: one image update, 32 real per class)."""
     view, learner = setup
-    distiller = instantiate(manager.get("distiller", name), {"iterations": 1}, "quick")
+    distiller = instantiate(manager.distillers.get(name), {"iterations": 1}, "quick")
 
     def distill():
         ctx = RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0), profile="quick")

@@ -2,7 +2,7 @@
 
 Run and save:   python -m pytest tests/benchmarks --benchmark-enable --benchmark-autosave
 Compare:        python -m pytest tests/benchmarks --benchmark-enable --benchmark-compare
-CI runs them with --benchmark-disable (each body runs once, as a test).
+Without --benchmark-enable (as in CI) each body runs once, as a test (tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ddbench.plugins import instantiate
 @pytest.fixture(scope="module")
 def setup(manager, digits):
     _, view, test = digits
-    learner = instantiate(manager.get("learner", "convnet"), {}, "quick")
+    learner = instantiate(manager.learners.get("convnet"), {}, "quick")
     idx = torch.cat([view.class_index(c)[:10] for c in range(10)])
     return view, test, learner, Artifact({"x": view.train.x[idx], "y": view.train.y[idx]})
 
@@ -27,17 +27,21 @@ def test_one_evaluation_epoch(benchmark, setup, augment):
     view, _, learner, art = setup
     recipe = Recipe(epochs=0, augment=augment, dsa_strategy="color_crop_cutout_scale_rotate")
     model = learner.build(view, 0)
+    before = [p.detach().clone() for p in model.parameters()]
 
     def epoch():
         learner.fit(model, art, recipe, torch.Generator().manual_seed(0))
 
     benchmark(epoch)
+    after = [p.detach() for p in model.parameters()]
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))  # the epoch trained the model
 
 
 @pytest.mark.parametrize("name", ["random", "herding"])
 def test_baseline_distillation(benchmark, manager, setup, name):
     view, _, learner, _ = setup
-    distiller = instantiate(manager.get("distiller", name), {"epochs": 1} if name == "herding" else {}, "quick")
+    distiller = instantiate(manager.distillers.get(name), {"epochs": 1} if name == "herding" else {}, "quick")
 
     def distill():
         ctx = RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0))
@@ -55,7 +59,7 @@ def test_worker_round_trip(benchmark, harness, digits):
     _, view, _ = digits
     suite = Suite("bench", [TaskEntry("digits", [Budget.parse("ipc=1")])], [DistillerEntry("random")], "quick", 1, [0])
     cell = next(harness.cells(suite))
-    random = harness.manager.get("distiller", "random")
+    random = harness.manager.distillers.get("random")
     reply = benchmark(lambda: harness._distill(random, {}, cell, view, cell.budget, None, ""))
     assert reply.status == "ok" and reply.tensors["x"].shape == (10, 1, 8, 8)
 

@@ -1,4 +1,4 @@
-"""Time and memory of MTT's gradient modes versus syn_steps (``specs/methods.md`` §8, §12).
+"""Time and memory of MTT's gradient modes versus syn_steps (``docs/methods.md`` §8, §12).
 
 Run and save:   python -m pytest tests/benchmarks/bench_mtt.py --benchmark-enable --benchmark-autosave
 Memory (bytes saved for backward, plus the adjoint modes' stored parameter vectors) is recorded in

@@ -17,7 +17,7 @@ class ClassMeans(Distiller):
     name = "class-means"
     description = "means of ipc random same-class groups (example third-party plugin)"
 
-    def supports(self, task: TaskView) -> str | None:
+    def supports(self, task: TaskView, learner: Learner) -> str | None:
         return None if task.num_classes is not None else "class-means averages within classes; the task is regression"
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:

@@ -1,11 +1,11 @@
-"""The synthetic multi-index regression task of ``specs/theory.md`` §2 (a reconstruction).
+"""The synthetic multi-index regression task of ``docs/theory.md`` §2 (a reconstruction).
 
 x ~ N(0, I_d); y = g(U^T x) + noise with U (d x r, orthonormal columns, QR of a seeded Gaussian).
 U is known to this task (for scoring and diagnostics) and never shown to distillers or learners.
 The test split is fresh Gaussian inputs with **noise-free** targets f*(x), so R^2 = 1 - MSE/Var(f*).
 
 The public recipe of the two-layer learner (eta_1 = rho sqrt(d), ridge lambda) is calibrated once
-per task instance on the train and **validation** splits only (theory.md §3; see
+per task instance on the train and **validation** splits only (docs/theory.md §3; see
 :meth:`MultiIndex.calibration`); the test split is never used for any choice.
 """
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ddbench import options
 from ddbench.interfaces import Artifact, Recipe, Split, Task, TaskData
-from ddbench_tasks.multi_index_refs import references, student_metrics
-from ddbench_learners.two_layer import (
+from ddbench_theory.references import Truth, references, student_metrics
+from ddbench_theory.two_layer import (
     TwoLayer,
     feature_moments,
     first_layer_step,
@@ -28,8 +29,8 @@ from ddbench_learners.two_layer import (
 )
 
 LINKS = ("he2", "he2+he3", "degenerate")
-RIDGE_GRID = tuple(10.0**k for k in range(-6, 1))  # theory.md §3: 1e-6 ... 1e0, log grid
-RHO_GRID = (0.5, 1.0, 2.0, 4.0)  # theory.md §3: the validation sweep of rho
+RIDGE_GRID = tuple(10.0**k for k in range(-6, 1))  # docs/theory.md §3: 1e-6 ... 1e0, log grid
+RHO_GRID = (0.5, 1.0, 2.0, 4.0)  # docs/theory.md §3: the validation sweep of rho
 RHO_RULES = ("norm", "val")
 
 
@@ -54,14 +55,14 @@ def link_fn(name: str, z: Tensor) -> Tensor:
 
 
 def default_n(d: int, r: int, cap: int) -> int:
-    """theory.md §7: n = C d^2 r with C = 4, capped (record when capped: see ``info()['n_capped']``)."""
+    """docs/theory.md §7: n = C d^2 r with C = 4, capped (record when capped: see ``info()['n_capped']``)."""
     return min(4 * d * d * r, cap)
 
 
 class MultiIndex(Task):
-    """Gaussian multi-index regression y = g(U^T x) + N(0, noise^2) (theory.md §2).
+    """Gaussian multi-index regression y = g(U^T x) + N(0, noise^2) (docs/theory.md §2).
 
-    Reconstruction (see specs/theory.md). Options: ``d`` input dimension, ``r`` intrinsic dimension,
+    Reconstruction (see docs/theory.md). Options: ``d`` input dimension, ``r`` intrinsic dimension,
     ``link`` (he2, he2+he3, degenerate), ``noise`` label noise std, ``n`` examples before the
     validation carve (default 4 d^2 r capped at ``n_cap``, §7), ``n_test`` fresh test inputs,
     ``seed`` (draws U and every split). Public recipe (§3): ``rho`` and ``ridge`` fix eta_1 = rho
@@ -76,6 +77,10 @@ class MultiIndex(Task):
     kind = "regression"
     metric = "r2"
     default_learner = "two-layer"
+    higher_is_better = {**Task.higher_is_better, "teacher_r2": True, "teacher_mse": False, "random_equal_r2": True,
+                        "random_features_r2": True, "oracle_head_r2": True, "alignment": True, "subspace_overlap": True,
+                        "w1_alignment": True, "stage1_mismatch": False}
+    leaderboard_columns = ("mse", "teacher_r2", "random_equal_r2", "random_features_r2", "alignment", "subspace_overlap")
     num_classes = None
     quick = {"n_test": 20000, "n_cap": 20000}
 
@@ -83,14 +88,15 @@ class MultiIndex(Task):
                  n_cap: int = 1_000_000, n_test: int = 100_000, val_fraction: float = 0.1, seed: int = 0,
                  rho: float | None = None, ridge: float | None = None, rho_rule: str = "norm", calib_width: int = 256,
                  calib_device: str = "auto"):
-        if link not in LINKS:
-            raise ValueError(f"unknown link {link!r}: use one of {LINKS}")
+        options.one_of("link", link, LINKS)
+        options.one_of("rho_rule", rho_rule, RHO_RULES)
+        options.positive(d=d, n=n, n_cap=n_cap, n_test=n_test, rho=rho, ridge=ridge, calib_width=calib_width)
+        options.non_negative(noise=noise)
+        options.within("val_fraction", val_fraction, 0, 1, low_open=True)
         if link == "degenerate" and r < 3:
             raise ValueError("link 'degenerate' needs r >= 3")
         if not 1 <= r <= d:
             raise ValueError(f"need 1 <= r <= d (got r={r}, d={d})")
-        if rho_rule not in RHO_RULES:
-            raise ValueError(f"unknown rho_rule {rho_rule!r}: use one of {RHO_RULES}")
         self.d, self.r, self.link, self.noise = d, r, link, noise
         self.n = n if n is not None else default_n(d, r, n_cap)
         self.n_capped = n is None and self.n < 4 * d * d * r
@@ -103,6 +109,8 @@ class MultiIndex(Task):
         g = torch.Generator().manual_seed(seed)
         self.U = torch.linalg.qr(torch.randn(d, r, generator=g, dtype=torch.float64))[0].float()
         self._data: TaskData | None = None
+        self._truths: dict[str, Truth] = {}
+        self._references: dict[tuple[int, int, str], dict[str, float]] = {}
 
     def target(self, x: Tensor) -> Tensor:
         """The noise-free f*(x)."""
@@ -152,7 +160,7 @@ class MultiIndex(Task):
                 "rule": "given" if self.rho is not None else self.rho_rule, "width": self.calib_width, "table": table}
 
     def calibration(self) -> dict[str, Any]:
-        """The public two-layer recipe and how it was chosen (theory.md §3), computed once.
+        """The public two-layer recipe and how it was chosen (docs/theory.md §3), computed once.
 
         Full-data teacher at init seed 0 and width ``calib_width``, on the train split; rho by
         ``rho_rule`` (``norm``: 1 / median ||w1_j|| at rho = 1, so the median first-layer row norm is
@@ -169,7 +177,7 @@ class MultiIndex(Task):
 
     def info(self) -> dict[str, Any]:
         """Public facts: sizes, link, whether n was capped, and the two-layer recipe (rho, ridge) that
-        a distiller for the two-layer learner must share with the student (theory.md §3). U is not here."""
+        a distiller for the two-layer learner must share with the student (docs/theory.md §3). U is not here."""
         cal = self.calibration()
         return {"data": "vector", "d": self.d, "r": self.r, "link": self.link, "n": self.n, "n_capped": self.n_capped,
                 "rho": cal["rho"], "ridge": cal["ridge"]}
@@ -181,21 +189,29 @@ class MultiIndex(Task):
         return (x @ self.U).norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)
 
     def subspace_overlap(self, x: Tensor) -> float:
-        """||U^T Q||_F^2 / r with Q the top-r right singular vectors of ``x`` (theory.md §5)."""
+        """||U^T Q||_F^2 / r with Q the top-r right singular vectors of ``x`` (docs/theory.md §5)."""
         x = x.detach().double().cpu()
         q = torch.linalg.svd(x, full_matrices=False)[2][: self.r].T
         return ((self.U.double().T @ q).norm() ** 2 / self.r).item()
 
     def first_layer_alignment(self, w: Tensor) -> float:
-        """||W U||_F / ||W||_F (theory.md §5)."""
+        """||W U||_F / ||W||_F (docs/theory.md §5)."""
         w = w.detach().double().cpu()
         return ((w @ self.U.double()).norm() / w.norm().clamp_min(1e-300)).item()
 
+    def truth(self, device: torch.device) -> Truth:
+        """What :mod:`ddbench_theory.references` needs, with the splits copied to ``device`` once."""
+        if str(device) not in self._truths:
+            data = self.load()
+            self._truths[str(device)] = Truth(self.d, data.train.to(device), data.test.to(device), self.recipe("full"),
+                                              self.score, self.first_layer_alignment)
+        return self._truths[str(device)]
+
     def artifact_metrics(self, artifact: Artifact) -> dict[str, float]:
-        """theory.md §5 diagnostics: input alignment (mean, min, at init, v's), subspace overlap; for
+        """docs/theory.md §5 diagnostics: input alignment (mean, min, at init, v's), subspace overlap; for
         two-stage artifacts also the theory budget r^2 d + L, the stage-1 mismatch D and stage-2 loss,
         the first-layer alignment (student and teacher at the same theta0), the fresh-init "oracle
-        head" R^2 and the §6 references at the same theta0 (:mod:`ddbench_tasks.multi_index_refs`)."""
+        head" R^2 and the §6 references at the same theta0 (:mod:`ddbench_theory.references`)."""
         tensors = artifact.tensors
         key = "x1" if "x1" in tensors else "x"
         if key not in tensors:
@@ -215,7 +231,10 @@ class MultiIndex(Task):
         for name in ("m1", "m2", "stage1_mismatch", "stage2_loss", "stage2_best_loss"):
             if name in meta:
                 out[name] = float(meta[name])
-        device = tensors["x1"].device
-        out.update(references(self, init_seed, width, device))
-        out.update(student_metrics(self, artifact, init_seed, width, device))
+        truth = self.truth(tensors["x1"].device)
+        key = (init_seed, width, str(tensors["x1"].device))
+        if key not in self._references:
+            self._references[key] = references(truth, init_seed, width)
+        out.update(self._references[key])
+        out.update(student_metrics(truth, artifact, init_seed, width))
         return out

@@ -1,6 +1,6 @@
 """The width-L two-layer ReLU network trained by "one big first-layer step, then ridge".
 
-Reconstruction (see specs/theory.md §3, after Damian, Lee & Soltanolkotabi 2022, Algorithm 1):
+Reconstruction (see docs/theory.md §3, after Damian, Lee & Soltanolkotabi 2022, Algorithm 1):
 symmetric initialisation (f_theta0 = 0), label preprocessing y <- y - alpha - beta^T x, one
 first-layer gradient step with weight decay 1/eta_1 that cancels W0 (closed form), bias
 re-initialisation, then a ridge fit of the second layer (fp64 Cholesky). eta_1 = rho * sqrt(d).
@@ -8,11 +8,11 @@ re-initialisation, then a ridge fit of the second layer (fp64 Cholesky). eta_1 =
 Public recipe options (``Recipe.options``; ``rho`` and ``ridge`` from the task, the others may
 be declared by an artifact; never counted):
 
-- ``rho``, ``ridge``: eta_1 = rho sqrt(d) and the ridge lambda (theory.md §3).
-- ``init_seed``: the fixed-init protocol (theory.md §3, §5). When present, theta0 and the
+- ``rho``, ``ridge``: eta_1 = rho sqrt(d) and the ridge lambda (docs/theory.md §3).
+- ``init_seed``: the fixed-init protocol (docs/theory.md §3, §5). When present, theta0 and the
   re-initialised biases are drawn from this seed instead of the evaluation seed, so a student
   trained on a distilled artifact uses the very theta0 the distiller matched gradients at.
-- ``first_layer``: ``step`` (default) or ``random`` (random features, theory.md §6: W = W0, no
+- ``first_layer``: ``step`` (default) or ``random`` (random features, docs/theory.md §6: W = W0, no
   first-layer step).
 - ``head_data`` (artifact mode): ``s2`` (default) or ``s1+s2``: the points the ridge head is fit on.
 
@@ -22,10 +22,10 @@ positions, stored (and counted) instead of ``t2``.
 Two ways to train (:meth:`TwoLayerLearner.fit`):
 
 - **data mode**, an artifact with ``x`` and ``y`` (real points): the full algorithm of §3.
-- **artifact mode**, an artifact with the two-stage distilled set of theory.md §4.3
+- **artifact mode**, an artifact with the two-stage distilled set of docs/theory.md §4.3
   (``x1, y1, v, t2, y2, alpha, beta``): the first-layer step on S1 = (x1, y1) with the stored labels
   as given, the stored alpha and beta as given (no re-estimation), ridge on S2 = {(t_k v, y2_k)}
-  with the same lambda (theory.md §5).
+  with the same lambda (docs/theory.md §5).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ HEAD_DATA = ("s2", "s1+s2")
 
 
 def symmetric_init(d: int, width: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """theta0 = (a, W, b) of theory.md §3 drawn on the CPU from ``seed``: for j <= L/2, a_j ~ U{+-1},
+    """theta0 = (a, W, b) of docs/theory.md §3 drawn on the CPU from ``seed``: for j <= L/2, a_j ~ U{+-1},
     w_j ~ U(S^{d-1}), b_j ~ N(0, 1); neuron j + L/2 copies (w_j, b_j) with a_{j+L/2} = -a_j."""
     if width % 2 or width < 2:
         raise ValueError(f"the two-layer learner needs an even width >= 2 (symmetric initialisation), got {width}")
@@ -95,13 +95,13 @@ class TwoLayer(nn.Module):
 
 
 def preprocess_labels(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Step 1 of theory.md §3: alpha = mean(y), beta = mean(y x), and the labels y - alpha - beta^T x."""
+    """Step 1 of docs/theory.md §3: alpha = mean(y), beta = mean(y x), and the labels y - alpha - beta^T x."""
     alpha, beta = y.mean(), (y[:, None] * x).mean(0)
     return alpha, beta, y - alpha - x @ beta
 
 
 def first_layer_grad(a: Tensor, w: Tensor, b: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """grad_W of L(theta) = (1/m) sum_i (f(x_i) - y_i)^2 at a theta with f = 0 (theory.md §4.1):
+    """grad_W of L(theta) = (1/m) sum_i (f(x_i) - y_i)^2 at a theta with f = 0 (docs/theory.md §4.1):
     G = -(2/m) diag(a) [1(W x_i + b > 0) y_i]^T X. Differentiable in ``x`` and ``y`` (the gate has
     zero derivative a.e., as autograd through ReLU gives); chunked over the examples."""
     grad = torch.zeros_like(w)
@@ -114,13 +114,13 @@ def first_layer_grad(a: Tensor, w: Tensor, b: Tensor, x: Tensor, y: Tensor) -> T
 
 def first_layer_step(model: TwoLayer, x: Tensor, y: Tensor, eta: float) -> Tensor:
     """W1 = W0 - eta (grad_W L(theta0) + W0 / eta) = -eta grad_W L(theta0) (weight decay 1/eta cancels
-    W0): w1_j = (2 eta a_j / m) sum_i y_i 1[w0_j^T x_i + b_j > 0] x_i (theory.md §3 step 2)."""
+    W0): w1_j = (2 eta a_j / m) sum_i y_i 1[w0_j^T x_i + b_j > 0] x_i (docs/theory.md §3 step 2)."""
     return -eta * first_layer_grad(model.a, model.W, model.b, x, y)
 
 
 def feature_moments(w: Tensor, b: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """C = Phi^T Phi / n (L x L), h = Phi^T y / n, q = mean(y^2) for Phi = relu(X W^T + b), in fp64,
-    accumulated in chunks so Phi is never held for all points (theory.md §4.2, §8)."""
+    accumulated in chunks so Phi is never held for all points (docs/theory.md §4.2, §8)."""
     width = len(b)
     gram = torch.zeros(width, width, dtype=torch.float64, device=x.device)
     rhs = torch.zeros(width, dtype=torch.float64, device=x.device)
@@ -156,9 +156,9 @@ def grid_positions(m2: int, half_width: float, device: torch.device | str = "cpu
 
 
 class TwoLayerLearner(Learner):
-    """Width-L two-layer ReLU network, one-step feature learning then ridge (theory.md §3, §5).
+    """Width-L two-layer ReLU network, one-step feature learning then ridge (docs/theory.md §3, §5).
 
-    Reconstruction (see specs/theory.md). Trains from real points (``x``, ``y``) or from the two-stage
+    Reconstruction (see docs/theory.md). Trains from real points (``x``, ``y``) or from the two-stage
     distilled artifact (``x1, y1, v, t2, y2, alpha, beta``); see the module docstring for the recipe
     options. ``width`` is L (even).
     """
@@ -200,7 +200,7 @@ class TwoLayerLearner(Learner):
         return model
 
     def _fit_artifact(self, model: TwoLayer, tensors: dict[str, Tensor], opts: dict, eta: float, lam: float) -> TwoLayer:
-        """Artifact mode (theory.md §5): everything from the stored tensors, labels as given."""
+        """Artifact mode (docs/theory.md §5): everything from the stored tensors, labels as given."""
         missing = [k for k in ARTIFACT_TENSORS if k not in tensors]
         if missing or ("t2" not in tensors and "grid" not in tensors):
             raise ValueError(

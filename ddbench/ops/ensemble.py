@@ -1,0 +1,279 @@
+"""Train K models of one architecture together as a vmapped ensemble (``docs/methods.md`` §13.3).
+
+The K models' parameters are stacked along a new leading axis and trained together: one forward
+and one backward per step for all K instead of K small, launch-bound ones. Models whose forward is
+a plain chain of layers (:class:`LayerChain`: ConvNet-3, the MLP) run as grouped
+convolutions and batched matmuls (:func:`grouped_forward`, the fewest kernels); any other
+vmappable model runs through ``torch.func.vmap(grad_and_value(...))`` over ``functional_call``. Each model keeps everything
+sequential training (:func:`~ddbench.ops.training.train_classifier`) gives it: its own
+initialisation, its own generator for the shuffle, and its own augmentation stream drawn in the
+same order, so model k ends where sequential training with the same seed ends, to floating-point
+tolerance (the vmapped convolutions sum in a different order).
+
+Per-sample DSA (§4): each model draws a family and magnitudes for its own batch from its own
+stream, a block of epochs at a time (a plan per model, :meth:`~ddbench.ops.augment.DSA.plan`, as
+``train_classifier`` draws them); a step augments all K batches in one vectorised call whatever
+families they drew. Shuffles are drawn a block at a time too, so a step launches no per-model
+kernels at all. SGD with momentum and weight decay is applied to the stacked tensors with the
+same ``torch._foreach`` arithmetic as ``torch.optim.SGD``.
+
+The engine also trains MTT's expert trajectories (§7): ``on_epoch`` sees the stacked parameters
+after every epoch and :func:`flat_parameters` turns them into one flat vector per model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from ddbench.ops.augment import DSA, Transform, apply
+from ddbench.interfaces import Artifact, Recipe
+from ddbench.ops.training import augmenter, draw_seed, epoch_blocks, learning_rate, shuffles, train_classifier
+
+Params = dict[str, Tensor]
+EpochCallback = Callable[[int, Params], None]
+
+
+def vmap_unsupported(models: Sequence[nn.Module]) -> str | None:
+    """``None`` if ``models`` can be trained as one vmapped ensemble, else the reason they cannot."""
+    if not models:
+        return "no models to train"
+    shapes = [[(n, p.shape) for n, p in m.named_parameters()] for m in models]
+    if any(type(m) is not type(models[0]) or s != shapes[0] for m, s in zip(models, shapes)):
+        return "the models differ in architecture"
+    for module in models[0].modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return f"{type(module).__name__} mixes the samples of a batch and keeps running statistics"
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            return f"{type(module).__name__} draws from the global RNG"
+    if any(True for _ in models[0].buffers()):
+        return "the model has buffers, which a vmapped ensemble cannot update in place"
+    return None
+
+
+GROUPED_LAYERS = (nn.Conv2d, nn.GroupNorm, nn.ReLU, nn.AvgPool2d, nn.Flatten, nn.Linear, nn.Identity)
+
+
+class LayerChain(nn.Module):
+    """A model whose forward is the plain chain of :meth:`layers`, in order.
+
+    The ensemble trains such a model on its grouped path (grouped convolutions and batched
+    matmuls, the fewest kernels) when every layer is one it knows (:data:`GROUPED_LAYERS`).
+    """
+
+    def layers(self) -> list[nn.Module]:
+        """The layers in forward order."""
+        raise NotImplementedError(f"{type(self).__name__} must list its layers")
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers():
+            x = layer(x)
+        return x
+
+
+def grouped_layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """(name, module) in forward order when ``model`` is a :class:`LayerChain` of layers the grouped
+    path runs (conv, group norm, ReLU, avg pool, flatten, linear), else ``None``."""
+    if not isinstance(model, LayerChain):
+        return None
+    chain = model.layers
+    names = {id(m): n for n, m in model.named_modules()}
+    layers = [(names[id(m)], m) for m in chain()]
+    supported = all(type(m) in GROUPED_LAYERS for _, m in layers)
+    supported &= all(m.padding_mode == "zeros" for _, m in layers if isinstance(m, nn.Conv2d))
+    supported &= all((m.start_dim, m.end_dim) == (1, -1) for _, m in layers if isinstance(m, nn.Flatten))
+    return layers if supported else None
+
+
+def grouped_forward(layers: list[tuple[str, nn.Module]], params: Params, x: Tensor) -> Tensor:
+    """K models' forward as one chain of grouped ops: (K, B, ...) inputs -> (K, B, outputs).
+
+    Image activations are held as (B, K*C, H, W), so a convolution is one ``groups=K`` convolution,
+    a GroupNorm(G, C) is one GroupNorm with K*G groups (the same per-sample statistics), and pooling
+    and ReLU act per channel; a linear layer is one batched matmul over (K, B, F).
+    """
+    k, b = x.shape[:2]
+    h, folded = x, False
+    for name, layer in layers:
+        if isinstance(layer, (nn.Conv2d, nn.GroupNorm, nn.AvgPool2d)) and not folded:
+            h, folded = h.transpose(0, 1).reshape(b, -1, *h.shape[3:]), True
+        if isinstance(layer, nn.Conv2d):
+            bias = params[f"{name}.bias"].flatten() if layer.bias is not None else None
+            h = F.conv2d(h, params[f"{name}.weight"].flatten(0, 1), bias, layer.stride, layer.padding,
+                         layer.dilation, layer.groups * k)
+        elif isinstance(layer, nn.GroupNorm):
+            weight, bias = (params[f"{name}.{p}"].flatten() if layer.affine else None for p in ("weight", "bias"))
+            h = F.group_norm(h, layer.num_groups * k, weight, bias, layer.eps)
+        elif isinstance(layer, nn.AvgPool2d):
+            h = F.avg_pool2d(h, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
+                             layer.count_include_pad, layer.divisor_override)
+        elif isinstance(layer, nn.ReLU):
+            h = F.relu(h)
+        elif isinstance(layer, nn.Flatten):
+            h, folded = (h.reshape(b, k, -1).transpose(0, 1) if folded else h.flatten(2)), False
+        elif isinstance(layer, nn.Linear):
+            weight = params[f"{name}.weight"].transpose(1, 2)
+            h = torch.bmm(h, weight) if layer.bias is None else torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, weight)
+    return h.reshape(b, k, -1).transpose(0, 1) if folded else h
+
+
+def stack_parameters(models: Sequence[nn.Module]) -> Params:
+    """The models' parameters stacked on a new leading axis (K, ...), detached copies."""
+    names = [n for n, _ in models[0].named_parameters()]
+    per_model = [dict(m.named_parameters()) for m in models]
+    return {n: torch.stack([p[n].detach() for p in per_model]) for n in names}
+
+
+def flat_parameters(params: Params) -> Tensor:
+    """(K, P): each model's parameters flattened and concatenated in ``named_parameters`` order."""
+    return torch.cat([p.detach().reshape(p.shape[0], -1) for p in params.values()], dim=1)
+
+
+def write_back(params: Params, models: Sequence[nn.Module]) -> None:
+    """Copy the stacked parameters into the K modules."""
+    with torch.no_grad():
+        for k, model in enumerate(models):
+            for name, p in model.named_parameters():
+                p.copy_(params[name][k])
+
+
+def sgd_step(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None, lr: float,
+             momentum: float, weight_decay: float) -> list[Tensor] | None:
+    """One ``torch.optim.SGD`` step (dampening 0, no Nesterov) on stacked tensors, in place.
+
+    Returns the momentum buffers (``None`` before the first step, as the optimiser's fresh state).
+    """
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if momentum != 0:
+        if buffers is None:
+            buffers = [g.clone() for g in grads]
+        else:
+            torch._foreach_mul_(buffers, momentum)
+            torch._foreach_add_(buffers, grads)
+        grads = buffers
+    torch._foreach_add_(params, grads, alpha=-lr)
+    return buffers
+
+
+class _Augmenter:
+    """The K per-model augmentation streams of a recipe, seeded as ``train_classifier`` seeds them."""
+
+    def __init__(self, recipe: Recipe, generators: Sequence[torch.Generator], device: torch.device):
+        seeds = [draw_seed(g) for g in generators]
+        self.streams = [augmenter(recipe, seed, device) for seed in seeds]
+        self.plan: Transform | None = None
+
+    def block(self, steps: int, batch: int, size: int) -> None:
+        """Draw each model's DSA plan for the next ``steps`` batches, as ``train_classifier`` does,
+        stacked (steps, K, batch): a step's transforms for all K models are one slice."""
+        if isinstance(self.streams[0], DSA):
+            self.plan = Transform.stack([stream.plan(steps, batch, size) for stream in self.streams], dim=1)
+
+    def __call__(self, step: int, xb: Tensor) -> Tensor:
+        """Augment each model's batch ``xb[k]`` with its own stream; ``xb`` is (K, B, ...)."""
+        if self.streams[0] is None:
+            return xb
+        if self.plan is None:
+            return torch.stack([stream(x) for stream, x in zip(self.streams, xb)])
+        return apply(xb.flatten(0, 1), self.plan[step, :, : xb.shape[1]].flatten()).view(xb.shape)
+
+
+def _step(base: nn.Module, names: list[str]) -> Callable[[list[Tensor], Tensor, Tensor], list[Tensor]]:
+    """Per-model gradients of the mean cross-entropy for stacked parameters and (K, B, ...) batches:
+    grouped ops for a plain chain of layers (fewest kernels), else ``vmap`` over ``functional_call``."""
+    layers = grouped_layers(base)
+    if layers is not None:
+        def grouped(tensors: list[Tensor], xb: Tensor, yb: Tensor) -> list[Tensor]:
+            leaves = [t.detach().requires_grad_() for t in tensors]
+            logits = grouped_forward(layers, dict(zip(names, leaves)), xb)
+            k, b = logits.shape[:2]
+            losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(0, 1), reduction="none").view(k, b)
+            return list(torch.autograd.grad(losses.mean(1).sum(), leaves))
+        return grouped
+
+    def loss(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(base, p, (xb,)), yb)
+
+    per_model = vmap(grad_and_value(loss))
+
+    def vmapped(tensors: list[Tensor], xb: Tensor, yb: Tensor) -> list[Tensor]:
+        grads, _ = per_model(dict(zip(names, tensors)), xb, yb)
+        return [grads[name] for name in names]
+    return vmapped
+
+
+def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor, recipe: Recipe,
+                   generators: Sequence[torch.Generator], *, lr: float | None = None, lr_decay: bool = True,
+                   bf16: bool = False, on_epoch: EpochCallback | None = None) -> Sequence[nn.Module]:
+    """Train ``models`` (K, one architecture, on ``x``'s device) together on (``x``, ``y``).
+
+    The protocol is ``train_classifier``'s (§3): SGD with the recipe's momentum and weight decay,
+    cross-entropy (hard labels or soft label rows), batches of ``recipe.batch_size`` from a fresh
+    permutation per epoch, epoch indices 0..``recipe.epochs``, and (``lr_decay``) lr x 0.1 once
+    after epoch index E//2 + 1 with the momentum reset. Model k draws its shuffle and augmentation
+    from ``generators[k]`` exactly as sequential training would.
+
+    ``lr`` overrides ``recipe.lr`` (a learned lr). ``lr_decay=False`` keeps lr constant (MTT's
+    experts, §7). ``bf16`` runs forward and backward under bf16 autocast on CUDA; on CPU it is
+    ignored. ``on_epoch(epoch, params)`` is called after every epoch with the stacked (K, ...)
+    parameters (live tensors: copy what you keep, e.g. :func:`flat_parameters`; the starting point
+    is ``flat_parameters(stack_parameters(models))``). The trained parameters are written back into
+    ``models``, which are returned.
+    """
+    reason = vmap_unsupported(models)
+    if reason is not None:
+        raise ValueError(f"cannot train these models as a vmapped ensemble: {reason}; train them one by one.")
+    if len(generators) != len(models):
+        raise ValueError(f"train_ensemble got {len(models)} models but {len(generators)} generators: give one each.")
+    device = x.device
+    lr = recipe.lr if lr is None else lr
+    augment = _Augmenter(recipe, generators, device)
+    base = copy.deepcopy(models[0]).to("meta").train()
+    for model in models:
+        model.train()
+    params = stack_parameters(models)
+    names, tensors = list(params), list(params.values())
+
+    step = _step(base, names)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+    n, bs = len(x), max(1, min(recipe.batch_size, len(x)))
+    steps = math.ceil(n / bs)
+    buffers: list[Tensor] | None = None
+    for block in epoch_blocks(recipe.epochs, n):
+        perms = torch.stack([shuffles(g, n, len(block), device) for g in generators])  # (K, epochs, n)
+        augment.block(len(block) * steps, bs, x.shape[-1])
+        for e, epoch in enumerate(block):
+            for j in range(steps):
+                idx = perms[:, e, j * bs : (j + 1) * bs]
+                with autocast:
+                    grads = step(tensors, augment(e * steps + j, x[idx]), y[idx])
+                buffers = sgd_step(tensors, grads, buffers, lr, recipe.momentum, recipe.weight_decay)
+            if on_epoch is not None:
+                on_epoch(epoch, params)
+            if lr_decay and epoch == recipe.epochs // 2 + 1:
+                lr *= 0.1
+                buffers = None  # train_classifier rebuilds the optimiser here, which resets momentum
+    write_back(params, models)
+    return models
+
+
+def fit_classifiers(models: Sequence[nn.Module], artifact: Artifact, recipe: Recipe,
+                    generators: Sequence[torch.Generator], *, ensemble: bool = True, bf16: bool = False) -> str:
+    """Train ``models`` on the artifact as ``train_classifier`` would one by one, as one vmapped
+    ensemble where possible; returns how they were trained, e.g. ``"ensemble"`` or
+    ``"sequential: BatchNorm2d ..."`` (the reason for the fallback)."""
+    device = artifact.x.device
+    note = " (bf16 ignored on cpu)" if bf16 and device.type != "cuda" else (" bf16" if bf16 else "")
+    reason = "ensemble=False" if not ensemble else vmap_unsupported(models)
+    if reason is not None:
+        for model, generator in zip(models, generators, strict=True):
+            train_classifier(model, artifact, recipe, generator, bf16=bf16)
+        return f"sequential: {reason}{note}"
+    train_ensemble(models, artifact.x, artifact.y, recipe, generators, lr=learning_rate(artifact, recipe), bf16=bf16)
+    return f"ensemble{note}"

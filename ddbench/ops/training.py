@@ -1,0 +1,114 @@
+"""The evaluation training loop shared by the classifier learners (``docs/methods.md`` §3)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddbench.ops.augment import DSA, DCAugment, apply
+from ddbench.interfaces import Artifact, Recipe, TaskView
+
+
+def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module with PyTorch's default initialisation drawn from ``seed`` alone (on CPU,
+    so an init is identical on every device), leaving the global RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """A 62-bit seed drawn from ``generator`` (on its own device): how a stream seeds the streams it spawns."""
+    return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+
+
+BLOCK_DRAWS = 1 << 14  # shuffles and DSA transforms for about this many samples are drawn at once
+DRAWS = "blocked-v2"  # how training draws its shuffles and augmentation: part of cache keys of trained weights
+
+
+def augmenter(recipe: Recipe, seed: int, device: torch.device) -> DSA | DCAugment | None:
+    """The per-sample augmentation a recipe declares (DSA, DC's MNIST augmentation, or none)."""
+    if recipe.augment == "dsa":
+        return DSA(recipe.dsa_strategy, seed, device)
+    if recipe.augment == "dc":
+        return DCAugment(seed, device)
+    return None
+
+
+def epoch_blocks(epochs: int, n: int) -> list[range]:
+    """Epoch indices 0..``epochs`` in blocks whose shuffles and augmentation draws are made at once
+    (about :data:`BLOCK_DRAWS` samples a block): a few draws per run instead of a few per step."""
+    size = max(1, BLOCK_DRAWS // n)
+    return [range(start, min(start + size, epochs + 1)) for start in range(0, epochs + 1, size)]
+
+
+def shuffles(generator: torch.Generator, n: int, count: int, device: torch.device) -> Tensor:
+    """``count`` independent uniform permutations of ``range(n)``, (count, n), in one draw (argsort
+    of float64 uniforms, where ties have probability about n^2 / 2^54)."""
+    return torch.rand(count, n, generator=generator, device=device, dtype=torch.float64).argsort(dim=1)
+
+
+def block_augmenter(augment: DSA | DCAugment | None, steps: int, batch: int, size: int) -> Callable[[int, Tensor], Tensor]:
+    """``f(step, x)`` augmenting the block's ``step``-th batch: DSA from a plan drawn for the whole
+    block (:meth:`~ddbench.ops.augment.DSA.plan`), DC-augment drawing as it goes, or the identity."""
+    if augment is None:
+        return lambda step, x: x
+    if isinstance(augment, DSA):
+        plan = augment.plan(steps, batch, size)
+        return lambda step, x: apply(x, plan[step, : len(x)])
+    return lambda step, x: augment(x)
+
+
+def learning_rate(artifact: Artifact, recipe: Recipe) -> float:
+    """The recipe's lr, or the learned lr stored in the artifact (MTT) when the recipe names one."""
+    if recipe.lr_from_artifact is None:
+        return recipe.lr
+    return float(artifact.tensors[recipe.lr_from_artifact].detach().reshape(-1)[0])
+
+
+def train_classifier(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator,
+                     bf16: bool = False) -> nn.Module:
+    """Train on the artifact's ``x`` and ``y`` (hard labels, or soft label rows) as ``evaluate_synset``:
+
+    SGD (momentum, weight decay from the recipe), cross-entropy, shuffled batches, epoch indices
+    0..E, lr x 0.1 once after epoch index E//2 + 1 (the optimiser is rebuilt then, as in the
+    reference code, which resets momentum). Augmentation per sample, seeded from ``generator``;
+    shuffles and DSA draws are made a block of epochs at a time (:func:`epoch_blocks`).
+    ``bf16``: forward and backward under bf16 autocast on CUDA (ignored on CPU).
+    """
+    x, y = artifact.x, artifact.y
+    device = x.device
+    lr = learning_rate(artifact, recipe)
+    seed = draw_seed(generator)
+    augment = augmenter(recipe, seed, device)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    n, bs = len(x), max(1, min(recipe.batch_size, len(x)))
+    steps = math.ceil(n / bs)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+    model.train()
+    for block in epoch_blocks(recipe.epochs, n):
+        perms = shuffles(generator, n, len(block), device)
+        augment_step = block_augmenter(augment, len(block) * steps, bs, x.shape[-1])
+        for e, epoch in enumerate(block):
+            for j in range(steps):
+                idx = perms[e, j * bs : (j + 1) * bs]
+                xb = augment_step(e * steps + j, x[idx])
+                with autocast:
+                    loss = F.cross_entropy(model(xb), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if epoch == recipe.epochs // 2 + 1:
+                lr *= 0.1
+                opt = torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    return model
+
+
+def require_classification(task: TaskView, learner: str) -> int:
+    if task.num_classes is None:
+        raise ValueError(f"learner {learner!r} is a classifier; task {task.name!r} is regression: use a regression learner (see `ddbench ls learners`).")
+    return task.num_classes

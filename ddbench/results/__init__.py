@@ -1,0 +1,7 @@
+"""Results: the record of a cell (:mod:`~ddbench.results.records`), the store and the one reader
+(:mod:`~ddbench.results.store`), leaderboards (:mod:`~ddbench.results.leaderboard`), regressions
+(:mod:`~ddbench.results.compare`) and the table of a run (:mod:`~ddbench.results.report`).
+
+None of these modules imports torch or the harness: boards and comparisons work from records
+alone, with no plugin installed.
+"""

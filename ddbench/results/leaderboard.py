@@ -1,0 +1,187 @@
+"""Leaderboards from stored records: Markdown (ranked within budget tiers), CSV and a Pareto plot.
+
+Input is a list of stored records (:func:`ddbench.results.store.read_results`). A row aggregates
+the distillation seeds of one configuration (:func:`ddbench.results.records.aggregate`): cells that
+differ in anything else (distiller, learner or task options, profile, evaluation seeds, time
+limit, device type, results version) are separate rows, labelled by what sets them apart. Each
+row's metric is ranked in the direction its records state (``higher_is_better``, from the task);
+a board's extra columns are the ones its task declares (``leaderboard_columns``) and the run
+length (:data:`~ddbench.results.records.RUN_LENGTH_META`); every other extra stays in ``results.json``.
+The Markdown depends only on the records, so regenerating from committed results reproduces it
+byte for byte. Plugins add their own reports beside these (``ddbench_register_reports``).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from ddbench.results.records import COLUMNS, FULL, Row, aggregate, common_settings, fmt
+
+CSV_FIELDS = ["task", "distiller", "budget", "metric", "mean", "std", "nets", "seeds", "stored_params", "metric_per_kparam",
+              "gain_vs_random", "compression", "distill_s", "eval_s", "peak_mb", "device", "status", "label", "settings",
+              "higher_is_better"]
+BOARDS = "boards"
+"""The name of the generic boards among the reports ``ddbench leaderboard --report`` chooses from."""
+
+
+def _budget_key(budget: str) -> tuple[int, int]:
+    kind, _, value = budget.partition("=")
+    return ({"ipc": 0, "params": 1}.get(kind, 2), int(value) if value.isdigit() else 0)
+
+
+def direction(rows: Sequence[Row]) -> bool | None:
+    """Whether the headline metric of ``rows`` (one task) is higher-is-better, as its records say."""
+    return next((d for d in (r.higher_is_better(r.metric) for r in rows if r.metric) if d is not None), None)
+
+
+def board_columns(rows: Sequence[Row]) -> list[str]:
+    """The extra columns of a board: the union of its rows' (sorted)."""
+    return sorted({k for r in rows for k in r.board_columns()})
+
+
+def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenerate: str) -> str:
+    """The leaderboard page of one task."""
+    rows = [r for r in rows if r.task == task]
+    metric = next((r.metric for r in rows if r.metric), "metric")
+    declared = direction(rows)
+    higher = True if declared is None else declared
+    recs = [r for r in records if r["config"]["task"] == task and r["status"] != "skipped"]
+    prov = recs[0]["provenance"] if recs else {}
+    finished = sorted(r["finished_at"] for r in recs)
+    devices = sorted({r["device"] for r in recs if r["device"]})
+    profiles = sorted({r["config"]["profile"] for r in recs})
+    eval_seeds = sorted({len(r["config"]["eval_seeds"]) for r in recs})
+    common = ", ".join(f"{k}: {v}" for k, v in common_settings(rows).items())
+    extras = board_columns(rows)
+    how = ("higher" if higher else "lower") + (" is better" if declared is not None else " is better, assumed: the records do not say")
+    lines = [
+        f"# ddbench leaderboard: {task}",
+        "",
+        f"- Provenance: ddbench {prov.get('ddbench', '?')} (commit {prov.get('commit') or 'unknown'}), torch {prov.get('torch', '?')}, "
+        f"Python {prov.get('python', '?')}; device: {', '.join(devices) or '?'}.",
+        f"- {len(recs)} cells finished {finished[0] if finished else '?'} to {finished[-1] if finished else '?'}; profile {', '.join(profiles)}; "
+        f"{', '.join(map(str, eval_seeds))} evaluation nets per artifact; final-epoch test {metric}, nothing selected on test.",
+        f"- Ranked by mean {metric} ({how}) within each budget tier; ± is the std over all "
+        f"evaluation nets of all distillation seeds. `{FULL}` is the whole train split (a reference, not ranked); gain vs random = "
+        "metric minus a random real subset at the same budget, seed and evaluation recipe.",
+        f"- Settings: {common or 'none recorded'}; a row that differs says how, in brackets after its distiller.",
+        f"- Regenerate: `{regenerate}`",
+        "",
+    ]
+    headers = ["rank", "distiller", f"{metric} ± std", "nets", *[c.header.format(metric=metric) for c in COLUMNS], *extras, "status"]
+    full = [r for r in rows if r.budget == FULL]
+    for budget in sorted({r.budget for r in rows if r.budget != FULL}, key=_budget_key):
+        tier = [r for r in rows if r.budget == budget]
+        ranked = sorted([r for r in tier if r.ok], key=lambda r: (-r.mean if higher else r.mean, r.label))
+        table = [_line(str(rank), r, extras) for rank, r in enumerate(ranked, 1)]
+        table += [_line("—", r, extras) for r in tier if not r.ok]
+        table += [_line("ref", r, extras) for r in full]
+        lines += [f"## Budget {budget}", "", tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    if not any(r.budget != FULL for r in rows) and full:
+        lines += ["## Reference", "", tabulate([_line("ref", r, extras) for r in full], headers=headers, tablefmt="github", disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+def cells(r: Row) -> list[str]:
+    """The harness-defined columns of ``r`` as table text (:data:`~ddbench.results.records.COLUMNS`)."""
+    out = []
+    for c in COLUMNS:
+        text = fmt(getattr(r, c.name), c.spec)
+        out.append(text + (c.suffix if r.ok else ""))
+    return out
+
+
+def _line(rank: str, r: Row, extras: list[str]) -> list[str]:
+    return [rank, r.label or r.distiller, f"{fmt(r.mean, '.2f')} ± {fmt(r.std, '.2f')}" if r.ok else "", str(r.nets),
+            *cells(r), *[fmt(r.extra.get(k, math.nan), '.4g') for k in extras], r.status]
+
+
+def to_csv(rows: list[Row]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        higher = r.higher_is_better(r.metric) if r.metric else None
+        writer.writerow({"task": r.task, "distiller": r.distiller, "label": r.label, "budget": r.budget, "metric": r.metric,
+                         "mean": fmt(r.mean, ".6g"), "std": fmt(r.std, ".6g"), "nets": r.nets,
+                         "seeds": " ".join(map(str, r.seeds)), **{c.name: fmt(getattr(r, c.name), c.csv_spec) for c in COLUMNS},
+                         "device": r.device, "status": r.status, "settings": r.signature or "",
+                         "higher_is_better": "" if higher is None else str(higher).lower()})
+    return buf.getvalue()
+
+
+def pareto(points: list[tuple[float, float]], higher: bool = True) -> list[tuple[float, float]]:
+    """Points not dominated by one with fewer (or equal) stored params and a better metric."""
+    front: list[tuple[float, float]] = []
+    best = -math.inf if higher else math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1] if higher else p[1])):
+        if (y > best) if higher else (y < best):
+            front.append((x, y))
+            best = y
+    return front
+
+
+def plot(task: str, rows: list[Row], path: Path) -> None:
+    """Metric versus stored parameters (log x) per method, the Pareto front and reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.task == task and r.ok]
+    metric = rows[0].metric if rows else "metric"
+    higher = direction(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in sorted({r.label for r in rows if r.budget != FULL}):
+        series = [r for r in rows if r.label == name and r.budget != FULL]
+        pts = sorted((r.stored_params, r.mean, r.std) for r in series)
+        style = dict(linestyle="--", color="gray") if series[0].distiller == "random" else {}
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=name, **style)
+    for r in rows:
+        if r.budget == FULL:
+            ax.axhline(r.mean, color="black", linestyle=":", label=f"{r.label}: whole train split ({r.stored_params:.0f} params)")
+            ax.plot([r.stored_params], [r.mean], marker="*", markersize=12, color="black", linestyle="none")
+    front = pareto([(r.stored_params, r.mean) for r in rows if r.budget != FULL], True if higher is None else higher)
+    if front:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="red", alpha=0.4, linewidth=4, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("stored parameters (counted by the harness)")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(f"ddbench: {task}")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def regenerate_command(out: Path, records_file: str = "results.json", report: str | None = None) -> str:
+    """The command that rebuilds a board in ``out`` from the records it saved there."""
+    return (f"ddbench leaderboard --results {out.as_posix()}/{records_file} --out {out.as_posix()}"
+            + (f" --report {report}" if report else ""))
+
+
+def write(records: list[dict[str, Any]], out: Path, tasks: list[str] | None = None) -> list[Path]:
+    """Write ``<task>.md``, ``<task>.csv``, ``<task>.png`` and the records as ``results.json``
+    under ``out``; ``ddbench leaderboard --results OUT/results.json --out OUT`` regenerates them."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = [r for r in records if tasks is None or r["config"]["task"] in tasks]
+    rows = aggregate(records)
+    regenerate = regenerate_command(out)
+    written = []
+    for task in sorted({r.task for r in rows}):
+        md, csv_path, png = out / f"{task}.md", out / f"{task}.csv", out / f"{task}.png"
+        md.write_text(markdown(task, rows, records, regenerate) + "\n")
+        csv_path.write_text(to_csv([r for r in rows if r.task == task]))
+        plot(task, rows, png)
+        written += [md, csv_path, png]
+    results = out / "results.json"
+    results.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+    return written + [results]
