@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         Distiller,
         Learner,
         Progress,
+        Published,
         Recipe,
         RunContext,
         Split,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
         TaskView,
     )
 
-_INTERFACES = ("Artifact", "Budget", "Distiller", "Learner", "Progress", "Recipe", "RunContext", "Split",
+_INTERFACES = ("Artifact", "Budget", "Distiller", "Learner", "Progress", "Published", "Recipe", "RunContext", "Split",
                "Task", "TaskData", "TaskView")
 
 __all__ = [*_INTERFACES, "hookimpl", "__version__"]

@@ -1,5 +1,5 @@
-"""The ``ddbench`` command line: ``run``, ``leaderboard``, ``compare``, ``ls``, ``plugins`` and
-``new-plugin``, and the subcommands plugins add (``ddbench_register_commands``).
+"""The ``ddbench`` command line: ``run``, ``reproduce``, ``leaderboard``, ``compare``, ``ls``,
+``plugins`` and ``new-plugin``, and the subcommands plugins add (``ddbench_register_commands``).
 
 Bad input is one line on stderr naming the thing and the fix, exit status 2, and nothing written.
 """
@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ddbench import __version__, worker
+from ddbench import __version__, reproduce, worker
 from ddbench.errors import DDBenchError, DDBenchWarning, PluginError, SuiteError, close_names
 from ddbench.interfaces import Budget
 from ddbench.plugins import PluginManager, get_plugin_manager, options_of
@@ -21,10 +21,10 @@ from ddbench.results.leaderboard import BOARDS
 from ddbench.results.records import CellResult
 from ddbench.results.report import table
 from ddbench.results.store import DEFAULT_PATH, ResultStore, read_all, read_results
-from ddbench.suite import (DistillerEntry, TaskEntry, check_eval_seeds, check_seed, check_time_limit, default_suite,
+from ddbench.suite import (DistillerEntry, Suite, TaskEntry, check_eval_seeds, check_protocols, check_seed, check_time_limit, default_suite,
                            expand_suite, load_suite, parse_named)
 
-CORE_COMMANDS = ("run", "leaderboard", "compare", "ls", "plugins", "new-plugin")
+CORE_COMMANDS = ("run", "reproduce", "leaderboard", "compare", "ls", "plugins", "new-plugin")
 
 
 def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParser:
@@ -46,11 +46,17 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     run.add_argument("--profile", choices=["quick", "full"], help="quick: CPU sizes; full: the spec's sizes")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     run.add_argument("--time-limit", type=float, metavar="S", help="seconds a distiller may run per cell")
+    run.add_argument("--protocol", action="append", default=[], metavar="NAME",
+                     help="evaluation protocol(s): native (each method's recipe) or common (the task's one recipe); repeatable")
     run.add_argument("--data-root", help="folder holding torchvision datasets (or $DDBENCH_DATA_ROOT)")
     run.add_argument("--download", action="store_true", help="let torchvision tasks download missing data")
     run.add_argument("--store", help=f"results store (default {DEFAULT_PATH} or $DDBENCH_STORE)")
     run.add_argument("--force", action="store_true", help="recompute cells already finished in the store")
     run.add_argument("--save-artifacts", metavar="DIR", help="save every artifact as .safetensors + .json under DIR")
+
+    repro = sub.add_parser("reproduce", help="run a method's published configuration and write its reproduction page")
+    reproduce.add_arguments(repro)
+    repro.set_defaults(handler=cmd_reproduce)
 
     board = sub.add_parser("leaderboard", help="write leaderboards (Markdown, CSV, plot) and plugin reports from stored results")
     board.set_defaults(handler=cmd_leaderboard)
@@ -94,6 +100,8 @@ def suite_from_args(args: argparse.Namespace):  # -> Suite
         if not args.budget:
             raise SuiteError("--task needs --budget: add e.g. --budget ipc=10 (classification) or --budget params=5000.")
         suite.tasks = [TaskEntry(name, [Budget.parse(b) for b in args.budget], opts) for name, opts in map(parse_named, args.task)]
+        if not args.suite:  # an ad hoc run: the native protocol unless --protocol names others
+            suite.protocols = ["native"]
     elif args.budget:
         budgets = [Budget.parse(b) for b in args.budget]
         for t in suite.tasks:
@@ -118,6 +126,8 @@ def suite_from_args(args: argparse.Namespace):  # -> Suite
         suite.profile = args.profile
     if args.time_limit is not None:
         suite.time_limit_s = check_time_limit(args.time_limit, "--time-limit")
+    if args.protocol:
+        suite.protocols = check_protocols(args.protocol, "--protocol")
     return suite
 
 
@@ -129,16 +139,24 @@ def folder(path: str, flag: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    data_options(args)
+    suite = suite_from_args(args)
+    artifacts = folder(args.save_artifacts, "--save-artifacts") if args.save_artifacts else None
+    records = execute(suite, args.store, args.device, args.force, artifacts)
+    if records is None:
+        return 130
+    print(table(records))
+    return min(sum(r["status"] == "failed" for r in records), 100)
+
+
+def execute(suite: Suite, store_path: str | None, device: str, force: bool = False, artifacts: Path | None = None) -> list[dict] | None:
+    """Run ``suite`` into the store at ``store_path`` (cells already there are reused unless
+    ``force``), showing progress; the records of the suite's cells in suite order, or ``None``
+    when interrupted (every finished cell is kept)."""
     from tqdm import tqdm
 
     from ddbench.harness import Harness
 
-    if args.data_root:
-        os.environ["DDBENCH_DATA_ROOT"] = args.data_root
-    if args.download:
-        os.environ["DDBENCH_DOWNLOAD"] = "1"
-    suite = suite_from_args(args)
-    artifacts = folder(args.save_artifacts, "--save-artifacts") if args.save_artifacts else None
     worker.warm_allocator()
     manager = get_plugin_manager()
     bar = tqdm(total=0, unit="cell", file=sys.stderr, dynamic_ncols=True, leave=False, disable=None)
@@ -148,10 +166,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.set_description_str(f"{label} step {step}{f'/{total}' if total else ''} {shown}", refresh=False)
         bar.refresh()
 
-    harness = Harness(manager, args.device, on_progress=on_progress, artifact_dir=artifacts)
+    harness = Harness(manager, device, on_progress=on_progress, artifact_dir=artifacts)
     cells = list(harness.cells(suite))
-    store = ResultStore(args.store, manager)
-    done = {c.key() for c in cells if not args.force and store.done(c)}
+    store = ResultStore(store_path, manager)
+    done = {c.key() for c in cells if not force and store.done(c)}
     bar.total = len(cells) - len(done)
     print(f"ddbench {__version__}: suite {suite.name!r}, {len(cells)} cells ({len(done)} already in {store.path}), "
           f"profile {suite.profile}, device {harness.device}, {suite.eval_seeds} eval seeds", file=sys.stderr)
@@ -170,16 +188,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.close()
         store.close()
         print(f"ddbench: interrupted; every finished cell is kept in {store.path}, and a rerun skips them.", file=sys.stderr)
-        return 130
+        return None
     order = {c.key(): i for i, c in enumerate(cells)}
     records = sorted(store.records(order), key=lambda r: order[r["key"]])
     store.close()
     bar.close()
-    print(table(records))
     failed = sum(r["status"] == "failed" for r in records)
     print(f"\n{len(new)} cells run in {time.perf_counter() - start:.1f} s on {harness.device} ({len(done)} reused); "
           f"{failed} failed. Results in {store.path}.", file=sys.stderr)
-    return min(failed, 100)
+    return records
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    data_options(args)
+    return reproduce.run(args, get_plugin_manager(), execute)
+
+
+def data_options(args: argparse.Namespace) -> None:
+    """``--data-root`` and ``--download``, as the torchvision tasks read them."""
+    if args.data_root:
+        os.environ["DDBENCH_DATA_ROOT"] = args.data_root
+    if args.download:
+        os.environ["DDBENCH_DOWNLOAD"] = "1"
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

@@ -9,6 +9,11 @@ declared recipe (:func:`ddbench.artifact.admit`), and trains its own learner ins
 which the distiller never saw, on them; ``meta`` is recorded but never reaches the learner.
 A failing cell (a plugin that raises, exits, crashes or overruns its time limit; an over-budget or
 NaN artifact) is recorded with its error and a capped traceback; the run goes on.
+
+A cell trains under its protocol (docs/design.md §4): ``native`` (the task's recipe updated by the
+artifact's declared one) or ``common`` (the task's common recipe, the artifact's declarations of
+the protocol fields set aside). The two cells of one distillation are adjacent in a run, and the
+second one reuses the first one's distillation instead of distilling again.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from ddbench.interfaces import Artifact, Budget, Learner, Task, TaskView
 from ddbench.ops.subsets import random_artifact
 from ddbench.plugins import PluginManager, instantiate
 from ddbench.provenance import provenance
-from ddbench.recipe import Recipe
+from ddbench.recipe import Recipe, evaluation_recipe
 from ddbench.results.records import RESULTS_VERSION, RUN_LENGTH_META, Cell, CellResult  # noqa: F401 - ddbench.harness.Cell stays importable
 from ddbench.suite import Suite, expand_suite, load_task, task_view  # noqa: F401 - ddbench.harness.task_view too
 
@@ -113,41 +118,57 @@ class Harness:
         cells = list(self.cells(suite))
         worker.mp_context(self.manager.modules())  # the fork server imports the plugins while tasks load
         results = []
+        distilled: dict[str, list[Any]] = {}  # the last distillation of this run, for its cell under the other protocol
         for i, cell in enumerate(cells):
             if skip is not None and skip(cell):
                 continue
-            result = self.run_cell(cell, f"[{i + 1}/{len(cells)}]")
+            result = self.run_cell(cell, f"[{i + 1}/{len(cells)}]", distilled)
             results.append(result)
             if on_result is not None:
                 on_result(result)
         return results
 
-    def run_cell(self, cell: Cell, tag: str = "") -> CellResult:
-        """Distil in a worker, admit the artifact, evaluate one cell; any failure becomes a failed result."""
+    def run_cell(self, cell: Cell, tag: str = "", distilled: dict[str, list[Any]] | None = None) -> CellResult:
+        """Distil in a worker, admit the artifact, evaluate one cell; any failure becomes a failed result.
+
+        ``distilled`` (what :meth:`run` passes): the last distillation, reused by a cell of the same
+        distillation (:meth:`Cell.distillation`) under the other protocol, and replaced by this one's."""
         result = CellResult(cell, "failed", device=self._device_name())
         try:
             task, view, test = self.task(cell.task, cell.task_options, cell.profile)
+            base = task.recipe(cell.profile) if cell.protocol == "native" else task.common_recipe(cell.profile)
+            if base is None:
+                result.status = "skipped"
+                result.error = f"task {cell.task!r} has no common protocol (its common_recipe is None): only its native cells run"
+                return result
             distiller = self.manager.distillers.get(cell.distiller)
-            reply = self._distill(distiller, cell.distiller_options, cell, view,
-                                  None if distiller.budget_exempt else cell.budget, cell.time_limit_s, tag)
+            budget = None if distiller.budget_exempt else cell.budget
+            memo = None if distilled is None else distilled.get(cell.distillation())
+            if memo is None:
+                memo = [self._distill(distiller, cell.distiller_options, cell, view, budget, cell.time_limit_s, tag), None]
+                if distilled is not None:
+                    distilled.clear()
+                    distilled[cell.distillation()] = memo
+            reply = memo[0]
             result.distill_s, result.peak_mb = reply.distill_s, reply.peak_mb
             if reply.status != "ok":
                 result.status, result.error, result.traceback = reply.status, reply.error[:1000], capped(reply.traceback)
                 return result
             learner: Learner = instantiate(self.manager.learners.get(cell.learner), cell.learner_options, cell.profile)
-            artifact, storage = admit(Artifact(reply.tensors, reply.recipe), view, None if distiller.budget_exempt else cell.budget,
-                                      cell.distiller, type(learner))
+            if memo[1] is None:  # admitted once per distillation (a refused artifact is refused again, from the same reply)
+                memo[1] = admit(Artifact(reply.tensors, reply.recipe), view, budget, cell.distiller, type(learner))
+            artifact, storage = memo[1]
             result.stored_params, result.stored_bytes = storage.scalars, storage.bytes
-            result.by_tensor, result.by_dtype = storage.by_tensor, storage.by_dtype
+            result.by_tensor, result.by_dtype = dict(storage.by_tensor), dict(storage.by_dtype)
             result.compression = compression(view, storage)
-            recipe = task.recipe(cell.profile).updated(artifact.recipe)
+            recipe = evaluation_recipe(base, artifact.recipe, cell.protocol)
             result.recipe = recipe.as_dict()
             if self.artifact_dir is not None:
                 info = {"cell": cell.config(), "key": cell.key(), "provenance": provenance(self.manager),
                         "recipe": result.recipe, "storage": asdict(storage)}
                 save(Artifact(artifact.tensors, artifact.recipe, reply.meta), self.artifact_dir / f"{cell.task}-{cell.distiller}-{cell.key()}", info)
             start = time.perf_counter()
-            scores, result.eval_mode = self._scores(task, view, test, learner, artifact, recipe, cell)
+            scores, result.eval_mode, result.model_params = self._scores(task, view, test, learner, artifact, recipe, cell)
             result.eval_s = time.perf_counter() - start
             result.metric = task.metric
             result.higher_is_better, result.leaderboard_columns = dict(task.higher_is_better), list(task.leaderboard_columns)
@@ -158,7 +179,7 @@ class Harness:
             result.extra.update(task.artifact_metrics(Artifact(artifact.tensors, artifact.recipe, reply.meta)))
             result.extra.update(run_length(reply.meta))
             result.status = "ok"
-            result.random_ref = self._random_reference(task, view, test, learner, cell, artifact.recipe, result, artifact)
+            result.random_ref = self._random_reference(task, view, test, learner, cell, base, recipe, result, artifact)
         except Exception as exc:  # noqa: BLE001 - a failing cell never takes the run down
             result.status = "failed"
             result.error = one_line(exc)[:1000]
@@ -184,37 +205,42 @@ class Harness:
         return worker.distill(request, report, max_bytes)
 
     def _scores(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact, recipe: Recipe,
-                cell: Cell) -> tuple[list[dict[str, float]], str]:
+                cell: Cell) -> tuple[list[dict[str, float]], str, int]:
         """Train a fresh learner per evaluation seed on the artifact (:meth:`Learner.fit_ensemble`: one
-        by one, or together where the learner can); score each on test. Also returns how they trained."""
+        by one, or together where the learner can); score each on test. Also returns how they trained
+        and the parameter count of one net (what storing a trained net would cost)."""
         artifact = with_labels(artifact.to(self.device), view.num_classes)
         models = [learner.build(view, seed).to(self.device) for seed in cell.eval_seeds]
         generators = [torch.Generator(self.device).manual_seed(seed) for seed in cell.eval_seeds]
         mode = learner.fit_ensemble(models, artifact, recipe, generators)
-        return [task.score(learner.predict(model, test.x), test.y) for model in models], mode
+        params = sum(p.numel() for p in models[0].parameters())  # after training: lazy modules are materialised
+        return [task.score(learner.predict(model, test.x), test.y) for model in models], mode, params
 
-    def _random_reference(self, task: Task, view: TaskView, test: Any, learner: Learner, cell: Cell,
-                          recipe: dict[str, Any], result: CellResult, artifact: Artifact) -> float | None:
+    def _random_reference(self, task: Task, view: TaskView, test: Any, learner: Learner, cell: Cell, base: Recipe,
+                          recipe: Recipe, result: CellResult, artifact: Artifact) -> float | None:
         """The random real subset at this cell's budget and seed (:func:`ddbench.ops.subsets.random_artifact`),
-        trained with this cell's recipe (augmentation, epochs; a learned lr or implied labels do not
-        carry over). Memoised per recipe; a cell whose artifact is that very subset gives it for free.
-        ``None`` when the budget holds no random subset (the reason is a :class:`BudgetError`)."""
+        trained with this cell's recipe: ``base`` (its protocol's) updated by what the artifact
+        declared (augmentation, epochs under ``native``; a learned lr or implied labels do not carry
+        over). Memoised per recipe; a cell whose artifact is that very subset, trained with that very
+        recipe, gives it for free. ``None`` when the budget holds no random subset (the reason is a
+        :class:`BudgetError`)."""
         if cell.budget is None:
             return None
-        overrides = {k: v for k, v in recipe.items() if k not in ("lr_from_artifact", "labels")}
+        overrides = {k: v for k, v in artifact.recipe.items() if k not in ("lr_from_artifact", "labels")}
+        reference_recipe = evaluation_recipe(base, overrides, cell.protocol)
         key = json.dumps([cell.task, cell.task_options, str(cell.budget), cell.seed, cell.eval_seeds, cell.learner,
-                          cell.learner_options, cell.profile, overrides], sort_keys=True, default=str)
+                          cell.learner_options, cell.profile, reference_recipe.as_dict()], sort_keys=True, default=str)
         if key not in self._random_refs:
             try:
                 reference = random_artifact(view, cell.budget, cell.seed)
             except BudgetError:
                 return None
-            if not recipe and same_tensors(reference, artifact):
+            if reference_recipe == recipe and same_tensors(reference, artifact):
                 self._random_refs[key] = result.mean
             else:
                 reference.recipe = overrides
                 admitted, _ = admit(reference, view, cell.budget, "the random reference", type(learner))
-                scores, _ = self._scores(task, view, test, learner, admitted, task.recipe(cell.profile).updated(overrides), cell)
+                scores, _, _ = self._scores(task, view, test, learner, admitted, reference_recipe, cell)
                 self._random_refs[key] = statistics.fmean(s[task.metric] for s in scores)
         return self._random_refs[key]
 

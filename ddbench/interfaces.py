@@ -204,6 +204,25 @@ class RunContext:
         return torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + offset)
 
 
+@dataclass(frozen=True)
+class Published:
+    """A published result of a method: test accuracy (%) mean ± std on ``dataset`` at ``ipc``, beside
+    the random-subset baseline the same paper reports, and where the numbers come from."""
+
+    dataset: str
+    ipc: int
+    accuracy: float
+    std: float
+    random: float
+    random_std: float
+    source: str
+
+    @property
+    def gap(self) -> float:
+        """Accuracy over the random subset, as published."""
+        return self.accuracy - self.random
+
+
 # --------------------------------------------------------------------------------------------
 # The three interfaces
 # --------------------------------------------------------------------------------------------
@@ -234,6 +253,10 @@ class Task(Component, ABC):
     leaderboard_columns: ClassVar[tuple[str, ...]] = ()
     """The extra metrics and diagnostics (keys of the result's ``extra``) shown as board columns,
     beside the harness's own; every other extra stays in ``results.json`` only."""
+    reference_dataset: ClassVar[str | None] = None
+    """The dataset of the published tables this task's numbers compare with (``mnist``,
+    ``fashion-mnist``, ``cifar10``...), for ``ddbench reproduce``; ``None``: none. A task that holds
+    only part of that dataset says so in its ``description``."""
     num_classes: int | None
     input_shape: tuple[int, ...]
 
@@ -244,6 +267,13 @@ class Task(Component, ABC):
     @abstractmethod
     def recipe(self, profile: str) -> Recipe:
         """The default evaluation recipe for ``profile`` (``quick`` or ``full``)."""
+
+    def common_recipe(self, profile: str) -> Recipe | None:
+        """The one recipe every row of the task's ``common`` board trains with under ``profile``:
+        its :data:`~ddbench.recipe.PROTOCOL_FIELDS` replace what an artifact declares
+        (docs/design.md §4). ``None``, the default: the task has no common protocol, only
+        ``native``; a task class that does not override this method gets no ``common`` cells."""
+        return None
 
     def info(self) -> dict[str, Any]:
         """Public facts for methods: normalisation, DSA strategy, data kind."""
@@ -324,6 +354,8 @@ class Distiller(Component, ABC):
     """
 
     budget_exempt: ClassVar[bool] = False
+    published: ClassVar[tuple[Published, ...]] = ()
+    """The method's published accuracies (docs/methods.md §11), which ``ddbench reproduce`` compares with."""
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
         """``None`` if the method applies to ``task`` with ``learner``, else the reason it does not."""

@@ -12,16 +12,25 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Literal
 
 from ddbench.errors import ArtifactError, SuiteError, close_names
+
+if TYPE_CHECKING:  # annotations only: boards and records import this module without torch
+    from torch import Tensor
 
 AUGMENTS = ("none", "dsa", "dc")
 LABELS = ("stored", "class-balanced")
 PROTOCOL_ONLY = ("lr", "momentum", "weight_decay")
 """Real-valued recipe fields: set by the task's protocol, never declared by an artifact."""
+PROTOCOLS = ("native", "common")
+"""How a board's rows train (docs/design.md §4): ``native``, each method's declared recipe over the
+task's :meth:`~ddbench.interfaces.Task.recipe` (what papers report); ``common``, the task's
+:meth:`~ddbench.interfaces.Task.common_recipe` for every row."""
+PROTOCOL_FIELDS = ("epochs", "batch_size", "augment", "dsa_strategy")
+"""The fields that make up a board's protocol: under ``common`` they come from the task's common
+recipe and an artifact's declarations of them are set aside; its other declarations (a learned lr,
+implied labels, learner options) still apply, since they are part of the artifact."""
 MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20
 MAX_OPTION_INT = 1 << 62
@@ -71,6 +80,22 @@ class Recipe:
 
 def field_names() -> set[str]:
     return {f.name for f in dataclasses.fields(Recipe)}
+
+
+def evaluation_recipe(base: Recipe, declared: Mapping[str, Any], protocol: str = "native") -> Recipe:
+    """The recipe a cell trains with: ``base`` (the task's recipe under ``native``, its common recipe
+    under ``common``) updated by the artifact's ``declared`` fields, leaving out the
+    :data:`PROTOCOL_FIELDS` under ``common``."""
+    if protocol not in PROTOCOLS:
+        raise SuiteError(f"unknown protocol {protocol!r}.{close_names(protocol, PROTOCOLS)} Protocols: {', '.join(PROTOCOLS)}.")
+    if protocol == "common":
+        declared = {k: v for k, v in declared.items() if k not in PROTOCOL_FIELDS}
+    return base.updated(dict(declared))
+
+
+def protocol_part(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`PROTOCOL_FIELDS` of a recipe's dictionary form (those it has)."""
+    return {k: recipe[k] for k in PROTOCOL_FIELDS if k in recipe}
 
 
 def declared_recipe(overrides: Any, tensors: Mapping[str, Tensor], option_types: Mapping[str, type],

@@ -6,6 +6,7 @@ A suite file::
     profile = "quick"          # or "full": the spec's sizes
     eval_seeds = 3             # K learners trained on every artifact (seeds 0..K-1)
     distill_seeds = [0]
+    protocols = ["native", "common"]   # default ["native"]; common: tasks with a common recipe only
 
     [[task]]
     name = "digits"
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,9 +37,10 @@ from typing import Any
 
 import torch
 
-from ddbench.errors import BudgetError, SuiteError, close_names
+from ddbench.errors import BudgetError, DDBenchWarning, SuiteError, close_names
 from ddbench.interfaces import Budget, Split, Task, TaskData, TaskView
 from ddbench.plugins import PluginManager, check_options, instantiate
+from ddbench.recipe import PROTOCOLS
 from ddbench.results.records import Cell
 
 if sys.version_info >= (3, 11):
@@ -48,7 +51,7 @@ else:  # pragma: no cover
 PROFILES = ("quick", "full")
 MAX_SEED = 2**31 - 1  # distillation seeds: 0 .. MAX_SEED (seeds of derived generators stay within 64 bits)
 MAX_EVAL_SEEDS = 1000
-SUITE_KEYS = {"name", "profile", "eval_seeds", "distill_seeds", "task", "distiller", "time_limit_s"}
+SUITE_KEYS = {"name", "profile", "eval_seeds", "distill_seeds", "task", "distiller", "time_limit_s", "protocols"}
 TASK_KEYS = {"name", "options", "budgets", "learner", "learner_options"}
 DISTILLER_KEYS = {"name", "options"}
 
@@ -77,6 +80,7 @@ class Suite:
     eval_seeds: int = 3
     distill_seeds: list[int] = field(default_factory=lambda: [0])
     time_limit_s: float | None = None
+    protocols: list[str] = field(default_factory=lambda: ["native"])
 
 
 def _check_keys(where: str, table: dict[str, Any], allowed: set[str]) -> None:
@@ -130,7 +134,28 @@ def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
     limit = data.get("time_limit_s")
     if limit is not None:
         limit = check_time_limit(_need(source, limit, (int, float), "time_limit_s must be a number of seconds"), f"{source}: time_limit_s")
-    return Suite(str(data.get("name", Path(source).stem)), tasks, distillers, profile, eval_seeds, list(seeds), limit)
+    protocols = check_protocols(_need(source, data.get("protocols", ["native"]), list, 'protocols must be a list such as ["native", "common"]'),
+                                f"{source}: protocols")
+    return Suite(str(data.get("name", Path(source).stem)), tasks, distillers, profile, eval_seeds, list(seeds), limit, protocols)
+
+
+def check_protocols(protocols: list[Any], where: str) -> list[str]:
+    """``protocols`` if it is a non-empty list of distinct :data:`~ddbench.recipe.PROTOCOLS`, else a one-line error."""
+    if not protocols:
+        raise SuiteError(f"{where} needs at least one protocol: {' or '.join(PROTOCOLS)}.")
+    for name in protocols:
+        if name not in PROTOCOLS:
+            raise SuiteError(f"{where}: unknown protocol {name!r}.{close_names(str(name), PROTOCOLS)} Protocols: {', '.join(PROTOCOLS)}.")
+    if len(set(protocols)) < len(protocols):
+        raise SuiteError(f"{where} names a protocol twice ({', '.join(protocols)}): name each once.")
+    return list(protocols)
+
+
+def has_common_protocol(task_cls: type[Task]) -> bool:
+    """Whether ``task_cls`` declares a common recipe, i.e. overrides :meth:`Task.common_recipe` (decided
+    from the class, so expanding a suite loads no data; an override that returns ``None`` makes the
+    harness skip the cell with the reason)."""
+    return getattr(task_cls, "common_recipe", Task.common_recipe) is not Task.common_recipe
 
 
 def check_seed(seed: int, where: str) -> int:
@@ -188,7 +213,9 @@ def parse_named(text: str) -> tuple[str, dict[str, Any]]:
 
 def expand_suite(manager: PluginManager, suite: Suite, device_type: str = "cpu") -> Iterator[Cell]:
     """The cells of ``suite`` with the plugins of ``manager``, every name and option checked up front;
-    ``device_type`` (``cpu`` or ``cuda``) is part of each cell's key."""
+    ``device_type`` (``cpu`` or ``cuda``) is part of each cell's key. A distillation's cells under
+    the suite's protocols come one after the other (the harness distils once for them); ``common``
+    cells exist only for tasks with a common recipe (:func:`has_common_protocol`)."""
     distillers = suite.distillers
     if distillers is None:
         distillers = [DistillerEntry(n) for n in manager.names("distiller")]
@@ -203,12 +230,17 @@ def expand_suite(manager: PluginManager, suite: Suite, device_type: str = "cpu")
             raise SuiteError(f"task {t.name!r} is regression: ipc budgets do not apply; use params=N.")
         if not t.budgets:
             raise SuiteError(f"task {t.name!r} has no budgets: give at least one, e.g. ipc=10 or params=5000.")
+        protocols = [p for p in suite.protocols if p == "native" or has_common_protocol(task_cls)]
+        if not protocols:
+            warnings.warn(f"task {t.name!r} has no common protocol (Task.common_recipe), and the suite runs only "
+                          "protocol common: it has no cells; add protocol native to run it.", DDBenchWarning, stacklevel=2)
         for d in distillers:
             exempt = manager.distillers.get(d.name).budget_exempt
             for budget in ([None] if exempt else t.budgets):
                 for seed in suite.distill_seeds:
-                    yield Cell(t.name, t.options, d.name, d.options, budget, seed, list(range(suite.eval_seeds)),
-                               learner, t.learner_options, suite.profile, suite.time_limit_s, device_type)
+                    for protocol in protocols:
+                        yield Cell(t.name, t.options, d.name, d.options, budget, seed, list(range(suite.eval_seeds)),
+                                   learner, t.learner_options, suite.profile, suite.time_limit_s, device_type, protocol=protocol)
 
 
 def task_view(task: Task, data: TaskData, device: torch.device | str, name: str | None = None,

@@ -322,3 +322,15 @@ def test_theory_scaling_without_cells_is_one_line(capsys, tmp_path):
 def test_measurement_subcommands_run_at_tiny_sizes(capsys, argv, expected):
     code, out, _ = run(capsys, *argv)
     assert code == 0 and expected in out
+
+
+def test_protocol_flags_set_the_suites_protocols():
+    from ddbench.cli import build_parser, suite_from_args
+
+    def protocols(*argv):
+        return suite_from_args(build_parser().parse_args(["run", *argv])).protocols
+
+    assert protocols() == ["native", "common"]  # the default suite runs both
+    assert protocols("--task", "digits", "--budget", "ipc=1") == ["native"]  # an ad hoc run: native unless asked
+    assert protocols("--task", "digits", "--budget", "ipc=1", "--protocol", "native", "--protocol", "common") == ["native", "common"]
+    assert protocols("--protocol", "common") == ["common"]

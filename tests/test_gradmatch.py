@@ -225,14 +225,117 @@ def test_batchnorm_learners_match_with_frozen_statistics(manager, digits):
     assert art.meta["outer_loop"] == 2 and art.meta["inner_loop"] == 2 and torch.isfinite(art.x).all()
 
 
-def test_class_batches_give_the_same_summed_update(manager, digits, convnet):
+@pytest.mark.parametrize("name", ["dc", "dsa"])
+def test_class_batches_give_the_same_summed_update(manager, digits, convnet, name):
+    # None on digits' CPU sizes is the vmapped call (10); 1 is the per-class loop; DSA's draws do not
+    # depend on the choice
     _, view, _ = digits
 
     def run(chunk):
         options = {"iterations": 2, "class_batch": chunk, "batch_real": 8}
-        return instantiate(manager.distillers.get("dc"), options, "quick").distill(view, Budget.parse("ipc=1"), convnet, context(0))
+        return instantiate(manager.distillers.get(name), options, "quick").distill(view, Budget.parse("ipc=1"), convnet, context(0))
 
-    assert torch.allclose(run(None).x, run(4).x, atol=1e-5)
+    default = run(None)
+    assert default.meta["class_batch"] == 10 and default.meta["cpu_block"] >= 8
+    for chunk in (1, 4, 10):
+        assert torch.allclose(default.x, run(chunk).x, atol=1e-5), f"class_batch={chunk}"
+
+
+def test_class_batch_none_chooses_by_device_and_size(manager, digits, convnet):
+    import ddbench_gradmatch.dc as dc
+
+    _, view, _ = digits
+    small = convnet.build(view, 0)  # digits, width 32: 18 KiB per image in the first map
+    big = instantiate(manager.learners.get("convnet"), {}, "full").build(mnist_shaped_view(), 0)  # 512 KiB per image
+    x_small, x_big = view.train.x[:2], torch.zeros(2, 1, 28, 28)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # layout() only looks at the device's type
+    default = instantiate(manager.distillers.get("dc"), {})
+    explicit = instantiate(manager.distillers.get("dc"), {"class_batch": 4})
+    assert default.layout(small, x_small, 32, 10, cpu) == (10, 8 * 2**20 // 18432)  # launch-bound: one vmapped call
+    assert default.layout(big, x_big, 256, 10, cpu) == (1, 16)  # 128 MiB per class: per class, in blocks of 16 images
+    assert default.layout(big, x_big, 256, 10, cuda) == (10, None)  # accelerators: vmapped, whole batches
+    assert explicit.layout(big, x_big, 256, 10, cpu) == (4, 16) and explicit.layout(big, x_big, 256, 10, cuda) == (4, None)
+    assert 32 * 18432 < dc.CPU_PER_CLASS_BYTES <= 256 * 18432  # digits in the full profile (batch_real 256) loops too
+
+
+def test_cpu_blocks_follow_the_largest_activation_and_keep_modes(manager, digits):
+    from ddbench_gradmatch.matching import cpu_block, per_sample
+
+    _, view, _ = digits
+    net = instantiate(manager.learners.get("convnet"), {"width": 16}, "quick").build(view, 0)
+    # 1x8x8 -> first map 16 x 12 x 12 floats = 9,216 bytes per image
+    assert cpu_block(net, view.train.x[:5]) == 8 * 2**20 // 9216 and cpu_block(net, view.train.x[:5], budget=9216 * 3) == 3
+    assert per_sample(net)
+    bn = instantiate(manager.learners.get("convnet"), {"norm": "batchnorm"}, "quick").build(view, 0)
+    stats = [m.running_mean.clone() for m in bn.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert not per_sample(bn) and cpu_block(bn, view.train.x[:5]) >= 1 and bn.training
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(stats, [m for m in bn.modules() if isinstance(m, nn.BatchNorm2d)]))
+    bn.eval()
+    assert per_sample(bn)  # frozen statistics (the matching step): every sample on its own
+    assert not per_sample(nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)))
+
+
+# -- the benchmark's reference loop (plugins/ddbench_gradmatch/reference_loop.py) --------------------
+def mnist_shaped_view(per_class: int = 6) -> TaskView:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(10).repeat_interleave(per_class)
+    split = Split(torch.randn(len(y), 1, 28, 28, generator=g), y)
+    info = {"dsa_strategy": "color_crop_cutout_scale_rotate"}
+    return TaskView("mnist-shaped", "classification", 10, (1, 28, 28), split, split, info=info)
+
+
+@pytest.mark.parametrize("name", ["dc", "dsa"])
+@pytest.mark.parametrize(("chunk", "block"), [pytest.param(1, None, marks=pytest.mark.slow), (1, 2), (10, None)])
+def test_reference_matching_step_equals_ddbench(manager, name, chunk, block):
+    """One matching step at mnist5k's shapes (ConvNet-3 width 128, 1x28x28, 10 classes, ipc 2):
+    ddbench's loss and image gradient equal the reference per-class loop's on the same network,
+    real batch, synthetic set and siamese draws."""
+    from ddbench_gradmatch.reference_loop import matching_loss
+    from ddbench_gradmatch.siamese import siamese_draw
+
+    view = mnist_shaped_view()
+    net = instantiate(manager.learners.get("convnet"), {}, "full").build(view, 0)
+    pools = ClassPools(view)
+    real = pools.sample(4, torch.Generator().manual_seed(1))
+    syn = initial_images(pools, 2, "noise", torch.Generator().manual_seed(2)).requires_grad_(True)
+    distiller = instantiate(manager.distillers.get(name), {}, "full")
+    # vmapped, DSA augments all classes in one call, and on the CPU apply() then runs the identity
+    # warp for the classes whose family is color or cutout (rounding of about 1e-5 per pixel, which
+    # the random network amplifies): there, only affine families, so both skip the same stages
+    strategy = view.info["dsa_strategy"] if chunk == 1 else "crop_scale_rotate"
+    siamese = DSA(strategy, 7, "cpu") if name == "dsa" else None
+    loss = distiller.match(net, real, syn, chunk, siamese, block)
+    grad, syn.grad = syn.grad, None
+    assert all(p.grad is None for p in net.parameters()), "ddbench's matching leaves the network's .grad alone"
+    omegas = None if name == "dc" else siamese_draw(DSA(strategy, 7, "cpu"), 10, 28)
+    ref = matching_loss(net, real, syn, "ours", omegas)
+    ref.backward()
+    assert grad.shape == syn.grad.shape == (20, 1, 28, 28) and loss.shape == ref.shape == ()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(grad, syn.grad, rtol=1e-4, atol=1e-5 * syn.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("name", ["dc", "dsa"])
+@pytest.mark.parametrize("chunk", [None, 10])
+def test_reference_run_equals_ddbench_end_to_end(manager, monkeypatch, digits, convnet, name, chunk):
+    """Two outer iterations of two matching steps with inner training between them (digits,
+    ipc 2): ddbench's set and losses equal the reference loop's (the same draws), with the CPU's
+    per-class loop in blocks of 3 images (matching and inner loop) and with the vmapped path."""
+    import ddbench_gradmatch.dc as dc
+    from ddbench_gradmatch.reference_loop import reference_distill
+
+    _, view, _ = digits
+    monkeypatch.setattr(dc, "CPU_PER_CLASS_BYTES", 0)  # the per-class loop at digits' sizes ...
+    monkeypatch.setattr(dc, "CPU_BLOCK_BYTES", 3 * 18432)  # ... in blocks of 3 images (18 KiB each)
+    options = {"iterations": 2, "outer_loop": 2, "inner_loop": 2, "batch_real": 8, "batch_train": 8, "class_batch": chunk}
+    distiller = instantiate(manager.distillers.get(name), options, "quick")
+    art = distiller.distill(view, Budget.parse("ipc=2"), convnet, context(0))
+    x, losses = reference_distill(distiller, view, Budget.parse("ipc=2"), convnet, context(0))
+    assert art.meta["cpu_block"] == 3 and art.meta["class_batch"] == (chunk or 1)
+    start = initial_images(ClassPools(view), 2, distiller.init, torch.Generator().manual_seed(0))
+    assert x.shape == art.x.shape == (20, 1, 8, 8) and not torch.allclose(x, start)
+    assert torch.allclose(art.x, x, atol=1e-5)
+    assert [v for _, v in art.meta["loss"]] == pytest.approx(losses, rel=1e-5)
 
 
 def test_declared_evaluation_recipes(manager, digits):

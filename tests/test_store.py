@@ -49,6 +49,20 @@ def test_result_round_trip(tmp_path):
     assert not store.done(result.cell) and len(store.records()) == 1  # failed cells rerun, replaced in place
 
 
+def test_the_protocol_and_the_model_count_round_trip_and_keep_cells_apart(tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    native = fake_result(0)
+    native.model_params = 1234
+    common = CellResult(Cell(**{**native.cell.__dict__, "protocol": "common"}), "ok", "accuracy", [91.0], model_params=1234)
+    store.put(native)
+    assert not store.done(common.cell)  # the other protocol is another cell
+    store.put(common)
+    records = store.records()
+    assert sorted(r["config"]["protocol"] for r in records) == ["common", "native"]
+    assert {result_from_dict(r).cell.protocol for r in records} == {"native", "common"}
+    assert all(r["model_params"] == 1234 and result_to_dict(result_from_dict(r))["model_params"] == 1234 for r in records)
+
+
 @pytest.mark.slow
 def test_sigkill_mid_suite_loses_nothing(tmp_path):
     suite, db = tmp_path / "suite.toml", tmp_path / "results.sqlite"

@@ -48,3 +48,25 @@ def test_torchvision_task_without_files_is_a_clear_error(manager, tmp_path):
     message = str(info.value)
     assert "cifar10" in message and ("--data-root" in message or "torchvision" in message)
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("name, augment, strategy", [
+    ("digits", "dsa", "color_crop_cutout_scale_rotate"), ("mnist5k", "dc", "color_crop_cutout_scale_rotate"),
+    ("mnist", "dc", "color_crop_cutout_scale_rotate"), ("fashion-mnist", "dc", "color_crop_cutout_flip_scale_rotate"),
+    ("cifar10", "dsa", "color_crop_cutout_flip_scale_rotate"), ("cifar100", "dsa", "color_crop_cutout_flip_scale_rotate"),
+])
+def test_image_tasks_declare_a_published_common_protocol(manager, name, augment, strategy):
+    """DC's MNIST protocol on MNIST-like tasks, DSA's elsewhere (docs/methods.md §3); quick keeps its short E."""
+    task = instantiate(manager.tasks.get(name), {})  # nothing loaded: the recipes need no data
+    full, quick = task.common_recipe("full"), task.common_recipe("quick")
+    assert (full.augment, full.dsa_strategy, full.epochs, full.batch_size) == (augment, strategy, 1000, 256)
+    assert quick.epochs == task.recipe("quick").epochs and quick.augment == augment
+    assert (full.lr, full.momentum, full.weight_decay) == (task.recipe("full").lr, 0.9, 5e-4)
+
+
+@pytest.mark.parametrize("name, options", [("mnist1d", {}), ("multi-index", {"d": 8, "r": 1})])
+def test_tasks_without_a_common_protocol(manager, name, options):
+    from ddbench.suite import has_common_protocol
+
+    cls = manager.tasks.get(name)
+    assert not has_common_protocol(cls) and instantiate(cls, options).common_recipe("full") is None

@@ -9,6 +9,12 @@ a board's extra columns are the ones its task declares (``leaderboard_columns``)
 length (:data:`~ddbench.results.records.RUN_LENGTH_META`); every other extra stays in ``results.json``.
 The Markdown depends only on the records, so regenerating from committed results reproduces it
 byte for byte. Plugins add their own reports beside these (``ddbench_register_reports``).
+
+A board is one task under one evaluation protocol (docs/design.md §4): ``<task>.md`` for
+``native`` (each method's own recipe), ``<task>-common.md`` for ``common`` (the task's one recipe,
+stated in its header); a task with both links each to the other and shows them side by side. Each
+``full`` row that recorded its evaluation net's parameter count has a ``trained model`` reference
+row beside it: full's accuracy at the cost of storing the trained net.
 """
 from __future__ import annotations
 
@@ -22,11 +28,14 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ddbench.recipe import PROTOCOL_FIELDS, PROTOCOLS, protocol_part
 from ddbench.results.records import COLUMNS, FULL, Row, aggregate, common_settings, fmt
 
 CSV_FIELDS = ["task", "distiller", "budget", "metric", "mean", "std", "nets", "seeds", "stored_params", "metric_per_kparam",
-              "gain_vs_random", "compression", "distill_s", "eval_s", "peak_mb", "device", "status", "label", "settings",
-              "higher_is_better"]
+              "gain_vs_random", "compression", "distill_s", "eval_s", "peak_mb", "model_params", "device", "status", "label",
+              "settings", "higher_is_better"]
+TRAINED = "trained model"
+"""The label of the reference row beside ``full``: the learner trained on all the data, counted at its parameters."""
 BOARDS = "boards"
 """The name of the generic boards among the reports ``ddbench leaderboard --report`` chooses from."""
 
@@ -46,13 +55,44 @@ def board_columns(rows: Sequence[Row]) -> list[str]:
     return sorted({k for r in rows for k in r.board_columns()})
 
 
-def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenerate: str) -> str:
-    """The leaderboard page of one task."""
-    rows = [r for r in rows if r.task == task]
+def board_name(task: str, protocol: str = "native") -> str:
+    """The file stem of a board: ``<task>`` under ``native``, ``<task>-<protocol>`` otherwise."""
+    return task if protocol == "native" else f"{task}-{protocol}"
+
+
+def boards(rows: Sequence[Row]) -> list[tuple[str, str]]:
+    """The (task, protocol) boards of ``rows``, by task, native first."""
+    return sorted({(r.task, r.protocol) for r in rows}, key=lambda b: (b[0], PROTOCOLS.index(b[1]) if b[1] in PROTOCOLS else len(PROTOCOLS), b[1]))
+
+
+def record_protocol(record: dict[str, Any]) -> str:
+    return str(record["config"].get("protocol", "native"))
+
+
+def trained_model(full: Row) -> Row | None:
+    """The ``trained model`` reference row of a ``full`` row: its accuracy, stored at the parameter count
+    of the evaluation net (``None`` where the records hold no count)."""
+    if not full.ok or not full.model_params or math.isnan(full.model_params):
+        return None
+    train_scalars = full.stored_params * full.compression
+    return Row(full.task, TRAINED, FULL, full.metric, list(full.values), full.mean, full.std, full.nets, list(full.seeds),
+               stored_params=full.model_params, compression=train_scalars / full.model_params, device=full.device,
+               directions=dict(full.directions), config=full.config, label=TRAINED, model_params=full.model_params)
+
+
+def _recipe_text(recipe: dict[str, Any]) -> str:
+    return ", ".join(f"`{k}` {v}" for k, v in recipe.items())
+
+
+def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenerate: str, protocol: str = "native") -> str:
+    """The leaderboard page of one task under one protocol."""
+    all_rows = [r for r in rows if r.task == task]
+    both = {r.protocol for r in all_rows}
+    rows = [r for r in all_rows if r.protocol == protocol]
     metric = next((r.metric for r in rows if r.metric), "metric")
     declared = direction(rows)
     higher = True if declared is None else declared
-    recs = [r for r in records if r["config"]["task"] == task and r["status"] != "skipped"]
+    recs = [r for r in records if r["config"]["task"] == task and record_protocol(r) == protocol and r["status"] != "skipped"]
     prov = recs[0]["provenance"] if recs else {}
     finished = sorted(r["finished_at"] for r in recs)
     devices = sorted({r["device"] for r in recs if r["device"]})
@@ -61,8 +101,25 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
     common = ", ".join(f"{k}: {v}" for k, v in common_settings(rows).items())
     extras = board_columns(rows)
     how = ("higher" if higher else "lower") + (" is better" if declared is not None else " is better, assumed: the records do not say")
+    others = [p for p in PROTOCOLS if p in both and p != protocol]
+    links = "".join(f" The {p} protocol's board: [{board_name(task, p)}.md]({board_name(task, p)}.md)." for p in others)
+    if protocol == "common":
+        used = sorted({json.dumps(protocol_part(r.get("recipe", {}))) for r in recs if r["status"] == "ok"})
+        stated = "; ".join(_recipe_text(json.loads(u)) for u in used) or "none recorded"
+        how_trained = (f"- Protocol: common: every row trained with the task's one recipe ({stated}), whatever its method "
+                       f"declares for {', '.join(f'`{f}`' for f in PROTOCOL_FIELDS)}; a method's other declarations (a learned "
+                       f"lr, implied labels, learner options) are part of its artifact and still apply.{links}")
+    else:
+        how_trained = (f"- Protocol: {protocol}: each row trained with its method's own evaluation recipe (the task's, updated by what "
+                       f"the artifact declares), as the papers report; rows may differ in augmentation and epochs, and gain vs random "
+                       f"uses each row's recipe.{links}")
+    full = [r for r in rows if r.budget == FULL]
+    references = [ref for r in full for ref in (r, trained_model(r)) if ref is not None]
+    trained_note = (f" `{TRAINED}` is the learner trained on the whole train split (`{FULL}`'s {metric}) counted at the parameters "
+                    "of its network: what storing the trained model instead of data would cost (a reference, not ranked)."
+                    if len(references) > len(full) else "")
     lines = [
-        f"# ddbench leaderboard: {task}",
+        f"# ddbench leaderboard: {task}" + (f" ({protocol} protocol)" if protocol != "native" else ""),
         "",
         f"- Provenance: ddbench {prov.get('ddbench', '?')} (commit {prov.get('commit') or 'unknown'}), torch {prov.get('torch', '?')}, "
         f"Python {prov.get('python', '?')}; device: {', '.join(devices) or '?'}.",
@@ -70,23 +127,53 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
         f"{', '.join(map(str, eval_seeds))} evaluation nets per artifact; final-epoch test {metric}, nothing selected on test.",
         f"- Ranked by mean {metric} ({how}) within each budget tier; ± is the std over all "
         f"evaluation nets of all distillation seeds. `{FULL}` is the whole train split (a reference, not ranked); gain vs random = "
-        "metric minus a random real subset at the same budget, seed and evaluation recipe.",
+        f"metric minus a random real subset at the same budget, seed and evaluation recipe.{trained_note}",
+        how_trained,
         f"- Settings: {common or 'none recorded'}; a row that differs says how, in brackets after its distiller.",
         f"- Regenerate: `{regenerate}`",
         "",
     ]
     headers = ["rank", "distiller", f"{metric} ± std", "nets", *[c.header.format(metric=metric) for c in COLUMNS], *extras, "status"]
-    full = [r for r in rows if r.budget == FULL]
     for budget in sorted({r.budget for r in rows if r.budget != FULL}, key=_budget_key):
         tier = [r for r in rows if r.budget == budget]
         ranked = sorted([r for r in tier if r.ok], key=lambda r: (-r.mean if higher else r.mean, r.label))
         table = [_line(str(rank), r, extras) for rank, r in enumerate(ranked, 1)]
         table += [_line("—", r, extras) for r in tier if not r.ok]
-        table += [_line("ref", r, extras) for r in full]
+        table += [_line("ref", r, extras) for r in references]
         lines += [f"## Budget {budget}", "", tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
     if not any(r.budget != FULL for r in rows) and full:
-        lines += ["## Reference", "", tabulate([_line("ref", r, extras) for r in full], headers=headers, tablefmt="github", disable_numparse=True), ""]
+        lines += ["## Reference", "", tabulate([_line("ref", r, extras) for r in references], headers=headers, tablefmt="github",
+                                               disable_numparse=True), ""]
+    if others:
+        lines += side_by_side(task, all_rows, metric)
     return "\n".join(lines)
+
+
+def _unprotocolled(r: Row) -> tuple[str, str, str]:
+    config = {k: v for k, v in (r.config or {}).items() if k != "protocol"}
+    return r.distiller, r.budget, json.dumps(config, sort_keys=True, default=str)
+
+
+def side_by_side(task: str, rows: list[Row], metric: str) -> list[str]:
+    """The section that sets a task's rows under the two protocols side by side (a row of the same
+    distiller, budget and settings under each)."""
+    pairs: dict[tuple[str, str, str], dict[str, Row]] = {}
+    for r in rows:
+        if r.ok:
+            pairs.setdefault(_unprotocolled(r), {})[r.protocol] = r
+    table = []
+    for key in sorted(pairs, key=lambda k: (k[1] == FULL, _budget_key(k[1]) if k[1] != FULL else (0, 0),
+                                            (pairs[k].get("native") or pairs[k]["common"]).label)):
+        native, common = pairs[key].get("native"), pairs[key].get("common")
+        label = (native or common).label  # type: ignore[union-attr]
+        change = common.mean - native.mean if native and common else math.nan
+        table.append([label, key[1], fmt(native.mean, ".2f") if native else "", fmt(common.mean, ".2f") if common else "",
+                      fmt(change, "+.2f")])
+    headers = ["distiller", "budget", f"native {metric}", f"common {metric}", "common − native"]
+    return ["## Native and common protocols side by side", "",
+            f"Mean {metric} of each distiller and budget: native from [{board_name(task, 'native')}.md]({board_name(task, 'native')}.md), "
+            f"common from [{board_name(task, 'common')}.md]({board_name(task, 'common')}.md).", "",
+            tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
 
 
 def cells(r: Row) -> list[str]:
@@ -113,7 +200,7 @@ def to_csv(rows: list[Row]) -> str:
                          "mean": fmt(r.mean, ".6g"), "std": fmt(r.std, ".6g"), "nets": r.nets,
                          "seeds": " ".join(map(str, r.seeds)), **{c.name: fmt(getattr(r, c.name), c.csv_spec) for c in COLUMNS},
                          "device": r.device, "status": r.status, "settings": r.signature or "",
-                         "higher_is_better": "" if higher is None else str(higher).lower()})
+                         "higher_is_better": "" if higher is None else str(higher).lower(), "model_params": fmt(r.model_params, ".0f")})
     return buf.getvalue()
 
 
@@ -128,14 +215,14 @@ def pareto(points: list[tuple[float, float]], higher: bool = True) -> list[tuple
     return front
 
 
-def plot(task: str, rows: list[Row], path: Path) -> None:
+def plot(task: str, rows: list[Row], path: Path, protocol: str = "native") -> None:
     """Metric versus stored parameters (log x) per method, the Pareto front and reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.task == task and r.ok]
+    rows = [r for r in rows if r.task == task and r.protocol == protocol and r.ok]
     metric = rows[0].metric if rows else "metric"
     higher = direction(rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -148,13 +235,17 @@ def plot(task: str, rows: list[Row], path: Path) -> None:
         if r.budget == FULL:
             ax.axhline(r.mean, color="black", linestyle=":", label=f"{r.label}: whole train split ({r.stored_params:.0f} params)")
             ax.plot([r.stored_params], [r.mean], marker="*", markersize=12, color="black", linestyle="none")
+            model = trained_model(r)
+            if model is not None:
+                ax.plot([model.stored_params], [model.mean], marker="P", markersize=10, color="black", linestyle="none",
+                        label=f"{TRAINED} ({model.stored_params:.0f} params)")
     front = pareto([(r.stored_params, r.mean) for r in rows if r.budget != FULL], True if higher is None else higher)
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="red", alpha=0.4, linewidth=4, label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("stored parameters (counted by the harness)")
     ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"ddbench: {task}")
+    ax.set_title(f"ddbench: {task}" + (f" ({protocol} protocol)" if protocol != "native" else ""))
     ax.legend(fontsize=8, loc="best")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -168,19 +259,27 @@ def regenerate_command(out: Path, records_file: str = "results.json", report: st
             + (f" --report {report}" if report else ""))
 
 
+def pages(rows: list[Row], records: list[dict[str, Any]], regenerate: str) -> dict[str, str]:
+    """The Markdown boards of ``rows``: file name (``<task>.md``, ``<task>-common.md``) -> text."""
+    return {f"{board_name(task, protocol)}.md": markdown(task, rows, records, regenerate, protocol) + "\n"
+            for task, protocol in boards(rows)}
+
+
 def write(records: list[dict[str, Any]], out: Path, tasks: list[str] | None = None) -> list[Path]:
-    """Write ``<task>.md``, ``<task>.csv``, ``<task>.png`` and the records as ``results.json``
-    under ``out``; ``ddbench leaderboard --results OUT/results.json --out OUT`` regenerates them."""
+    """Write ``<task>.md``, ``<task>.csv``, ``<task>.png`` (and ``<task>-common.*`` for the common
+    protocol) and the records as ``results.json`` under ``out``;
+    ``ddbench leaderboard --results OUT/results.json --out OUT`` regenerates them."""
     out.mkdir(parents=True, exist_ok=True)
     records = [r for r in records if tasks is None or r["config"]["task"] in tasks]
     rows = aggregate(records)
     regenerate = regenerate_command(out)
     written = []
-    for task in sorted({r.task for r in rows}):
-        md, csv_path, png = out / f"{task}.md", out / f"{task}.csv", out / f"{task}.png"
-        md.write_text(markdown(task, rows, records, regenerate) + "\n")
-        csv_path.write_text(to_csv([r for r in rows if r.task == task]))
-        plot(task, rows, png)
+    for task, protocol in boards(rows):
+        name = board_name(task, protocol)
+        md, csv_path, png = out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png"
+        md.write_text(markdown(task, rows, records, regenerate, protocol) + "\n")
+        csv_path.write_text(to_csv([r for r in rows if r.task == task and r.protocol == protocol]))
+        plot(task, rows, png, protocol)
         written += [md, csv_path, png]
     results = out / "results.json"
     results.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from ddbench.errors import StoreError
+from ddbench.recipe import PROTOCOLS
 
 if TYPE_CHECKING:  # the budget type lives with the interfaces (torch); records only need its text
     import pandas as pd
@@ -118,10 +119,12 @@ class Cell:
     time_limit_s: float | None = None
     device_type: str = "cpu"
     results_version: int = RESULTS_VERSION
+    protocol: str = "native"  # how the evaluation nets train: "native" or "common" (docs/design.md §4)
 
     @property
     def label(self) -> str:
-        return f"{self.task} / {self.distiller} / {self.budget or FULL} / seed {self.seed}"
+        tail = "" if self.protocol == "native" else f" / {self.protocol}"
+        return f"{self.task} / {self.distiller} / {self.budget or FULL} / seed {self.seed}{tail}"
 
     def config(self) -> dict[str, Any]:
         d = asdict(self)
@@ -129,8 +132,18 @@ class Cell:
         return d
 
     def key(self) -> str:
-        """A stable hash of everything that defines the cell's result."""
-        return hashlib.sha256(json.dumps(self.config(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """A stable hash of everything that defines the cell's result. A ``native`` cell hashes as
+        before protocols existed, so the cells of older stores keep their keys."""
+        config = self.config()
+        if config["protocol"] == "native":
+            del config["protocol"]
+        return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def distillation(self) -> str:
+        """What defines the cell's distillation: everything but the protocol and the evaluation seeds
+        (the cells of one distillation under both protocols share the artifact, docs/design.md §4)."""
+        config = {k: v for k, v in self.config().items() if k not in ("protocol", "eval_seeds")}
+        return json.dumps(config, sort_keys=True, default=str)
 
 
 @dataclass
@@ -154,6 +167,7 @@ class CellResult:
     traceback: str = ""
     random_ref: float | None = None  # mean metric of `random` at this budget under this cell's recipe
     recipe: dict[str, Any] = field(default_factory=dict)  # the evaluation recipe the nets trained with
+    model_params: int = 0  # parameters of one evaluation net (what storing a trained net costs); 0: not recorded
     higher_is_better: dict[str, bool] = field(default_factory=dict)  # the task's metric directions (Task.higher_is_better)
     leaderboard_columns: list[str] = field(default_factory=list)  # extras the task shows on boards (Task.leaderboard_columns)
 
@@ -174,7 +188,7 @@ class CellResult:
 RESULT_FIELDS = tuple(f.name for f in fields(CellResult) if f.name != "cell")
 """The fields a record stores beside its ``config``, from the dataclass itself."""
 CELL_FIELDS = tuple(f.name for f in fields(Cell))
-OPTIONAL_SETTINGS = ("time_limit_s", "device_type", "results_version")  # filled in for older records (normalised)
+OPTIONAL_SETTINGS = ("time_limit_s", "device_type", "results_version", "protocol")  # filled in for older records (normalised)
 
 
 def result_to_dict(result: CellResult) -> dict[str, Any]:
@@ -184,11 +198,13 @@ def result_to_dict(result: CellResult) -> dict[str, Any]:
 
 def normalised(record: dict[str, Any]) -> dict[str, Any]:
     """A stored record with the cell settings that older versions did not record filled in: no
-    time limit, the device type of the device it ran on, results version 0."""
+    time limit, the device type of the device it ran on, results version 0, the native protocol;
+    and no model parameter count (0)."""
     config = record["config"]
     device = str(record.get("device", "cpu"))
-    defaults = {"time_limit_s": None, "device_type": "cpu" if device in ("cpu", "") else "cuda", "results_version": 0}
-    return {**record, "config": {**defaults, **config}}
+    defaults = {"time_limit_s": None, "device_type": "cpu" if device in ("cpu", "") else "cuda", "results_version": 0,
+                "protocol": "native"}
+    return {"model_params": 0, **record, "config": {**defaults, **config}}
 
 
 def result_from_dict(data: dict[str, Any]) -> CellResult:
@@ -219,6 +235,8 @@ def _problem(record: Any) -> str:
     budget = config["budget"]
     if budget is not None and not (isinstance(budget, str) and BUDGET_TEXT.match(budget)):
         return f"does not describe a cell (budget {budget!r} is not ipc=N or params=N)"
+    if config.get("protocol", "native") not in PROTOCOLS:
+        return f"does not describe a cell (protocol {config['protocol']!r} is not {' or '.join(PROTOCOLS)})"
     if record["status"] not in ("ok", "failed", "skipped"):
         return f"does not describe a cell (status {record['status']!r} is not ok, failed or skipped)"
     if not isinstance(record["values"], list) or not all(isinstance(v, (int, float)) for v in record["values"]):
@@ -257,6 +275,7 @@ class Row:
     distill_s: float = math.nan
     eval_s: float = math.nan
     peak_mb: float = math.nan
+    model_params: float = math.nan  # parameters of one evaluation net (NaN: not recorded)
     device: str = ""
     failed: list[str] = field(default_factory=list)  # the errors of its failed cells
     skipped: list[str] = field(default_factory=list)  # the reasons of its skipped cells (per-cell rows only)
@@ -270,6 +289,11 @@ class Row:
     def ok(self) -> bool:
         """Whether the row has a result (some cell finished)."""
         return self.nets > 0
+
+    @property
+    def protocol(self) -> str:
+        """The row's evaluation protocol (``native`` where its settings are unknown)."""
+        return "native" if self.config is None else str(self.config.get("protocol", "native"))
 
     @property
     def signature(self) -> str | None:
@@ -329,13 +353,14 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "seed": c["seed"] if ok else None, "metric": rec["metric"] if ok else None, "values": values, "mean": cell_mean,
             "gain": gain(cell_mean, rec.get("random_ref")) if ok else None,
             **{col: number(col) for col in ("stored_params", "compression", "distill_s", "eval_s", "peak_mb")},
+            "model_params": float(rec.get("model_params") or math.nan) if ok else math.nan,
             "device": rec.get("device", "") if ok else None, "extra": dict(rec.get("extra", {})) if ok else None,
             "directions": dict(rec.get("higher_is_better", {})) if ok else None,
             "columns": list(rec.get("leaderboard_columns", [])) if ok else None,
         })
     return pd.DataFrame(lines, columns=["task", "distiller", "budget", "settings", "config", "status", "error", "seed", "metric",
                                         "values", "mean", "gain", "stored_params", "compression", "distill_s", "eval_s",
-                                        "peak_mb", "device", "extra", "directions", "columns"])
+                                        "peak_mb", "model_params", "device", "extra", "directions", "columns"])
 
 
 GROUP = ["task", "distiller", "budget", "settings"]
@@ -370,7 +395,7 @@ def _row(group: pd.DataFrame) -> Row:
         row.values = [v for values in done["values"] for v in values]
         row.mean, row.std, row.nets = mean(row.values), std(row.values), len(row.values)
         row.seeds = sorted(int(s) for s in done["seed"])
-        for col in ("stored_params", "compression", "distill_s", "eval_s"):
+        for col in ("stored_params", "compression", "distill_s", "eval_s", "model_params"):
             setattr(row, col, nanmean(done[col]))
         row.gain_vs_random = nanmean(done["gain"])
         row.peak_mb = float(done["peak_mb"].max())
@@ -398,7 +423,7 @@ def _flat(config: dict[str, Any]) -> dict[str, str]:
     """A row's settings as short ``name: value`` texts (distiller options apart: see :func:`label_rows`)."""
     out = {}
     for key, value in sorted(config.items()):
-        if key == "distiller_options":
+        if key in ("distiller_options", "protocol"):  # options: see label_rows; the protocol: each board has one
             continue
         if isinstance(value, dict):
             prefix = key.removesuffix("_options")
@@ -428,9 +453,10 @@ def common_settings(rows: Sequence[Row]) -> dict[str, str]:
 
 def label_rows(rows: Sequence[Row]) -> None:
     """Set each row's label: its distiller, the options given to it, and (in brackets) the settings
-    in which it differs from most rows of its task's board, e.g. ``dsa (lr_img=10) [time limit: 30 s]``."""
-    for task in {r.task for r in rows}:
-        board = [r for r in rows if r.task == task]
+    in which it differs from most rows of its board (one task under one protocol), e.g.
+    ``dsa (lr_img=10) [time limit: 30 s]``."""
+    for task, protocol in {(r.task, r.protocol) for r in rows}:
+        board = [r for r in rows if r.task == task and r.protocol == protocol]
         common = common_settings(board)
         for r in board:
             if r.config is None:

@@ -10,7 +10,7 @@ from ddbench.results.leaderboard import cells
 from ddbench.results.records import COLUMNS, CellResult, Row, aggregate, result_to_dict
 from ddbench.results.records import fmt as text
 
-HEADERS = ["task", "distiller", "budget", "metric", "mean ± std", *[c.header.format(metric="metric") for c in COLUMNS], "status"]
+HEADERS = ["task", "distiller", "budget", "protocol", "metric", "mean ± std", *[c.header.format(metric="metric") for c in COLUMNS], "status"]
 
 
 def rows(results: Sequence[dict[str, Any] | CellResult]) -> list[list[object]]:
@@ -22,8 +22,8 @@ def rows(results: Sequence[dict[str, Any] | CellResult]) -> list[list[object]]:
 def _line(r: Row) -> list[object]:
     if not r.ok:
         reason = f"failed: {r.failed[0]}" if r.failed else f"skipped: {r.skipped[0]}" if r.skipped else "failed: no result"
-        return [r.task, r.distiller, r.budget, r.metric, *[""] * (len(HEADERS) - 5), reason]
-    return [r.task, r.distiller, r.budget, r.metric, f"{text(r.mean, '.2f')} ± {text(r.std, '.2f')}", *cells(r), "ok"]
+        return [r.task, r.distiller, r.budget, r.protocol, r.metric, *[""] * (len(HEADERS) - 6), reason]
+    return [r.task, r.distiller, r.budget, r.protocol, r.metric, f"{text(r.mean, '.2f')} ± {text(r.std, '.2f')}", *cells(r), "ok"]
 
 
 def table(results: Sequence[dict[str, Any] | CellResult], fmt: str = "github") -> str:

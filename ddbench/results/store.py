@@ -260,7 +260,7 @@ def _csv_row(d: dict[str, str]) -> Row:
     row = Row(d["task"], d["distiller"], d["budget"], d["metric"], mean=mean, std=num("std"), nets=nets,
               seeds=[int(s) for s in (d.get("seeds") or "").split()], stored_params=num("stored_params"),
               gain_vs_random=num("gain_vs_random"), compression=num("compression"), distill_s=num("distill_s"),
-              eval_s=num("eval_s"), peak_mb=num("peak_mb"), device=d.get("device") or "",
+              eval_s=num("eval_s"), peak_mb=num("peak_mb"), model_params=num("model_params"), device=d.get("device") or "",
               directions={d["metric"]: higher == "true"} if higher else {},
               config=json.loads(d["settings"]) if d.get("settings") else None, label=d.get("label") or "")
     if d.get("status", "ok") != "ok":

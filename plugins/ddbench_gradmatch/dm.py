@@ -9,6 +9,7 @@ import torch
 from ddbench.ops.augment import DSA
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
 from ddbench_gradmatch.common import FreshNetworks, HostSeeds, LossLog, check_values, dsa_strategy, eval_recipe, image_reason
+from ddbench_gradmatch.published import published_rows
 from ddbench_gradmatch.sampling import ClassPools, initial_images
 from ddbench_gradmatch.siamese import siamese_per_class
 
@@ -30,6 +31,7 @@ class DMDistiller(Distiller):
     """
 
     name = "dm"
+    published = published_rows("dm")
     description = "DM: per-class mean-embedding matching under random networks (Zhao & Bilen, WACV 2023)"
     quick = {"iterations": 120, "batch_real": 32}  # CPU profile
 

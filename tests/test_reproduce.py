@@ -1,0 +1,101 @@
+"""``ddbench reproduce``: a method's published rows, the task that compares with them, the page."""
+from __future__ import annotations
+
+import argparse
+import types
+
+import pytest
+import torch
+
+from ddbench import Artifact, Distiller, Published, hookimpl
+from ddbench import reproduce
+from ddbench.cli import main
+from ddbench.errors import SuiteError
+from ddbench.harness import Harness
+from ddbench.plugins import PluginManager, get_plugin_manager
+from ddbench.results.store import ResultStore
+from ddbench.testing.tasks import TinyClassification
+
+
+class TinyPart(TinyClassification):
+    name = "tiny-part"
+    description = "part of the tiny dataset"
+    reference_dataset = "tiny"
+
+
+class Means(Distiller):
+    """One class mean per class; ``iterations`` only says how long it 'ran'."""
+
+    name = "means"
+    published = (Published("tiny", 1, 90.0, 5.0, 50.0, 5.0, "a test table"),)
+
+    def __init__(self, iterations: int = 100):
+        self.iterations = iterations
+
+    def distill(self, task, budget, learner, context):
+        x = torch.stack([task.train.x[task.class_index(c)].mean(0) for c in range(task.num_classes)])
+        return Artifact({"x": x, "y": torch.arange(task.num_classes)}, meta={"iterations": self.iterations})
+
+
+@pytest.fixture
+def manager():
+    pm = PluginManager()
+    convnet = get_plugin_manager().learners.get("convnet")
+    pm.add(types.SimpleNamespace(ddbench_register_tasks=hookimpl(lambda register: register(TinyPart)),
+                                 ddbench_register_learners=hookimpl(lambda register: register(convnet)),
+                                 ddbench_register_distillers=hookimpl(lambda register: register(Means))), "tiny")
+    return pm
+
+
+def args(tmp_path, **over) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    reproduce.add_arguments(parser)
+    ns = parser.parse_args(["means", "--ipc", "1", "--iterations", "3", "--eval-seeds", "2", "--device", "cpu",
+                            "--out", str(tmp_path / "out"), "--store", str(tmp_path / "r.sqlite")])
+    for k, v in over.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def test_a_reproduction_page_puts_published_and_measured_side_by_side(manager, tmp_path):
+    def execute(suite, store, device):
+        with ResultStore(store, manager) as results:
+            for result in Harness(manager, device).run(suite):
+                results.put(result, suite.name)
+            return results.records()
+
+    assert reproduce.run(args(tmp_path), manager, execute) == 0
+    page = (tmp_path / "out" / "means-tiny-part.md").read_text()
+    assert "# Reproduction: means on tiny-part" in page and "a test table" in page
+    assert "holds only part of tiny" in page  # the task is a part of the published dataset
+    assert "**Reduced length**: 3 of the published 100 iterations" in page
+    (line,) = [l for l in page.splitlines() if l.startswith("| 1 |")]
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[1:4] == ["90.0 ± 5.0", "50.0 ± 5.0", "+40.0"] and cells[7] == "2" and cells[8] == "3"
+    assert cells[-1] in ("within the published std", "outside")
+    assert (tmp_path / "out" / "means-tiny-part.json").exists()
+
+
+def test_bad_requests_are_one_line_errors(manager, tmp_path):
+    with pytest.raises(SuiteError, match="'means' published no result at ipc 10 on tiny: use --ipc 1"):
+        reproduce.run(args(tmp_path, ipc=[10]), manager, None)
+    real = get_plugin_manager()
+    with pytest.raises(SuiteError, match="declares no published results"):
+        reproduce.pick_task(real, "random", None)
+    with pytest.raises(SuiteError, match="task 'digits' compares with no dataset 'dc' published.*mnist5k"):
+        reproduce.pick_task(real, "dc", "digits")
+    assert reproduce.pick_task(real, "dc", "mnist5k") == ("mnist5k", "mnist")
+
+
+def test_the_command_line_names_a_bad_method(capsys):
+    assert main(["reproduce", "herding"]) == 2
+    assert "declares no published results" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reproduce_dc_runs_end_to_end_on_cpu(tmp_path, capsys):
+    code = main(["reproduce", "dc", "--ipc", "1", "--iterations", "1", "--eval-seeds", "1", "--device", "cpu",
+                 "--store", str(tmp_path / "r.sqlite"), "--out", str(tmp_path)])
+    assert code == 0
+    page = (tmp_path / "dc-mnist5k.md").read_text()
+    assert "91.7 ± 0.5" in page and "64.9 ± 3.5" in page and "1 of the published 1000 iterations" in page
