@@ -12,11 +12,13 @@ fills the network's ``.grad``, cleared before the inner loop's first step) and o
 images; then (except after the last matching step) the network trains on the detached synthetic
 set, one batch per step. Nothing is batched across classes or cut into blocks, nothing is vmapped.
 
-It is written from §5 alone (the distance included) and shares no numerical code with
-``dc.py``/``matching.py``. Only its random draws are taken like ``DCDistiller``'s, in the same
-order from the same generators (real batches for all classes at once, one siamese DSA draw per
-class for a whole step, the inner loop's per-sample DSA drawn per network training): the draws
-are not what is timed, and equal draws let a test compare the two runs end to end.
+It is written from §5 alone (the distance included) and shares none of ``dc.py``'s and
+``matching.py``'s gradient, distance or training code: only the setup (the loop lengths, fresh
+networks, class pools, the initial images, BatchNorm freezing). Its random draws are taken like
+``DCDistiller``'s, in the same order from the same generators (real batches for all classes at
+once, one siamese DSA draw per class for a whole step, the inner loop's per-sample DSA drawn per
+network training): the draws are not what is timed, and equal draws let a test compare the two
+runs end to end.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Seconds per outer iteration and peak memory of dc, dsa and dm on a device, and beside dc and dsa
-the benchmark's reference loop (:mod:`ddbench_gradmatch.reference_loop`).
+those of the benchmark's reference loop (the published per-class loop, reference_loop.py).
 
     ddbench gradmatch-timing --task mnist5k --ipc 1 10 --threads 1 --reference
 
