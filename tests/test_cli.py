@@ -206,7 +206,7 @@ def test_leaderboard_suite_filter_takes_the_suites_cells_from_any_device(capsys,
 
 
 # -- plugin subcommands, reports, the one reader --------------------------------------------------
-PLUGIN_COMMANDS = ["ensemble-speed", "gradmatch-timing", "mtt-memory", "theory-scaling"]
+PLUGIN_COMMANDS = ["ensemble-speed", "gradmatch-timing", "mtt-memory", "theory-measure", "theory-study"]
 
 
 def test_build_parser_needs_no_arguments_and_has_the_plugin_commands():
@@ -226,7 +226,7 @@ def test_every_subcommand_has_help(capsys, command):
 
 def test_plugins_lists_commands_and_reports(capsys):
     code, out, _ = run(capsys, "plugins")
-    assert code == 0 and "commands: theory-scaling; reports: multi-index-scaling" in out and "commands: mtt-memory" in out
+    assert code == 0 and "commands: theory-measure, theory-study" in out and "commands: mtt-memory" in out
 
 
 def stored_result(store, distiller: str, accuracy: float, budget: str | None = "ipc=1"):
@@ -256,8 +256,8 @@ def test_leaderboard_reads_several_stores_and_counts_a_cell_once(capsys, tmp_pat
 
 
 def test_leaderboard_report_choices_are_one_line(capsys, tmp_path):
-    code, _, err = run(capsys, "leaderboard", "--results", str(tmp_path / "r.json"), "--report", "multi-index-scalng")
-    assert code == 2 and "unknown report 'multi-index-scalng' in --report. Did you mean: multi-index-scaling?" in error_line(err)
+    code, _, err = run(capsys, "leaderboard", "--results", str(tmp_path / "r.json"), "--report", "bords")
+    assert code == 2 and "unknown report 'bords' in --report. Did you mean: boards?" in error_line(err)
 
 
 def test_leaderboard_refuses_a_board_csv_as_records(capsys, tmp_path):
@@ -305,9 +305,9 @@ def test_results_modules_import_neither_torch_nor_the_harness():
         assert not heavy and not at_top, f"{path.name} imports {sorted(heavy | at_top)}"
 
 
-def test_theory_scaling_without_cells_is_one_line(capsys, tmp_path):
-    code, _, err = run(capsys, "theory-scaling", "--results", str(ROOT_BOARDS / "mnist5k" / "results.json"))
-    assert code == 2 and "no finished two-stage multi-index cells" in error_line(err)
+def test_theory_study_board_only_without_results_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "theory-study", "--board-only", "--out", str(tmp_path))
+    assert code == 2 and "no study results at" in error_line(err) and "ddbench theory-study --out" in error_line(err)
 
 
 @pytest.mark.slow

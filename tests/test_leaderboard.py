@@ -67,13 +67,13 @@ def test_committed_leaderboards_reproduce(board):
     assert all("higher_is_better" in r and "leaderboard_columns" in r for r in records)  # no direction table to fall back on
 
 
-def test_committed_scaling_study_reproduces():
-    from ddbench_theory.scaling import EPS, markdown as study, points
+def test_committed_multi_index_board_reproduces():
+    from ddbench_theory import board
 
     folder = ROOT / "leaderboards"
-    records = read_results(folder / "multi-index-scaling.json").records
-    regenerate = "ddbench leaderboard --results leaderboards/multi-index-scaling.json --out leaderboards --report multi-index-scaling"
-    assert study(records, points(records), EPS, regenerate) == (folder / "multi-index-scaling.md").read_text()
+    payload = json.loads((folder / "multi-index.json").read_text())
+    assert board.markdown(payload) == (folder / "multi-index.md").read_text()
+    assert board.to_csv(payload["results"]) == (folder / "multi-index.csv").read_text()
 
 
 def write_json(path: Path, records: list[dict]) -> str:

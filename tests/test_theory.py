@@ -1,8 +1,6 @@
 """The two-stage multi-index distiller (docs/theory.md §4-§6) and its references."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -185,72 +183,3 @@ def test_reference_rows_run_in_the_harness(harness):
     features = harness.run_cell(cell("random-features", {}, None))
     assert full.status == features.status == "ok"
     assert features.mean < full.mean - 0.3
-
-
-def synthetic_record(d: int, r: int, width: int, m1: int, m2: int, r2: float, teacher: float = 0.98) -> dict:
-    """A stored record of a two-stage multi-index cell, as the harness writes it (readable by ``ddbench leaderboard``)."""
-    stored = artifact_size(m1, m2, d, grid=False)
-    extra = {"n_train": 1000.0, "m1": m1, "m2": m2, "teacher_r2": teacher, "random_equal_r2": -0.5, "random_features_r2": 0.2,
-             "alignment": 0.98, "subspace_overlap": 0.97, "w1_alignment": 0.98, "stage1_mismatch": 0.3}
-    config = {"task": "multi-index", "task_options": {"d": d, "r": r, "link": "he2", "seed": 0}, "distiller": "two-stage",
-              "distiller_options": {"m1": m1, "m2": m2}, "budget": f"params={stored}", "seed": 0, "eval_seeds": [0],
-              "learner": "two-layer", "learner_options": {"width": width}, "profile": "quick"}
-    return {"key": f"{d}-{r}-{width}-{m1}-{m2}", "config": config, "status": "ok", "metric": "r2", "values": [r2], "extra": extra,
-            "stored_params": stored, "distill_s": 1.0, "eval_s": 1.0, "compression": 1.0, "peak_mb": 1.0, "device": "cpu",
-            "error": "", "random_ref": None, "higher_is_better": {"r2": True}, "leaderboard_columns": [],
-            "finished_at": "2026-12-01T00:00:00Z", "provenance": {"ddbench": "0.1.0", "commit": "abc", "torch": "2"}}
-
-
-def test_b_star_is_the_smallest_budget_reaching_the_target():
-    from ddbench_theory.scaling import b_stars, points
-
-    recs = [synthetic_record(32, 2, 256, 4, 64, 0.90), synthetic_record(32, 2, 256, 4, 128, 0.94),
-            synthetic_record(32, 2, 256, 16, 64, 0.95), synthetic_record(32, 2, 256, 4, 256, 0.96)]
-    (row,) = b_stars(points(recs), eps=0.05)
-    assert row.b_star == artifact_size(4, 128, 32, grid=False)
-    (row,) = b_stars(points(recs), eps=0.01)
-    assert row.b_star is None and row.best_r2 == 0.96
-
-
-def test_fits_recover_a_two_term_law():
-    from ddbench_theory.scaling import BStar, power_fit, two_term_fit
-
-    rows = [BStar(d, r, L, "he2", 0, 4 * d * d * r, 3 * r * r * d + 2 * L, 0.98, 0.97, 10**6, 0.1, "cpu")
-            for d in (16, 32, 64, 128) for r in (1, 2, 3) for L in (64, 256)]
-    two = two_term_fit(rows)
-    assert two["c1"] == pytest.approx(3.0) and two["c2"] == pytest.approx(2.0) and two["r2"] == pytest.approx(1.0)
-    assert two["r2_nd"] < 0.9
-    big_d = [BStar(d, r, 2, "he2", 0, 1, r * r * d, 0.98, 0.97, 10**6, 0.1, "cpu") for d in (16, 32, 64) for r in (1, 2, 4)]
-    power = power_fit(big_d)
-    assert power["slope_d"] == pytest.approx(1.0) and power["slope_r"] == pytest.approx(2.0)
-
-
-SCALING_RECORDS = [synthetic_record(d, r, 64, r * r * k, m2, 0.96 if k * m2 >= 64 else 0.5)
-                   for d in (16, 32) for r in (1, 2) for k in (1, 2) for m2 in (16, 32, 64)]
-
-
-def test_scaling_report_is_written_by_the_leaderboard_and_reproducible(tmp_path, capsys):
-    from ddbench.cli import main
-
-    source = tmp_path / "records.json"
-    source.write_text(json.dumps(SCALING_RECORDS))
-    out = tmp_path / "lb"
-    assert main(["leaderboard", "--results", str(source), "--out", str(out), "--report", "multi-index-scaling"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [f"multi-index-scaling.{x}" for x in ("csv", "json", "md", "png")]
-    md = (out / "multi-index-scaling.md").read_text()
-    assert "B*(eps = 0.05)" in md and "NNLS B* = c1 r^2 d + c2 L" in md and (out / "multi-index-scaling.png").stat().st_size > 0
-    regenerate = f"ddbench leaderboard --results {out.as_posix()}/multi-index-scaling.json --out {out.as_posix()} --report multi-index-scaling"
-    assert f"Regenerate: `{regenerate}`" in md
-    assert main(regenerate.split()[1:]) == 0  # from the records it saved: the same page
-    assert (out / "multi-index-scaling.md").read_text() == md
-    capsys.readouterr()
-    assert main(["theory-scaling", "--results", str(source), "--eps", "0.01"]) == 0  # prints, writes nothing
-    printed = capsys.readouterr().out
-    assert "B*(eps = 0.01)" in printed and sorted(p.name for p in out.iterdir())[0] == "multi-index-scaling.csv"
-
-
-def test_scaling_report_writes_nothing_without_a_grid(tmp_path):
-    from ddbench_theory.scaling import REPORT
-
-    assert REPORT.write(SCALING_RECORDS[:1], tmp_path / "one") == [] and not (tmp_path / "one").exists()
-    assert len(REPORT.write(SCALING_RECORDS[:2], tmp_path / "two")) == 4

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,9 +16,17 @@ from torch import Tensor
 from ddbench import options
 from ddbench.errors import BudgetError
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
-from ddbench_theory.two_layer import HEAD_DATA, TwoLayer, TwoLayerLearner, first_layer_step, preprocess_labels, reinit_biases
-from ddbench_theory.stage1 import INIT_MODES, INITS, LABEL_MODES, LOSSES, match_gradients
-from ddbench_theory.stage2 import OBJECTIVES, fit_head_points
+from ddbench_theory.stage1 import INIT_MODES, INITS, LABEL_MODES, LOSSES, Stage1Result, match_gradients
+from ddbench_theory.stage2 import LABEL_STARTS, OBJECTIVES, fit_head_points
+from ddbench_theory.two_layer import (
+    HEAD_DATA,
+    TwoLayer,
+    TwoLayerLearner,
+    feature_moments,
+    first_layer_step,
+    preprocess_labels,
+    reinit_biases,
+)
 
 SIZE = re.compile(r"^(\d*)(r\^2|r|L)(?:/(\d+))?$")
 
@@ -44,6 +53,21 @@ def artifact_size(m1: int, m2: int, d: int, grid: bool) -> int:
     return m1 * (d + 1) + d + (m2 + 1 if grid else 2 * m2) + 1 + d
 
 
+@dataclass
+class FirstStage:
+    """Stage 1's result with the student's first layer ``w1``, re-initialised biases ``b``, the real data's
+    alpha, beta and the feature moments (C, h, q) of (w1, b) on the real data (docs/theory.md §4.2)."""
+
+    stage1: Stage1Result
+    w1: Tensor
+    b: Tensor
+    alpha: Tensor
+    beta: Tensor
+    moments: tuple[Tensor, Tensor, Tensor]
+    width: int
+    init_seed: int
+
+
 class TwoStage(Distiller):
     """Two-stage dataset distillation for the width-L two-layer network on multi-index tasks (docs/theory.md §4).
 
@@ -59,7 +83,8 @@ class TwoStage(Distiller):
     gaussian)/``labels`` (nonneg, free; the defaults cos-signed + nonneg deviate from the spec:
     see :func:`~ddbench_theory.stage1.match_gradients`)/
     ``init_mode`` (fixed, random)/``weight_decay`` for stage 1; ``steps2``/``lr2``/
-    ``objective`` (perf-match, param-match)/``warm_start``/``learn_v``/``grid`` (half-width of the
+    ``objective`` (perf-match, param-match)/``labels2`` (solve, head, zero: the starting labels,
+    see :func:`~ddbench_theory.stage2.fit_head_points`)/``learn_v``/``grid`` (half-width of the
     public position grid of variant ``(b)-grid``; None: learned positions) for stage 2;
     ``head_data`` (s2, s1+s2): the points the student's ridge head is fit on.
     """
@@ -70,10 +95,10 @@ class TwoStage(Distiller):
 
     def __init__(self, m1: int | str = "r^2", m2: int | str = "L", steps1: int = 2000, lr1: float = 1e-2,
                  loss: str = "cos-signed", init: str = "real", labels: str = "nonneg", init_mode: str = "fixed", weight_decay: float = 0.0,
-                 steps2: int = 1000, lr2: float = 1e-2, objective: str = "perf-match", warm_start: bool = True,
+                 steps2: int = 1000, lr2: float = 1e-2, objective: str = "perf-match", labels2: str = "solve",
                  learn_v: bool = False, grid: float | None = None, head_data: str = "s2"):
         for what, value, allowed in (("loss", loss, LOSSES), ("init", init, INITS), ("labels", labels, LABEL_MODES),
-                                     ("init_mode", init_mode, INIT_MODES), ("objective", objective, OBJECTIVES),
+                                     ("init_mode", init_mode, INIT_MODES), ("objective", objective, OBJECTIVES), ("labels2", labels2, LABEL_STARTS),
                                      ("head_data", head_data, HEAD_DATA)):
             options.one_of(what, value, allowed)
         options.non_negative(steps1=steps1, steps2=steps2)
@@ -81,7 +106,7 @@ class TwoStage(Distiller):
         self.m1, self.m2 = m1, m2
         self.steps1, self.lr1, self.loss, self.weight_decay = steps1, lr1, loss, weight_decay
         self.init, self.labels, self.init_mode = init, labels, init_mode
-        self.steps2, self.lr2, self.objective, self.warm_start, self.learn_v = steps2, lr2, objective, warm_start, learn_v
+        self.steps2, self.lr2, self.objective, self.labels2, self.learn_v = steps2, lr2, objective, labels2, learn_v
         self.grid, self.head_data = grid, head_data
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
@@ -100,13 +125,19 @@ class TwoStage(Distiller):
         return resolve_size(self.m1, r, width, "m1"), resolve_size(self.m2, r, width, "m2")
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
-        d, width, init_seed = task.input_shape[0], learner.width, context.seed
+        d, width = task.input_shape[0], learner.width
         m1, m2 = self.sizes(task, width)
         size = artifact_size(m1, m2, d, self.grid is not None)
         if budget is not None and size > budget.scalars(task):
             raise BudgetError(f"two-stage with m1={m1}, m2={m2} stores {size} scalars, over the budget {budget}: "
                               f"lower m1/m2 (e.g. m2='L/2') or raise the budget.")
-        eta, lam = float(task.info["rho"]) * math.sqrt(d), float(task.info["ridge"])
+        return self.second_stage(task, self.first_stage(task, learner, context, m1), context, m2)
+
+    def first_stage(self, task: TaskView, learner: Learner, context: RunContext, m1: int) -> FirstStage:
+        """Stage 1 with M1 = ``m1`` and what stage 2 needs of it: the student's first layer, its biases and the
+        real-data feature moments. Independent of M2, so a search over M2 runs it once."""
+        d, width, init_seed = task.input_shape[0], learner.width, context.seed
+        eta = float(task.info["rho"]) * math.sqrt(d)
         x, y = task.train.x.float(), task.train.y.float()
         alpha, beta, y_pre = preprocess_labels(x, y)  # docs/theory.md §3 step 1, from the real data
         s1 = match_gradients(x, y_pre, width, init_seed, m1, context, steps=self.steps1, lr=self.lr1, loss=self.loss,
@@ -114,17 +145,24 @@ class TwoStage(Distiller):
                              weight_decay=self.weight_decay)
         w1 = self._student_first_layer(d, width, init_seed, s1.x, s1.y, eta)
         b = reinit_biases(width, init_seed).to(x.device)
-        s2 = fit_head_points(w1, b, s1.x, x, y_pre, m2, lam, context, steps=self.steps2, lr=self.lr2,
-                             objective=self.objective, warm_start=self.warm_start, learn_v=self.learn_v, grid=self.grid)
-        tensors: dict[str, Tensor] = {"x1": s1.x, "y1": s1.y, "v": s2.v, "y2": s2.y, "alpha": alpha.reshape(1), "beta": beta}
-        options: dict[str, Any] = {"init_seed": init_seed, "head_data": self.head_data}
+        return FirstStage(s1, w1, b, alpha, beta, feature_moments(w1, b, x, y_pre), width, init_seed)
+
+    def second_stage(self, task: TaskView, first: FirstStage, context: RunContext, m2: int) -> Artifact:
+        """Stage 2 with M2 = ``m2`` on top of ``first``, and the artifact of both."""
+        s1, lam = first.stage1, float(task.info["ridge"])
+        s2 = fit_head_points(first.w1, first.b, s1.x, task.train.x, task.train.y, m2, lam, context, steps=self.steps2,
+                             lr=self.lr2, objective=self.objective, labels=self.labels2, learn_v=self.learn_v,
+                             grid=self.grid, moments=first.moments)
+        tensors: dict[str, Tensor] = {"x1": s1.x, "y1": s1.y, "v": s2.v, "y2": s2.y, "alpha": first.alpha.reshape(1),
+                                      "beta": first.beta}
+        options: dict[str, Any] = {"init_seed": first.init_seed, "head_data": self.head_data}
         if self.grid is None:
             tensors["t2"] = s2.t
         else:
             tensors["grid"] = torch.tensor([float(self.grid)], device=s2.y.device)
-        meta = {"width": width, "init_seed": init_seed, "m1": m1, "m2": m2, "x1_init": s1.x_init.cpu().tolist(),
-                "stage1_mismatch": s1.mismatch, "stage1_scale": s1.scale, "stage1_log": s1.log,
-                "stage2_loss": s2.loss, "stage2_best_loss": s2.best_loss, "stage2_log": s2.log,
+        meta = {"width": first.width, "init_seed": first.init_seed, "m1": len(s1.x), "m2": m2,
+                "x1_init": s1.x_init.cpu().tolist(), "stage1_mismatch": s1.mismatch, "stage1_scale": s1.scale,
+                "stage1_log": s1.log, "stage2_loss": s2.loss, "stage2_best_loss": s2.best_loss, "stage2_log": s2.log,
                 "stopped_early": s1.stopped_early or s2.stopped_early}
         return Artifact({k: t.detach().contiguous() for k, t in tensors.items()}, recipe={"options": options}, meta=meta)
 

@@ -67,7 +67,7 @@ def theta0(d: int, width: int, seed: int, device: torch.device) -> tuple[Tensor,
 
 def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m1: int, context: RunContext, *,
                     steps: int, lr: float, loss: str = "cos-signed", init: str = "real", labels: str = "nonneg",
-                    init_mode: str = "fixed", weight_decay: float = 0.0) -> Stage1Result:
+                    init_mode: str = "fixed", weight_decay: float = 0.0, g_real: Tensor | None = None) -> Stage1Result:
     """Adam on (X~, y~) with cosine decay for ``steps`` steps (docs/theory.md §4.1).
 
     ``init`` picks the starting points (``real``: M1 random real inputs and their preprocessed
@@ -85,7 +85,11 @@ def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m
     ``init_mode='fixed'`` matches at the theta0 of ``init_seed`` (the one the student uses);
     ``'random'`` (DC-style variant) draws a fresh theta0 every step. After the loop the labels
     are rescaled by s* = <G~, G> / ||G~||^2 at the fixed theta0 when the loss is scale-free.
+    ``g_real``: the real gradient at the fixed theta0, when the caller computed it (e.g. streamed over
+    regenerated chunks); ``x_real`` then only supplies the starting points.
     """
+    if g_real is not None and init_mode != "fixed":
+        raise ValueError("g_real (a precomputed real gradient) needs init_mode='fixed'")
     device, d = x_real.device, x_real.shape[1]
     gen = context.fork(1)
     if init == "real":
@@ -104,7 +108,7 @@ def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m
     opt = torch.optim.Adam([{"params": [x_syn], "weight_decay": weight_decay}, {"params": [y_syn]}], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     a, w0, b0 = theta0(d, width, init_seed, device)
-    g_fixed = first_layer_grad(a, w0, b0, x_real, y_pre)
+    g_fixed = first_layer_grad(a, w0, b0, x_real, y_pre) if g_real is None else g_real
     fresh = torch.Generator().manual_seed(context.seed * 1_000_003 + 2)  # CPU: symmetric_init draws on the CPU
     logged: list[tuple[int, Tensor]] = []
     stopped = False

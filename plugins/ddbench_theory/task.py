@@ -54,6 +54,12 @@ def link_fn(name: str, z: Tensor) -> Tensor:
     raise ValueError(f"unknown link {name!r}: use one of {LINKS}")
 
 
+def subspace(d: int, r: int, seed: int) -> Tensor:
+    """U (d x r, orthonormal columns) of the task seeded ``seed``: QR of a seeded fp64 Gaussian on the CPU, then fp32."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(d, r, generator=g, dtype=torch.float64))[0].float()
+
+
 def default_n(d: int, r: int, cap: int) -> int:
     """docs/theory.md §7: n = C d^2 r with C = 4, capped (record when capped: see ``info()['n_capped']``)."""
     return min(4 * d * d * r, cap)
@@ -106,8 +112,7 @@ class MultiIndex(Task):
             calib_device = "cuda" if torch.cuda.is_available() else "cpu"
         self.calib_device = torch.device(calib_device)
         self.input_shape = (d,)
-        g = torch.Generator().manual_seed(seed)
-        self.U = torch.linalg.qr(torch.randn(d, r, generator=g, dtype=torch.float64))[0].float()
+        self.U = subspace(d, r, seed)
         self._data: TaskData | None = None
         self._truths: dict[str, Truth] = {}
         self._references: dict[tuple[int, int, str], dict[str, float]] = {}
@@ -203,7 +208,8 @@ class MultiIndex(Task):
         """What :mod:`ddbench_theory.references` needs, with the splits copied to ``device`` once."""
         if str(device) not in self._truths:
             data = self.load()
-            self._truths[str(device)] = Truth(self.d, data.train.to(device), data.test.to(device), self.recipe("full"),
+            self._truths[str(device)] = Truth(self.d, data.train.to(device), data.val.to(device), data.test.to(device),
+                                              self.recipe("full"),
                                               self.score, self.first_layer_alignment)
         return self._truths[str(device)]
 

@@ -210,15 +210,20 @@ class TwoLayerLearner(Learner):
         head_data = opts.get("head_data", "s2")
         if head_data not in HEAD_DATA:
             raise ValueError(f"recipe option head_data={head_data!r} is unknown: use one of {HEAD_DATA}.")
-        x1, y1, v, y2 = (tensors[k].float() for k in ("x1", "y1", "v", "y2"))
-        t2 = tensors["t2"].float() if "t2" in tensors else grid_positions(len(y2), float(tensors["grid"].reshape(-1)[0]), y2.device)
+        x1, y1 = tensors["x1"].float(), tensors["y1"].float()
+        v, y2 = tensors["v"].double(), tensors["y2"].double()
+        t2 = tensors["t2"] if "t2" in tensors else grid_positions(len(y2), float(tensors["grid"].reshape(-1)[0]), y2.device)
         model.alpha = tensors["alpha"].float().reshape(())
         model.beta = tensors["beta"].float()
         if opts.get("first_layer", "step") == "step":
             model.W = first_layer_step(model, x1, y1, eta)
         model.reinit_bias()
-        x2 = t2[:, None] * v[None, :]  # S2 = {(t_k v, y2_k)}
+        # S2 = {(t_k v, y2_k)} and its ridge head in fp64: on a line the features are ramps whose
+        # feature matrix can be ill-conditioned (M2 = L, small lambda), where fp32 rounding of the
+        # features alone changes the head (docs/theory.md §4.2, "the failure cell").
+        x2 = t2.double()[:, None] * v.double()[None, :]
         if head_data == "s1+s2":
-            x2, y2 = torch.cat([x1, x2]), torch.cat([y1, y2])
-        model.a = ridge_head(model, x2, y2, lam)
+            x2, y2 = torch.cat([x1.double(), x2]), torch.cat([y1.double(), y2])
+        gram, rhs, _ = feature_moments(model.W.double(), model.b.double(), x2, y2)
+        model.a = ridge_from_moments(gram, rhs, lam).to(model.W.dtype)
         return model
