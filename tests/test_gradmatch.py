@@ -334,8 +334,11 @@ def test_reference_run_equals_ddbench_end_to_end(manager, monkeypatch, digits, c
     assert art.meta["cpu_block"] == 3 and art.meta["class_batch"] == (chunk or 1)
     start = initial_images(ClassPools(view), 2, distiller.init, torch.Generator().manual_seed(0))
     assert x.shape == art.x.shape == (20, 1, 8, 8) and not torch.allclose(x, start)
-    assert torch.allclose(art.x, x, atol=1e-5)
-    assert [v for _, v in art.meta["loss"]] == pytest.approx(losses, rel=1e-5)
+    # fp32 rounding differs by CPU kernel (blocked, vmapped and per-class reductions) and the inner
+    # training amplifies it: up to 1.2e-5 on pixels of about 2.5, measured across
+    # ATEN_CPU_CAPABILITY=default/avx2/avx512; a different draw would differ by about 1
+    assert torch.allclose(art.x, x, rtol=1e-4, atol=1e-4)
+    assert [v for _, v in art.meta["loss"]] == pytest.approx(losses, rel=1e-4)
 
 
 def test_declared_evaluation_recipes(manager, digits):

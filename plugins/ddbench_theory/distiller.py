@@ -55,8 +55,9 @@ def artifact_size(m1: int, m2: int, d: int, grid: bool) -> int:
 
 @dataclass
 class FirstStage:
-    """Stage 1's result with the student's first layer ``w1``, re-initialised biases ``b``, the real data's
-    alpha, beta and the feature moments (C, h, q) of (w1, b) on the real data (docs/theory.md §4.2)."""
+    """Stage 1's result with what stage 2 needs of the task: the student's first layer ``w1``, its
+    re-initialised biases ``b``, the real data's alpha, beta and feature moments (C, h, q) of (w1, b)
+    (docs/theory.md §4.2), and the task's ridge lambda."""
 
     stage1: Stage1Result
     w1: Tensor
@@ -66,6 +67,7 @@ class FirstStage:
     moments: tuple[Tensor, Tensor, Tensor]
     width: int
     init_seed: int
+    ridge: float
 
 
 class TwoStage(Distiller):
@@ -131,7 +133,7 @@ class TwoStage(Distiller):
         if budget is not None and size > budget.scalars(task):
             raise BudgetError(f"two-stage with m1={m1}, m2={m2} stores {size} scalars, over the budget {budget}: "
                               f"lower m1/m2 (e.g. m2='L/2') or raise the budget.")
-        return self.second_stage(task, self.first_stage(task, learner, context, m1), context, m2)
+        return self.second_stage(self.first_stage(task, learner, context, m1), context, m2)
 
     def first_stage(self, task: TaskView, learner: Learner, context: RunContext, m1: int) -> FirstStage:
         """Stage 1 with M1 = ``m1`` and what stage 2 needs of it: the student's first layer, its biases and the
@@ -145,14 +147,16 @@ class TwoStage(Distiller):
                              weight_decay=self.weight_decay)
         w1 = self._student_first_layer(d, width, init_seed, s1.x, s1.y, eta)
         b = reinit_biases(width, init_seed).to(x.device)
-        return FirstStage(s1, w1, b, alpha, beta, feature_moments(w1, b, x, y_pre), width, init_seed)
+        return FirstStage(s1, w1, b, alpha, beta, feature_moments(w1, b, x, y_pre), width, init_seed,
+                          float(task.info["ridge"]))
 
-    def second_stage(self, task: TaskView, first: FirstStage, context: RunContext, m2: int) -> Artifact:
-        """Stage 2 with M2 = ``m2`` on top of ``first``, and the artifact of both."""
-        s1, lam = first.stage1, float(task.info["ridge"])
-        s2 = fit_head_points(first.w1, first.b, s1.x, task.train.x, task.train.y, m2, lam, context, steps=self.steps2,
+    def second_stage(self, first: FirstStage, context: RunContext, m2: int) -> Artifact:
+        """Stage 2 with M2 = ``m2`` on top of ``first``, and the artifact of both. Reads no real data:
+        the moments in ``first`` are all of it that stage 2 needs (how theory-measure streams them)."""
+        s1 = first.stage1
+        s2 = fit_head_points(first.w1, first.b, s1.x, first.moments, m2, first.ridge, context, steps=self.steps2,
                              lr=self.lr2, objective=self.objective, labels=self.labels2, learn_v=self.learn_v,
-                             grid=self.grid, moments=first.moments)
+                             grid=self.grid)
         tensors: dict[str, Tensor] = {"x1": s1.x, "y1": s1.y, "v": s2.v, "y2": s2.y, "alpha": first.alpha.reshape(1),
                                       "beta": first.beta}
         options: dict[str, Any] = {"init_seed": first.init_seed, "head_data": self.head_data}

@@ -38,11 +38,9 @@ import torch
 from ddbench.errors import SuiteError
 from ddbench.harness import resolve_device
 from ddbench.hookspecs import Command
-from ddbench.interfaces import Artifact, Recipe, RunContext
-import ddbench_theory.stage1 as stage1_module
-from ddbench_theory.distiller import TwoStage, artifact_size, resolve_size
+from ddbench.interfaces import Recipe, RunContext
+from ddbench_theory.distiller import FirstStage, TwoStage, artifact_size, resolve_size
 from ddbench_theory.stage1 import match_gradients
-from ddbench_theory.stage2 import fit_head_points
 from ddbench_theory.streaming import (
     DEFAULT_CHUNK,
     GRAM_MODES,
@@ -118,24 +116,6 @@ class Meter:
         return text
 
 
-@contextmanager
-def compiled_stage1(enabled: bool) -> Iterator[None]:
-    """``torch.compile`` the stage-1 step's work (the closed-form gradient of S1 and the matching loss) for
-    the duration of the block, by swapping the names ``match_gradients`` calls; the originals come back after."""
-    if not enabled:
-        yield
-        return
-    names = ("first_layer_grad", "matching_loss")
-    saved = {name: getattr(stage1_module, name) for name in names}
-    try:
-        for name, fn in saved.items():
-            setattr(stage1_module, name, torch.compile(fn, dynamic=False))
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(stage1_module, name, fn)
-
-
 def _bad(message: str) -> SuiteError:
     return SuiteError(message)
 
@@ -203,21 +183,19 @@ def measure(args: argparse.Namespace, out=None) -> dict[str, Any]:
     rho = args.rho if args.rho is not None else 1.0 / max(median, 1e-12)
     eta, lam = rho * math.sqrt(d), args.ridge
     context = RunContext(device=device, seed=init_seed, generator=torch.Generator(device).manual_seed(init_seed))
-    with meter.stage("stage1"), compiled_stage1(args.compile):
+    with meter.stage("stage1"):
         x_real, y_pre = src.preprocessed_chunk(0, alpha, beta)
-        s1 = match_gradients(x_real, y_pre, width, init_seed, m1, context, steps=args.steps1, lr=args.lr1, g_real=grad)
+        s1 = match_gradients(x_real, y_pre, width, init_seed, m1, context, steps=args.steps1, lr=args.lr1, g_real=grad,
+                             compile=args.compile)
     with meter.stage("student-first-layer"):
         w1 = TwoStage._student_first_layer(d, width, init_seed, s1.x, s1.y, eta)
         b = reinit_biases(width, init_seed).to(device)
     with meter.stage("stage2-moments", gram_flop(n, width, d), GRAM_FORMULA):
         moments = streamed_moments(src, w1, b, alpha, beta, args.gram)
     with meter.stage("stage2"):
-        s2 = fit_head_points(w1, b, s1.x, x_real, y_pre, m2, lam, context, steps=args.steps2, lr=args.lr2, moments=moments)
+        first = FirstStage(s1, w1, b, alpha, beta, moments, width, init_seed, lam)
+        artifact = TwoStage(m1=m1, m2=m2, steps2=args.steps2, lr2=args.lr2).second_stage(first, context, m2)
     with meter.stage("student-fit"):
-        tensors = {"x1": s1.x, "y1": s1.y, "v": s2.v, "t2": s2.t, "y2": s2.y, "alpha": alpha.reshape(1), "beta": beta}
-        artifact = Artifact({k: t.detach().contiguous() for k, t in tensors.items()},
-                            recipe={"options": {"init_seed": init_seed, "head_data": "s2"}},
-                            meta={"width": width, "init_seed": init_seed, "m1": m1, "m2": m2})
         recipe = Recipe(epochs=0, batch_size=0, options={"rho": rho, "ridge": lam, **artifact.recipe["options"]})
         student = TwoLayerLearner(width).fit(TwoLayer(d, width, init_seed).to(device), artifact, recipe,
                                              torch.Generator(device).manual_seed(init_seed))
@@ -234,7 +212,7 @@ def measure(args: argparse.Namespace, out=None) -> dict[str, Any]:
     stored = artifact_size(m1, m2, d, grid=False)
     print(f"total {total:.3f} s over {len(meter.stages)} stages; peak {max(st.peak_mb for st in meter.stages):.1f} MB", file=out)
     print(f"student R^2 {r2['student']:.4f}  teacher R^2 {r2['teacher']:.4f}  stage-1 D {s1.mismatch:.4f}  "
-          f"stage-2 loss {s2.loss:.4f}  rho {rho:.4g}  ridge {lam:g}  stored scalars {stored} "
+          f"stage-2 loss {artifact.meta['stage2_loss']:.4f}  rho {rho:.4g}  ridge {lam:g}  stored scalars {stored} "
           f"(r^2 d + L = {r * r * d + width}, full data n(d+1) = {n * (d + 1)})", file=out, flush=True)
     return {
         "config": {"d": d, "r": r, "L": width, "n": n, "link": args.link, "noise": args.noise, "m1": m1, "m2": m2,
@@ -244,7 +222,7 @@ def measure(args: argparse.Namespace, out=None) -> dict[str, Any]:
         "memory": memory, "peak_tflops": args.peak_tflops,
         "stages": [{**asdict(st), "tflops": st.tflops, "peak_fraction": meter.fraction(st)} for st in meter.stages],
         "total_s": total, "student_r2": r2["student"], "teacher_r2": r2["teacher"], "stage1_mismatch": s1.mismatch,
-        "stage2_loss": s2.loss, "stored": stored,
+        "stage2_loss": artifact.meta["stage2_loss"], "stored": stored,
     }
 
 

@@ -67,7 +67,8 @@ def theta0(d: int, width: int, seed: int, device: torch.device) -> tuple[Tensor,
 
 def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m1: int, context: RunContext, *,
                     steps: int, lr: float, loss: str = "cos-signed", init: str = "real", labels: str = "nonneg",
-                    init_mode: str = "fixed", weight_decay: float = 0.0, g_real: Tensor | None = None) -> Stage1Result:
+                    init_mode: str = "fixed", weight_decay: float = 0.0, g_real: Tensor | None = None,
+                    compile: bool = False) -> Stage1Result:
     """Adam on (X~, y~) with cosine decay for ``steps`` steps (docs/theory.md §4.1).
 
     ``init`` picks the starting points (``real``: M1 random real inputs and their preprocessed
@@ -86,7 +87,9 @@ def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m
     ``'random'`` (DC-style variant) draws a fresh theta0 every step. After the loop the labels
     are rescaled by s* = <G~, G> / ||G~||^2 at the fixed theta0 when the loss is scale-free.
     ``g_real``: the real gradient at the fixed theta0, when the caller computed it (e.g. streamed over
-    regenerated chunks); ``x_real`` then only supplies the starting points.
+    regenerated chunks); ``x_real`` then only supplies the starting points. ``compile``: run the
+    step's closed-form gradient of S1 and its loss through ``torch.compile`` (``ddbench theory-measure
+    --compile``; it does not pay on the CPU).
     """
     if g_real is not None and init_mode != "fixed":
         raise ValueError("g_real (a precomputed real gradient) needs init_mode='fixed'")
@@ -107,6 +110,9 @@ def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m
     x_syn, y_syn = x0.clone().requires_grad_(True), y0.requires_grad_(True)
     opt = torch.optim.Adam([{"params": [x_syn], "weight_decay": weight_decay}, {"params": [y_syn]}], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    grad_of, loss_of = first_layer_grad, matching_loss
+    if compile:
+        grad_of, loss_of = torch.compile(first_layer_grad, dynamic=False), torch.compile(matching_loss, dynamic=False)
     a, w0, b0 = theta0(d, width, init_seed, device)
     g_fixed = first_layer_grad(a, w0, b0, x_real, y_pre) if g_real is None else g_real
     fresh = torch.Generator().manual_seed(context.seed * 1_000_003 + 2)  # CPU: symmetric_init draws on the CPU
@@ -118,7 +124,7 @@ def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m
             g_real = first_layer_grad(a, w0, b0, x_real, y_pre)
         else:
             g_real = g_fixed
-        dist = matching_loss(first_layer_grad(a, w0, b0, x_syn, y_syn), g_real, loss)
+        dist = loss_of(grad_of(a, w0, b0, x_syn, y_syn), g_real, loss)
         opt.zero_grad(set_to_none=True)
         dist.backward()
         opt.step()

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ddbench.interfaces import RunContext
-from ddbench_theory.two_layer import feature_moments, grid_positions, ridge_from_moments
+from ddbench_theory.two_layer import grid_positions, ridge_from_moments
 
 OBJECTIVES = ("perf-match", "param-match")
 LABEL_STARTS = ("solve", "head", "zero")
@@ -94,10 +94,9 @@ def solve_labels(t: Tensor, slopes: Tensor, b: Tensor, lam: float, metric: Tenso
     return basis @ ((basis.T @ (a_map.T @ target)) / evals[keep])
 
 
-def fit_head_points(w1: Tensor, b: Tensor, x1: Tensor, x_real: Tensor, y_pre: Tensor, m2: int, lam: float,
+def fit_head_points(w1: Tensor, b: Tensor, x1: Tensor, moments: tuple[Tensor, Tensor, Tensor], m2: int, lam: float,
                     context: RunContext, *, steps: int, lr: float, objective: str = "perf-match",
-                    labels: str = "solve", learn_v: bool = False, grid: float | None = None,
-                    moments: tuple[Tensor, Tensor, Tensor] | None = None) -> Stage2Result:
+                    labels: str = "solve", learn_v: bool = False, grid: float | None = None) -> Stage2Result:
     """Fit S2 for the student's first layer ``w1`` and re-initialised biases ``b`` (docs/theory.md §4.2).
 
     ``grid`` (variant ``(b)-grid``): positions fixed on the public grid of half-width ``grid``,
@@ -107,15 +106,15 @@ def fit_head_points(w1: Tensor, b: Tensor, x1: Tensor, x_real: Tensor, y_pre: Te
     (:func:`solve_labels`), solved again at the final positions after the Adam steps. Measured at
     d=128, r=3, L=1024, n=18,000 (docs/theory.md §4.2): at M2 = L/4 the relative real loss J/q is
     0.279 from ``head`` with no step, 0.088 after 200 Adam steps, 0.082 from ``solve`` with no step
-    (best ridge head on real data: 0.079). ``moments``: (C, h, q) of
-    :func:`~ddbench_theory.two_layer.feature_moments` when the caller has them (one pass saved per
-    call; ``x_real``/``y_pre`` are then not read).
+    (best ridge head on real data: 0.079). ``moments``: (C, h, q), the real data's feature moments of
+    (``w1``, ``b``) (:func:`~ddbench_theory.two_layer.feature_moments`, or streamed), the only way the
+    real data enters stage 2.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown stage-2 objective {objective!r}: use one of {OBJECTIVES}")
     if labels not in LABEL_STARTS:
         raise ValueError(f"unknown stage-2 labels {labels!r}: use one of {LABEL_STARTS}")
-    gram, rhs, q = feature_moments(w1, b, x_real, y_pre) if moments is None else moments
+    gram, rhs, q = moments
     a_star = ridge_from_moments(gram, rhs, lam)
 
     def real_loss(a: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ import torch
 from ddbench.artifact import count_storage
 from ddbench.errors import DDBenchError
 from ddbench.hookspecs import Command
-from ddbench.interfaces import RunContext
+from ddbench.interfaces import RunContext, TaskView
 from ddbench.suite import task_view
 from ddbench_theory.distiller import FirstStage, TwoStage
 from ddbench_theory.references import teacher, tuned_subset
@@ -115,6 +115,7 @@ class Evaluator:
                     self.values[row["key"]] = row
         self.fresh = 0  # evaluations not found in the cache
         self._task: MultiIndex | None = None
+        self._view: TaskView | None = None
         self._first: dict[int, FirstStage] = {}
         self._order: torch.Tensor | None = None
         self.distiller = TwoStage(steps1=tier.steps1, steps2=tier.steps2)
@@ -155,11 +156,11 @@ class Evaluator:
 
     def student(self, m1: int, m2: int) -> tuple[float, int]:
         def compute() -> dict[str, Any]:
-            task, view = self.task, self._view()
+            task, view = self.task, self.view
             try:
                 if m1 not in self._first:
                     self._first[m1] = self.distiller.first_stage(view, self.learner, self.context(), m1)
-                artifact = self.distiller.second_stage(view, self._first[m1], self.context(), m2)
+                artifact = self.distiller.second_stage(self._first[m1], self.context(), m2)
             except (ValueError, FloatingPointError) as exc:  # a degenerate S1 or a diverged stage: this size fails
                 return {"r2": None, "stored": self.size(m1, m2), "error": str(exc)}
             recipe = task.recipe("full").updated(artifact.recipe)
@@ -182,9 +183,12 @@ class Evaluator:
             return tuned_subset(truth, self.config.seed, self.config.width, self._order[:m], RIDGE_GRID)
         return self._cached(f"random/{m}", compute)["r2"]
 
-    def _view(self):
-        task = self.task
-        return task_view(task, task.load(), self.device, options={})
+    @property
+    def view(self) -> TaskView:
+        """The distiller's view of the task on the device, built once."""
+        if self._view is None:
+            self._view = task_view(self.task, self.task.load(), self.device, options={})
+        return self._view
 
     def size(self, m1: int, m2: int) -> int:
         """The counted budget of a two-stage artifact (docs/theory.md §4.3); checked against the counter in the tests."""
