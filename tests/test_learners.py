@@ -23,7 +23,33 @@ def test_convnet3_parameter_counts(manager, shape, classes, params):
     assert isinstance(model.features[1], torch.nn.GroupNorm) and model.features[1].num_groups == 128
 
 
-@pytest.mark.parametrize("learner", ["convnet", "mlp"])
+@pytest.mark.parametrize("depth, shape, classes, params", [(18, (3, 32, 32), 10, 11_173_962), (34, (3, 32, 32), 10, 21_282_122),
+                                                            (18, (1, 28, 28), 10, 11_172_810)])
+def test_resnet_cifar_form_parameter_counts(manager, depth, shape, classes, params):
+    """docs/methods.md §2.1: the CIFAR form keeps the input size through a 3x3 stride-1 stem with no max-pool."""
+    model = instantiate(manager.learners.get("resnet"), {"depth": depth}).build(view(shape, classes), seed=0)
+    assert sum(p.numel() for p in model.parameters()) == params
+    stem = model.features[0]
+    assert (stem.kernel_size, stem.stride) == ((3, 3), (1, 1)) and not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    x = torch.randn(2, *shape)
+    assert model(x).shape == (2, classes) and model.features[:-2](x).shape[-3:] == (512, -(-shape[1] // 8), -(-shape[2] // 8))
+
+
+def test_resnet_trains_on_a_small_set(manager):
+    """Quick width on 8x8 inputs, BatchNorm in train mode: a few epochs fit twenty points, and the K
+    nets of a fit_ensemble train one by one (no vmapped ensemble)."""
+    learner = instantiate(manager.learners.get("resnet"), {}, "quick")
+    gen = torch.Generator().manual_seed(0)
+    art = Artifact({"x": torch.randn(20, 1, 8, 8, generator=gen), "y": torch.arange(10).repeat(2)})
+    task = view((1, 8, 8))
+    models = [learner.build(task, s) for s in (0, 1)]
+    mode = learner.fit_ensemble(models, art, Recipe(epochs=30, lr=0.05, batch_size=10), [torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert mode.startswith("sequential")
+    for model in models:
+        assert (learner.predict(model, art.x).argmax(1) == art.y).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("learner", ["convnet", "mlp", "resnet"])
 def test_build_is_seeded_and_leaves_global_rng_alone(manager, learner):
     cls = manager.learners.get(learner)
     state = torch.random.get_rng_state()

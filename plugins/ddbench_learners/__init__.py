@@ -1,4 +1,4 @@
-"""Built-in classifier learners: ConvNet-3 (``convnet``) and ``mlp``, on :class:`ddbench.ops.classifier.ClassifierLearner`."""
+"""Built-in classifier learners: ConvNet-3 (``convnet``), ``mlp`` and ResNet-18/34 (``resnet``), on :class:`ddbench.ops.classifier.ClassifierLearner`."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -7,11 +7,12 @@ from ddbench import hookimpl
 from ddbench.hookspecs import Command
 from ddbench_learners.convnet import ConvNetLearner
 from ddbench_learners.mlp import MLPLearner
+from ddbench_learners.resnet import ResNetLearner
 
 
 @hookimpl
 def ddbench_register_learners(register: Callable[[type], None]) -> None:
-    for learner in (ConvNetLearner, MLPLearner):
+    for learner in (ConvNetLearner, MLPLearner, ResNetLearner):
         register(learner)
 
 
