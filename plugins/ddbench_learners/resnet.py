@@ -52,12 +52,13 @@ class ResNetLearner(ClassifierLearner):
     name = "resnet"
     description = "ResNet-18/34 in CIFAR form (3x3 stem, no max-pool, BatchNorm), 11.2M parameters at depth 18"
     quick = {"width": 16}  # CPU profile only; the published width 64 is the default everywhere else
+    ensemble = False  # BatchNorm: the vmapped ensemble does not apply
 
     def __init__(self, depth: int = 18, width: int = 64, bf16: bool = False):
         options.one_of("depth", depth, tuple(BLOCKS))
         options.positive(width=width)
         self.depth, self.width = depth, width
-        self.ensemble, self.bf16 = False, bf16
+        self.bf16 = bf16
 
     def build(self, task: TaskView, seed: int) -> nn.Module:
         classes = require_classification(task, self.name)

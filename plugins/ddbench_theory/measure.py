@@ -194,7 +194,7 @@ def measure(args: argparse.Namespace, out=None) -> dict[str, Any]:
         moments = streamed_moments(src, w1, b, alpha, beta, args.gram)
     with meter.stage("stage2"):
         first = FirstStage(s1, w1, b, alpha, beta, moments, width, init_seed, lam)
-        artifact = TwoStage(m1=m1, m2=m2, steps2=args.steps2, lr2=args.lr2).second_stage(first, context, m2)
+        artifact = TwoStage(steps2=args.steps2, lr2=args.lr2).second_stage(first, context, m2)
     with meter.stage("student-fit"):
         recipe = Recipe(epochs=0, batch_size=0, options={"rho": rho, "ridge": lam, **artifact.recipe["options"]})
         student = TwoLayerLearner(width).fit(TwoLayer(d, width, init_seed).to(device), artifact, recipe,
