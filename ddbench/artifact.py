@@ -7,14 +7,18 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from ddbench import labels
 from ddbench.errors import ArtifactError, BudgetError, DDBenchError
 from ddbench.interfaces import Artifact, Budget, Learner, TaskView
 from ddbench.recipe import declared_recipe
+
+if TYPE_CHECKING:
+    from ddbench.plugins import Registry
 
 
 class Problem(NamedTuple):
@@ -122,24 +126,26 @@ def from_bytes(data: bytes, distiller: str) -> dict[str, Tensor]:
 
 
 def validate(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str,
-             input_tensors: tuple[str, ...] = ("x",)) -> Storage:
+             input_tensors: tuple[str, ...] = ("x",), learners: Registry[Any] | None = None) -> Storage:
     """Check types, shapes, labels, finiteness and the budget; return the storage count.
 
     ``budget`` is ``None`` for budget-exempt reference rows (the full train split);
-    ``input_tensors`` are the tensors the learner trains from (one must be present). Raises the
-    first of :func:`problems`.
+    ``input_tensors`` are the tensors the learner trains from (one must be present); ``learners``
+    is the registry a declared teacher's architecture is looked up in (default: the installed
+    plugins'). Raises the first of :func:`problems`.
     """
-    found = problems(artifact, task, budget, distiller, input_tensors)
+    found = problems(artifact, task, budget, distiller, input_tensors, learners)
     if found:
         raise found[0].error()
     return count_storage(artifact)
 
 
 def problems(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str,
-             input_tensors: tuple[str, ...] = ("x",)) -> list[Problem]:
+             input_tensors: tuple[str, ...] = ("x",), learners: Registry[Any] | None = None) -> list[Problem]:
     """Every reason :func:`validate` refuses ``artifact``, in the order it checks them (empty when
     it is valid): the boundary (:func:`check_boundary`; past a problem there nothing else is
-    checked), an input tensor, finite values, inputs and labels, and the budget."""
+    checked), an input tensor, finite values, inputs and labels with their label regime
+    (:mod:`ddbench.labels`), and the budget (of the data, the regime's label tensors on top)."""
     problem = boundary_problem(artifact, distiller)
     if problem is not None:
         return [problem]
@@ -153,25 +159,38 @@ def problems(artifact: Artifact, task: TaskView, budget: Budget | None, distille
             found.append(Problem("finite", f"artifact tensor {name!r} from {distiller!r} has NaN or infinite values: "
                                            "check the method's learning rate or loss."))
     if "x" in tensors:
-        problem = _inputs_and_labels_problem(artifact, task, distiller)
+        problem = _inputs_and_labels_problem(artifact, task, distiller) or _regime_problem(artifact, task, distiller, learners)
         if problem is not None:
             found.append(problem)
     if budget is not None:
         storage, limit = count_storage(artifact), budget.scalars(task)
-        if storage.scalars > limit:
+        data = labels.data_scalars(tensors, artifact.recipe) if "x" in tensors else storage.scalars
+        if data > limit:
             parts = ", ".join(f"{k}={v}" for k, v in storage.by_tensor.items())
-            found.append(Problem("within-budget", f"artifact from {distiller!r} stores {storage.scalars} scalars, over the budget "
+            charged = "" if data == storage.scalars else f" of data (its label tensors charged on top, docs/labels.md)"
+            found.append(Problem("within-budget", f"artifact from {distiller!r} stores {data} scalars{charged}, over the budget "
                                                   f"{budget} = {limit} scalars ({parts}): store less."))
     return found
 
 
+def _regime_problem(artifact: Artifact, task: TaskView, distiller: str, learners: Registry[Any] | None) -> Problem | None:
+    """The teacher or soft-label bank of an artifact, checked (:mod:`ddbench.labels`)."""
+    kind = labels.regime(artifact.tensors, artifact.recipe)
+    message = None
+    if kind == "teacher":
+        message = labels.teacher_problem(artifact.tensors, artifact.recipe, task, learners)
+    elif kind == "soft-bank":
+        message = labels.bank_problem(artifact.tensors, task.num_classes)
+    return None if message is None else Problem("valid", f"the artifact of {distiller!r} is in the {kind} label regime, but {message}")
+
+
 def admit(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str,
-          learner: type[Learner]) -> tuple[Artifact, Storage]:
+          learner: type[Learner], learners: Registry[Any] | None = None) -> tuple[Artifact, Storage]:
     """The artifact ``learner`` may train from: the declared recipe checked
     (:func:`~ddbench.recipe.declared_recipe`), the tensors validated and counted (:func:`validate`),
     and the meta left behind. Used by the harness and by the conformance kit alike (through
     :func:`admission_problems`); raises the first of :func:`admission_problems`."""
-    found = admission_problems(artifact, task, budget, distiller, learner)
+    found = admission_problems(artifact, task, budget, distiller, learner, learners)
     if found:
         raise found[0].error()
     admitted = Artifact(artifact.tensors, declared_recipe(artifact.recipe, artifact.tensors, learner.recipe_options,
@@ -180,14 +199,22 @@ def admit(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: 
 
 
 def admission_problems(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str,
-                       learner: type[Learner]) -> list[Problem]:
+                       learner: type[Learner], learners: Registry[Any] | None = None) -> list[Problem]:
     """Every reason :func:`admit` refuses ``artifact`` (empty when it is admitted): the declared
-    recipe (rule ``valid``), then :func:`problems` of the tensors."""
+    recipe (rule ``valid``), a label regime the learner cannot train in, then :func:`problems` of
+    the tensors."""
     try:
         recipe = declared_recipe(artifact.recipe, artifact.tensors, learner.recipe_options, f"the artifact of {distiller!r}")
     except ArtifactError as exc:
-        return [Problem("valid", str(exc)), *problems(artifact, task, budget, distiller, learner.input_tensors)]
-    return problems(Artifact(artifact.tensors, recipe), task, budget, distiller, learner.input_tensors)
+        return [Problem("valid", str(exc)), *problems(artifact, task, budget, distiller, learner.input_tensors, learners)]
+    found = []
+    if isinstance(artifact.tensors, dict):
+        kind = labels.regime(artifact.tensors, recipe)
+        if kind not in learner.label_regimes:
+            found.append(Problem("valid", f"the artifact of {distiller!r} is in the {kind} label regime, which learner "
+                                          f"{learner.name!r} cannot train in (it trains in {', '.join(learner.label_regimes)}): "
+                                          "use a classifier learner such as convnet."))
+    return found + problems(Artifact(artifact.tensors, recipe), task, budget, distiller, learner.input_tensors, learners)
 
 
 def _inputs_and_labels_problem(artifact: Artifact, task: TaskView, distiller: str) -> Problem | None:
@@ -203,6 +230,8 @@ def _inputs_and_labels_problem(artifact: Artifact, task: TaskView, distiller: st
         return Problem("valid", f"artifact 'x' from {distiller!r} is {str(x.dtype).removeprefix('torch.')}: inputs must be float32, "
                                 "the learners' dtype (x.float()).")
     y = artifact.tensors.get("y")
+    if y is None and labels.regime(artifact.tensors, artifact.recipe) in ("teacher", "soft-bank"):
+        return None  # the teacher or the bank gives the targets
     if y is None and artifact.recipe.get("labels") == "class-balanced":
         if task.num_classes is None or len(x) % task.num_classes:
             return Problem("valid", f"artifact from {distiller!r} declares class-balanced labels but has {len(x)} rows "
@@ -236,7 +265,7 @@ def with_labels(artifact: Artifact, num_classes: int | None) -> Artifact:
         return artifact
     x = artifact.tensors["x"]
     y = torch.arange(num_classes, device=x.device).repeat_interleave(len(x) // num_classes)
-    return Artifact({**artifact.tensors, "y": y}, artifact.recipe, artifact.meta)
+    return Artifact({**artifact.tensors, "y": y}, artifact.recipe, artifact.meta, artifact.teacher)
 
 
 def compression(task: TaskView, storage: Storage) -> float:

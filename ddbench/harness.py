@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from ddbench import worker
-from ddbench.artifact import admit, compression, save, with_labels
+from ddbench import labels, worker
+from ddbench.artifact import admit, compression, content_hash, save, with_labels
 from ddbench.errors import BudgetError, SuiteError, one_line
 from ddbench.interfaces import Artifact, Budget, Learner, Task, TaskView
 from ddbench.ops.subsets import random_artifact
@@ -44,6 +44,10 @@ from ddbench.results.records import RESULTS_VERSION, RUN_LENGTH_META, Cell, Cell
 from ddbench.suite import Suite, expand_suite, load_task, task_view  # noqa: F401 - ddbench.harness.task_view too
 
 
+DISTILLATION_REGIMES = ("teacher", "soft-bank")
+"""Label regimes whose students train by distillation with the task's teacher recipe
+(:meth:`~ddbench.interfaces.Task.teacher_recipe`): native cells only, since a common board states
+the one recipe all its rows train with."""
 TRACEBACK_CHARS = 8000  # a stored traceback keeps its first and last lines up to this size
 HEADER_BYTES = 1 << 20  # room for the safetensors header beyond 8 bytes per budgeted scalar
 
@@ -156,16 +160,27 @@ class Harness:
                 return result
             learner: Learner = instantiate(self.manager.learners.get(cell.learner), cell.learner_options, cell.profile)
             if memo[1] is None:  # admitted once per distillation (a refused artifact is refused again, from the same reply)
-                memo[1] = admit(Artifact(reply.tensors, reply.recipe), view, budget, cell.distiller, type(learner))
+                admitted, storage = admit(Artifact(reply.tensors, reply.recipe), view, budget, cell.distiller, type(learner),
+                                          self.manager.learners)
+                memo[1] = (labels.with_teacher(admitted, view, self.manager.learners, self.device), storage)  # from its tensors alone
             artifact, storage = memo[1]
+            result.regime = labels.regime(artifact.tensors, artifact.recipe)
+            if cell.protocol == "common" and result.regime in DISTILLATION_REGIMES:
+                result.status = "skipped"
+                result.error = (f"the artifact is in the {result.regime} label regime, whose students train by distillation with the "
+                                "task's teacher recipe, not the common one: its row is on the native board (docs/labels.md)")
+                return result
             result.stored_params, result.stored_bytes = storage.scalars, storage.bytes
             result.by_tensor, result.by_dtype = dict(storage.by_tensor), dict(storage.by_dtype)
             result.compression = compression(view, storage)
+            hard_base = base
+            if result.regime in DISTILLATION_REGIMES:
+                base = task.teacher_recipe(cell.profile)  # native only (above)
             recipe = evaluation_recipe(base, artifact.recipe, cell.protocol)
             result.recipe = recipe.as_dict()
             if self.artifact_dir is not None:
                 info = {"cell": cell.config(), "key": cell.key(), "provenance": provenance(self.manager),
-                        "recipe": result.recipe, "storage": asdict(storage)}
+                        "recipe": result.recipe, "storage": asdict(storage), "label_regime": result.regime}
                 save(Artifact(artifact.tensors, artifact.recipe, reply.meta), self.artifact_dir / f"{cell.task}-{cell.distiller}-{cell.key()}", info)
             start = time.perf_counter()
             scores, result.eval_mode, result.model_params = self._scores(task, view, test, learner, artifact, recipe, cell)
@@ -178,8 +193,11 @@ class Harness:
                     result.extra[key] = statistics.fmean(s[key] for s in scores)
             result.extra.update(task.artifact_metrics(Artifact(artifact.tensors, artifact.recipe, reply.meta)))
             result.extra.update(run_length(reply.meta))
+            if result.regime != "hard":
+                result.extra.update(self._label_references(task, view, test, learner, artifact, hard_base, cell))
             result.status = "ok"
-            result.random_ref = self._random_reference(task, view, test, learner, cell, base, recipe, result, artifact)
+            result.reference_regime = "teacher" if result.regime == "teacher" else "hard"
+            result.random_ref = self._random_reference(task, view, test, learner, cell, hard_base, recipe, result, artifact)
         except Exception as exc:  # noqa: BLE001 - a failing cell never takes the run down
             result.status = "failed"
             result.error = one_line(exc)[:1000]
@@ -216,33 +234,72 @@ class Harness:
         params = sum(p.numel() for p in models[0].parameters())  # after training: lazy modules are materialised
         return [task.score(learner.predict(model, test.x), test.y) for model in models], mode, params
 
+    def _label_references(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact,
+                          hard_base: Recipe, cell: Cell) -> dict[str, float]:
+        """What an artifact outside the hard regime is worth without its labels' extra storage
+        (docs/labels.md): ``teacher_free``, the mean metric of the same inputs with the hard labels
+        its teacher, soft labels or bank imply (:func:`ddbench.labels.hard_labels`), trained with the
+        hard-label recipe; and in the teacher regime the teacher alone (``teacher_accuracy``, the
+        "store the teacher" reference, at ``teacher_params``)."""
+        kind = labels.regime(artifact.tensors, artifact.recipe)
+        out: dict[str, float] = {}
+        on_device = artifact.to(self.device)
+        hard = Artifact({"x": on_device.x, "y": labels.hard_labels(on_device.tensors, kind, on_device.teacher)})
+        recipe = evaluation_recipe(hard_base, hard_overrides(artifact.recipe), cell.protocol)
+        scores, _, _ = self._scores(task, view, test, learner, hard, recipe, cell)
+        out["teacher_free"] = statistics.fmean(s[task.metric] for s in scores)
+        if kind == "teacher":
+            assert on_device.teacher is not None
+            out["teacher_accuracy"] = task.score(labels.logits(on_device.teacher, test.x), test.y)[task.metric]
+            out["teacher_params"] = float(sum(t.numel() for k, t in artifact.tensors.items() if k.startswith(labels.TEACHER_PREFIX)))
+        return out
+
     def _random_reference(self, task: Task, view: TaskView, test: Any, learner: Learner, cell: Cell, base: Recipe,
                           recipe: Recipe, result: CellResult, artifact: Artifact) -> float | None:
-        """The random real subset at this cell's budget and seed (:func:`ddbench.ops.subsets.random_artifact`),
-        trained with this cell's recipe: ``base`` (its protocol's) updated by what the artifact
-        declared (augmentation, epochs under ``native``; a learned lr or implied labels do not carry
-        over). Memoised per recipe; a cell whose artifact is that very subset, trained with that very
-        recipe, gives it for free. ``None`` when the budget holds no random subset (the reason is a
-        :class:`BudgetError`)."""
+        """The random real subset at this cell's budget and seed (:func:`ddbench.ops.subsets.random_artifact`)
+        in the cell's reference regime, trained with this cell's recipe: ``base`` (its protocol's
+        hard-label recipe) updated by what the artifact declared (augmentation, epochs under
+        ``native``; a learned lr or implied labels do not carry over). In the teacher regime the
+        subset is given the artifact's own teacher and trains with the cell's distillation recipe,
+        so that the gain isolates what the inputs add (docs/labels.md); other regimes compare with
+        the hard-label subset, which is all the harness can build without a teacher. Memoised per
+        recipe (and teacher); a cell whose artifact is that very subset, trained with that very
+        recipe, gives it for free. ``None`` when the budget holds no random subset (the reason is
+        a :class:`BudgetError`)."""
         if cell.budget is None:
             return None
-        overrides = {k: v for k, v in artifact.recipe.items() if k not in ("lr_from_artifact", "labels")}
+        overrides = hard_overrides(artifact.recipe)
         reference_recipe = evaluation_recipe(base, overrides, cell.protocol)
+        teacher: dict[str, Any] = {}
+        if result.reference_regime == "teacher":
+            teacher = {k: t for k, t in artifact.tensors.items() if k.startswith(labels.TEACHER_PREFIX)}
+            overrides = {**overrides, "teacher": artifact.recipe["teacher"]}
+            reference_recipe = recipe
+        teacher_hash = content_hash(Artifact(teacher)) if teacher else None
         key = json.dumps([cell.task, cell.task_options, str(cell.budget), cell.seed, cell.eval_seeds, cell.learner,
-                          cell.learner_options, cell.profile, reference_recipe.as_dict()], sort_keys=True, default=str)
+                          cell.learner_options, cell.profile, reference_recipe.as_dict(), teacher_hash], sort_keys=True, default=str)
         if key not in self._random_refs:
             try:
                 reference = random_artifact(view, cell.budget, cell.seed)
             except BudgetError:
                 return None
+            if teacher:
+                reference = Artifact({"x": reference.x, **teacher}, teacher=artifact.teacher)
             if reference_recipe == recipe and same_tensors(reference, artifact):
                 self._random_refs[key] = result.mean
             else:
                 reference.recipe = overrides
-                admitted, _ = admit(reference, view, cell.budget, "the random reference", type(learner))
+                admitted, _ = admit(reference, view, cell.budget, "the random reference", type(learner), self.manager.learners)
+                admitted.teacher = reference.teacher
                 scores, _, _ = self._scores(task, view, test, learner, admitted, reference_recipe, cell)
                 self._random_refs[key] = statistics.fmean(s[task.metric] for s in scores)
         return self._random_refs[key]
+
+
+def hard_overrides(declared: dict[str, Any]) -> dict[str, Any]:
+    """What a reference in the hard regime keeps of an artifact's declared recipe: not a learned lr,
+    implied labels or a teacher, which belong to that artifact."""
+    return {k: v for k, v in declared.items() if k not in ("lr_from_artifact", "labels", "teacher")}
 
 
 def same_tensors(a: Artifact, b: Artifact) -> bool:

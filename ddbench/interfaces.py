@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ddbench.errors import BudgetError
-from ddbench.recipe import Recipe
+from ddbench.recipe import KD_EPOCHS, KD_PROTOCOL, Recipe
 
 Kind = Literal["classification", "regression"]
 
@@ -94,11 +94,15 @@ class Artifact:
     ``recipe``: overrides of the task's evaluation recipe that the method declares (augmentation,
     epochs, ``lr_from_artifact``); plain values only, never data.
     ``meta``: provenance and logs (loss curves, seeds). Learners must not train from it.
+    ``teacher``: the teacher network the harness rebuilt from the artifact's own ``teacher.*``
+    tensors (:func:`ddbench.labels.build_teacher`), for learners training in the ``teacher`` label
+    regime. Only tensors cross from a distiller's worker: a distiller cannot set it.
     """
 
     tensors: dict[str, Tensor]
     recipe: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    teacher: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def x(self) -> Tensor:
@@ -109,7 +113,8 @@ class Artifact:
         return self.tensors["y"]
 
     def to(self, device: torch.device | str) -> "Artifact":
-        return Artifact({k: v.to(device) for k, v in self.tensors.items()}, dict(self.recipe), dict(self.meta))
+        teacher = None if self.teacher is None else self.teacher.to(device)
+        return Artifact({k: v.to(device) for k, v in self.tensors.items()}, dict(self.recipe), dict(self.meta), teacher)
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,14 @@ class Task(Component, ABC):
         ``native``; a task class that does not override this method gets no ``common`` cells."""
         return None
 
+    def teacher_recipe(self, profile: str) -> Recipe:
+        """The student recipe of artifacts in the ``teacher`` and ``soft-bank`` label regimes
+        (docs/labels.md): :meth:`recipe` with the distillation protocol's optimiser, schedule,
+        rates and temperature (:data:`ddbench.recipe.KD_PROTOCOL`), and 400 epochs in the full
+        profile (the quick profile keeps :meth:`recipe`'s epochs)."""
+        base = self.recipe(profile)
+        return base.updated({**KD_PROTOCOL, "epochs": KD_EPOCHS if profile == "full" else base.epochs})
+
     def info(self) -> dict[str, Any]:
         """Public facts for methods: normalisation, DSA strategy, data kind."""
         return {}
@@ -310,11 +323,15 @@ class Learner(Component, ABC):
     ``recipe_options``: the learner-specific :attr:`Recipe.options` it reads, with their types (an
     artifact may declare the integer, string and boolean ones; docs/threat-model.md).
     ``input_tensors``: artifact tensors it can train from; an artifact must hold one of them.
+    ``label_regimes``: the label regimes it trains in (docs/labels.md); the harness refuses an
+    artifact of another regime before training.
     """
 
     recipe_options: ClassVar[dict[str, type]] = {}
     input_tensors: ClassVar[tuple[str, ...]] = ("x",)
     supports_embedding: ClassVar[bool] = False
+    label_regimes: ClassVar[tuple[str, ...]] = ("hard", "soft")
+    """The label regimes (:data:`ddbench.labels.REGIMES`) whose artifacts it can train from."""
 
     @abstractmethod
     def build(self, task: TaskView, seed: int) -> nn.Module:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,8 +22,11 @@ if TYPE_CHECKING:  # annotations only: boards and records import this module wit
 
 AUGMENTS = ("none", "dsa", "dc")
 LABELS = ("stored", "class-balanced")
-PROTOCOL_ONLY = ("lr", "momentum", "weight_decay")
-"""Real-valued recipe fields: set by the task's protocol, never declared by an artifact."""
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
+PROTOCOL_ONLY = ("lr", "momentum", "weight_decay", "temperature", "optimizer", "schedule")
+"""Recipe fields set by the task's protocol, never declared by an artifact: the real-valued ones
+and the optimiser and its schedule, which those real values belong to."""
 PROTOCOLS = ("native", "common")
 """How a board's rows train (docs/design.md §4): ``native``, each method's declared recipe over the
 task's :meth:`~ddbench.interfaces.Task.recipe` (what papers report); ``common``, the task's
@@ -31,6 +35,12 @@ PROTOCOL_FIELDS = ("epochs", "batch_size", "augment", "dsa_strategy")
 """The fields that make up a board's protocol: under ``common`` they come from the task's common
 recipe and an artifact's declarations of them are set aside; its other declarations (a learned lr,
 implied labels, learner options) still apply, since they are part of the artifact."""
+TEACHER_SPEC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(:[A-Za-z0-9_]+=[A-Za-z0-9_.'\"-]+(,[A-Za-z0-9_]+=[A-Za-z0-9_.'\"-]+)*)?$")
+KD_PROTOCOL = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine", "temperature": 30.0}
+"""The student recipe of the teacher and soft-bank regimes (SRe2L's and DWA's CIFAR evaluation,
+docs/labels.md): AdamW, lr 1e-3, weight decay 0.01, cosine schedule, KL at temperature 30."""
+KD_EPOCHS = 399
+"""E of that recipe in the full profile: epoch indices 0..399, the published 400 epochs."""
 MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20
 MAX_OPTION_INT = 1 << 62
@@ -48,6 +58,12 @@ class Recipe:
     that also stores a learned scalar still fits an ``ipc`` budget.
     ``options`` carries learner-specific public settings (the two-layer learner's step size); the
     learner lists the ones it reads in :attr:`~ddbench.interfaces.Learner.recipe_options`.
+    ``optimizer`` (``sgd`` or ``adamw``), ``schedule`` (``step``: the x0.1 decay above; ``cosine``:
+    per epoch to zero) and ``temperature`` (of the distillation loss) come from the task's protocol:
+    its hard-label :meth:`~ddbench.interfaces.Task.recipe` or, for artifacts that train from a
+    teacher or a soft-label bank, its :meth:`~ddbench.interfaces.Task.teacher_recipe`
+    (docs/labels.md). ``teacher`` names the architecture of the teacher stored in the artifact's
+    ``teacher.*`` tensors, as a learner spec (``resnet:depth=18,width=16``).
     """
 
     epochs: int = 300
@@ -60,6 +76,10 @@ class Recipe:
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     labels: Literal["stored", "class-balanced"] = "stored"
     options: dict[str, Any] = field(default_factory=dict)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    schedule: Literal["step", "cosine"] = "step"
+    temperature: float = 1.0
+    teacher: str | None = None
 
     def updated(self, overrides: dict[str, Any]) -> "Recipe":
         """A copy with ``overrides`` applied; unknown keys are an error naming the fix."""
@@ -115,7 +135,8 @@ def declared_recipe(overrides: Any, tensors: Mapping[str, Tensor], option_types:
             raise ArtifactError(f"{where} declares unknown recipe field {key!r}.{close_names(str(key), names)} "
                                 f"Recipe fields: {', '.join(sorted(names))}.")
         if key in PROTOCOL_ONLY:
-            raise ArtifactError(f"{where} declares recipe {key}={value!r}: real-valued fields belong to the task's protocol. "
+            raise ArtifactError(f"{where} declares recipe {key}={value!r}: real-valued fields, the optimizer and its schedule "
+                                "belong to the task's protocol. "
                                 "A learned or tuned value must be a counted tensor (for a step size: store it, e.g. "
                                 "tensors['lr'], and declare lr_from_artifact='lr').")
         checked[key] = _FIELD_CHECKS[key](value, tensors, option_types, f"{where} declares recipe {key}={value!r}")
@@ -163,6 +184,14 @@ def _lr_tensor(value: Any, tensors: Mapping[str, Tensor], option_types: Mapping[
     return value
 
 
+def _teacher(value: Any, tensors: Mapping[str, Tensor], option_types: Mapping[str, type], where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not TEACHER_SPEC.match(value):
+        raise ArtifactError(f"{where}: name the teacher's architecture as a learner spec, e.g. 'resnet:depth=18,width=16'.")
+    return value
+
+
 def _options(value: Any, tensors: Mapping[str, Tensor], option_types: Mapping[str, type], where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ArtifactError(f"{where}: options must be a dict of the learner's recipe options.")
@@ -191,4 +220,5 @@ _FIELD_CHECKS = {
     "labels": _choice(LABELS),
     "lr_from_artifact": _lr_tensor,
     "options": _options,
+    "teacher": _teacher,
 }

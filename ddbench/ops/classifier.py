@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ddbench.interfaces import Artifact, Learner, Recipe
+from ddbench.labels import REGIMES
 from ddbench.ops.ensemble import LayerChain, fit_classifiers
 from ddbench.ops.training import train_classifier
 
@@ -31,7 +32,9 @@ class FeaturesClassifier(LayerChain):
 
 
 class ClassifierLearner(Learner):
-    """Cross-entropy training with the recipe (SGD, the lr schedule, augmentation), K nets at once.
+    """Training with the recipe (its optimiser and schedule, augmentation) in every label regime
+    (cross-entropy on hard or soft labels, distillation from a stored teacher or a soft-label bank;
+    docs/labels.md), K nets at once where they can.
 
     ``ensemble``: train the harness's K evaluation nets as one vmapped ensemble where the model
     allows it (docs/methods.md §13.3; BatchNorm falls back to sequential training). ``bf16``: bf16
@@ -39,6 +42,7 @@ class ClassifierLearner(Learner):
     """
 
     supports_embedding: ClassVar[bool] = True
+    label_regimes: ClassVar[tuple[str, ...]] = REGIMES
     ensemble: bool = True
     bf16: bool = False
 

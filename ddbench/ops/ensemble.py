@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from ddbench import labels
 from ddbench.ops.augment import DSA, Transform, apply
 from ddbench.interfaces import Artifact, Recipe
 from ddbench.ops.training import augmenter, draw_seed, epoch_blocks, learning_rate, shuffles, train_classifier
@@ -270,7 +271,10 @@ def fit_classifiers(models: Sequence[nn.Module], artifact: Artifact, recipe: Rec
     ``"sequential: BatchNorm2d ..."`` (the reason for the fallback)."""
     device = artifact.x.device
     note = " (bf16 ignored on cpu)" if bf16 and device.type != "cuda" else (" bf16" if bf16 else "")
-    reason = "ensemble=False" if not ensemble else vmap_unsupported(models)
+    kind = labels.regime(artifact.tensors, artifact.recipe)
+    reason = ("ensemble=False" if not ensemble else f"{kind} label regime" if kind in ("teacher", "soft-bank")
+              else f"{recipe.optimizer} {recipe.schedule}" if (recipe.optimizer, recipe.schedule) != ("sgd", "step")
+              else vmap_unsupported(models))
     if reason is not None:
         for model, generator in zip(models, generators, strict=True):
             train_classifier(model, artifact, recipe, generator, bf16=bf16)

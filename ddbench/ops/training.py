@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddbench import labels
 from ddbench.ops.augment import DSA, DCAugment, apply
 from ddbench.interfaces import Artifact, Recipe, TaskView
 
@@ -69,23 +70,54 @@ def learning_rate(artifact: Artifact, recipe: Recipe) -> float:
     return float(artifact.tensors[recipe.lr_from_artifact].detach().reshape(-1)[0])
 
 
+def optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    """The recipe's optimiser at ``lr``: SGD with its momentum and weight decay, or AdamW with its weight decay."""
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+
+
+def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
+    """The cosine schedule's rate for epoch index ``epoch`` of 0..``epochs`` (``epochs`` + 1 epochs), from ``lr`` towards 0."""
+    return 0.5 * lr * (1 + math.cos(math.pi * epoch / (epochs + 1)))
+
+
+def batch_loss(model: nn.Module, artifact: Artifact, recipe: Recipe, kind: str, idx: Tensor, xb: Tensor, epoch: int) -> Tensor:
+    """The loss of one batch in label regime ``kind`` (docs/labels.md): cross-entropy on hard or soft
+    labels; KL to the artifact's teacher on the same augmented view; KL to the bank's logits of this
+    epoch's view."""
+    if kind == "teacher":
+        if artifact.teacher is None:
+            raise ValueError("the teacher regime needs the teacher the harness rebuilds from the artifact (ddbench.labels.with_teacher)")
+        with torch.no_grad():
+            target = artifact.teacher(xb)
+        return labels.kd_loss(model(xb), target, recipe.temperature)
+    if kind == "soft-bank":
+        bank = artifact.tensors[labels.BANK_LOGITS]
+        return labels.kd_loss(model(xb), bank[idx, epoch % bank.shape[1]], recipe.temperature)
+    return F.cross_entropy(model(xb), artifact.y[idx])
+
+
 def train_classifier(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator,
                      bf16: bool = False) -> nn.Module:
-    """Train on the artifact's ``x`` and ``y`` (hard labels, or soft label rows) as ``evaluate_synset``:
+    """Train on the artifact in its label regime (hard or soft ``y``, a teacher, a soft-label bank), as ``evaluate_synset``:
 
-    SGD (momentum, weight decay from the recipe), cross-entropy, shuffled batches, epoch indices
-    0..E, lr x 0.1 once after epoch index E//2 + 1 (the optimiser is rebuilt then, as in the
-    reference code, which resets momentum). Augmentation per sample, seeded from ``generator``;
-    shuffles and DSA draws are made a block of epochs at a time (:func:`epoch_blocks`).
-    ``bf16``: forward and backward under bf16 autocast on CUDA (ignored on CPU).
+    the recipe's optimiser (SGD: momentum and weight decay; AdamW: weight decay), shuffled batches,
+    epoch indices 0..E. Schedule ``step``: lr x 0.1 once after epoch index E//2 + 1 (the optimiser
+    is rebuilt then, as in the reference code, which resets momentum); ``cosine``: the rate of each
+    epoch set by :func:`cosine_lr`. Augmentation per sample, seeded from ``generator`` (a bank's
+    views are its augmentation: its batches are cropped and flipped as stored, nothing else);
+    shuffles and DSA draws are made a block of epochs at a time (:func:`epoch_blocks`). The loss
+    is :func:`batch_loss`. ``bf16``: forward and backward under bf16 autocast on CUDA (ignored on CPU).
     """
-    x, y = artifact.x, artifact.y
+    x = artifact.x
+    kind = labels.regime(artifact.tensors, artifact.recipe)
     device = x.device
     lr = learning_rate(artifact, recipe)
     seed = draw_seed(generator)
-    augment = augmenter(recipe, seed, device)
+    augment = None if kind == "soft-bank" else augmenter(recipe, seed, device)
     params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    opt = optimizer(params, recipe, lr)
     n, bs = len(x), max(1, min(recipe.batch_size, len(x)))
     steps = math.ceil(n / bs)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
@@ -94,17 +126,24 @@ def train_classifier(model: nn.Module, artifact: Artifact, recipe: Recipe, gener
         perms = shuffles(generator, n, len(block), device)
         augment_step = block_augmenter(augment, len(block) * steps, bs, x.shape[-1])
         for e, epoch in enumerate(block):
+            if recipe.schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(lr, epoch, recipe.epochs)
             for j in range(steps):
                 idx = perms[e, j * bs : (j + 1) * bs]
-                xb = augment_step(e * steps + j, x[idx])
+                if kind == "soft-bank":
+                    views = artifact.tensors[labels.BANK_VIEWS]
+                    xb = labels.crop_views(x[idx], views[idx, epoch % views.shape[1]])
+                else:
+                    xb = augment_step(e * steps + j, x[idx])
                 with autocast:
-                    loss = F.cross_entropy(model(xb), y[idx])
+                    loss = batch_loss(model, artifact, recipe, kind, idx, xb, epoch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            if epoch == recipe.epochs // 2 + 1:
+            if recipe.schedule == "step" and epoch == recipe.epochs // 2 + 1:
                 lr *= 0.1
-                opt = torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+                opt = optimizer(params, recipe, lr)
     return model
 
 

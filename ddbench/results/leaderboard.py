@@ -33,8 +33,13 @@ from ddbench.results.records import COLUMNS, FULL, Row, aggregate, common_settin
 
 CSV_FIELDS = ["task", "distiller", "budget", "metric", "mean", "std", "nets", "seeds", "stored_params", "metric_per_kparam",
               "gain_vs_random", "compression", "distill_s", "eval_s", "peak_mb", "model_params", "device", "status", "label",
-              "settings", "higher_is_better"]
+              "settings", "higher_is_better", "regime", "reference_regime"]
 TRAINED = "trained model"
+TEACHER_ROW = "store the teacher"
+"""The label of the reference row of a teacher-regime tier: the stored teacher alone, at its parameter count."""
+REGIME_TEXT = {"hard": "hard labels", "soft": "soft labels (N x C, charged)", "teacher": "a stored teacher (charged at its parameters)",
+               "soft-bank": "a per-view soft-label bank (charged as stored)"}
+MARKERS = {"hard": "o", "soft": "s", "teacher": "^", "soft-bank": "D"}  # one plot marker shape per label regime
 """The label of the reference row beside ``full``: the learner trained on all the data, counted at its parameters."""
 BOARDS = "boards"
 """The name of the generic boards among the reports ``ddbench leaderboard --report`` chooses from."""
@@ -78,6 +83,21 @@ def trained_model(full: Row) -> Row | None:
     return Row(full.task, TRAINED, FULL, full.metric, list(full.values), full.mean, full.std, full.nets, list(full.seeds),
                stored_params=full.model_params, compression=train_scalars / full.model_params, device=full.device,
                directions=dict(full.directions), config=full.config, label=TRAINED, model_params=full.model_params)
+
+
+def teacher_rows(tier: Sequence[Row]) -> list[Row]:
+    """The ``store the teacher`` reference rows of a tier: one per distinct teacher its rows stored
+    (its test accuracy, counted at its parameters; a reference, not ranked)."""
+    seen: dict[tuple[float, float], Row] = {}
+    for r in tier:
+        acc, params = r.extra.get("teacher_accuracy"), r.extra.get("teacher_params")
+        if r.ok and acc is not None and params and not math.isnan(acc):
+            key = (round(params), round(acc, 6))
+            if key not in seen:
+                seen[key] = Row(r.task, TEACHER_ROW, r.budget, r.metric, [acc], acc, 0.0, 1, list(r.seeds), stored_params=params,
+                                device=r.device, directions=dict(r.directions), config=r.config, label=TEACHER_ROW,
+                                regime="teacher")
+    return list(seen.values())
 
 
 def _recipe_text(recipe: dict[str, Any]) -> str:
@@ -133,14 +153,25 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
         f"- Regenerate: `{regenerate}`",
         "",
     ]
+    regimes = [g for g in REGIME_TEXT if any(r.regime == g for r in rows)]
+    if regimes != ["hard"] and regimes:
+        lines.insert(len(lines) - 2, f"- Label regimes (docs/labels.md): each budget's rows are ranked within their regime; a budget "
+                     "bounds the data, and a regime's label storage (soft labels, a teacher, a bank) is charged on top, in stored "
+                     "params and per kparam. In the teacher regime, gain vs random is against a random subset with the same "
+                     f"teacher and recipe; `teacher_free` is the {metric} of the same inputs with the hard labels the teacher (soft "
+                     f"labels, bank) implies; `{TEACHER_ROW}` is the teacher alone at its parameter count.")
     headers = ["rank", "distiller", f"{metric} ± std", "nets", *[c.header.format(metric=metric) for c in COLUMNS], *extras, "status"]
     for budget in sorted({r.budget for r in rows if r.budget != FULL}, key=_budget_key):
-        tier = [r for r in rows if r.budget == budget]
-        ranked = sorted([r for r in tier if r.ok], key=lambda r: (-r.mean if higher else r.mean, r.label))
-        table = [_line(str(rank), r, extras) for rank, r in enumerate(ranked, 1)]
-        table += [_line("—", r, extras) for r in tier if not r.ok]
-        table += [_line("ref", r, extras) for r in references]
-        lines += [f"## Budget {budget}", "", tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
+        for regime in regimes:
+            tier = [r for r in rows if r.budget == budget and r.regime == regime]
+            if not tier:
+                continue
+            ranked = sorted([r for r in tier if r.ok], key=lambda r: (-r.mean if higher else r.mean, r.label))
+            table = [_line(str(rank), r, extras) for rank, r in enumerate(ranked, 1)]
+            table += [_line("—", r, extras) for r in tier if not r.ok]
+            table += [_line("ref", r, extras) for r in (references if regime == "hard" else teacher_rows(tier))]
+            title = f"## Budget {budget}" + ("" if regimes == ["hard"] else f", {REGIME_TEXT[regime]}")
+            lines += [title, "", tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
     if not any(r.budget != FULL for r in rows) and full:
         lines += ["## Reference", "", tabulate([_line("ref", r, extras) for r in references], headers=headers, tablefmt="github",
                                                disable_numparse=True), ""]
@@ -200,7 +231,8 @@ def to_csv(rows: list[Row]) -> str:
                          "mean": fmt(r.mean, ".6g"), "std": fmt(r.std, ".6g"), "nets": r.nets,
                          "seeds": " ".join(map(str, r.seeds)), **{c.name: fmt(getattr(r, c.name), c.csv_spec) for c in COLUMNS},
                          "device": r.device, "status": r.status, "settings": r.signature or "",
-                         "higher_is_better": "" if higher is None else str(higher).lower(), "model_params": fmt(r.model_params, ".0f")})
+                         "higher_is_better": "" if higher is None else str(higher).lower(), "model_params": fmt(r.model_params, ".0f"),
+                         "regime": r.regime, "reference_regime": r.reference_regime})
     return buf.getvalue()
 
 
@@ -230,7 +262,9 @@ def plot(task: str, rows: list[Row], path: Path, protocol: str = "native") -> No
         series = [r for r in rows if r.label == name and r.budget != FULL]
         pts = sorted((r.stored_params, r.mean, r.std) for r in series)
         style = dict(linestyle="--", color="gray") if series[0].distiller == "random" else {}
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=name, **style)
+        regime = series[0].regime
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=MARKERS.get(regime, "o"), capsize=3,
+                    label=name + ("" if regime == "hard" else f" [{regime}]"), **style)
     for r in rows:
         if r.budget == FULL:
             ax.axhline(r.mean, color="black", linestyle=":", label=f"{r.label}: whole train split ({r.stored_params:.0f} params)")

@@ -33,6 +33,10 @@ if TYPE_CHECKING:  # the budget type lives with the interfaces (torch); records 
 RESULTS_VERSION = 1
 """Bumped when a change to ddbench changes results; part of every cell key, so a store never
 passes off a result of another version as current (0: results stored before keys carried it)."""
+LABEL_COLUMNS = ("teacher_free",)
+"""Extras the harness records for artifacts outside the hard label regime and shows on every board:
+the same inputs trained from the hard labels their teacher, soft labels or bank imply (docs/labels.md)."""
+REGIMES = ("hard", "soft", "teacher", "soft-bank")  # ddbench.labels.REGIMES, here without torch
 RUN_LENGTH_META = ("iterations", "stopped_early")
 """Keys of ``Artifact.meta`` kept in the results: how long a distiller ran (a time limit may cut it short).
 They are board columns of every task (no direction: they describe a run, they do not rank it)."""
@@ -170,6 +174,8 @@ class CellResult:
     model_params: int = 0  # parameters of one evaluation net (what storing a trained net costs); 0: not recorded
     higher_is_better: dict[str, bool] = field(default_factory=dict)  # the task's metric directions (Task.higher_is_better)
     leaderboard_columns: list[str] = field(default_factory=list)  # extras the task shows on boards (Task.leaderboard_columns)
+    regime: str = "hard"  # the artifact's label regime (ddbench.labels.regime); "hard" for records older than regimes
+    reference_regime: str = "hard"  # the regime random_ref was trained in (the artifact's teacher, or hard labels)
 
     @property
     def mean(self) -> float:
@@ -284,6 +290,8 @@ class Row:
     directions: dict[str, bool] = field(default_factory=dict)  # the task's metric directions
     config: dict[str, Any] | None = None  # the settings every cell of the row shares (None: unknown, e.g. an old CSV)
     label: str = ""  # the distiller and what sets this row apart on its board (label_rows)
+    regime: str = "hard"  # the label regime of its artifacts (docs/labels.md)
+    reference_regime: str = "hard"  # the regime its gain vs random was measured in
 
     @property
     def ok(self) -> bool:
@@ -326,8 +334,8 @@ class Row:
         return self.directions.get(name)
 
     def board_columns(self) -> list[str]:
-        """The extras this row shows on a board: its task's declared columns and the run length."""
-        return [k for k in self.extra if k in self.columns or k in RUN_LENGTH_META]
+        """The extras this row shows on a board: its task's declared columns, the run length and the label columns."""
+        return [k for k in self.extra if k in self.columns or k in RUN_LENGTH_META or k in LABEL_COLUMNS]
 
 
 def settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -357,10 +365,12 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "device": rec.get("device", "") if ok else None, "extra": dict(rec.get("extra", {})) if ok else None,
             "directions": dict(rec.get("higher_is_better", {})) if ok else None,
             "columns": list(rec.get("leaderboard_columns", [])) if ok else None,
+            "regime": rec.get("regime", "hard") if ok else None, "reference_regime": rec.get("reference_regime", "hard") if ok else None,
         })
     return pd.DataFrame(lines, columns=["task", "distiller", "budget", "settings", "config", "status", "error", "seed", "metric",
                                         "values", "mean", "gain", "stored_params", "compression", "distill_s", "eval_s",
-                                        "peak_mb", "model_params", "device", "extra", "directions", "columns"])
+                                        "peak_mb", "model_params", "device", "extra", "directions", "columns", "regime",
+                                        "reference_regime"])
 
 
 GROUP = ["task", "distiller", "budget", "settings"]
@@ -400,6 +410,7 @@ def _row(group: pd.DataFrame) -> Row:
         row.gain_vs_random = nanmean(done["gain"])
         row.peak_mb = float(done["peak_mb"].max())
         row.device = _first(done["device"]) or ""
+        row.regime, row.reference_regime = _first(done["regime"]) or "hard", _first(done["reference_regime"]) or "hard"
         keys = sorted({k for extra in done["extra"] for k in extra})
         row.extra = {k: nanmean(extra.get(k, math.nan) for extra in done["extra"]) for k in keys}
         row.columns = list(dict.fromkeys(c for columns in done["columns"] for c in columns))

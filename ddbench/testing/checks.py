@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddbench import labels
 from ddbench.artifact import admission_problems, content_hash, count_storage, with_labels
 from ddbench.errors import BudgetError, DDBenchError, PluginError
 from ddbench.harness import resolve_device
@@ -254,10 +255,14 @@ class _Runner:
     def check_trainable(self, kit_task: KitTask, view: TaskView, learner: Learner, artifact: Artifact, where: str) -> None:
         """Train the task's learner briefly on the artifact with the recipe it declares."""
         try:
-            recipe = kit_task.task.recipe(self.profile).updated(artifact.recipe)
+            kind = labels.regime(artifact.tensors, artifact.recipe)
+            task = kit_task.task
+            recipe = (task.teacher_recipe(self.profile) if kind in ("teacher", "soft-bank") else task.recipe(self.profile))
+            recipe = recipe.updated(artifact.recipe)
             recipe = dataclasses.replace(recipe, epochs=min(recipe.epochs, TRAIN_EPOCHS))
             model = learner.build(view, 0).to(self.device)
-            learner.fit(model, with_labels(artifact, view.num_classes), recipe, torch.Generator(self.device).manual_seed(0))
+            artifact = labels.with_teacher(with_labels(artifact, view.num_classes), view, None, self.device)
+            learner.fit(model, artifact, recipe, torch.Generator(self.device).manual_seed(0))
             pred = learner.predict(model, view.val.x)
         except Exception as exc:  # noqa: BLE001
             self.fail("trainable", where, f"learner {learner.name!r} could not train on the artifact: {_first_line(exc)}{_origin(exc)}.",

@@ -1,24 +1,60 @@
 """Coreset baselines (``docs/methods.md`` §9): real examples chosen, not synthesised."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ddbench import options
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Recipe, RunContext, TaskView
+from ddbench.labels import teacher_tensors
 from ddbench.ops.subsets import random_subset
+from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_EPOCHS, TEACHER, teacher_for
 
 
-class Random(Distiller):
+LABEL_FORMS = ("hard", "teacher")
+
+
+class Coreset(Distiller):
+    """A coreset in a label regime (docs/labels.md): ``labels='hard'`` stores the examples' labels;
+    ``'teacher'`` stores the examples with a teacher (``teacher``, squeezed for ``squeeze_epochs``
+    with ``squeeze_augment``, cached and shared with sre2l and dwa), which the student distils from."""
+
+    quick = dict(QUICK_TEACHER)
+
+    def __init__(self, labels: str = "hard", teacher: str = TEACHER, squeeze_epochs: int = SQUEEZE_EPOCHS,
+                 squeeze_augment: str = "dsa"):
+        options.one_of("labels", labels, LABEL_FORMS)
+        options.one_of("squeeze_augment", squeeze_augment, ("dsa", "none"))
+        options.positive(squeeze_epochs=squeeze_epochs)
+        self.labels, self.teacher, self.squeeze_epochs, self.squeeze_augment = labels, teacher, squeeze_epochs, squeeze_augment
+
+    def artifact(self, task: TaskView, index: Tensor, context: RunContext, meta: dict[str, Any] | None = None) -> Artifact:
+        """The chosen examples (class by class) in this coreset's label regime."""
+        meta = dict(meta or {})
+        if self.labels == "hard":
+            return Artifact({"x": task.train.x[index].clone(), "y": task.train.y[index].clone()}, meta=meta)
+        model, info = teacher_for(task, self.teacher, self.squeeze_epochs, self.squeeze_augment, context)
+        return Artifact({"x": task.train.x[index].clone(), **teacher_tensors(model)},
+                        {"labels": "class-balanced", "teacher": self.teacher}, {**meta, **info})
+
+
+class Random(Coreset):
     """Class-balanced random real subset (uniform, seeded); the reference for "gain vs random"."""
 
     name = "random"
-    description = "random real subset: ipc per class (or params / (input+1) points)"
+    description = "random real subset: ipc per class (or params / (input+1) points); labels=teacher adds a stored teacher"
+
+    def supports(self, task: TaskView, learner: Learner) -> str | None:
+        if self.labels == "teacher" and task.num_classes is None:
+            return "a teacher gives class probabilities; the task is regression"
+        return None
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
         idx = random_subset(task, budget, context.generator)
         context.progress.update(1, 1)
-        return Artifact({"x": task.train.x[idx].clone(), "y": task.train.y[idx].clone()})
+        return self.artifact(task, idx, context)
 
 
 class Full(Distiller):
@@ -59,7 +95,7 @@ def herding_select(features: Tensor, k: int) -> Tensor:
     return torch.tensor(chosen, device=features.device, dtype=torch.long)
 
 
-class Herding(Distiller):
+class Herding(Coreset):
     """Herding coreset in the learner's penultimate-feature space (§9; DC paper, iCaRL).
 
     ``features='trained'`` (default, as §9): the learner is first trained on the full train split
@@ -68,11 +104,13 @@ class Herding(Distiller):
 
     name = "herding"
     description = "greedy feature-mean matching (herding) coreset in the learner's embedding"
-    quick = {"epochs": 5}
+    quick = {**Coreset.quick, "epochs": 5}
 
-    def __init__(self, features: str = "trained", epochs: int = 30):
+    def __init__(self, features: str = "trained", epochs: int = 30, labels: str = "hard", teacher: str = TEACHER,
+                 squeeze_epochs: int = SQUEEZE_EPOCHS, squeeze_augment: str = "dsa"):
         options.one_of("features", features, ("trained", "random"))
         options.non_negative(epochs=epochs)
+        super().__init__(labels, teacher, squeeze_epochs, squeeze_augment)
         self.features, self.epochs = features, epochs
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
@@ -97,5 +135,4 @@ class Herding(Distiller):
                 feats = torch.cat([learner.embed(model, task.train.x[idx[i : i + 1024]]) for i in range(0, len(idx), 1024)])
                 picks.append(idx[herding_select(feats, ipc)])
         context.progress.update(2, 2, stage=2)
-        index = torch.cat(picks)
-        return Artifact({"x": task.train.x[index].clone(), "y": task.train.y[index].clone()}, meta={"features": self.features})
+        return self.artifact(task, torch.cat(picks), context, {"features": self.features})

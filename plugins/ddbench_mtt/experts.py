@@ -14,7 +14,6 @@ learner (name, options, parameter layout), the expert recipe and how training dr
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from torch.func import vmap
 
 from ddbench.interfaces import Learner, Recipe, Split, TaskView
 from ddbench.ops.ensemble import flat_parameters, stack_parameters, train_ensemble
+from ddbench.ops.cache import cache_key, fingerprint
 from ddbench.ops.training import DRAWS
 from ddbench_mtt.flat import FlatModel
 
@@ -82,20 +82,11 @@ def accuracy(model: FlatModel, flats: Tensor, split: Split, chunk: int = 1024) -
     return 100.0 * correct / max(len(split), 1)
 
 
-def fingerprint(split: Split) -> str:
-    """A short, device-independent summary of a split's contents (part of the cache key)."""
-    x, y = split.x.double(), split.y.double()
-    ramp = torch.arange(1, x[0].numel() + 1, device=x.device)  # position-weighted: catches permuted pixels
-    stats = torch.stack([x.sum(), x.pow(2).sum(), (x.flatten(1) * ramp).sum(), y.sum()])
-    return f"{tuple(split.x.shape)}:" + ",".join(f"{v:.9g}" for v in stats.tolist())
-
-
 class ExpertCache:
     """One cache folder per configuration: expert files and a manifest (see the module doc)."""
 
     def __init__(self, root: Path, config: dict[str, Any]):
-        self.config = json.loads(json.dumps(config, sort_keys=True, default=str))
-        self.key = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:16]
+        self.config, self.key = cache_key(config)
         self.folder = Path(root) / CACHE_FOLDER / self.key
         self.manifest_path = self.folder / "manifest.json"
 
