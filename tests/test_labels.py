@@ -207,3 +207,12 @@ def test_distillation_regimes_stay_off_the_common_board(harness):
     native, common = harness.run(suite)
     assert native.status == "ok" and common.status == "skipped"
     assert "teacher label regime" in common.error and "native board" in common.error
+
+
+def test_a_teacher_larger_than_the_budgets_bytes_crosses_the_worker(harness):
+    # ResNet-18 at width 16 is 2.8 MB of float32, beyond the ~1 MB the worker reads for ipc=1 on digits
+    options = {**TEACHER_OPTIONS, "teacher": "resnet:depth=18,width=16", "squeeze_epochs": 1}
+    suite = Suite("labels", [TaskEntry("digits", [Budget.parse("ipc=1")])], [DistillerEntry("random", options)], "quick", 1, [0])
+    (result,) = harness.run(suite)
+    assert result.status == "ok", result.error
+    assert result.extra["teacher_params"] > 700_000 and result.stored_params == 640 + result.extra["teacher_params"]

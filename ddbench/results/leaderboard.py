@@ -94,9 +94,10 @@ def teacher_rows(tier: Sequence[Row]) -> list[Row]:
         if r.ok and acc is not None and params and not math.isnan(acc):
             key = (round(params), round(acc, 6))
             if key not in seen:
+                train_scalars = r.stored_params * r.compression
                 seen[key] = Row(r.task, TEACHER_ROW, r.budget, r.metric, [acc], acc, 0.0, 1, list(r.seeds), stored_params=params,
-                                device=r.device, directions=dict(r.directions), config=r.config, label=TEACHER_ROW,
-                                regime="teacher")
+                                compression=train_scalars / params, device=r.device, directions=dict(r.directions),
+                                config=r.config, label=TEACHER_ROW, regime="teacher")
     return list(seen.values())
 
 
@@ -158,7 +159,8 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
         lines.insert(len(lines) - 2, f"- Label regimes (docs/labels.md): each budget's rows are ranked within their regime; a budget "
                      "bounds the data, and a regime's label storage (soft labels, a teacher, a bank) is charged on top, in stored "
                      "params and per kparam. In the teacher regime, gain vs random is against a random subset with the same "
-                     f"teacher and recipe; `teacher_free` is the {metric} of the same inputs with the hard labels the teacher (soft "
+                     "teacher and recipe; in the soft and soft-bank regimes, which store no teacher to relabel it with, against "
+                     f"the hard-label random subset (the CSV's `reference_regime`); `teacher_free` is the {metric} of the same inputs with the hard labels the teacher (soft "
                      f"labels, bank) implies; `{TEACHER_ROW}` is the teacher alone at its parameter count.")
     headers = ["rank", "distiller", f"{metric} ± std", "nets", *[c.header.format(metric=metric) for c in COLUMNS], *extras, "status"]
     for budget in sorted({r.budget for r in rows if r.budget != FULL}, key=_budget_key):
@@ -273,6 +275,9 @@ def plot(task: str, rows: list[Row], path: Path, protocol: str = "native") -> No
             if model is not None:
                 ax.plot([model.stored_params], [model.mean], marker="P", markersize=10, color="black", linestyle="none",
                         label=f"{TRAINED} ({model.stored_params:.0f} params)")
+    for ref in teacher_rows([r for r in rows if r.regime == "teacher" and r.budget != FULL]):
+        ax.plot([ref.stored_params], [ref.mean], marker=MARKERS["teacher"], markersize=10, color="black", linestyle="none",
+                label=f"{TEACHER_ROW} ({ref.stored_params:.0f} params)")
     front = pareto([(r.stored_params, r.mean) for r in rows if r.budget != FULL], True if higher is None else higher)
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="red", alpha=0.4, linewidth=4, label="Pareto front")

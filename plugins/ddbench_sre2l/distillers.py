@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ddbench import labels, options
+from ddbench import options
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
+from ddbench.labels import BANK_LOGITS, BANK_VIEWS, crop_views, logits, random_views, teacher_tensors
 from ddbench.ops.subsets import random_subset
 from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_EPOCHS, TEACHER, teacher_for
 from ddbench_sre2l.recover import RecoverRecipe, directed_perturbation, recover
@@ -78,15 +79,15 @@ class SRe2L(Distiller):
         recipe = RecoverRecipe(self.steps, self.lr, self.beta1, self.beta2, jitter, self.r_bn)
         x = x0.clone()
         chunks = [order[i : i + self.batch] for i in range(0, len(order), self.batch)]
-        total = len(chunks) * recipe.steps
+        total = done = len(chunks) * recipe.steps
         for b, chunk in enumerate(chunks):
             teacher = self.batch_teacher(model, task, context, len(chunk))
             report = lambda step, loss, done=b * recipe.steps: context.progress.update(done + step, total, loss=loss)  # noqa: E731
             x[chunk] = recover(teacher, x0[chunk], y[chunk], recipe, context.generator, bounds, report)
-            if context.should_stop():
-                meta["stopped_early"] = True
+            if context.should_stop() and b + 1 < len(chunks):  # the later batches stay real images
+                meta["stopped_early"], done = True, (b + 1) * recipe.steps
                 break
-        meta.update({"iterations": total, "batches": len(chunks), "jitter": jitter})
+        meta.update({"iterations": done, "batches": len(chunks), "jitter": jitter})
         return Artifact(*relabel(model, x, y, self.labels, self.views, self.teacher, context), meta=meta)
 
 
@@ -125,12 +126,12 @@ def relabel(teacher: nn.Module, x: Tensor, y: Tensor, form: str, views: int, spe
     """The artifact's tensors and declared recipe for relabelling form ``form`` (x is class-ordered)."""
     recipe = {"labels": "class-balanced"}
     if form == "teacher":
-        return {"x": x, **labels.teacher_tensors(teacher)}, {**recipe, "teacher": spec}
+        return {"x": x, **teacher_tensors(teacher)}, {**recipe, "teacher": spec}
     if form == "bank":
-        view = labels.random_views(len(x), views, context.generator)
-        bank = torch.stack([labels.logits(teacher, labels.crop_views(x, view[:, v])) for v in range(views)], 1)
-        return {"x": x, labels.BANK_LOGITS: bank, labels.BANK_VIEWS: view}, recipe
-    out = labels.logits(teacher, x)
+        view = random_views(len(x), views, context.generator)
+        bank = torch.stack([logits(teacher, crop_views(x, view[:, v])) for v in range(views)], 1)
+        return {"x": x, BANK_LOGITS: bank, BANK_VIEWS: view}, recipe
+    out = logits(teacher, x)
     if form == "soft":
         return {"x": x, "y": out.softmax(1)}, {}
     return {"x": x, "y": out.argmax(1)}, {}
