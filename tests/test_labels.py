@@ -216,3 +216,28 @@ def test_a_teacher_larger_than_the_budgets_bytes_crosses_the_worker(harness):
     (result,) = harness.run(suite)
     assert result.status == "ok", result.error
     assert result.extra["teacher_params"] > 700_000 and result.stored_params == 640 + result.extra["teacher_params"]
+
+
+def test_dwa_without_its_perturbation_is_sre2l(manager, view, tmp_path):
+    from ddbench import RunContext
+
+    options = {"teacher": SPEC, "squeeze_epochs": 2, "steps": 3}
+    learner = instantiate(convnet(), {}, "quick")
+
+    def distil(name, extra):
+        distiller = instantiate(manager.distillers.get(name), {**options, **extra}, "quick")
+        context = RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0), cache_dir=tmp_path)
+        return distiller.distill(view, Budget.parse("ipc=1"), learner, context).x
+
+    sre2l = distil("sre2l", {})
+    assert torch.equal(distil("dwa", {"rho": 0.0}), sre2l)
+    assert not torch.equal(distil("dwa", {}), sre2l)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sre2l", "dwa"])
+def test_sre2l_and_dwa_pass_the_conformance_kit_in_their_quick_profile(manager, tmp_path, name):
+    from ddbench.testing import check_distiller
+
+    report = check_distiller(manager.distillers.get(name), cache_dir=tmp_path)  # ResNet-18 width 16 teacher, 100 steps
+    assert report.passed and report.cases

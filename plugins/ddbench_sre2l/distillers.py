@@ -20,6 +20,7 @@ from ddbench_sre2l.recover import RecoverRecipe, directed_perturbation, recover
 
 LABEL_FORMS = ("teacher", "bank", "soft", "hard")
 JITTER_CIFAR = 4  # the published roll jitter, in pixels of a 32 x 32 image
+PERTURBATION_STREAM = 7_000  # DWA draws the real batch of its perturbation from context.fork(PERTURBATION_STREAM + batch)
 
 
 def pixel_bounds(task: TaskView, device: torch.device) -> tuple[Tensor, Tensor] | None:
@@ -65,8 +66,8 @@ class SRe2L(Distiller):
             return "sre2l recovers images of a classification task through a convolutional teacher"
         return None
 
-    def batch_teacher(self, teacher: nn.Module, task: TaskView, context: RunContext, batch: int) -> nn.Module:
-        """The teacher a batch is recovered against: the squeezed teacher itself (DWA overrides this)."""
+    def batch_teacher(self, teacher: nn.Module, task: TaskView, context: RunContext, batch: int, index: int) -> nn.Module:
+        """The teacher batch ``index`` is recovered against: the squeezed teacher itself (DWA overrides this)."""
         return teacher
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
@@ -81,7 +82,7 @@ class SRe2L(Distiller):
         chunks = [order[i : i + self.batch] for i in range(0, len(order), self.batch)]
         total = done = len(chunks) * recipe.steps
         for b, chunk in enumerate(chunks):
-            teacher = self.batch_teacher(model, task, context, len(chunk))
+            teacher = self.batch_teacher(model, task, context, len(chunk), b)
             report = lambda step, loss, done=b * recipe.steps: context.progress.update(done + step, total, loss=loss)  # noqa: E731
             x[chunk] = recover(teacher, x0[chunk], y[chunk], recipe, context.generator, bounds, report)
             if context.should_stop() and b + 1 < len(chunks):  # the later batches stay real images
@@ -109,8 +110,9 @@ class DWA(SRe2L):
         super().__init__(teacher, squeeze_epochs, squeeze_augment, steps, lr, beta1, beta2, jitter, r_bn, batch, labels, views)
         self.K, self.rho = K, rho
 
-    def batch_teacher(self, teacher: nn.Module, task: TaskView, context: RunContext, batch: int) -> nn.Module:
-        pick = torch.randperm(len(task.train), generator=context.generator, device=task.train.y.device)[:batch]
+    def batch_teacher(self, teacher: nn.Module, task: TaskView, context: RunContext, batch: int, index: int) -> nn.Module:
+        # a generator of its own, so that the recovery draws what sre2l's would: rho = 0 gives sre2l's artifact exactly
+        pick = torch.randperm(len(task.train), generator=context.fork(PERTURBATION_STREAM + index), device=task.train.y.device)[:batch]
         return directed_perturbation(teacher, task.train.x[pick], task.train.y[pick], self.K, self.rho)
 
 
