@@ -175,6 +175,7 @@ def test_the_reference_is_trained_in_the_rows_regime(harness, tmp_path):
     assert f"| ref    | {TEACHER_ROW}" in text and "teacher_free" in text
     assert (tmp_path / "digits.csv").read_text().count(",teacher,teacher") == 1
     assert [r["regime"] for r in read_results(tmp_path / "results.json").records] == ["hard", "teacher"]
+    assert sorted(r.regime for r in read_results(tmp_path / "digits.csv").rows()) == ["hard", "teacher"]  # CSVs keep it
 
 
 @pytest.mark.parametrize("name", ["sre2l", "dwa"])

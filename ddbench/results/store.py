@@ -262,7 +262,8 @@ def _csv_row(d: dict[str, str]) -> Row:
               gain_vs_random=num("gain_vs_random"), compression=num("compression"), distill_s=num("distill_s"),
               eval_s=num("eval_s"), peak_mb=num("peak_mb"), model_params=num("model_params"), device=d.get("device") or "",
               directions={d["metric"]: higher == "true"} if higher else {},
-              config=json.loads(d["settings"]) if d.get("settings") else None, label=d.get("label") or "")
+              config=json.loads(d["settings"]) if d.get("settings") else None, label=d.get("label") or "",
+              regime=d.get("regime") or "hard", reference_regime=d.get("reference_regime") or "hard")
     if d.get("status", "ok") != "ok":
         row.failed = [d["status"]]
     return row
