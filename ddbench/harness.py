@@ -251,7 +251,7 @@ class Harness:
         if kind == "teacher":
             assert on_device.teacher is not None
             out["teacher_accuracy"] = task.score(labels.logits(on_device.teacher, test.x), test.y)[task.metric]
-            out["teacher_params"] = float(sum(t.numel() for k, t in artifact.tensors.items() if k.startswith(labels.TEACHER_PREFIX)))
+            out["teacher_params"] = float(sum(t.numel() for t in labels.teacher_state(artifact.tensors).values()))
         return out
 
     def _random_reference(self, task: Task, view: TaskView, test: Any, learner: Learner, cell: Cell, base: Recipe,

@@ -37,6 +37,7 @@ from ddbench.results.records import REGIMES  # noqa: E402,F401 - defined with th
 
 TEACHER_PREFIX = "teacher."
 BANK_LOGITS, BANK_VIEWS = "bank.logits", "bank.views"
+LABEL_PREFIXES = (TEACHER_PREFIX, "bank.")  # the names of a teacher's and a bank's tensors begin so
 VIEW_FIELDS = 5
 """A view of a bank: top, left, height and width of its crop as fractions of the image side, and a flip flag (0 or 1)."""
 CROP_SCALE = (0.08, 1.0)  # area fraction of a bank view's crop (RandomResizedCrop's default range)
@@ -85,6 +86,15 @@ def teacher_state(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k.removeprefix(TEACHER_PREFIX): v for k, v in tensors.items() if k.startswith(TEACHER_PREFIX)}
 
 
+def installed(learners: Registry[Any] | None) -> Registry[Any]:
+    """``learners``, or the installed plugins' learner registry where it is ``None``."""
+    if learners is not None:
+        return learners
+    from ddbench.plugins import get_plugin_manager
+
+    return get_plugin_manager().learners
+
+
 def teacher_learner(spec: str, learners: Registry[Any]) -> Learner:
     """The learner a teacher spec names, built with exactly the spec's options (no profile defaults)."""
     from ddbench.plugins import instantiate
@@ -111,12 +121,8 @@ def teacher_problem(tensors: Mapping[str, Tensor], recipe: Mapping[str, Any], ta
                 "as tensors 'teacher.<name>' (ddbench.labels.teacher_tensors(model)); a teacher is read from the artifact only.")
     if BANK_LOGITS in tensors or BANK_VIEWS in tensors:
         return "it stores both a teacher and a soft-label bank: one label regime per artifact."
-    if learners is None:
-        from ddbench.plugins import get_plugin_manager
-
-        learners = get_plugin_manager().learners
     try:
-        expected = skeleton(spec, task, learners).state_dict()
+        expected = skeleton(spec, task, installed(learners)).state_dict()
     except Exception as exc:  # noqa: BLE001 - an unknown name or bad options: the artifact is refused
         return f"its teacher {spec!r} cannot be built ({exc})."
     missing = [k for k in expected if k not in state]
@@ -150,11 +156,7 @@ def with_teacher(artifact: Artifact, task: TaskView, learners: Registry[Any] | N
 
     if regime(artifact.tensors, artifact.recipe) != "teacher":
         return artifact
-    if learners is None:
-        from ddbench.plugins import get_plugin_manager
-
-        learners = get_plugin_manager().learners
-    teacher = build_teacher(artifact.tensors, artifact.recipe["teacher"], task, learners, device)
+    teacher = build_teacher(artifact.tensors, artifact.recipe["teacher"], task, installed(learners), device)
     return Artifact(artifact.tensors, artifact.recipe, artifact.meta, teacher)
 
 

@@ -404,7 +404,7 @@ def _run(request: DistillRequest, channel: _Channel) -> tuple[dict[str, Any], by
                            "declare plain values, and store data as tensors.") from None
     meta = json.loads(json.dumps(artifact.meta, default=_plain))
     label_bytes = sum(t.numel() * t.element_size() for k, t in artifact.tensors.items()
-                      if k.startswith((labels.TEACHER_PREFIX, "bank.")))
+                      if k.startswith(labels.LABEL_PREFIXES))
     return {"status": "ok", "recipe": recipe, "meta": meta, "label_bytes": label_bytes}, to_bytes(artifact.tensors)
 
 
