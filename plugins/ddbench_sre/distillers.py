@@ -16,7 +16,7 @@ from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext,
 from ddbench.labels import BANK_LOGITS, BANK_VIEWS, crop_views, logits, random_views, teacher_tensors
 from ddbench.ops.subsets import random_subset
 from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_EPOCHS, TEACHER, teacher_for
-from ddbench_sre2l.recover import RecoverRecipe, directed_perturbation, recover
+from ddbench_sre.recover import RecoverRecipe, directed_perturbation, recover
 
 LABEL_FORMS = ("teacher", "bank", "soft", "hard")
 JITTER_CIFAR = 4  # the published roll jitter, in pixels of a 32 x 32 image

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ddbench import hookimpl
-from ddbench_sre2l.distillers import DWA, SRe2L
+from ddbench_sre.distillers import DWA, SRe2L
 
 
 @hookimpl
