@@ -39,7 +39,7 @@ import torch
 
 from ddbench.errors import BudgetError, DDBenchWarning, SuiteError, close_names
 from ddbench.interfaces import Budget, Split, Task, TaskData, TaskView
-from ddbench.plugins import PluginManager, check_options, instantiate
+from ddbench.plugins import PluginManager, instantiate
 from ddbench.recipe import PROTOCOLS
 from ddbench.results.records import Cell
 
@@ -219,13 +219,13 @@ def expand_suite(manager: PluginManager, suite: Suite, device_type: str = "cpu")
     distillers = suite.distillers
     if distillers is None:
         distillers = [DistillerEntry(n) for n in manager.names("distiller")]
-    for entry in distillers:
-        check_options(manager.distillers.get(entry.name), entry.options)
+    for entry in distillers:  # built once here, so that a bad option value is an error before any cell runs
+        instantiate(manager.distillers.get(entry.name), entry.options, suite.profile)
     for t in suite.tasks:
         task_cls = manager.tasks.get(t.name)
-        check_options(task_cls, t.options)
+        instantiate(task_cls, t.options, suite.profile)
         learner = t.learner or task_cls.default_learner
-        check_options(manager.learners.get(learner), t.learner_options)
+        instantiate(manager.learners.get(learner), t.learner_options, suite.profile)
         if task_cls.kind == "regression" and any(b.kind == "ipc" for b in t.budgets):
             raise SuiteError(f"task {t.name!r} is regression: ipc budgets do not apply; use params=N.")
         if not t.budgets:

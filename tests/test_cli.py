@@ -30,6 +30,9 @@ def error_line(err: str) -> str:
     (["run", "--task", "multi-index", "--budget", "ipc=1"], "regression: ipc budgets do not apply"),
     (["run", "--task", "digits:sed=1", "--budget", "ipc=1", "--distiller", "random"], "'digits' has no option 'sed'. Did you mean: seed?"),
     (["run", "--suite", "missing.toml"], "suite file 'missing.toml' not found"),
+    (["run", "--task", "digits", "--budget", "ipc=1", "--learner", "resnet:depth=50"], "bad options for 'resnet'"),
+    (["run", "--task", "digits", "--budget", "ipc=1", "--distiller", "dwa:rho=-1"], "bad options for 'dwa'"),
+    (["run", "--task", "digits:val_fraction=2", "--budget", "ipc=1"], "bad options for 'digits'"),
 ])
 def test_bad_input_is_one_clear_line(capsys, argv, expected):
     code, _, err = run(capsys, *argv)
