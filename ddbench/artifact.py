@@ -230,7 +230,7 @@ def _inputs_and_labels_problem(artifact: Artifact, task: TaskView, distiller: st
         return Problem("valid", f"artifact 'x' from {distiller!r} is {str(x.dtype).removeprefix('torch.')}: inputs must be float32, "
                                 "the learners' dtype (x.float()).")
     y = artifact.tensors.get("y")
-    if y is None and labels.regime(artifact.tensors, artifact.recipe) in ("teacher", "soft-bank"):
+    if y is None and labels.regime(artifact.tensors, artifact.recipe) in labels.DISTILLATION_REGIMES:
         return None  # the teacher or the bank gives the targets
     if y is None and artifact.recipe.get("labels") == "class-balanced":
         if task.num_classes is None or len(x) % task.num_classes:

@@ -44,10 +44,6 @@ from ddbench.results.records import RESULTS_VERSION, RUN_LENGTH_META, Cell, Cell
 from ddbench.suite import Suite, expand_suite, load_task, task_view  # noqa: F401 - ddbench.harness.task_view too
 
 
-DISTILLATION_REGIMES = ("teacher", "soft-bank")
-"""Label regimes whose students train by distillation with the task's teacher recipe
-(:meth:`~ddbench.interfaces.Task.teacher_recipe`): native cells only, since a common board states
-the one recipe all its rows train with."""
 TRACEBACK_CHARS = 8000  # a stored traceback keeps its first and last lines up to this size
 HEADER_BYTES = 1 << 20  # room for the safetensors header beyond 8 bytes per budgeted scalar
 
@@ -165,7 +161,7 @@ class Harness:
                 memo[1] = (labels.with_teacher(admitted, view, self.manager.learners, self.device), storage)  # from its tensors alone
             artifact, storage = memo[1]
             result.regime = labels.regime(artifact.tensors, artifact.recipe)
-            if cell.protocol == "common" and result.regime in DISTILLATION_REGIMES:
+            if cell.protocol == "common" and result.regime in labels.DISTILLATION_REGIMES:  # a common board states one recipe
                 result.status = "skipped"
                 result.error = (f"the artifact is in the {result.regime} label regime, whose students train by distillation with the "
                                 "task's teacher recipe, not the common one: its row is on the native board (docs/labels.md)")
@@ -174,7 +170,7 @@ class Harness:
             result.by_tensor, result.by_dtype = dict(storage.by_tensor), dict(storage.by_dtype)
             result.compression = compression(view, storage)
             hard_base = base
-            if result.regime in DISTILLATION_REGIMES:
+            if result.regime in labels.DISTILLATION_REGIMES:
                 base = task.teacher_recipe(cell.profile)  # native only (above)
             recipe = evaluation_recipe(base, artifact.recipe, cell.protocol)
             result.recipe = recipe.as_dict()

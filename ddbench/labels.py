@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 from ddbench.results.records import REGIMES  # noqa: E402,F401 - defined with the records, which boards read without torch
 
+DISTILLATION_REGIMES = ("teacher", "soft-bank")
+"""Regimes whose students train by distillation, with the task's
+:meth:`~ddbench.interfaces.Task.teacher_recipe`, and need no ``y`` (the teacher or the bank gives the targets)."""
 TEACHER_PREFIX = "teacher."
 BANK_LOGITS, BANK_VIEWS = "bank.logits", "bank.views"
 LABEL_PREFIXES = (TEACHER_PREFIX, "bank.")  # the names of a teacher's and a bank's tensors begin so

@@ -272,7 +272,7 @@ def fit_classifiers(models: Sequence[nn.Module], artifact: Artifact, recipe: Rec
     device = artifact.x.device
     note = " (bf16 ignored on cpu)" if bf16 and device.type != "cuda" else (" bf16" if bf16 else "")
     kind = labels.regime(artifact.tensors, artifact.recipe)
-    reason = ("ensemble=False" if not ensemble else f"{kind} label regime" if kind in ("teacher", "soft-bank")
+    reason = ("ensemble=False" if not ensemble else f"{kind} label regime" if kind in labels.DISTILLATION_REGIMES
               else f"{recipe.optimizer} {recipe.schedule}" if (recipe.optimizer, recipe.schedule) != ("sgd", "step")
               else vmap_unsupported(models))
     if reason is not None:

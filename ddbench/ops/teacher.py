@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ddbench.interfaces import Artifact, Recipe, RunContext, TaskView
-from ddbench.labels import logits, skeleton, teacher_learner
+from ddbench.labels import installed, logits, skeleton, teacher_learner
 from ddbench.ops.cache import cache_key, fingerprint
 from ddbench.ops.training import DRAWS
 
@@ -54,9 +54,7 @@ def squeeze_teacher(task: TaskView, spec: str, recipe: Recipe, context: RunConte
     """The teacher ``spec`` (a learner spec, e.g. ``resnet:depth=18,width=16``) trained on ``task``'s
     train split with ``recipe``, from the cache or trained and cached; in eval mode on the device.
     Returns it and facts for the artifact's meta (validation accuracy, whether it was trained now)."""
-    from ddbench.plugins import get_plugin_manager
-
-    learners = get_plugin_manager().learners
+    learners = installed(None)
     config, key = cache_key({"task": task.name, "task_options": task.options, "train": fingerprint(task.train),
                              "teacher": spec, "recipe": recipe.as_dict(), "seed": TEACHER_SEED, "draws": DRAWS})
     folder = Path(context.cache_dir) / CACHE_FOLDER / key

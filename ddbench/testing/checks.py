@@ -257,7 +257,7 @@ class _Runner:
         try:
             kind = labels.regime(artifact.tensors, artifact.recipe)
             task = kit_task.task
-            recipe = (task.teacher_recipe(self.profile) if kind in ("teacher", "soft-bank") else task.recipe(self.profile))
+            recipe = (task.teacher_recipe(self.profile) if kind in labels.DISTILLATION_REGIMES else task.recipe(self.profile))
             recipe = recipe.updated(artifact.recipe)
             recipe = dataclasses.replace(recipe, epochs=min(recipe.epochs, TRAIN_EPOCHS))
             model = learner.build(view, 0).to(self.device)
