@@ -20,11 +20,11 @@ from ddbench.plugins import PluginManager, get_plugin_manager, options_of
 from ddbench.results.leaderboard import BOARDS
 from ddbench.results.records import CellResult
 from ddbench.results.report import table
-from ddbench.results.store import DEFAULT_PATH, ResultStore, read_all, read_results
+from ddbench.results.store import DEFAULT_PATH, ResultStore, default_store_path, read_all, read_results
 from ddbench.suite import (DistillerEntry, Suite, TaskEntry, check_eval_seeds, check_protocols, check_seed, check_time_limit, default_suite,
                            expand_suite, load_suite, parse_named)
 
-CORE_COMMANDS = ("run", "reproduce", "leaderboard", "compare", "ls", "plugins", "new-plugin")
+CORE_COMMANDS = ("run", "reproduce", "leaderboard", "compare", "analyze", "ls", "plugins", "new-plugin")
 
 
 def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParser:
@@ -75,9 +75,20 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     cmp.add_argument("--fail-on", action="append", default=[], metavar="METRIC:DELTA",
                      help="e.g. accuracy:-1.0 (absolute) or distill_s:+20%% (relative)")
 
-    ls = sub.add_parser("ls", help="list registered tasks, learners or distillers")
+    ls = sub.add_parser("ls", help="list registered tasks, learners, distillers or analyses")
     ls.set_defaults(handler=cmd_ls)
-    ls.add_argument("kind", choices=["tasks", "learners", "distillers"])
+    ls.add_argument("kind", choices=["tasks", "learners", "distillers", "analyses"])
+
+    an = sub.add_parser("analyze", help="run analyses of distilled data on saved artifacts into a store (docs/analyses.md)")
+    an.set_defaults(handler=cmd_analyze)
+    an.add_argument("artifacts", nargs="*", help="artifact files or folders (default: the store's <store>-artifacts folder)")
+    an.add_argument("--analysis", required=True, help="comma-separated analyses, e.g. mixing,recognition (see `ddbench ls analyses`)")
+    an.add_argument("--store", default=None, help=f"results store the rows go into (default {DEFAULT_PATH})")
+    an.add_argument("--size", choices=["ci", "paper"], help="ci: CPU minutes (default); paper: the paper's sizes")
+    an.add_argument("--protocol", choices=["paper", "native"], help="paper: full batch, 300 steps (default); native: the artifact's recipe")
+    an.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    an.add_argument("--cache-dir", default=".ddbench/cache", help="shared state (reference models, probe runs) is cached here")
+    an.add_argument("--force", action="store_true", help="rerun analyses already in the store")
     sub.add_parser("plugins", help="list loaded plugins: version, source, what each registered").set_defaults(handler=cmd_plugins)
 
     scaffold = sub.add_parser("new-plugin", help="write a ready-to-install distiller plugin package")
@@ -142,11 +153,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_options(args)
     suite = suite_from_args(args)
     artifacts = folder(args.save_artifacts, "--save-artifacts") if args.save_artifacts else None
+    if suite.analyses:
+        from ddbench.analyze import artifacts_dir, build_analyses, parse_analyses
+
+        build_analyses(get_plugin_manager(), parse_analyses(suite.analyses))  # bad names or options: exit 2 before any cell
+        artifacts = artifacts or artifacts_dir(Path(args.store) if args.store else default_store_path())
     records = execute(suite, args.store, args.device, args.force, artifacts)
     if records is None:
         return 130
     print(table(records))
-    return min(sum(r["status"] == "failed" for r in records), 100)
+    failed = min(sum(r["status"] == "failed" for r in records), 100)
+    if suite.analyses:
+        from ddbench.analyze import analyze_command
+
+        files = [str(artifacts / f"{r['config']['task']}-{r['config']['distiller']}-{r['key']}.safetensors") for r in records if r["status"] == "ok"]
+        files = [f for f in files if Path(f).is_file()]
+        if files:
+            failed += analyze_command(files, ",".join(suite.analyses), args.store, None, None, args.device, ".ddbench/cache", args.force)
+    return failed
 
 
 def execute(suite: Suite, store_path: str | None, device: str, force: bool = False, artifacts: Path | None = None) -> list[dict] | None:
@@ -236,9 +260,24 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     for name, report in reports.items():
         if name in chosen:
             written += report.write(records, out)
+    if BOARDS in chosen:
+        written += analysis_pages(args.store or ([] if args.results else [None]), {r["key"] for r in records}, out)
     for path in written:
         print(path)
     return 0
+
+
+def analysis_pages(stores: list[str | None], keys: set[str], out: Path) -> list[Path]:
+    """The analysis pages of the analysis rows, in the given stores, of the cells being published."""
+    from ddbench.analysis_pages import write_pages
+    from ddbench.results.store import kind_of
+
+    rows = []
+    for path in stores:
+        if kind_of(Path(path) if path else default_store_path()) == "store":
+            with ResultStore(path, create=False) as store:
+                rows += [r for r in store.analysis_rows() if r.key in keys]
+    return write_pages(rows, out) if rows else []
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -258,7 +297,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     manager = get_plugin_manager()
-    kind = args.kind[:-1]
+    kind = "analysis" if args.kind == "analyses" else args.kind[:-1]
     rows = []
     for name in manager.names(kind):
         cls = manager.registries[kind].get(name)
@@ -266,6 +305,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
         rows.append([name, manager.owner(kind, name), cls.description, opts])
     print(tabulate(rows, headers=[kind, "plugin", "description", "options (defaults)"], tablefmt="github"))
     return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from ddbench.analyze import analyze_command
+
+    return analyze_command(args.artifacts, args.analysis, args.store, args.size, args.protocol, args.device,
+                           args.cache_dir, args.force)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

@@ -94,6 +94,19 @@ def ddbench_register_distillers(register: Callable[[type], None]) -> None:
     """
 
 
+@hookspec
+def ddbench_register_analyses(register: Callable[[type], None]) -> None:
+    """Register analysis classes (subclasses of :class:`ddbench.analysis.Analysis`).
+
+    Called once, when the plugin manager loads plugins.
+
+    :param register: call ``register(AnalysisClass)`` for each analysis; the class attribute
+        ``name`` is its public name (what ``ddbench analyze --analysis NAME`` and a suite's
+        ``analyses`` select), ``version`` and ``metrics`` declare its outputs, and its constructor's
+        keyword arguments (``size``, ``protocol`` and its own settings) are its options.
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # The command line and reports
 # --------------------------------------------------------------------------------------------

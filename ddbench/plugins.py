@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 import pluggy
 
 from ddbench import hookspecs
+from ddbench.analysis import Analysis
 from ddbench.errors import DDBenchWarning, PluginError, SuiteError, close_names, unknown
 from ddbench.interfaces import INTERFACES, Distiller, Learner, Task
 
@@ -22,7 +23,7 @@ ENTRY_POINT_GROUP = "ddbench"
 DISABLE_ENV = "DDBENCH_DISABLE_PLUGINS"
 TRACE_ENV = "DDBENCH_TRACE_PLUGINS"  # set: every hook call and its result are written to stderr
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
-KINDS = ("task", "learner", "distiller")
+KINDS = ("task", "learner", "distiller", "analysis")
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> type[T]:
         """The class registered as ``name``, or a one-line error suggesting close names."""
         if name not in self.items:
-            raise unknown(self.kind, name, self.items, f"See `ddbench ls {self.kind}s`.")
+            raise unknown(self.kind, name, self.items, f"See `ddbench ls {plural(self.kind)}`.")
         return self.items[name]
 
     def names(self) -> list[str]:
@@ -126,7 +127,9 @@ class PluginManager:
         self.tasks: Registry[Task] = Registry("task", Task)
         self.learners: Registry[Learner] = Registry("learner", Learner)
         self.distillers: Registry[Distiller] = Registry("distiller", Distiller)
-        self.registries: dict[str, Registry[Any]] = {"task": self.tasks, "learner": self.learners, "distiller": self.distillers}
+        self.analyses: Registry[Analysis] = Registry("analysis", Analysis)
+        self.registries: dict[str, Registry[Any]] = {"task": self.tasks, "learner": self.learners, "distiller": self.distillers,
+                                                     "analysis": self.analyses}
         self.plugins: dict[str, PluginInfo] = {}
         if os.environ.get(TRACE_ENV):
             self.pm.trace.root.setwriter(lambda text: print(text, end="", file=sys.stderr))
@@ -179,7 +182,7 @@ class PluginManager:
         info = PluginInfo(name, version, source)
         self.plugins[name] = info
         hooks = {"task": "ddbench_register_tasks", "learner": "ddbench_register_learners",
-                 "distiller": "ddbench_register_distillers"}
+                 "distiller": "ddbench_register_distillers", "analysis": "ddbench_register_analyses"}
         for kind, hook in hooks.items():
             def register(cls: Any, _kind: str = kind) -> None:
                 self.registries[_kind].register(cls, name)
@@ -191,7 +194,7 @@ class PluginManager:
                 raise
             except Exception as exc:  # noqa: BLE001
                 self._forget(name)
-                raise PluginError(f"plugin {name!r} raised while registering {kind}s: {type(exc).__name__}: {exc}") from exc
+                raise PluginError(f"plugin {name!r} raised while registering {plural(kind)}: {type(exc).__name__}: {exc}") from exc
 
     def hook_of(self, plugin: object, hook: str) -> Any:
         """The caller of ``hook`` for ``plugin`` alone (pluggy's subset caller, so hook wrappers and
@@ -254,6 +257,11 @@ class PluginManager:
             except Exception as exc:  # noqa: BLE001 - any failure becomes a named error
                 raise PluginError(f"plugin {name!r} raised while registering {what}s: {type(exc).__name__}: {exc}") from exc
         return [found[k] for k in sorted(found)]
+
+
+def plural(kind: str) -> str:
+    """``analysis`` -> ``analyses``, ``task`` -> ``tasks``."""
+    return "analyses" if kind == "analysis" else f"{kind}s"
 
 
 class _Namespace(types.SimpleNamespace):

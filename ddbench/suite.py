@@ -51,7 +51,7 @@ else:  # pragma: no cover
 PROFILES = ("quick", "full")
 MAX_SEED = 2**31 - 1  # distillation seeds: 0 .. MAX_SEED (seeds of derived generators stay within 64 bits)
 MAX_EVAL_SEEDS = 1000
-SUITE_KEYS = {"name", "profile", "eval_seeds", "distill_seeds", "task", "distiller", "time_limit_s", "protocols"}
+SUITE_KEYS = {"name", "profile", "eval_seeds", "distill_seeds", "task", "distiller", "time_limit_s", "protocols", "analyses"}
 TASK_KEYS = {"name", "options", "budgets", "learner", "learner_options"}
 DISTILLER_KEYS = {"name", "options"}
 
@@ -81,6 +81,7 @@ class Suite:
     distill_seeds: list[int] = field(default_factory=lambda: [0])
     time_limit_s: float | None = None
     protocols: list[str] = field(default_factory=lambda: ["native"])
+    analyses: list[str] = field(default_factory=list)  # analysis specs run on every native cell's artifact afterwards
 
 
 def _check_keys(where: str, table: dict[str, Any], allowed: set[str]) -> None:
@@ -136,7 +137,11 @@ def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
         limit = check_time_limit(_need(source, limit, (int, float), "time_limit_s must be a number of seconds"), f"{source}: time_limit_s")
     protocols = check_protocols(_need(source, data.get("protocols", ["native"]), list, 'protocols must be a list such as ["native", "common"]'),
                                 f"{source}: protocols")
-    return Suite(str(data.get("name", Path(source).stem)), tasks, distillers, profile, eval_seeds, list(seeds), limit, protocols)
+    analyses = data.get("analyses", [])
+    if not isinstance(analyses, list) or not all(isinstance(a, str) and a.strip() for a in analyses):
+        raise SuiteError(f"{source}: analyses must be a list of analysis names, e.g. [\"mixing\", \"recognition\"] (got {analyses!r}).")
+    return Suite(str(data.get("name", Path(source).stem)), tasks, distillers, profile, eval_seeds, list(seeds), limit, protocols,
+                 list(analyses))
 
 
 def check_protocols(protocols: list[Any], where: str) -> list[str]:

@@ -24,7 +24,7 @@ from ddbench.testing import TinyClassification, check_distiller, task_view
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS_MD = ROOT / "docs" / "hooks.md"
 KIND_OF_HOOK = {"ddbench_register_tasks": "task", "ddbench_register_learners": "learner",
-                "ddbench_register_distillers": "distiller"}
+                "ddbench_register_distillers": "distiller", "ddbench_register_analyses": "analysis"}
 
 
 def hookspecs() -> dict[str, ast.FunctionDef]:
@@ -108,6 +108,16 @@ def test_documented_example_registers_through_its_hook(name, monkeypatch):
         artifact = Artifact({"x": view.train.x, "y": view.train.y})
         model = learner.fit(learner.build(view, 0), artifact, TinyClassification().recipe("quick"), torch.Generator())
         assert learner.predict(model, view.val.x).shape == (len(view.val), 3)
+    elif kind == "analysis":
+        from ddbench.analysis import AnalysisContext, Subject
+        from ddbench.analyze import run_analysis
+
+        task = TinyClassification()
+        view = task_view(task)
+        subject = Subject("k", "tiny", Artifact({"x": view.train.x, "y": view.train.y}), task, view, view.val, Constant(),
+                          "constant", task.recipe("quick"))
+        row = run_analysis(cls(), cls.name, subject, AnalysisContext(torch.device("cpu")))
+        assert row.status == "ok" and row.metrics, row.error
     else:
         assert check_distiller(cls).passed
 

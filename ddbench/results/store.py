@@ -19,10 +19,11 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ddbench.analysis import AnalysisRow
 from ddbench.errors import StoreError
 from ddbench.provenance import provenance
 from ddbench.results.records import Cell, CellResult, Row, aggregate, check_record, label_rows, result_to_dict
@@ -37,6 +38,18 @@ CREATE TABLE IF NOT EXISTS cells (
     config TEXT NOT NULL,        -- JSON: the Cell (task, distiller, options, budget, seeds, profile)
     provenance TEXT NOT NULL,    -- JSON: versions, plugin versions, git commit, host
     finished_at TEXT NOT NULL
+)
+"""
+
+ANALYSES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS analyses (
+    key TEXT NOT NULL,           -- the cell key (or artifact content hash) the analysis read
+    spec TEXT NOT NULL,          -- the analysis and its options, e.g. mixing or mixing:size=paper
+    analysis TEXT, version TEXT, task TEXT, distiller TEXT,
+    status TEXT NOT NULL,
+    row TEXT NOT NULL,           -- JSON: the AnalysisRow fields (metrics, their declarations, info, error)
+    finished_at TEXT NOT NULL,
+    PRIMARY KEY (key, spec)
 )
 """
 
@@ -82,6 +95,7 @@ class ResultStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute(SCHEMA)
+            self.db.execute(ANALYSES_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"results store {name!r} cannot be read ({exc}): it is corrupt or not a ddbench store.") from exc
         self._provenance = provenance(manager)
@@ -93,7 +107,7 @@ class ResultStore:
             if columns != COLUMNS:
                 raise StoreError(f"{name!r} has a 'cells' table that is not ddbench's (columns {', '.join(columns)}): "
                                  "pass a store written by `ddbench run`.")
-        elif tables:
+        elif tables - {"analyses"}:
             raise StoreError(f"{name!r} is an SQLite database of something else (tables {', '.join(sorted(tables))}), "
                              "not a ddbench results store: pass another --store.")
         elif not create:
@@ -116,6 +130,23 @@ class ResultStore:
                json.dumps({**self._provenance, "device": result.device}), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         with self.db:  # BEGIN ... COMMIT: atomic even under SIGKILL
             self.db.execute("INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def put_analysis(self, row: AnalysisRow) -> None:
+        """Commit one analysis row (replacing an earlier run of the same analysis spec on the same cell)."""
+        values = (row.key, row.spec, row.analysis, row.version, row.task, row.distiller, row.status,
+                  json.dumps(asdict(row), default=str), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO analyses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+
+    def analysis_done(self, key: str, spec: str, version: str) -> bool:
+        """True when this analysis spec at this version already finished on this cell."""
+        row = self.db.execute("SELECT status, version FROM analyses WHERE key = ? AND spec = ?", (key, spec)).fetchone()
+        return row is not None and row[0] in ("ok", "skipped") and row[1] == version
+
+    def analysis_rows(self) -> list[AnalysisRow]:
+        """Every stored analysis row, by task, distiller and spec."""
+        rows = self.db.execute("SELECT row FROM analyses ORDER BY task, distiller, spec, key").fetchall()
+        return [AnalysisRow(**json.loads(r[0])) for r in rows]
 
     def done(self, cell: Cell) -> bool:
         """True when the cell finished (ok, or skipped as not applicable); failed cells rerun."""

@@ -1,0 +1,197 @@
+"""Analyses of distilled data (docs/analyses.md): the probe trainer, the four built-in analyses at
+tiny sizes, the cache, the store table and the command."""
+from __future__ import annotations
+
+import time
+import types
+
+import pytest
+import torch
+
+from ddbench import Artifact, hookimpl
+from ddbench.analysis import Analysis, AnalysisContext, Metric, Outcome, Subject
+from ddbench.analyze import analyze, artifact_files, build_analyses, run_analysis
+from ddbench.artifact import save
+from ddbench.cli import main
+from ddbench.interfaces import Split
+from ddbench.ops.probe import class_draw, fit_full_batch, fit_weighted
+from ddbench.plugins import PluginManager
+from ddbench.results.store import ResultStore
+from ddbench_analyses.agreement import EarlyAgreement
+from ddbench_analyses.influence import PointwiseInfluence, summarise
+from ddbench_analyses.mixing import Mixing
+
+LEARNER = {"width": 8, "depth": 2}
+
+
+def learner():
+    from ddbench_learners.convnet import ConvNetLearner
+
+    return ConvNetLearner(**LEARNER)
+
+
+def subject(digits, n_per_class=2, test=None):
+    task, view, full_test = digits
+    idx = class_draw(view.train.y, n_per_class, torch.Generator().manual_seed(0))
+    artifact = Artifact({"x": view.train.x[idx].clone(), "y": view.train.y[idx].clone()})
+    return Subject("k" * 16, "digits / random", artifact, task, view, test or full_test, learner(), "convnet:width=8,depth=2",
+                   task.recipe("quick"), "random")
+
+
+def test_class_draws_are_nested_and_class_balanced(digits):
+    y = digits[1].train.y
+    small, large = class_draw(y, 2, torch.Generator().manual_seed(3)), class_draw(y, 5, torch.Generator().manual_seed(3))
+    assert torch.equal(large[:20], small)
+    assert torch.bincount(y[large], minlength=10).tolist() == [5] * 10
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_the_leave_one_out_ensemble_equals_sequential_leave_one_out_runs(digits, float64):
+    """In float64, where the vmapped convolutions' other summation order does not grow over 300
+    steps into the 1e-3 differences it reaches in float32."""
+    s = subject(digits, 1)
+    s.test = Split(s.test.x.double(), s.test.y)
+    d = Artifact({"x": s.artifact.x.double(), "y": s.artifact.y})
+    losses, _ = PointwiseInfluence(repeats=1).loo_losses(s, d, seed=7)
+    n = len(d.x)
+
+    def sequential(keep):
+        model = s.learner.build(s.view, 7)
+        fit_full_batch(model, d.x[keep], d.y[keep])
+        return torch.nn.functional.cross_entropy(s.learner.predict(model, s.test.x), s.test.y, reduction="none")
+    assert torch.allclose(losses[0], sequential(torch.arange(n)), atol=1e-9)
+    for i in (0, 4, n - 1):
+        assert torch.allclose(losses[i + 1], sequential(torch.cat([torch.arange(i), torch.arange(i + 1, n)])), atol=1e-9), i
+    assert not torch.allclose(losses[1], losses[0], atol=1e-3)  # leaving a point out changes the model
+
+
+def test_weighted_ensemble_falls_back_to_sequential_for_batchnorm(digits):
+    from ddbench_learners.convnet import ConvNetLearner
+
+    view = digits[1]
+    bn = ConvNetLearner(width=4, depth=1, norm="batchnorm")
+    x, y = view.train.x[:12], view.train.y[:12]
+    models = [bn.build(view, 1), bn.build(view, 1)]
+    w = torch.ones(2, 12)
+    w[1, :6] = 0
+    assert fit_weighted(models, x.expand(2, *x.shape), y.expand(2, 12), w, steps=5).startswith("sequential")
+    ref = fit_full_batch(bn.build(view, 1), x[6:], y[6:], steps=5)
+    assert torch.allclose(bn.predict(models[1], x), bn.predict(ref, x), atol=1e-5)
+
+
+def test_influence_summaries_on_a_hand_made_matrix():
+    own = torch.tensor([0, 0, 1])
+    test_y = torch.tensor([0] * 9 + [1] * 9)
+    influence = torch.zeros(3, 18)
+    influence[0, :9] = 1.0  # helps its own class only
+    influence[1, :9] = 1.0  # the same nine: fully redundant with point 0
+    influence[2, 9:] = -1.0  # harms its own class
+    m = summarise(influence, own, test_y)
+    assert m["self_class_fraction@9"] == pytest.approx(2 / 3)
+    assert m["harmful_points"] == 1
+    assert m["redundancy"] == 1.0
+    assert m["own_class_influence"] == pytest.approx((1 + 1 - 1) / 3)
+
+
+def test_mixing_reports_curves_against_the_random_baseline(digits):
+    out = Mixing(repeats=1, k_grid=[0, 2]).analyze(subject(digits), AnalysisContext(torch.device("cpu")))
+    assert set(out.metrics) >= {"acc@0", "acc@2", "acc_base@0", "harm@2", "gap@2", "monotone", "k_converge", "pixel_w1"}
+    assert out.metrics["acc@0"] == out.metrics["acc_base@0"] or out.metrics["gap@0"] != 0
+    assert out.tensors["curves"].shape == (2, 3)
+
+
+TINY = {"runs": 2, "subset_models": 4, "band": 0.5}
+
+
+def test_early_agreement_matches_on_validation_never_test_and_reuses_its_caches(digits, tmp_path):
+    s = subject(digits)
+    context = AnalysisContext(torch.device("cpu"), tmp_path)
+    analysis = EarlyAgreement(repeats=1, **TINY)
+    start = time.perf_counter()
+    first = analysis.analyze(s, context)
+    cold = time.perf_counter() - start
+    assert (context.hits, context.misses) == (0, 2)
+    test = s.test
+    scrambled = Split(test.x, test.y[torch.randperm(len(test.y), generator=torch.Generator().manual_seed(0))])
+    start = time.perf_counter()
+    second = analysis.analyze(subject(digits, test=scrambled), context)
+    warm = time.perf_counter() - start
+    assert (context.hits, context.misses) == (2, 2)
+    assert warm < cold
+    for key in ("matched_step_mean", "n_subset_matched", "distilled_val_acc", "agreement_early"):
+        assert second.metrics[key] == first.metrics[key], key  # chosen on validation: test labels change nothing
+    assert second.metrics["acc_distilled"] != first.metrics["acc_distilled"]  # test only measures
+    assert -1 <= first.metrics["steps_to_fit_distilled"]
+
+
+class Broken(Analysis):
+    name = "broken"
+    metrics = (Metric("x", "unit", True),)
+
+    def analyze(self, subject, context):
+        raise RuntimeError("this analysis always fails")
+
+
+class Undeclared(Analysis):
+    name = "undeclared"
+    metrics = (Metric("x", "unit", True),)
+
+    def analyze(self, subject, context):
+        return Outcome({"y": 1.0})
+
+
+def saved_artifact(digits, folder):
+    s = subject(digits)
+    cell = {"task": "digits", "task_options": {}, "profile": "quick", "learner": "convnet", "learner_options": LEARNER,
+            "distiller": "random", "budget": "ipc=2", "seed": 0, "protocol": "native"}
+    return save(s.artifact, folder / "digits-random-k", {"cell": cell, "key": "cellkey", "recipe": s.recipe.as_dict()})
+
+
+def test_a_broken_analysis_fails_only_its_row(manager, digits, tmp_path):
+    extra = PluginManager()
+    extra.load_entrypoints()
+    extra.add(types.SimpleNamespace(ddbench_register_analyses=hookimpl(lambda register: [register(Broken), register(Undeclared)])), "bad")
+    path = saved_artifact(digits, tmp_path)
+    built = build_analyses(extra, ["broken", "undeclared", "mixing:repeats=1,k_grid=[0]"])
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        rows = analyze(extra, artifact_files([tmp_path]), built, store, AnalysisContext(torch.device("cpu"), tmp_path), tmp_path / "out")
+        stored = {r.spec: r for r in store.analysis_rows()}
+    assert [r.status for r in rows] == ["failed", "failed", "ok"]
+    assert "always fails" in stored["broken"].error and "does not declare" in stored["undeclared"].error
+    ok = stored["mixing:k_grid=[0],repeats=1"]
+    assert ok.key == "cellkey" and ok.declared["acc@0"]["higher_is_better"] is True and path.is_file()
+    with ResultStore(tmp_path / "s.sqlite") as store:  # a rerun skips finished rows
+        assert analyze(extra, artifact_files([tmp_path]), built[2:], store, AnalysisContext(torch.device("cpu"), tmp_path),
+                       tmp_path / "out") == []
+
+
+def test_a_teacher_regime_artifact_is_skipped_with_the_reason(digits):
+    s = subject(digits)
+    s.artifact = Artifact({"x": s.artifact.x, "teacher.w": torch.zeros(1)}, {"teacher": "mlp"})
+    row = run_analysis(Mixing(repeats=1, k_grid=[0]), "mixing", s, AnalysisContext(torch.device("cpu")))
+    assert row.status == "skipped" and "teacher regime" in row.error
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["analyze", "--analysis", "mixng", "x"], "mixing"),
+    (["analyze", "--analysis", "mixing:size=huge", "x"], "size must be one of"),
+    (["analyze", "--analysis", "mixing", "nothere.txt"], "not an artifact file"),
+])
+def test_bad_analyze_input_is_one_line_exit_2(argv, message, capsys, tmp_path):
+    assert main([*argv, "--store", str(tmp_path / "s.sqlite")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_the_built_in_analyses_are_listed(capsys):
+    assert main(["ls", "analyses"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mixing", "recognition", "early_agreement", "pointwise_influence"):
+        assert name in out
