@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ddbench import labels
+from ddbench import labels, stages
 from ddbench.errors import ArtifactError, BudgetError, DDBenchError
 from ddbench.interfaces import Artifact, Budget, Learner, TaskView
+from ddbench.ops import generator
 from ddbench.recipe import declared_recipe
 
 if TYPE_CHECKING:
@@ -162,6 +163,12 @@ def problems(artifact: Artifact, task: TaskView, budget: Budget | None, distille
         problem = _inputs_and_labels_problem(artifact, task, distiller) or _regime_problem(artifact, task, distiller, learners)
         if problem is not None:
             found.append(problem)
+    message = stages.stage_problem(tensors, artifact.recipe, task.num_classes)
+    if message is not None:
+        found.append(Problem("valid", f"the staged artifact of {distiller!r} {message}"))
+    message = generator.generator_problem(tensors, task.num_classes)
+    if message is not None:
+        found.append(Problem("valid", f"the artifact of {distiller!r} stores a generator, but {message}"))
     if budget is not None:
         storage, limit = count_storage(artifact), budget.scalars(task)
         data = labels.data_scalars(tensors, artifact.recipe) if "x" in tensors else storage.scalars
@@ -214,6 +221,9 @@ def admission_problems(artifact: Artifact, task: TaskView, budget: Budget | None
             found.append(Problem("valid", f"the artifact of {distiller!r} is in the {kind} label regime, which learner "
                                           f"{learner.name!r} cannot train in (it trains in {', '.join(learner.label_regimes)}): "
                                           "use a classifier learner such as convnet."))
+        if stages.is_staged(artifact.tensors) and not learner.trains_stages:
+            found.append(Problem("valid", f"the artifact of {distiller!r} is staged, which learner {learner.name!r} cannot "
+                                          "train stage by stage: use a classifier learner such as convnet."))
     return found + problems(Artifact(artifact.tensors, recipe), task, budget, distiller, learner.input_tensors, learners)
 
 
@@ -264,7 +274,10 @@ def with_labels(artifact: Artifact, num_classes: int | None) -> Artifact:
     if "y" in artifact.tensors or artifact.recipe.get("labels") != "class-balanced" or num_classes is None:
         return artifact
     x = artifact.tensors["x"]
-    y = torch.arange(num_classes, device=x.device).repeat_interleave(len(x) // num_classes)
+    if stages.is_staged(artifact.tensors):  # class-balanced within each stage (ddbench.stages)
+        y = stages.class_balanced_labels(artifact.tensors[stages.END].tolist(), num_classes, x.device)
+    else:
+        y = torch.arange(num_classes, device=x.device).repeat_interleave(len(x) // num_classes)
     return Artifact({**artifact.tensors, "y": y}, artifact.recipe, artifact.meta, artifact.teacher)
 
 

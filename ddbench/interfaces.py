@@ -332,6 +332,9 @@ class Learner(Component, ABC):
     supports_embedding: ClassVar[bool] = False
     label_regimes: ClassVar[tuple[str, ...]] = ("hard", "soft")
     """The label regimes (:data:`ddbench.labels.REGIMES`) whose artifacts it can train from."""
+    trains_stages: ClassVar[bool] = False
+    """Whether :meth:`fit` trains a staged artifact stage by stage (:mod:`ddbench.stages`); the
+    harness refuses a staged artifact for a learner that does not."""
 
     @abstractmethod
     def build(self, task: TaskView, seed: int) -> nn.Module:

@@ -43,6 +43,7 @@ class ClassifierLearner(Learner):
 
     supports_embedding: ClassVar[bool] = True
     label_regimes: ClassVar[tuple[str, ...]] = REGIMES
+    trains_stages: ClassVar[bool] = True
     ensemble: bool = True
     bf16: bool = False
 

@@ -34,7 +34,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from ddbench import labels
 from ddbench.ops.augment import DSA, Transform, apply
 from ddbench.interfaces import Artifact, Recipe
-from ddbench.ops.training import augmenter, draw_seed, epoch_blocks, learning_rate, shuffles, train_classifier
+from ddbench.ops.training import augmenter, draw_seed, epoch_blocks, shuffles, stage_parts, train_classifier
 
 Params = dict[str, Tensor]
 EpochCallback = Callable[[int, Params], None]
@@ -279,5 +279,6 @@ def fit_classifiers(models: Sequence[nn.Module], artifact: Artifact, recipe: Rec
         for model, generator in zip(models, generators, strict=True):
             train_classifier(model, artifact, recipe, generator, bf16=bf16)
         return f"sequential: {reason}{note}"
-    train_ensemble(models, artifact.x, artifact.y, recipe, generators, lr=learning_rate(artifact, recipe), bf16=bf16)
+    for part, lr in stage_parts(artifact, recipe):  # one part unless the artifact is staged
+        train_ensemble(models, part.x, part.y, recipe, generators, lr=lr, bf16=bf16)
     return f"ensemble{note}"

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddbench import labels
+from ddbench import labels, stages
 from ddbench.ops.augment import DSA, DCAugment, apply
+from ddbench.ops import generator
 from ddbench.interfaces import Artifact, Recipe, TaskView
 
 
@@ -70,6 +71,17 @@ def learning_rate(artifact: Artifact, recipe: Recipe) -> float:
     return float(artifact.tensors[recipe.lr_from_artifact].detach().reshape(-1)[0])
 
 
+def stage_parts(artifact: Artifact, recipe: Recipe) -> list[tuple[Artifact, float]]:
+    """What training runs, in order: (rows, lr) per stage of a staged artifact (:mod:`ddbench.stages`:
+    stage k on the first ``stage.end[k]`` rows at ``stage.lr[k]``), else the whole artifact at
+    :func:`learning_rate`. Every learner that trains stages loops over this, and nothing else. An
+    artifact that stores a generator (:mod:`ddbench.ops.generator`) is decoded first."""
+    artifact = generator.decoded(artifact)
+    if stages.is_staged(artifact.tensors):
+        return stages.stage_parts(artifact)
+    return [(artifact, learning_rate(artifact, recipe))]
+
+
 def optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float) -> torch.optim.Optimizer:
     """The recipe's optimiser at ``lr``: SGD with its momentum and weight decay, or AdamW with its weight decay."""
     if recipe.optimizer == "adamw":
@@ -100,7 +112,17 @@ def batch_loss(model: nn.Module, artifact: Artifact, recipe: Recipe, kind: str, 
 
 def train_classifier(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator,
                      bf16: bool = False) -> nn.Module:
-    """Train on the artifact in its label regime (hard or soft ``y``, a teacher, a soft-label bank), as ``evaluate_synset``:
+    """Train on the artifact, stage after stage when it is staged (:func:`stage_parts`; each stage
+    a fresh optimiser and schedule at its own lr, continuing from the previous stage's weights,
+    drawing from the same ``generator``), each as :func:`train_once`."""
+    for part, lr in stage_parts(artifact, recipe):
+        train_once(model, part, recipe, generator, lr, bf16)
+    return model
+
+
+def train_once(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator, lr: float,
+               bf16: bool = False) -> nn.Module:
+    """Train on the artifact at ``lr`` in its label regime (hard or soft ``y``, a teacher, a soft-label bank), as ``evaluate_synset``:
 
     the recipe's optimiser (SGD: momentum and weight decay; AdamW: weight decay), shuffled batches,
     epoch indices 0..E. Schedule ``step``: lr x 0.1 once after epoch index E//2 + 1 (the optimiser
@@ -113,7 +135,6 @@ def train_classifier(model: nn.Module, artifact: Artifact, recipe: Recipe, gener
     x = artifact.x
     kind = labels.regime(artifact.tensors, artifact.recipe)
     device = x.device
-    lr = learning_rate(artifact, recipe)
     seed = draw_seed(generator)
     augment = None if kind == "soft-bank" else augmenter(recipe, seed, device)
     params = list(model.parameters())
