@@ -1,4 +1,4 @@
-"""Trajectory matching: the ``mtt`` distiller (``docs/methods.md`` §7, §8)."""
+"""Trajectory matching: the ``mtt`` distiller (``docs/methods.md`` §7, §8) and ``seqmatch`` over it (§15)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,11 +6,13 @@ from collections.abc import Callable
 from ddbench import hookimpl
 from ddbench.hookspecs import Command
 from ddbench_mtt.distiller import MTT
+from ddbench_mtt.seqmatch import SeqMatch
 
 
 @hookimpl
 def ddbench_register_distillers(register: Callable[[type], None]) -> None:
     register(MTT)
+    register(SeqMatch)
 
 
 @hookimpl

@@ -14,6 +14,7 @@ above ``max_loss``, stops the cell with a :class:`DivergenceError` naming the it
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from ddbench import options
 from ddbench.errors import DDBenchError
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
 from ddbench.ops.subsets import random_subset
-from ddbench_mtt.experts import ExpertRecipe, expert_buffer
+from ddbench_mtt.experts import ExpertRecipe, StartFn, expert_buffer
 from ddbench_mtt.flat import FlatModel
 from ddbench_mtt.presets import preset
 from ddbench_mtt.published import PUBLISHED
@@ -91,29 +92,56 @@ class MTT(Distiller):
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
         device, ipc = context.device, budget.ipc(task)
         cfg = self.settings(task, ipc)
-        syn_steps, m, t_max = cfg["syn_steps"], cfg["expert_epochs"], cfg["max_start_epoch"]
         model = FlatModel(learner.build(task, EXPERT_ARCH_SEED).to(device))
-        total = self.iterations
-
-        def expert_progress(done: int, todo: int) -> None:
-            context.progress.update(done, todo)
-
         started = time.perf_counter()
-        recipe = ExpertRecipe(self.expert_lr, self.expert_batch, task.info["dsa_strategy"])
-        buffer, meta = expert_buffer(task, learner, model, self.num_experts, t_max + m, recipe, self.expert_group,
-                                     context.cache_dir, device, expert_progress)
+        buffer, meta = self.experts(task, learner, model, cfg["max_start_epoch"] + cfg["expert_epochs"], context)
         meta["experts_s"] = time.perf_counter() - started
 
         images = task.train.x[random_subset(task, budget, context.generator)].clone()  # real init, class by class
         labels = torch.arange(task.num_classes, device=device).repeat_interleave(ipc)  # type: ignore[arg-type]
-        alpha = torch.tensor(float(cfg["lr_init"]), device=device, dtype=images.dtype)
-        images.requires_grad_(True)
-        alpha.requires_grad_(True)
+        images, alpha, run = self.match(task, cfg, model, buffer, images, labels, context)
+        meta.update(cfg)
+        meta.update(run)
+        meta.update({"init": "real", "zca": False, "labels": "hard, class-balanced"})
+        recipe_overrides: dict[str, Any] = {"augment": "dsa", "lr_from_artifact": "lr", "labels": "class-balanced"}
+        if self.eval_epochs is not None:
+            recipe_overrides["epochs"] = self.eval_epochs
+        tensors = {"x": images, "lr": alpha.reshape(1)}
+        return Artifact(tensors, recipe=recipe_overrides, meta=meta)
+
+    def experts(self, task: TaskView, learner: Learner, model: FlatModel, epochs: int, context: RunContext,
+                start: StartFn | None = None, start_key: dict[str, Any] | None = None,
+                report: Callable[[int, int], None] | None = None) -> tuple[Tensor, dict[str, Any]]:
+        """The expert buffer (``epochs`` + 1 snapshots each) of this method's expert options, from the
+        cache or trained; ``start``/``start_key`` as :func:`~ddbench_mtt.experts.expert_buffer`."""
+        recipe = ExpertRecipe(self.expert_lr, self.expert_batch, task.info["dsa_strategy"])
+        return expert_buffer(task, learner, model, self.num_experts, epochs, recipe, self.expert_group, context.cache_dir,
+                             context.device, report or (lambda done, todo: context.progress.update(done, todo)),
+                             start=start, start_key=start_key)
+
+    def match(self, task: TaskView, cfg: dict[str, Any], model: FlatModel, buffer: Tensor, images: Tensor, labels: Tensor,
+              context: RunContext, frozen: tuple[Tensor, Tensor] | None = None, stream: int = 1,
+              report: Callable[[int, int, float, float], None] | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """Learn ``images`` and alpha by trajectory matching against ``buffer`` (§7) for the iterations.
+
+        ``frozen`` (images, labels): rows the student also trains on but that stay fixed (SeqMatch's
+        earlier subsets); they come first in the student's set. ``stream``: which fork of the run's
+        seed draws the batches and DSA. Returns the learned images and alpha (detached) and facts for the meta.
+        """
+        device = images.device
+        syn_steps, m, t_max = cfg["syn_steps"], cfg["expert_epochs"], cfg["max_start_epoch"]
+        fixed = images[:0] if frozen is None else frozen[0].detach()
+        all_labels = labels if frozen is None else torch.cat([frozen[1], labels])
+        batch_syn = min(cfg["batch_syn"], len(fixed) + len(images))
+        total = self.iterations
+        images = images.detach().clone().requires_grad_(True)
+        alpha = torch.tensor(float(cfg["lr_init"]), device=device, dtype=images.dtype, requires_grad=True)
         opt_images = torch.optim.SGD([images], lr=cfg["lr_img"], momentum=0.5)
         opt_alpha = torch.optim.SGD([alpha], lr=cfg["lr_lr"], momentum=0.5)
-        host = torch.Generator().manual_seed(context.seed)  # expert and start-epoch choices: no device sync
-        batches = context.fork(1)
-        dsa = DSA(task.info["dsa_strategy"], context.seed, device)
+        offset = context.seed + 1_000_003 * (stream - 1)  # stream 1: the plain run's seeds
+        host = torch.Generator().manual_seed(offset)  # expert and start-epoch choices: no device sync
+        batches = context.fork(stream)
+        dsa = DSA(task.info["dsa_strategy"], offset, device)
         grads = gradient_fn(self.mode)
         clamped = torch.zeros((), device=device, dtype=torch.long)
         losses: list[tuple[int, float, float]] = []
@@ -122,9 +150,10 @@ class MTT(Distiller):
         for it in range(1, total + 1):
             e = int(torch.randint(self.num_experts, (1,), generator=host))
             t = int(torch.randint(t_max, (1,), generator=host))
-            schedule = draw_schedule(len(images), syn_steps, cfg["batch_syn"], dsa, task.input_shape[-1], batches, device)
-            out = grads(model, images, labels, alpha, buffer[e, t], buffer[e, t + m], schedule)
-            images.grad, alpha.grad = out.images, out.alpha.reshape(alpha.shape)
+            union = torch.cat([fixed, images]) if len(fixed) else images
+            schedule = draw_schedule(len(union), syn_steps, batch_syn, dsa, task.input_shape[-1], batches, device)
+            out = grads(model, union, all_labels, alpha, buffer[e, t], buffer[e, t + m], schedule)
+            images.grad, alpha.grad = out.images[len(fixed):], out.alpha.reshape(alpha.shape)
             opt_images.step()
             opt_alpha.step()
             with torch.no_grad():
@@ -133,22 +162,17 @@ class MTT(Distiller):
             done = it
             if it % every == 0 or it == total:
                 losses.append(self._check(it, out.loss, alpha))
-                context.progress.update(it, total, loss=losses[-1][1], lr=losses[-1][2])
+                if report is not None:
+                    report(it, total, losses[-1][1], losses[-1][2])
+                else:
+                    context.progress.update(it, total, loss=losses[-1][1], lr=losses[-1][2])
             if context.should_stop():
                 break
         if not losses or losses[-1][0] != done:
             losses.append(self._check(done, out.loss, alpha))
-        meta.update(cfg)
-        meta.update({
-            "mode": self.mode, "exact_gradient": self.mode in EXACT_MODES, "iterations": done,
-            "stopped_early": done < total, "lr": float(alpha.detach()), "lr_clamped": int(clamped), "lr_floor": self.lr_floor,
-            "loss_curve": losses, "init": "real", "zca": False, "labels": "hard, class-balanced",
-        })
-        recipe_overrides: dict[str, Any] = {"augment": "dsa", "lr_from_artifact": "lr", "labels": "class-balanced"}
-        if self.eval_epochs is not None:
-            recipe_overrides["epochs"] = self.eval_epochs
-        tensors = {"x": images.detach().clone(), "lr": alpha.detach().reshape(1).clone()}
-        return Artifact(tensors, recipe=recipe_overrides, meta=meta)
+        run = {"mode": self.mode, "exact_gradient": self.mode in EXACT_MODES, "iterations": done, "stopped_early": done < total,
+               "lr": float(alpha.detach()), "lr_clamped": int(clamped), "lr_floor": self.lr_floor, "loss_curve": losses}
+        return images.detach().clone(), alpha.detach().clone(), run
 
     def _check(self, it: int, loss: Tensor, alpha: Tensor) -> tuple[int, float, float]:
         """(iteration, loss, alpha) as floats (one host sync); a divergence is an error."""

@@ -116,26 +116,38 @@ class ExpertCache:
         tmp.replace(self.manifest_path)
 
 
+StartFn = Callable[[Sequence[nn.Module], Sequence[int]], None]
+"""``start(models, seeds)``: moves freshly built experts to where their trajectories begin (in place)."""
+
+
 def expert_buffer(task: TaskView, learner: Learner, model: FlatModel, count: int, epochs: int, recipe: ExpertRecipe,
                   group: int, cache_root: Path, device: torch.device,
-                  on_epoch: Callable[[int, int], None] | None = None) -> tuple[Tensor, dict[str, Any]]:
+                  on_epoch: Callable[[int, int], None] | None = None, start: StartFn | None = None,
+                  start_key: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
     """The (count, epochs + 1, P) trajectories of experts ``0..count-1`` on ``device``, loaded from
     the cache or trained ``group`` at a time (:func:`train_experts`) and cached. ``on_epoch(done,
-    total)`` reports training progress in expert-epochs. Returns the buffer and facts for the artifact's meta."""
-    cache = ExpertCache(cache_root, {
+    total)`` reports training progress in expert-epochs. ``start``: experts begin where it puts the
+    freshly built nets (SeqMatch: trained on the earlier subsets) instead of at their init;
+    ``start_key`` says what it depends on and keys the cache. Returns the buffer and facts for the artifact's meta."""
+    config = {
         "task": task.name, "task_options": task.options, "train": fingerprint(task.train),
         "learner": learner.name, "learner_options": vars(learner), "layout": list(zip(model.names, model.shapes)),
         "recipe": asdict(recipe), "draws": DRAWS,
-    })
+    }
+    if start_key is not None:
+        config["start"] = start_key
+    cache = ExpertCache(cache_root, config)
     seeds = [EXPERT_SEED + i for i in range(count)]
     found = {s: cache.load(s, epochs) for s in seeds}
     missing = [s for s in seeds if found[s] is None]
     total = len(missing) * epochs
-    for start in range(0, len(missing), group):
-        batch = missing[start : start + group]
+    for first in range(0, len(missing), group):
+        batch = missing[first : first + group]
         models = [learner.build(task, s).to(device) for s in batch]
+        if start is not None:
+            start(models, batch)
         report = None if on_epoch is None else (
-            lambda epoch, done=start * epochs, n=len(batch): on_epoch(done + epoch * n, total))
+            lambda epoch, done=first * epochs, n=len(batch): on_epoch(done + epoch * n, total))
         trajectories = train_experts(models, task.train, epochs, recipe, batch, report)
         val = accuracy(model, trajectories[:, -1], task.val).tolist()
         for s, trajectory, acc in zip(batch, trajectories, val):
