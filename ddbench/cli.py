@@ -15,8 +15,9 @@ from pathlib import Path
 
 from ddbench import __version__, reproduce, worker
 from ddbench.errors import DDBenchError, DDBenchWarning, PluginError, SuiteError, close_names
+from ddbench.executors import Executor, LocalExecutor
 from ddbench.interfaces import Budget
-from ddbench.plugins import PluginManager, get_plugin_manager, options_of
+from ddbench.plugins import PluginManager, get_plugin_manager, instantiate, options_of
 from ddbench.results.leaderboard import BOARDS
 from ddbench.results.records import CellResult
 from ddbench.results.report import table
@@ -24,6 +25,8 @@ from ddbench.results.store import DEFAULT_PATH, ResultStore, default_store_path,
 from ddbench.suite import (DistillerEntry, Suite, TaskEntry, check_eval_seeds, check_protocols, check_seed, check_time_limit, default_suite,
                            expand_suite, load_suite, parse_named)
 
+EXECUTOR_FLAGS = {"--ray-address": "address", "--gpus-per-cell": "gpus_per_cell", "--cpus-per-cell": "cpus_per_cell"}
+"""The ``run`` flags that set executor options (the ray executor's), by option name."""
 CORE_COMMANDS = ("run", "reproduce", "leaderboard", "compare", "analyze", "ls", "plugins", "new-plugin")
 
 
@@ -53,6 +56,10 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     run.add_argument("--store", help=f"results store (default {DEFAULT_PATH} or $DDBENCH_STORE)")
     run.add_argument("--force", action="store_true", help="recompute cells already finished in the store")
     run.add_argument("--save-artifacts", metavar="DIR", help="save every artifact as .safetensors + .json under DIR")
+    run.add_argument("--executor", metavar="NAME[:k=v,...]", help="what runs the cells: local (default) or ray (docs/executors.md)")
+    run.add_argument("--ray-address", metavar="auto|HOST:PORT", help="ray: the Ray cluster to join (default: as ray.init() finds one, else a new one here)")
+    run.add_argument("--gpus-per-cell", type=float, metavar="G", help="ray: GPUs each cell holds (a fraction shares a GPU, e.g. 0.25)")
+    run.add_argument("--cpus-per-cell", type=float, metavar="N", help="ray: CPUs each cell holds, its torch threads (default 1)")
 
     repro = sub.add_parser("reproduce", help="run a method's published configuration and write its reproduction page")
     reproduce.add_arguments(repro)
@@ -75,9 +82,9 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     cmp.add_argument("--fail-on", action="append", default=[], metavar="METRIC:DELTA",
                      help="e.g. accuracy:-1.0 (absolute) or distill_s:+20%% (relative)")
 
-    ls = sub.add_parser("ls", help="list registered tasks, learners, distillers or analyses")
+    ls = sub.add_parser("ls", help="list registered tasks, learners, distillers, analyses or executors")
     ls.set_defaults(handler=cmd_ls)
-    ls.add_argument("kind", choices=["tasks", "learners", "distillers", "analyses"])
+    ls.add_argument("kind", choices=["tasks", "learners", "distillers", "analyses", "executors"])
 
     an = sub.add_parser("analyze", help="run analyses of distilled data on saved artifacts into a store (docs/analyses.md)")
     an.set_defaults(handler=cmd_analyze)
@@ -158,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         build_analyses(get_plugin_manager(), parse_analyses(suite.analyses))  # bad names or options: exit 2 before any cell
         artifacts = artifacts or artifacts_dir(Path(args.store) if args.store else default_store_path())
-    records = execute(suite, args.store, args.device, args.force, artifacts)
+    records = execute(suite, args.store, args.device, args.force, artifacts, executor_from_args(args))
     if records is None:
         return 130
     print(table(records))
@@ -173,10 +180,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return failed
 
 
-def execute(suite: Suite, store_path: str | None, device: str, force: bool = False, artifacts: Path | None = None) -> list[dict] | None:
+def executor_from_args(args: argparse.Namespace) -> Executor:
+    """The executor ``--executor`` names (default local), its options set by the flags of :data:`EXECUTOR_FLAGS`."""
+    name, options = parse_named(args.executor) if args.executor else ("local", {})
+    cls = get_plugin_manager().executors.get(name)
+    for flag, option in EXECUTOR_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if option not in options_of(cls):
+            raise SuiteError(f"{flag} is an option of the ray executor, not of the {name!r} executor: add --executor ray.")
+        options[option] = value
+    return instantiate(cls, options)
+
+
+def execute(suite: Suite, store_path: str | None, device: str, force: bool = False, artifacts: Path | None = None,
+            executor: Executor | None = None) -> list[dict] | None:
     """Run ``suite`` into the store at ``store_path`` (cells already there are reused unless
-    ``force``), showing progress; the records of the suite's cells in suite order, or ``None``
-    when interrupted (every finished cell is kept)."""
+    ``force``) with ``executor`` (default local), showing progress; the records of the suite's
+    cells in suite order, or ``None`` when interrupted (every finished cell is kept)."""
     from tqdm import tqdm
 
     from ddbench.harness import Harness
@@ -190,16 +212,23 @@ def execute(suite: Suite, store_path: str | None, device: str, force: bool = Fal
         bar.set_description_str(f"{label} step {step}{f'/{total}' if total else ''} {shown}", refresh=False)
         bar.refresh()
 
-    harness = Harness(manager, device, on_progress=on_progress, artifact_dir=artifacts)
+    def on_status(text: str) -> None:
+        bar.set_description_str(text, refresh=False)
+        bar.refresh()
+
+    executor = executor or LocalExecutor()
+    harness = Harness(manager, device, on_progress=on_progress, artifact_dir=artifacts, on_status=on_status)
     cells = list(harness.cells(suite))
+    executor.check(harness)
     store = ResultStore(store_path, manager)
     done = {c.key() for c in cells if not force and store.done(c)}
     bar.total = len(cells) - len(done)
     print(f"ddbench {__version__}: suite {suite.name!r}, {len(cells)} cells ({len(done)} already in {store.path}), "
-          f"profile {suite.profile}, device {harness.device}, {suite.eval_seeds} eval seeds", file=sys.stderr)
+          f"profile {suite.profile}, device {harness.device}, {suite.eval_seeds} eval seeds"
+          f"{'' if executor.name == 'local' else f', executor {executor.name}'}", file=sys.stderr)
 
     def on_result(result: CellResult) -> None:
-        store.put(result, suite.name)
+        store.put(result, suite.name, executor.provenance(result))
         bar.update(1)
         c = result.cell
         what = f"{result.metric} {result.mean:.4f} ± {result.std:.4f}" if result.status == "ok" else f"{result.status}: {result.error}"
@@ -207,7 +236,7 @@ def execute(suite: Suite, store_path: str | None, device: str, force: bool = Fal
 
     start = time.perf_counter()
     try:
-        new = harness.run(suite, on_result=on_result, skip=lambda c: c.key() in done)
+        new = harness.run(suite, on_result=on_result, skip=lambda c: c.key() in done, executor=executor)
     except KeyboardInterrupt:
         bar.close()
         store.close()

@@ -35,6 +35,7 @@ import torch
 from ddbench import labels, worker
 from ddbench.artifact import admit, compression, content_hash, save, with_labels
 from ddbench.errors import BudgetError, SuiteError, one_line
+from ddbench.executors import Executor, LocalExecutor
 from ddbench.interfaces import Artifact, Budget, Learner, Task, TaskView
 from ddbench.ops.subsets import random_artifact
 from ddbench.plugins import PluginManager, instantiate
@@ -77,12 +78,13 @@ class Harness:
 
     def __init__(self, manager: PluginManager, device: str = "auto", cache_dir: Path | str = ".ddbench/cache",
                  on_progress: Callable[[str, int, int | None, dict[str, float]], None] | None = None,
-                 artifact_dir: Path | str | None = None):
+                 artifact_dir: Path | str | None = None, on_status: Callable[[str], None] | None = None):
         self.manager = manager
         self.device = resolve_device(device)
         self.cache_dir = Path(cache_dir)
         self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else None
         self.on_progress = on_progress
+        self.on_status = on_status  # an executor's one-line state of the run (cells done, running, failed)
         self._tasks: dict[str, tuple[Task, TaskView, Any]] = {}
         self._views: dict[str, worker.ViewSpec] = {}
         self._view_dir: Path | None = None
@@ -112,17 +114,17 @@ class Harness:
         return expand_suite(self.manager, suite, self.device.type)
 
     # -- running -----------------------------------------------------------------------------
+    def start_workers(self) -> None:
+        """Start the cell workers' fork server, which imports the plugins once (while tasks load)."""
+        worker.mp_context(self.manager.modules())
+
     def run(self, suite: Suite, on_result: Callable[[CellResult], None] | None = None,
-            skip: Callable[[Cell], bool] | None = None) -> list[CellResult]:
-        """Run every cell of ``suite``; ``on_result`` sees each result as soon as it is final."""
-        cells = list(self.cells(suite))
-        worker.mp_context(self.manager.modules())  # the fork server imports the plugins while tasks load
+            skip: Callable[[Cell], bool] | None = None, executor: Executor | None = None) -> list[CellResult]:
+        """Run every cell of ``suite`` but those ``skip`` accepts with ``executor`` (default: the
+        :class:`~ddbench.executors.LocalExecutor`); ``on_result`` sees each result as soon as it is final."""
+        cells = [cell for cell in self.cells(suite) if skip is None or not skip(cell)]
         results = []
-        distilled: dict[str, list[Any]] = {}  # the last distillation of this run, for its cell under the other protocol
-        for i, cell in enumerate(cells):
-            if skip is not None and skip(cell):
-                continue
-            result = self.run_cell(cell, f"[{i + 1}/{len(cells)}]", distilled)
+        for result in (executor or LocalExecutor()).run(self, cells):
             results.append(result)
             if on_result is not None:
                 on_result(result)

@@ -107,6 +107,18 @@ def ddbench_register_analyses(register: Callable[[type], None]) -> None:
     """
 
 
+@hookspec
+def ddbench_register_executors(register: Callable[[type], None]) -> None:
+    """Register executor classes (subclasses of :class:`ddbench.executors.Executor`).
+
+    Called once, when the plugin manager loads plugins.
+
+    :param register: call ``register(ExecutorClass)`` for each executor; the class attribute
+        ``name`` is its public name (what ``ddbench run --executor NAME`` selects) and its
+        constructor's keyword arguments are its options.
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # The command line and reports
 # --------------------------------------------------------------------------------------------

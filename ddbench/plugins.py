@@ -17,13 +17,14 @@ import pluggy
 from ddbench import hookspecs
 from ddbench.analysis import Analysis
 from ddbench.errors import DDBenchWarning, PluginError, SuiteError, close_names, unknown
+from ddbench.executors import Executor
 from ddbench.interfaces import INTERFACES, Distiller, Learner, Task
 
 ENTRY_POINT_GROUP = "ddbench"
 DISABLE_ENV = "DDBENCH_DISABLE_PLUGINS"
 TRACE_ENV = "DDBENCH_TRACE_PLUGINS"  # set: every hook call and its result are written to stderr
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
-KINDS = ("task", "learner", "distiller", "analysis")
+KINDS = ("task", "learner", "distiller", "analysis", "executor")
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Registry(Generic[T]):
             )
         if not issubclass(cls, self.base):
             raise PluginError(f"{what} {self.kind} {name!r} ({cls.__qualname__}), which is not a subclass of "
-                              f"ddbench.interfaces.{base}: subclass it (`class {cls.__name__}({base}): ...`).")
+                              f"{self.base.__module__}.{base}: subclass it (`class {cls.__name__}({base}): ...`).")
         abstract = sorted(getattr(cls, "__abstractmethods__", ()))
         if abstract:
             raise PluginError(f"{what} {self.kind} {name!r} without the {base} method(s) {', '.join(abstract)}: implement them.")
@@ -128,8 +129,9 @@ class PluginManager:
         self.learners: Registry[Learner] = Registry("learner", Learner)
         self.distillers: Registry[Distiller] = Registry("distiller", Distiller)
         self.analyses: Registry[Analysis] = Registry("analysis", Analysis)
+        self.executors: Registry[Executor] = Registry("executor", Executor)
         self.registries: dict[str, Registry[Any]] = {"task": self.tasks, "learner": self.learners, "distiller": self.distillers,
-                                                     "analysis": self.analyses}
+                                                     "analysis": self.analyses, "executor": self.executors}
         self.plugins: dict[str, PluginInfo] = {}
         if os.environ.get(TRACE_ENV):
             self.pm.trace.root.setwriter(lambda text: print(text, end="", file=sys.stderr))
@@ -182,7 +184,8 @@ class PluginManager:
         info = PluginInfo(name, version, source)
         self.plugins[name] = info
         hooks = {"task": "ddbench_register_tasks", "learner": "ddbench_register_learners",
-                 "distiller": "ddbench_register_distillers", "analysis": "ddbench_register_analyses"}
+                 "distiller": "ddbench_register_distillers", "analysis": "ddbench_register_analyses",
+                 "executor": "ddbench_register_executors"}
         for kind, hook in hooks.items():
             def register(cls: Any, _kind: str = kind) -> None:
                 self.registries[_kind].register(cls, name)

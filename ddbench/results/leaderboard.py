@@ -28,6 +28,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ddbench.executors import shared_timing_note
 from ddbench.recipe import PROTOCOL_FIELDS, PROTOCOLS, protocol_part
 from ddbench.results.records import COLUMNS, FULL, Row, aggregate, common_settings, fmt
 
@@ -162,6 +163,9 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
                      "teacher and recipe; in the soft and soft-bank regimes, which store no teacher to relabel it with, against "
                      f"the hard-label random subset (the CSV's `reference_regime`); `teacher_free` is the {metric} of the same inputs with the hard labels the teacher (soft "
                      f"labels, bank) implies; `{TEACHER_ROW}` is the teacher alone at its parameter count.")
+    timing = shared_timing_note(recs)  # cells that shared a device (docs/executors.md)
+    if timing:
+        lines.insert(len(lines) - 2, timing)
     headers = ["rank", "distiller", f"{metric} ± std", "nets", *[c.header.format(metric=metric) for c in COLUMNS], *extras, "status"]
     for budget in sorted({r.budget for r in rows if r.budget != FULL}, key=_budget_key):
         for regime in regimes:

@@ -122,12 +122,14 @@ class ResultStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def put(self, result: CellResult, suite: str = "") -> None:
-        """Commit one finished cell (replacing an earlier result of the same cell)."""
+    def put(self, result: CellResult, suite: str = "", executor: dict[str, Any] | None = None) -> None:
+        """Commit one finished cell (replacing an earlier result of the same cell); ``executor``: how
+        it ran, kept in its provenance (:meth:`ddbench.executors.Executor.provenance`)."""
         c = result.cell
+        prov = {**self._provenance, "device": result.device, **({"executor": executor} if executor else {})}
         row = (c.key(), suite, c.task, c.distiller, str(c.budget) if c.budget else "", c.seed, result.status,
                json.dumps(result_to_dict(result)), json.dumps(c.config(), sort_keys=True, default=str),
-               json.dumps({**self._provenance, "device": result.device}), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+               json.dumps(prov), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         with self.db:  # BEGIN ... COMMIT: atomic even under SIGKILL
             self.db.execute("INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
 

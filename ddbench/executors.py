@@ -1,0 +1,87 @@
+"""Executors: what runs the cells of a suite (the ``ddbench_register_executors`` plugin kind).
+
+The harness expands a suite into cells, leaves out those already finished, and hands the rest to
+an executor, which yields every cell's result as soon as it is final; ``ddbench run`` commits each
+one to the store at once, so the store is written by the driver alone. :class:`LocalExecutor`
+(``local``, the default) runs the cells one after the other in this process, each distillation in
+a fresh cell worker (:mod:`ddbench.worker`). The ``ray`` executor (plugin ``executors``, extra
+``ray``) spreads them over a machine's devices or a Ray cluster (docs/executors.md).
+
+What an executor says about how a cell ran goes into the cell's provenance (:meth:`Executor.provenance`);
+:func:`shared_timing_note` is the line a board prints when some of its cells shared a device.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from ddbench.results.records import Cell, CellResult
+
+
+class CellRunner(Protocol):
+    """What an executor is handed: a :class:`ddbench.harness.Harness` (named by what executors use)."""
+
+    manager: Any  # the ddbench.plugins.PluginManager whose classes the cells name
+    device: Any  # the torch.device the cells run on
+    cache_dir: Path
+    artifact_dir: Path | None
+    on_status: Callable[[str], None] | None  # where an executor reports the state of the run, in one line
+
+    def run_cell(self, cell: Cell, tag: str = "", distilled: dict[str, list[Any]] | None = None) -> CellResult: ...
+
+    def start_workers(self) -> None: ...
+
+
+class Executor(ABC):
+    """Runs cells with a harness's plugins, device and folders.
+
+    A registered executor is a class: ``name`` is its public name (``ddbench run --executor NAME``)
+    and its constructor's keyword arguments are its options (``--executor NAME:k=v,...``)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def run(self, harness: CellRunner, cells: Sequence[Cell]) -> Iterator[CellResult]:
+        """Yield the result of every cell in ``cells``, in any order, each as soon as it is final.
+
+        A cell that cannot run yields a failed result (:meth:`Harness.run_cell` never raises); only
+        an interruption (``KeyboardInterrupt``) or a setup error (a
+        :class:`~ddbench.errors.DDBenchError`, before any cell ran) ends the iteration early."""
+
+    def check(self, harness: CellRunner) -> None:
+        """Raise a one-line :class:`~ddbench.errors.DDBenchError` when this executor cannot run cells
+        with ``harness`` (its device, say); ``ddbench run`` asks before it writes anything."""
+
+    def provenance(self, result: CellResult) -> dict[str, Any]:
+        """What the store records of how ``result`` ran, under ``provenance["executor"]`` (nothing: ``{}``)."""
+        return {}
+
+
+class LocalExecutor(Executor):
+    """One cell after the other in this process; the two protocols' cells of one distillation
+    share it. Records nothing beyond what a run always records."""
+
+    name = "local"
+    description = "cells one after the other on this machine, each distillation in a fresh worker (the default)"
+
+    def run(self, harness: CellRunner, cells: Sequence[Cell]) -> Iterator[CellResult]:
+        harness.start_workers()
+        distilled: dict[str, list[Any]] = {}  # the last distillation, for its cell under the other protocol
+        for i, cell in enumerate(cells):
+            yield harness.run_cell(cell, f"[{i + 1}/{len(cells)}]", distilled)
+
+
+def shared_timing_note(records: Sequence[dict[str, Any]]) -> str:
+    """A board's line on timing when some of ``records`` ran where other cells could share their
+    device (an executor's ``shared_device`` provenance), else ''."""
+    shared = [r for r in records if (r.get("provenance") or {}).get("executor", {}).get("shared_device")]
+    if not shared:
+        return ""
+    most = max(int(r["provenance"]["executor"].get("cells_per_device", 2)) for r in shared)
+    return (f"- Timing: {len(shared)} of these {len(records)} cells ran where up to {most} cells at once shared a device "
+            "(the ray executor with a fraction of a GPU or several cells per machine): their distill s, eval s and peak MB "
+            "are not timed as on a dedicated device (docs/executors.md).")
