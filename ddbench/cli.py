@@ -71,7 +71,8 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     board.add_argument("--results", action="append", default=[], help="an exported results.json (or store) to read, repeatable")
     board.add_argument("--suite", help="only the cells of this suite file")
     board.add_argument("--task", action="append", default=[], help="only these tasks")
-    board.add_argument("--out", default="leaderboards", help="output folder (default leaderboards/)")
+    board.add_argument("--out", help="output folder (default leaderboards/, none with --site alone)")
+    board.add_argument("--site", metavar="DIR", help="write the static leaderboard site (HTML, offline) into DIR")
     board.add_argument("--report", action="append", default=[], metavar="NAME",
                        help=f"write only these: {BOARDS} (the generic boards) or a plugin report (default: all)")
 
@@ -81,6 +82,8 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     cmp.add_argument("new", help="results store (.sqlite), results.json or leaderboard .csv")
     cmp.add_argument("--fail-on", action="append", default=[], metavar="METRIC:DELTA",
                      help="e.g. accuracy:-1.0 (absolute) or distill_s:+20%% (relative)")
+    cmp.add_argument("--significance", metavar="ALPHA",
+                     help="fail only on significant regressions: Welch's t-test over evaluation nets at level ALPHA, e.g. 0.05")
 
     ls = sub.add_parser("ls", help="list registered tasks, learners, distillers, analyses or executors")
     ls.set_defaults(handler=cmd_ls)
@@ -267,8 +270,10 @@ def data_options(args: argparse.Namespace) -> None:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ddbench.results import leaderboard
+    from ddbench.results.site import write_site
 
-    out = folder(args.out, "--out")
+    out = None if args.site and args.out is None else folder(args.out or "leaderboards", "--out")
+    site = folder(args.site, "--site") if args.site else None
     manager = get_plugin_manager()
     reports = dict((report.name, report) for _, report in manager.reports())
     for name in args.report:
@@ -285,15 +290,26 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         records = [r for r in records if r["config"]["task"] in args.task]
     if not records:
         raise SuiteError("no stored results to build a leaderboard from: run `ddbench run` first (or pass --store/--results).")
-    written = leaderboard.write(records, out) if BOARDS in chosen else []
+    stores = args.store or ([] if args.results else [None])
+    written = leaderboard.write(records, out) if out and BOARDS in chosen else []
     for name, report in reports.items():
-        if name in chosen:
+        if out and name in chosen:
             written += report.write(records, out)
-    if BOARDS in chosen:
-        written += analysis_pages(args.store or ([] if args.results else [None]), {r["key"] for r in records}, out)
+    if out and BOARDS in chosen:
+        written += analysis_pages(stores, {r["key"] for r in records}, out)
+    if site:
+        written += write_site(records, site, analysis_pages(stores, {r["key"] for r in records}, site), saved_artifacts(stores))
     for path in written:
         print(path)
     return 0
+
+
+def saved_artifacts(stores: list[str | None]) -> list[Path]:
+    """The artifact folders of the given stores that exist (``<store>-artifacts``, where ``ddbench run`` saves them for analyses)."""
+    from ddbench.analyze import artifacts_dir
+
+    folders = [artifacts_dir(Path(path) if path else default_store_path()) for path in stores]
+    return [f for f in folders if f.is_dir()]
 
 
 def analysis_pages(stores: list[str | None], keys: set[str], out: Path) -> list[Path]:
@@ -310,15 +326,18 @@ def analysis_pages(stores: list[str | None], keys: set[str], out: Path) -> list[
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ddbench.results.compare import Rule, compare, default_rules
+    from ddbench.results.compare import Rule, check_significance, compare, default_rules
     from ddbench.results.records import directions
 
+    alpha = None if args.significance is None else check_significance(args.significance)
     old, new = read_results(args.old).rows(), read_results(args.new).rows()
     known = directions(old + new)
     rules = [Rule.parse(r, known) for r in args.fail_on] or default_rules(known)
-    text, regressions = compare(old, new, rules)
+    text, regressions = compare(old, new, rules, alpha)
     print(text)
-    print(f"\n{regressions} regression(s) against {', '.join(f'{r.metric}:{r}' for r in rules) or 'missing cells only'}.", file=sys.stderr)
+    tested = "" if alpha is None else f" (significant at level {alpha:g}: Welch's t-test over evaluation nets)"
+    print(f"\n{regressions} regression(s) against {', '.join(f'{r.metric}:{r}' for r in rules) or 'missing cells only'}{tested}.",
+          file=sys.stderr)
     return 1 if regressions else 0
 
 

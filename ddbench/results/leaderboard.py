@@ -46,7 +46,8 @@ BOARDS = "boards"
 """The name of the generic boards among the reports ``ddbench leaderboard --report`` chooses from."""
 
 
-def _budget_key(budget: str) -> tuple[int, int]:
+def budget_key(budget: str) -> tuple[int, int]:
+    """The sort key of a budget text: ``ipc`` before ``params``, then by value (anything else, e.g. ``full``, last)."""
     kind, _, value = budget.partition("=")
     return ({"ipc": 0, "params": 1}.get(kind, 2), int(value) if value.isdigit() else 0)
 
@@ -102,6 +103,36 @@ def teacher_rows(tier: Sequence[Row]) -> list[Row]:
     return list(seen.values())
 
 
+def regimes_of(rows: Sequence[Row]) -> list[str]:
+    """The label regimes of ``rows``, in :data:`REGIME_TEXT`'s order."""
+    return [g for g in REGIME_TEXT if any(r.regime == g for r in rows)]
+
+
+def references_of(rows: Sequence[Row]) -> list[Row]:
+    """The reference rows of one board: each ``full`` row and its ``trained model`` row."""
+    return [ref for r in rows if r.budget == FULL for ref in (r, trained_model(r)) if ref is not None]
+
+
+def tiers(rows: Sequence[Row], higher: bool) -> list[tuple[str, str, list[tuple[str, Row]]]]:
+    """The tables of one board (one task under one protocol): ``(budget, regime, [(rank, row)])`` per
+    budget tier and label regime, ranked by mean in the metric's direction; the rank is ``1``, ``2``, ...,
+    ``—`` for a row without a result and ``ref`` for a reference row (the board's :func:`references_of`
+    in the hard regime, :func:`teacher_rows` in the others). A board of ``full`` rows only has one
+    tier of its references, budget ``full``. The Markdown and the site show these same tables."""
+    references, regimes, out = references_of(rows), regimes_of(rows), []
+    for budget in sorted({r.budget for r in rows if r.budget != FULL}, key=budget_key):
+        for regime in regimes:
+            tier = [r for r in rows if r.budget == budget and r.regime == regime]
+            if not tier:
+                continue
+            ranked = sorted([r for r in tier if r.ok], key=lambda r: (-r.mean if higher else r.mean, r.label))
+            lines = [(str(rank), r) for rank, r in enumerate(ranked, 1)] + [("—", r) for r in tier if not r.ok]
+            out.append((budget, regime, lines + [("ref", r) for r in (references if regime == "hard" else teacher_rows(tier))]))
+    if not any(r.budget != FULL for r in rows) and references:
+        out.append((FULL, "hard", [("ref", r) for r in references]))
+    return out
+
+
 def _recipe_text(recipe: dict[str, Any]) -> str:
     return ", ".join(f"`{k}` {v}" for k, v in recipe.items())
 
@@ -136,7 +167,7 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
                        f"the artifact declares), as the papers report; rows may differ in augmentation and epochs, and gain vs random "
                        f"uses each row's recipe.{links}")
     full = [r for r in rows if r.budget == FULL]
-    references = [ref for r in full for ref in (r, trained_model(r)) if ref is not None]
+    references = references_of(rows)
     trained_note = (f" `{TRAINED}` is the learner trained on the whole train split (`{FULL}`'s {metric}) counted at the parameters "
                     "of its network: what storing the trained model instead of data would cost (a reference, not ranked)."
                     if len(references) > len(full) else "")
@@ -155,7 +186,7 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
         f"- Regenerate: `{regenerate}`",
         "",
     ]
-    regimes = [g for g in REGIME_TEXT if any(r.regime == g for r in rows)]
+    regimes = regimes_of(rows)
     if regimes != ["hard"] and regimes:
         lines.insert(len(lines) - 2, f"- Label regimes (docs/labels.md): each budget's rows are ranked within their regime; a budget "
                      "bounds the data, and a regime's label storage (soft labels, a teacher, a bank) is charged on top, in stored "
@@ -167,20 +198,11 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
     if timing:
         lines.insert(len(lines) - 2, timing)
     headers = ["rank", "distiller", f"{metric} ± std", "nets", *[c.header.format(metric=metric) for c in COLUMNS], *extras, "status"]
-    for budget in sorted({r.budget for r in rows if r.budget != FULL}, key=_budget_key):
-        for regime in regimes:
-            tier = [r for r in rows if r.budget == budget and r.regime == regime]
-            if not tier:
-                continue
-            ranked = sorted([r for r in tier if r.ok], key=lambda r: (-r.mean if higher else r.mean, r.label))
-            table = [_line(str(rank), r, extras) for rank, r in enumerate(ranked, 1)]
-            table += [_line("—", r, extras) for r in tier if not r.ok]
-            table += [_line("ref", r, extras) for r in (references if regime == "hard" else teacher_rows(tier))]
-            title = f"## Budget {budget}" + ("" if regimes == ["hard"] else f", {REGIME_TEXT[regime]}")
-            lines += [title, "", tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
-    if not any(r.budget != FULL for r in rows) and full:
-        lines += ["## Reference", "", tabulate([_line("ref", r, extras) for r in references], headers=headers, tablefmt="github",
-                                               disable_numparse=True), ""]
+    for budget, regime, ranked in tiers(rows, higher):
+        table = [table_line(rank, r, extras) for rank, r in ranked]
+        title = ("## Reference" if budget == FULL else f"## Budget {budget}" +
+                 ("" if regimes == ["hard"] else f", {REGIME_TEXT[regime]}"))
+        lines += [title, "", tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
     if others:
         lines += side_by_side(task, all_rows, metric)
     return "\n".join(lines)
@@ -199,7 +221,7 @@ def side_by_side(task: str, rows: list[Row], metric: str) -> list[str]:
         if r.ok:
             pairs.setdefault(_unprotocolled(r), {})[r.protocol] = r
     table = []
-    for key in sorted(pairs, key=lambda k: (k[1] == FULL, _budget_key(k[1]) if k[1] != FULL else (0, 0),
+    for key in sorted(pairs, key=lambda k: (k[1] == FULL, budget_key(k[1]) if k[1] != FULL else (0, 0),
                                             (pairs[k].get("native") or pairs[k]["common"]).label)):
         native, common = pairs[key].get("native"), pairs[key].get("common")
         label = (native or common).label  # type: ignore[union-attr]
@@ -222,7 +244,8 @@ def cells(r: Row) -> list[str]:
     return out
 
 
-def _line(rank: str, r: Row, extras: list[str]) -> list[str]:
+def table_line(rank: str, r: Row, extras: list[str]) -> list[str]:
+    """A board's table line: rank, label, mean ± std, nets, the harness columns, ``extras`` and the status."""
     return [rank, r.label or r.distiller, f"{fmt(r.mean, '.2f')} ± {fmt(r.std, '.2f')}" if r.ok else "", str(r.nets),
             *cells(r), *[fmt(r.extra.get(k, math.nan), '.4g') for k in extras], r.status]
 

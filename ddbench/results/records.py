@@ -96,6 +96,8 @@ COLUMNS = (
     Column("eval_s", "eval s", ".1f", ".4g", False),
     Column("peak_mb", "peak MB", ".0f", ".4g", False),
 )
+MEDIAN_COLUMNS = ("distill_s", "eval_s", "peak_mb")
+"""Columns whose per-cell values a row keeps: time and memory, compared by their medians over cells."""
 HARNESS_DIRECTIONS = {c.name: c.higher_is_better for c in COLUMNS}
 """Which way each harness-defined column is better; a task's metrics say theirs in its records."""
 
@@ -292,6 +294,7 @@ class Row:
     label: str = ""  # the distiller and what sets this row apart on its board (label_rows)
     regime: str = "hard"  # the label regime of its artifacts (docs/labels.md)
     reference_regime: str = "hard"  # the regime its gain vs random was measured in
+    per_cell: dict[str, list[float]] = field(default_factory=dict)  # MEDIAN_COLUMNS of each finished cell (empty: unknown, e.g. a CSV)
 
     @property
     def ok(self) -> bool:
@@ -324,6 +327,12 @@ class Row:
         if name in self.extra:
             return self.extra[name]
         return float(getattr(self, name, math.nan))
+
+    def median(self, name: str) -> float:
+        """The median over the row's cells of a :data:`MEDIAN_COLUMNS` column (its :meth:`value` where
+        the cells are unknown)."""
+        cells = self.per_cell.get(name)
+        return statistics.median(cells) if cells else self.value(name)
 
     def higher_is_better(self, name: str) -> bool | None:
         """Which way ``name`` is better on this row (None: its records do not say)."""
@@ -409,6 +418,7 @@ def _row(group: pd.DataFrame) -> Row:
             setattr(row, col, nanmean(done[col]))
         row.gain_vs_random = nanmean(done["gain"])
         row.peak_mb = float(done["peak_mb"].max())
+        row.per_cell = {col: [float(x) for x in done[col] if not math.isnan(x)] for col in MEDIAN_COLUMNS}
         row.device = _first(done["device"]) or ""
         row.regime, row.reference_regime = _first(done["regime"]) or "hard", _first(done["reference_regime"]) or "hard"
         keys = sorted({k for extra in done["extra"] for k in extra})
