@@ -12,7 +12,8 @@ from ddbench.analyze import spec_slug
 
 COLUMNS = {  # the metrics each built-in analysis shows in its table (others: every metric it returned)
     "early_agreement": ("acc_distilled", "agreement_early", "agreement_subset", "agreement_gap", "matched_step_mean",
-                        "n_subset_matched", "steps_to_fit_distilled"),
+                        "n_subset_matched", "steps_to_fit_distilled", "hessian_trace_real_peak", "hessian_trace_distilled_peak",
+                        "hessian_trace_distilled_end", "trace_divergence_step"),
     "pointwise_influence": ("acc_distilled", "self_class_fraction@9", "own_class_influence", "harmful_points", "redundancy",
                             "concentration"),
 }
@@ -122,16 +123,26 @@ def plot(rows: list[AnalysisRow], path: Path) -> bool:
         ax.set(ylabel="distilled images recognised", ylim=(0, 1.05), title="recognition by real-trained models")
         ax.legend(fontsize=7)
     elif name == "early_agreement":
-        fig, axes = plt.subplots(1, len(ok), figsize=(3.2 * len(ok), 3), squeeze=False)
-        for ax, row in zip(axes[0], ok):
-            t = _tensors(row)
-            if t is None:
-                continue
+        found = [(row, _tensors(row)) for row in ok]
+        found = [(row, t) for row, t in found if t is not None]
+        if not found:
+            return False
+        curves = any("hessian_steps" in t for _, t in found)
+        fig, axes = plt.subplots(2 if curves else 1, len(found), figsize=(3.2 * len(found), 6 if curves else 3), squeeze=False)
+        for j, (row, t) in enumerate(found):
+            ax = axes[0, j]
             for key, colour in (("subset", "tab:orange"), ("early", "tab:blue")):
                 if t[key].numel():
                     ax.hist(t[key].tolist(), bins=15, range=(0, 1), alpha=0.6, color=colour, label=f"{key} ({t[key].numel()})")
             ax.set(title=row.distiller, xlabel="test agreement")
             ax.legend(fontsize=7)
+            if curves and "hessian_steps" in t:
+                ax = axes[1, j]
+                steps = t["hessian_steps"].tolist()
+                ax.plot(steps, t["hessian_real"].tolist(), "k--", label="real data")
+                ax.plot(steps, t["hessian_distilled"].tolist(), "tab:blue", label="distilled")
+                ax.set(xlabel="real-training iteration", ylabel="Hessian trace of the loss")
+                ax.legend(fontsize=7)
     elif name == "pointwise_influence":
         grids = [(r, _tensors(r)) for r in ok]
         grids = [(r, t) for r, t in grids if t is not None and t["distilled"].dim() == 4]

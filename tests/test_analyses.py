@@ -14,10 +14,11 @@ from ddbench.analyze import analyze, artifact_files, build_analyses, run_analysi
 from ddbench.artifact import save
 from ddbench.cli import main
 from ddbench.interfaces import Split
+from ddbench.ops.hessian import exact_trace, hessian_trace, hutchinson_trace, module_loss
 from ddbench.ops.probe import class_draw, fit_full_batch, fit_weighted
 from ddbench.plugins import PluginManager
 from ddbench.results.store import ResultStore
-from ddbench_analyses.agreement import EarlyAgreement
+from ddbench_analyses.agreement import EarlyAgreement, curvature
 from ddbench_analyses.influence import PointwiseInfluence, summarise
 from ddbench_analyses.mixing import Mixing
 
@@ -72,6 +73,41 @@ def test_the_leave_one_out_ensemble_equals_sequential_leave_one_out_runs(digits,
     assert not torch.allclose(losses[1], losses[0], atol=1e-3)  # leaving a point out changes the model
 
 
+def test_exact_hessian_trace_of_the_two_layer_network_equals_its_closed_form():
+    """MSE of f(x) = alpha + beta^T x + sum_j a_j relu(w_j^T x + b_j) in (a, W, b): relu'' = 0 almost
+    everywhere, so tr H = (2/n) sum_ij [relu(w_j^T x_i + b_j)^2 + a_j^2 1(w_j^T x_i + b_j > 0) (|x_i|^2 + 1)]."""
+    from ddbench_theory.two_layer import TwoLayer
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 40, 6
+    model = TwoLayer(d, 8, seed=3)
+    x, y = torch.randn(n, d, generator=g), torch.randn(n, generator=g)
+    loss, weights = module_loss(model, x, lambda out: (out - y) ** 2, names=["a", "W", "b"])
+    pre = x @ model.W.T + model.b
+    closed = 2 / n * (pre.relu().pow(2).sum() + ((pre > 0) * model.a.pow(2) * (x.pow(2).sum(1, keepdim=True) + 1)).sum())
+    assert exact_trace(loss, weights, chunk=7) == pytest.approx(float(closed), rel=1e-5)
+    assert hessian_trace(loss, weights, "auto", g) == (pytest.approx(float(closed), rel=1e-5), "exact")
+    estimate, probes = hutchinson_trace(loss, weights, torch.Generator().manual_seed(1), max_probes=400, rtol=0)
+    assert probes == 400 and estimate == pytest.approx(float(closed), rel=0.1)
+
+
+@pytest.mark.slow
+def test_hutchinson_trace_estimates_the_exact_one_and_leaves_batchnorm_statistics_alone(digits):
+    from ddbench_learners.convnet import ConvNetLearner
+
+    view = digits[1]
+    model = ConvNetLearner(width=2, depth=1, norm="batchnorm").build(view, 0)
+    x, y = view.train.x[:20], view.train.y[:20]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, weights = module_loss(model.train(), x, lambda out: torch.nn.functional.cross_entropy(out, y, reduction="none"))
+    exact = exact_trace(loss, weights)
+    estimate, _ = hutchinson_trace(loss, weights, torch.Generator().manual_seed(0), max_probes=60, rtol=0)
+    assert estimate == pytest.approx(exact, rel=0.15) and exact > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="no weights named nope"):
+        module_loss(model, x, lambda out: out.sum(1), names=["nope"])
+
+
 def test_weighted_ensemble_falls_back_to_sequential_for_batchnorm(digits):
     from ddbench_learners.convnet import ConvNetLearner
 
@@ -117,18 +153,30 @@ def test_early_agreement_matches_on_validation_never_test_and_reuses_its_caches(
     start = time.perf_counter()
     first = analysis.analyze(s, context)
     cold = time.perf_counter() - start
-    assert (context.hits, context.misses) == (0, 2)
+    assert (context.hits, context.misses) == (0, 3)
     test = s.test
     scrambled = Split(test.x, test.y[torch.randperm(len(test.y), generator=torch.Generator().manual_seed(0))])
     start = time.perf_counter()
     second = analysis.analyze(subject(digits, test=scrambled), context)
     warm = time.perf_counter() - start
-    assert (context.hits, context.misses) == (2, 2)
+    assert (context.hits, context.misses) == (3, 3)
     assert warm < cold
     for key in ("matched_step_mean", "n_subset_matched", "distilled_val_acc", "agreement_early"):
         assert second.metrics[key] == first.metrics[key], key  # chosen on validation: test labels change nothing
     assert second.metrics["acc_distilled"] != first.metrics["acc_distilled"]  # test only measures
     assert -1 <= first.metrics["steps_to_fit_distilled"]
+    assert first.tensors["hessian_steps"].tolist() == [0, 10, 20, 30]  # every 10th iteration of the 36-step run (ci)
+    assert torch.equal(second.tensors["hessian_real"], first.tensors["hessian_real"])  # the cached real curve
+    assert first.metrics["hessian_trace_distilled_peak"] > 0 and first.info["hessian"] == "hutchinson"
+
+
+def test_trace_divergence_is_the_first_checkpoint_where_the_smoothed_trace_leaves_the_band():
+    steps = torch.tensor([0, 10, 20, 30])
+    real = torch.tensor([100.0, 100.0, 100.0, 100.0])
+    m = curvature({"steps": steps, "distilled": torch.tensor([100.0, 150.0, 400.0, 400.0]), "real": real})
+    assert m["trace_divergence_step"] == 20  # smoothed: 100, 105, 134.5 (> 120)
+    assert m["hessian_trace_distilled_peak"] == 400 and m["hessian_trace_real_end"] == 100
+    assert curvature({"steps": steps, "distilled": real * 1.1, "real": real})["trace_divergence_step"] == -1
 
 
 class Broken(Analysis):
