@@ -17,7 +17,7 @@ from ddbench import __version__, reproduce, worker
 from ddbench.errors import DDBenchError, DDBenchWarning, PluginError, SuiteError, close_names
 from ddbench.executors import Executor, LocalExecutor
 from ddbench.interfaces import Budget
-from ddbench.plugins import PluginManager, get_plugin_manager, instantiate, options_of
+from ddbench.plugins import PluginManager, get_plugin_manager, instantiate, options_of, plural
 from ddbench.results.leaderboard import BOARDS
 from ddbench.results.records import CellResult
 from ddbench.results.report import table
@@ -373,7 +373,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             extras.setdefault(plugin, {}).setdefault(kind, []).append(item.name)
     for info in manager.plugins.values():
         registered = {**info.registered, **extras.get(info.name, {})}
-        what = "; ".join(f"{k}s: {', '.join(v)}" for k, v in registered.items() if v)
+        what = "; ".join(f"{plural(k)}: {', '.join(v)}" for k, v in registered.items() if v)
         rows.append([info.name, info.version, info.source, what or "(nothing)"])
     print(tabulate(rows, headers=["plugin", "version", "source", "registered"], tablefmt="github"))
     return 0

@@ -243,3 +243,8 @@ def test_the_built_in_analyses_are_listed(capsys):
     out = capsys.readouterr().out
     for name in ("mixing", "recognition", "early_agreement", "pointwise_influence"):
         assert name in out
+
+
+def test_ddbench_plugins_names_the_analyses_kind_in_its_plural(capsys):
+    assert main(["plugins"]) == 0
+    assert "analyses: mixing, recognition, early_agreement, pointwise_influence" in capsys.readouterr().out
