@@ -173,10 +173,13 @@ def test_early_agreement_matches_on_validation_never_test_and_reuses_its_caches(
 def test_trace_divergence_is_the_first_checkpoint_where_the_smoothed_trace_leaves_the_band():
     steps = torch.tensor([0, 10, 20, 30])
     real = torch.tensor([100.0, 100.0, 100.0, 100.0])
-    m = curvature({"steps": steps, "distilled": torch.tensor([100.0, 150.0, 400.0, 400.0]), "real": real})
-    assert m["trace_divergence_step"] == 20  # smoothed: 100, 105, 134.5 (> 120)
+    m = curvature({"steps": steps, "distilled": torch.tensor([100.0, 100.0, 180.0, 400.0]), "real": real})
+    assert m["trace_divergence_step"] == 20  # smoothed with 0.9 ** 10 per gap: 100, 100, 152.1 (> 120)
     assert m["hessian_trace_distilled_peak"] == 400 and m["hessian_trace_real_end"] == 100
     assert curvature({"steps": steps, "distilled": real * 1.1, "real": real})["trace_divergence_step"] == -1
+    rising = torch.tensor([1.0, 100.0, 200.0, 300.0])  # near zero at initialisation: not compared there
+    near = {"steps": steps, "distilled": torch.tensor([-20.0, 110.0, 190.0, 320.0]), "real": rising}
+    assert curvature(near)["trace_divergence_step"] == -1
 
 
 class Broken(Analysis):

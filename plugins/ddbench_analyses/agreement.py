@@ -27,8 +27,9 @@ SIZES = {
 }
 HESSIAN = ("auto", "exact", "hutchinson", "off")
 HESSIAN_SEED = 43_000
-EMA = 0.9  # smoothing weight of the distilled trace before comparing it with the real one
-BAND = 0.2  # trace_divergence_step: the smoothed distilled trace leaves real * (1 +- BAND)
+EMA = 0.9  # smoothing weight per iteration of both traces before they are compared
+BAND = 0.2  # trace_divergence_step: the smoothed trace on D leaves the smoothed real one * (1 +- BAND)
+FLOOR = 0.1  # checkpoints where the real trace is below this fraction of its peak are not compared (ours)
 PROBE_SEED = 41_000
 SUBSET_SEED = 42_000
 CHUNK = 8  # subset models trained together, padded to the largest subset of the chunk
@@ -41,7 +42,7 @@ class EarlyAgreement(Analysis):
     trace on D and on real data along probe run 0."""
 
     name = "early_agreement"
-    version = "2"
+    version = "3"
     description = "agreement with early-stopped real models vs accuracy-matched subset models"
     metrics = (
         Metric("agreement_early", "fraction", True, "test agreement with the matched early-stopped models"),
@@ -60,7 +61,7 @@ class EarlyAgreement(Analysis):
         Metric("hessian_trace_distilled_end", "trace", None, "the trace on D at the last checkpoint"),
         Metric("hessian_trace_real_end", "trace", None, "the trace on real data at the last checkpoint"),
         Metric("trace_divergence_step", "steps", None,
-               "first checkpoint where the smoothed trace on D leaves +-20 % of the real one (-1: never)"),
+               "first checkpoint where the smoothed trace on D leaves +-20 % of the smoothed real one (-1: never)"),
     )
 
     def __init__(self, size: str = "ci", protocol: str = "paper", repeats: int = 3, runs: int | None = None,
@@ -240,12 +241,22 @@ class EarlyAgreement(Analysis):
 
 def curvature(traces: dict[str, torch.Tensor]) -> dict[str, float]:
     """Summary of the trace curves on D and on real data at the same checkpoints: peaks, last values
-    and the first checkpoint where the smoothed trace on D leaves the band around the real one."""
+    and the first checkpoint where the trace on D leaves the band around the real one. Both curves
+    are smoothed alike (weight EMA per iteration, so EMA ** gap between checkpoints: ours, the paper
+    smooths every iteration's distilled trace only), and checkpoints where the real trace is below
+    FLOOR of its peak (near zero at initialisation, where a relative band means nothing) are not compared."""
     steps, distilled, real = traces["steps"].tolist(), traces["distilled"].tolist(), traces["real"].tolist()
-    smooth, divergence = distilled[0], -1
+    floor = FLOOR * max(abs(r) for r in real)
+    smooth: tuple[float, float] | None = None
+    previous, divergence = 0, -1
     for step, value, reference in zip(steps, distilled, real):
-        smooth = EMA * smooth + (1 - EMA) * value
-        if abs(smooth - reference) > BAND * abs(reference):
+        if abs(reference) < floor:
+            continue
+        weight = EMA ** (step - previous)
+        smooth = (value, reference) if smooth is None else (weight * smooth[0] + (1 - weight) * value,
+                                                            weight * smooth[1] + (1 - weight) * reference)
+        previous = step
+        if abs(smooth[0] - smooth[1]) > BAND * abs(smooth[1]):
             divergence = step
             break
     return {"hessian_trace_real_peak": max(real), "hessian_trace_distilled_peak": max(distilled),
