@@ -51,7 +51,7 @@ def test_leaderboard_regenerates_byte_for_byte(tmp_path):
     assert (out / "digits.png").stat().st_size > 1000 and (out / "digits.csv").read_text().startswith("task,distiller,budget")
 
 
-@pytest.mark.parametrize("board", ["default", "mnist5k"])
+@pytest.mark.parametrize("board", ["default", "mnist5k", "analyses"])
 def test_committed_leaderboards_reproduce(board):
     folder = ROOT / "leaderboards" / board
     if not (folder / "results.json").is_file():
