@@ -48,21 +48,21 @@ def _flat(weights: dict[str, Tensor]) -> tuple[Tensor, Callable[[Tensor], dict[s
     return flat, unflatten
 
 
-def hvp_function(loss: Loss, weights: dict[str, Tensor]) -> tuple[Callable[[Tensor], Tensor], int]:
-    """``v -> H v`` at ``weights`` on flat vectors (forward-over-reverse), and the number of weights."""
+def hvp_function(loss: Loss, weights: dict[str, Tensor]) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """``v -> H v`` at ``weights`` on flat vectors (forward-over-reverse), and the flat weights."""
     flat, unflatten = _flat(weights)
     gradient = grad(lambda v: loss(unflatten(v)))
 
     def hvp(v: Tensor) -> Tensor:
         return jvp(gradient, (flat,), (v,))[1]
-    return hvp, flat.numel()
+    return hvp, flat
 
 
 def exact_trace(loss: Loss, weights: dict[str, Tensor], chunk: int = EXACT_CHUNK) -> float:
     """The Hessian's trace as the sum of e_i^T H e_i over every weight (P Hessian-vector products,
     vmapped ``chunk`` at a time): for models of a few thousand weights."""
-    hvp, p = hvp_function(loss, weights)
-    flat, _ = _flat(weights)
+    hvp, flat = hvp_function(loss, weights)
+    p = flat.numel()
     total = torch.zeros((), dtype=torch.float64, device=flat.device)
     batched = vmap(hvp)
     for start in range(0, p, chunk):
@@ -78,8 +78,8 @@ def hutchinson_trace(loss: Loss, weights: dict[str, Tensor], generator: torch.Ge
     """Hutchinson's estimate mean_k v_k^T H v_k with Rademacher vectors v_k drawn from ``generator``;
     stops when one more probe moves the running mean by at most ``rtol`` of its size, or after
     ``max_probes``. Returns (estimate, probes used)."""
-    hvp, p = hvp_function(loss, weights)
-    flat, _ = _flat(weights)
+    hvp, flat = hvp_function(loss, weights)
+    p = flat.numel()
     mean, k = 0.0, 0
     for k in range(1, max_probes + 1):
         v = (torch.randint(0, 2, (p,), generator=generator, device=generator.device).to(flat.device, flat.dtype) * 2 - 1)
