@@ -40,7 +40,7 @@ from ddbench.interfaces import Artifact, Budget, Learner, Task, TaskView
 from ddbench.ops.subsets import random_artifact
 from ddbench.plugins import PluginManager, instantiate
 from ddbench.provenance import provenance
-from ddbench.recipe import Recipe, evaluation_recipe
+from ddbench.recipe import PROTOCOL_FIELDS, Recipe, evaluation_recipe
 from ddbench.results.records import RESULTS_VERSION, RUN_LENGTH_META, Cell, CellResult  # noqa: F401 - ddbench.harness.Cell stays importable
 from ddbench.suite import Suite, expand_suite, load_task, task_view  # noqa: F401 - ddbench.harness.task_view too
 
@@ -89,6 +89,7 @@ class Harness:
         self._views: dict[str, worker.ViewSpec] = {}
         self._view_dir: Path | None = None
         self._random_refs: dict[str, float] = {}
+        self._evaluations: dict[str, tuple[list[dict[str, float]], str, int, float]] = {}  # _scores, within one run
 
     # -- building ----------------------------------------------------------------------------
     def task(self, name: str, options: dict[str, Any], profile: str) -> tuple[Task, TaskView, Any]:
@@ -124,6 +125,7 @@ class Harness:
         :class:`~ddbench.executors.LocalExecutor`); ``on_result`` sees each result as soon as it is final."""
         cells = [cell for cell in self.cells(suite) if skip is None or not skip(cell)]
         results = []
+        self._evaluations.clear()  # reuse within a run only: a second run trains its nets again
         for result in (executor or LocalExecutor()).run(self, cells):
             results.append(result)
             if on_result is not None:
@@ -180,9 +182,8 @@ class Harness:
                 info = {"cell": cell.config(), "key": cell.key(), "provenance": provenance(self.manager),
                         "recipe": result.recipe, "storage": asdict(storage), "label_regime": result.regime}
                 save(Artifact(artifact.tensors, artifact.recipe, reply.meta), self.artifact_dir / f"{cell.task}-{cell.distiller}-{cell.key()}", info)
-            start = time.perf_counter()
-            scores, result.eval_mode, result.model_params = self._scores(task, view, test, learner, artifact, recipe, cell)
-            result.eval_s = time.perf_counter() - start
+            scores, result.eval_mode, result.model_params, result.eval_s = self._scores(task, view, test, learner, artifact,
+                                                                                        recipe, cell)
             result.metric = task.metric
             result.higher_is_better, result.leaderboard_columns = dict(task.higher_is_better), list(task.leaderboard_columns)
             result.values = [s[task.metric] for s in scores]
@@ -221,16 +222,30 @@ class Harness:
         return worker.distill(request, report, max_bytes)
 
     def _scores(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact, recipe: Recipe,
-                cell: Cell) -> tuple[list[dict[str, float]], str, int]:
+                cell: Cell) -> tuple[list[dict[str, float]], str, int, float]:
         """Train a fresh learner per evaluation seed on the artifact (:meth:`Learner.fit_ensemble`: one
-        by one, or together where the learner can); score each on test. Also returns how they trained
-        and the parameter count of one net (what storing a trained net would cost)."""
-        artifact = with_labels(artifact.to(self.device), view.num_classes)
+        by one, or together where the learner can); score each on test. Also returns how they trained,
+        the parameter count of one net (what storing a trained net would cost) and the seconds it took.
+
+        An evaluation is a function of the artifact's content and declared recipe, the evaluation
+        recipe, the learner, the seeds and the task: one identical to an earlier one of this run (a
+        common cell whose method declares the common recipe, a random subset already trained as a
+        reference) takes its results, its seconds included, and says so in its mode."""
+        declared = {k: v for k, v in artifact.recipe.items() if k not in PROTOCOL_FIELDS}  # those are in the recipe already
+        key = json.dumps([cell.task, cell.task_options, cell.profile, cell.learner, cell.learner_options, cell.eval_seeds,
+                          recipe.as_dict(), declared, content_hash(artifact)], sort_keys=True, default=str)
+        if key in self._evaluations:
+            scores, mode, params, seconds = self._evaluations[key]
+            return scores, f"{mode} (reused: an identical evaluation earlier in this run)", params, seconds
+        start = time.perf_counter()
+        labelled = with_labels(artifact.to(self.device), view.num_classes)
         models = [learner.build(view, seed).to(self.device) for seed in cell.eval_seeds]
         generators = [torch.Generator(self.device).manual_seed(seed) for seed in cell.eval_seeds]
-        mode = learner.fit_ensemble(models, artifact, recipe, generators)
+        mode = learner.fit_ensemble(models, labelled, recipe, generators)
         params = sum(p.numel() for p in models[0].parameters())  # after training: lazy modules are materialised
-        return [task.score(learner.predict(model, test.x), test.y) for model in models], mode, params
+        scores = [task.score(learner.predict(model, test.x), test.y) for model in models]
+        self._evaluations[key] = (scores, mode, params, time.perf_counter() - start)
+        return scores, mode, params, self._evaluations[key][3]
 
     def _label_references(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact,
                           hard_base: Recipe, cell: Cell) -> dict[str, float]:
@@ -244,7 +259,7 @@ class Harness:
         on_device = artifact.to(self.device)
         hard = Artifact({"x": on_device.x, "y": labels.hard_labels(on_device.tensors, kind, on_device.teacher)})
         recipe = evaluation_recipe(hard_base, hard_overrides(artifact.recipe), cell.protocol)
-        scores, _, _ = self._scores(task, view, test, learner, hard, recipe, cell)
+        scores = self._scores(task, view, test, learner, hard, recipe, cell)[0]
         out["teacher_free"] = statistics.fmean(s[task.metric] for s in scores)
         if kind == "teacher":
             assert on_device.teacher is not None
@@ -289,7 +304,7 @@ class Harness:
                 reference.recipe = overrides
                 admitted, _ = admit(reference, view, cell.budget, "the random reference", type(learner), self.manager.learners)
                 admitted.teacher = reference.teacher
-                scores, _, _ = self._scores(task, view, test, learner, admitted, reference_recipe, cell)
+                scores = self._scores(task, view, test, learner, admitted, reference_recipe, cell)[0]
                 self._random_refs[key] = statistics.fmean(s[task.metric] for s in scores)
         return self._random_refs[key]
 

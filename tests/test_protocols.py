@@ -57,12 +57,23 @@ class Declaring(Distiller):
         return Artifact({"x": task.train.x[idx].clone()}, recipe=dict(DECLARED))
 
 
+class Matching(Declaring):
+    """Declares exactly the tiny task's common recipe, so its native cell trains as its common one."""
+
+    name = "matching"
+
+    def distill(self, task, budget, learner, context):
+        artifact = super().distill(task, budget, learner, context)
+        artifact.recipe = {"augment": "dsa", "epochs": 1, "batch_size": 32, "labels": "class-balanced"}
+        return artifact
+
+
 @pytest.fixture(scope="module")
 def pm():
     manager = PluginManager()
     manager.load_entrypoints()
     manager.add(types.SimpleNamespace(
-        ddbench_register_distillers=hookimpl(lambda register: register(Declaring)),
+        ddbench_register_distillers=hookimpl(lambda register: [register(c) for c in (Declaring, Matching)]),
         ddbench_register_tasks=hookimpl(lambda register: [register(c) for c in (TinyCommon, TinyNoCommon)])), "protocols-test")
     return manager
 
@@ -163,6 +174,22 @@ def test_a_common_cell_reuses_the_native_distillation(ran):
     assert calls == ["declaring", "random", "full"]  # one distillation per pair of cells
     for native, common in zip(results[::2], results[1::2]):
         assert (common.distill_s, common.stored_params) == (native.distill_s, native.stored_params)
+
+
+def test_an_evaluation_identical_to_an_earlier_one_is_reused(pm, tmp_path):
+    native, common = Harness(pm, "cpu", cache_dir=tmp_path).run(suite(distillers=("matching",)))
+    assert native.recipe == common.recipe and (native.status, common.status) == ("ok", "ok")
+    assert "reused" not in native.eval_mode
+    assert "reused: an identical evaluation earlier in this run" in common.eval_mode  # one set of nets for both cells
+    assert common.values == native.values and common.eval_s == native.eval_s
+    harness = Harness(pm, "cpu", cache_dir=tmp_path)
+    declaring = harness.run(suite(distillers=("declaring",)))
+    assert not any("reused" in r.eval_mode for r in declaring)  # its recipes differ: each cell trains its own nets
+    *_, random_common = Harness(pm, "cpu", cache_dir=tmp_path).run(suite(distillers=("matching", "random")))
+    assert "reused" in random_common.eval_mode  # trained already as matching's reference: same subset, recipe, seeds
+    assert random_common.mean == random_common.random_ref
+    again = harness.run(suite(distillers=("matching",)))
+    assert "reused" not in again[0].eval_mode and again[0].values == native.values  # a new run trains again
 
 
 def test_each_cell_trains_with_its_protocols_recipe(ran):
