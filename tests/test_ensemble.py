@@ -12,7 +12,7 @@ from ddbench import Artifact, Budget, Distiller, Learner, Recipe, hookimpl
 from ddbench.harness import CellResult, Harness
 from ddbench.plugins import PluginManager, instantiate
 from ddbench.suite import DistillerEntry, Suite, TaskEntry
-from ddbench.ops.ensemble import flat_parameters, grouped_layers, sgd_step, train_ensemble, vmap_unsupported
+from ddbench.ops.ensemble import adamw_step, flat_parameters, grouped_layers, sgd_step, train_ensemble, vmap_unsupported
 from ddbench.ops import training
 from ddbench.ops.training import seeded, shuffles, train_classifier
 
@@ -156,6 +156,49 @@ def test_sgd_step_matches_torch_sgd_including_momentum_reset():
         buffers = sgd_step(mine, [g.clone() for g in gs], buffers, 0.1 if step < 3 else 0.01, 0.9, 5e-4)
     for a, b in zip(refp, mine):
         assert torch.equal(a.detach(), b)
+
+
+def test_adamw_step_matches_torch_adamw_including_a_reset():
+    """Stacked AdamW == torch.optim.AdamW (decoupled weight decay, bias correction), across a rebuilt optimiser."""
+    gen = torch.Generator().manual_seed(0)
+    ref = [torch.randn(3, 4, generator=gen), torch.randn(5, generator=gen)]
+    mine = [p.clone() for p in ref]
+    grads = [[torch.randn(p.shape, generator=gen) for p in ref] for _ in range(5)]
+    refp = [torch.nn.Parameter(p) for p in ref]
+    opt = torch.optim.AdamW(refp, lr=0.01, weight_decay=0.01)
+    state = None
+    for step, gs in enumerate(grads):
+        if step == 3:
+            opt, state = torch.optim.AdamW(refp, lr=0.001, weight_decay=0.01), None
+        for p, g in zip(refp, gs):
+            p.grad = g.clone()
+        opt.step()
+        state = adamw_step(mine, [g.clone() for g in gs], state, 0.01 if step < 3 else 0.001, 0.01)
+    for a, b in zip(refp, mine):
+        torch.testing.assert_close(b, a.detach(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("optimizer,schedule,augment", [("adamw", "cosine", "none"), ("adamw", "cosine", "dsa"),
+                                                        ("sgd", "step", "dsa"), ("adamw", "step", "none")])
+def test_the_teacher_regime_trains_as_an_ensemble_equal_to_sequential(manager, small, optimizer, schedule, augment):
+    """KD to the stored teacher (its prediction on each model's own augmented batch, temperature 4),
+    with either optimiser and schedule: each model ends where sequential training ends."""
+    from ddbench.labels import build_teacher, teacher_tensors
+
+    view, test, x, _ = small
+    spec = "convnet:width=8,depth=2,norm=batchnorm"
+    teacher = instantiate(manager.learners.get("convnet"), {"width": 8, "depth": 2, "norm": "batchnorm"}, "quick").build(view, 5)
+    artifact = Artifact({"x": x, **teacher_tensors(teacher)}, {"teacher": spec})
+    artifact.teacher = build_teacher(artifact.tensors, spec, view, manager.learners, "cpu")
+    recipe = Recipe(epochs=5, batch_size=32, optimizer=optimizer, schedule=schedule, lr=1e-3 if optimizer == "adamw" else 0.01,
+                    weight_decay=0.01, temperature=4.0, augment=augment, dsa_strategy=STRATEGY)
+    lrn = learner(manager)
+    seq = sequential(lrn, view, artifact, recipe)
+    ens, mode = together(lrn, view, artifact, recipe)
+    assert mode == "ensemble"
+    for a, b in zip(seq, ens):
+        torch.testing.assert_close(b(test.x[:64]), a(test.x[:64]), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ens[0](test.x[:64]), ens[1](test.x[:64]))
 
 
 def test_batchnorm_falls_back_to_sequential_and_says_so(manager, small):

@@ -14,8 +14,10 @@ Per-sample DSA (§4): each model draws a family and magnitudes for its own batch
 stream, a block of epochs at a time (a plan per model, :meth:`~ddbench.ops.augment.DSA.plan`, as
 ``train_classifier`` draws them); a step augments all K batches in one vectorised call whatever
 families they drew. Shuffles are drawn a block at a time too, so a step launches no per-model
-kernels at all. SGD with momentum and weight decay is applied to the stacked tensors with the
-same ``torch._foreach`` arithmetic as ``torch.optim.SGD``.
+kernels at all. SGD with momentum and weight decay, or AdamW, is applied to the stacked tensors
+with the same ``torch._foreach`` arithmetic as ``torch.optim.SGD`` / ``torch.optim.AdamW``, under
+the recipe's step or cosine schedule. In the teacher label regime each model's augmented batch goes
+through the shared teacher and the loss is the KL to its softened prediction, as sequentially.
 
 The engine also trains MTT's expert trajectories (§7): ``on_epoch`` sees the stacked parameters
 after every epoch and :func:`flat_parameters` turns them into one flat vector per model.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +37,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from ddbench import labels
 from ddbench.ops.augment import DSA, Transform, apply
 from ddbench.interfaces import Artifact, Recipe
-from ddbench.ops.training import augmenter, draw_seed, epoch_blocks, shuffles, stage_parts, train_classifier
+from ddbench.ops.training import augmenter, cosine_lr, draw_seed, epoch_blocks, shuffles, stage_parts, train_classifier
 
 Params = dict[str, Tensor]
 EpochCallback = Callable[[int, Params], None]
@@ -162,6 +165,26 @@ def sgd_step(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | 
     return buffers
 
 
+def adamw_step(params: list[Tensor], grads: list[Tensor], state: tuple[list[Tensor], list[Tensor], int] | None, lr: float,
+               weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+               ) -> tuple[list[Tensor], list[Tensor], int]:
+    """One ``torch.optim.AdamW`` step (no amsgrad) on stacked tensors, in place; returns the state
+    (first and second moments, step count), ``None`` before the first step."""
+    beta1, beta2 = betas
+    m, v, t = state if state is not None else ([torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params], 0)
+    t += 1
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_lerp_(m, grads, 1 - beta1)
+    torch._foreach_mul_(v, beta2)
+    torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, math.sqrt(1 - beta2 ** t))
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, m, denom, value=-lr / (1 - beta1 ** t))
+    return m, v, t
+
+
 class _Augmenter:
     """The K per-model augmentation streams of a recipe, seeded as ``train_classifier`` seeds them."""
 
@@ -185,21 +208,24 @@ class _Augmenter:
         return apply(xb.flatten(0, 1), self.plan[step, :, : xb.shape[1]].flatten()).view(xb.shape)
 
 
-def _step(base: nn.Module, names: list[str]) -> Callable[[list[Tensor], Tensor, Tensor], list[Tensor]]:
+def _step(base: nn.Module, names: list[str], temperature: float = 1.0) -> Callable[[list[Tensor], Tensor, Tensor], list[Tensor]]:
     """Per-model gradients of the mean cross-entropy for stacked parameters and (K, B, ...) batches:
-    grouped ops for a plain chain of layers (fewest kernels), else ``vmap`` over ``functional_call``."""
+    grouped ops for a plain chain of layers (fewest kernels), else ``vmap`` over ``functional_call``.
+    With ``temperature`` T the logits are divided by T and the loss multiplied by T^2: against a
+    teacher's softened prediction that is the gradient of :func:`ddbench.labels.kd_loss`."""
+    t = temperature
     layers = grouped_layers(base)
     if layers is not None:
         def grouped(tensors: list[Tensor], xb: Tensor, yb: Tensor) -> list[Tensor]:
-            leaves = [t.detach().requires_grad_() for t in tensors]
+            leaves = [p.detach().requires_grad_() for p in tensors]
             logits = grouped_forward(layers, dict(zip(names, leaves)), xb)
             k, b = logits.shape[:2]
-            losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(0, 1), reduction="none").view(k, b)
+            losses = F.cross_entropy(logits.flatten(0, 1) / t, yb.flatten(0, 1), reduction="none").view(k, b) * (t * t)
             return list(torch.autograd.grad(losses.mean(1).sum(), leaves))
         return grouped
 
     def loss(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(base, p, (xb,)), yb)
+        return F.cross_entropy(functional_call(base, p, (xb,)) / t, yb) * (t * t)
 
     per_model = vmap(grad_and_value(loss))
 
@@ -209,15 +235,19 @@ def _step(base: nn.Module, names: list[str]) -> Callable[[list[Tensor], Tensor, 
     return vmapped
 
 
-def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor, recipe: Recipe,
+def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor | None, recipe: Recipe,
                    generators: Sequence[torch.Generator], *, lr: float | None = None, lr_decay: bool = True,
-                   bf16: bool = False, on_epoch: EpochCallback | None = None) -> Sequence[nn.Module]:
+                   bf16: bool = False, on_epoch: EpochCallback | None = None, teacher: nn.Module | None = None
+                   ) -> Sequence[nn.Module]:
     """Train ``models`` (K, one architecture, on ``x``'s device) together on (``x``, ``y``).
 
-    The protocol is ``train_classifier``'s (§3): SGD with the recipe's momentum and weight decay,
-    cross-entropy (hard labels or soft label rows), batches of ``recipe.batch_size`` from a fresh
-    permutation per epoch, epoch indices 0..``recipe.epochs``, and (``lr_decay``) lr x 0.1 once
-    after epoch index E//2 + 1 with the momentum reset. Model k draws its shuffle and augmentation
+    The protocol is ``train_classifier``'s (§3): the recipe's optimiser (SGD with momentum and
+    weight decay, or AdamW), cross-entropy (hard labels or soft label rows) or, with ``teacher``
+    (``y`` unused), the KL to the teacher's prediction on the same augmented batch at the recipe's
+    temperature; batches of ``recipe.batch_size`` from a fresh permutation per epoch, epoch indices
+    0..``recipe.epochs``; schedule ``cosine`` (each epoch's rate by
+    :func:`~ddbench.ops.training.cosine_lr`) or ``step`` (with ``lr_decay``: lr x 0.1 once after
+    epoch index E//2 + 1, the optimiser's state reset). Model k draws its shuffle and augmentation
     from ``generators[k]`` exactly as sequential training would.
 
     ``lr`` overrides ``recipe.lr`` (a learned lr). ``lr_decay=False`` keeps lr constant (MTT's
@@ -241,25 +271,38 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor, recipe: Re
     params = stack_parameters(models)
     names, tensors = list(params), list(params.values())
 
-    step = _step(base, names)
+    step = _step(base, names, recipe.temperature if teacher is not None else 1.0)
+    adamw = recipe.optimizer == "adamw"
+    base_lr = lr
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
     n, bs = len(x), max(1, min(recipe.batch_size, len(x)))
     steps = math.ceil(n / bs)
-    buffers: list[Tensor] | None = None
+    state: Any = None  # the optimiser's: SGD's momentum buffers or AdamW's moments (None: fresh)
     for block in epoch_blocks(recipe.epochs, n):
         perms = torch.stack([shuffles(g, n, len(block), device) for g in generators])  # (K, epochs, n)
         augment.block(len(block) * steps, bs, x.shape[-1])
         for e, epoch in enumerate(block):
+            if recipe.schedule == "cosine":
+                lr = cosine_lr(base_lr, epoch, recipe.epochs)
             for j in range(steps):
                 idx = perms[:, e, j * bs : (j + 1) * bs]
+                xb = augment(e * steps + j, x[idx])
+                if teacher is None:
+                    yb = y[idx]  # type: ignore[index]
+                else:
+                    with torch.no_grad():
+                        yb = (teacher(xb.flatten(0, 1)) / recipe.temperature).softmax(-1).view(*xb.shape[:2], -1)
                 with autocast:
-                    grads = step(tensors, augment(e * steps + j, x[idx]), y[idx])
-                buffers = sgd_step(tensors, grads, buffers, lr, recipe.momentum, recipe.weight_decay)
+                    grads = step(tensors, xb, yb)
+                if adamw:
+                    state = adamw_step(tensors, grads, state, lr, recipe.weight_decay)
+                else:
+                    state = sgd_step(tensors, grads, state, lr, recipe.momentum, recipe.weight_decay)
             if on_epoch is not None:
                 on_epoch(epoch, params)
-            if lr_decay and epoch == recipe.epochs // 2 + 1:
+            if recipe.schedule == "step" and lr_decay and epoch == recipe.epochs // 2 + 1:
                 lr *= 0.1
-                buffers = None  # train_classifier rebuilds the optimiser here, which resets momentum
+                state = None  # train_classifier rebuilds the optimiser here, which resets its state
     write_back(params, models)
     return models
 
@@ -272,13 +315,14 @@ def fit_classifiers(models: Sequence[nn.Module], artifact: Artifact, recipe: Rec
     device = artifact.x.device
     note = " (bf16 ignored on cpu)" if bf16 and device.type != "cuda" else (" bf16" if bf16 else "")
     kind = labels.regime(artifact.tensors, artifact.recipe)
-    reason = ("ensemble=False" if not ensemble else f"{kind} label regime" if kind in labels.DISTILLATION_REGIMES
-              else f"{recipe.optimizer} {recipe.schedule}" if (recipe.optimizer, recipe.schedule) != ("sgd", "step")
+    reason = ("ensemble=False" if not ensemble else "soft-bank label regime" if kind == "soft-bank"
+              else f"{recipe.optimizer} {recipe.schedule}" if recipe.optimizer not in ("sgd", "adamw") or recipe.schedule not in ("step", "cosine")
               else vmap_unsupported(models))
     if reason is not None:
         for model, generator in zip(models, generators, strict=True):
             train_classifier(model, artifact, recipe, generator, bf16=bf16)
         return f"sequential: {reason}{note}"
     for part, lr in stage_parts(artifact, recipe):  # one part unless the artifact is staged
-        train_ensemble(models, part.x, part.y, recipe, generators, lr=lr, bf16=bf16)
+        train_ensemble(models, part.x, None if kind == "teacher" else part.y, recipe, generators, lr=lr, bf16=bf16,
+                       teacher=part.teacher if kind == "teacher" else None)
     return f"ensemble{note}"
