@@ -24,6 +24,12 @@ class BudgetError(DDBenchError):
     """A malformed budget, or an artifact that exceeds its budget."""
 
 
+class NotApplicable(DDBenchError):
+    """Raised by ``Distiller.distill`` when the method does not apply at the cell's budget, which
+    ``supports`` cannot see (e.g. one image per class cannot be split into stages): the cell is
+    skipped with this message, not failed."""
+
+
 class ArtifactError(DDBenchError):
     """An artifact with non-finite values, wrong shapes or an unsafe file format."""
 

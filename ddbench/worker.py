@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ddbench import labels
 from ddbench.artifact import check_boundary, from_bytes, to_bytes
-from ddbench.errors import DDBenchError, one_line
+from ddbench.errors import DDBenchError, NotApplicable, one_line
 from ddbench.interfaces import Budget, Progress, RunContext, Split, TaskView, supports
 
 ProgressCallback = Callable[[int, "int | None", "dict[str, float]"], None]
@@ -389,7 +389,10 @@ def _run(request: DistillRequest, channel: _Channel) -> tuple[dict[str, Any], by
         torch.cuda.reset_peak_memory_stats(device)
     channel.send({"kind": "started"})
     context.started = time.perf_counter()
-    artifact = distiller.distill(view, request.budget, learner, context)  # type: ignore[arg-type]
+    try:
+        artifact = distiller.distill(view, request.budget, learner, context)  # type: ignore[arg-type]
+    except NotApplicable as exc:
+        return {"status": "skipped", "error": str(exc)}, None
     cuda_peak = None
     if device.type == "cuda":
         torch.cuda.synchronize(device)

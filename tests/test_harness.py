@@ -8,7 +8,7 @@ import torch
 
 from ddbench import Artifact, Budget, Distiller, hookimpl
 from ddbench.artifact import count_storage
-from ddbench.errors import BudgetError, SuiteError
+from ddbench.errors import BudgetError, NotApplicable, SuiteError
 from ddbench.harness import Harness
 from ddbench.plugins import PluginManager
 from ddbench.suite import DistillerEntry, Suite, TaskEntry
@@ -28,6 +28,8 @@ class Fixed(Distiller):
     def distill(self, task, budget, learner, context):
         if self.mode == "raise":
             raise RuntimeError("plugin bug")
+        if self.mode == "not-here":
+            raise NotApplicable(f"fixed does not apply at {budget}: use another budget.")
         ipc = budget.ipc(task) + (1 if self.mode == "over" else 0)
         idx = torch.cat([task.class_index(c)[:ipc] for c in range(task.num_classes)])
         x = task.train.x[idx].clone()
@@ -107,6 +109,11 @@ def test_seeds_give_identical_results_on_cpu(kit_harness):
 def test_unsupported_task_is_skipped(kit_harness):
     (result,) = kit_harness.run(suite(("images-only", {}), budgets=("params=90",), task="tiny-regression"))
     assert (result.status, result.error) == ("skipped", "needs images")
+
+
+def test_a_distiller_that_does_not_apply_at_a_budget_is_skipped(kit_harness):
+    (result,) = kit_harness.run(suite(("fixed", {"mode": "not-here"})))
+    assert (result.status, result.error) == ("skipped", "fixed does not apply at ipc=1: use another budget.")
 
 
 def test_ipc_budget_on_regression_is_rejected_up_front(kit_harness):

@@ -42,5 +42,8 @@ def test_a_seqmatch_artifact_is_staged_and_its_second_experts_start_from_the_fir
 
 @pytest.mark.slow
 def test_seqmatch_passes_the_conformance_kit(tmp_path):
-    report = check_distiller(SeqMatch, {**TINY, "subsets": 2}, tasks=[tiny_classification()], cache_dir=tmp_path)
+    report = check_distiller(SeqMatch, {**TINY, "subsets": 2}, tasks=[tiny_classification(budgets=("ipc=1", "ipc=2"))],
+                             cache_dir=tmp_path)
     assert report.passed
+    assert [(c.budget, c.status) for c in report.cases][:2] == [("ipc=1", "skipped"), ("ipc=2", "ok")]
+    assert "one stage, which is mtt's distillation" in report.cases[0].note

@@ -15,7 +15,7 @@ import torch
 import ddbench.testing
 from ddbench import Artifact, Budget, Distiller, hookimpl
 from ddbench.artifact import admission_problems, admit
-from ddbench.errors import ArtifactError, BudgetError
+from ddbench.errors import ArtifactError, BudgetError, NotApplicable
 from ddbench.testing import (
     RULES, ConformanceError, TinyClassification, TinyRegression, check_distiller, check_registered, conformance,
     registered_task, task_view, tiny_classification, tiny_regression,
@@ -162,6 +162,27 @@ def test_a_crash_on_a_meetable_budget_is_named():
     assert len(report.failures) == 1
     assert re.match(r"\[runs\] tiny-regression params=90: distill\(\) raised ZeroDivisionError: division by zero "
                     r"\(at test_testing_kit\.py:\d+\)\. Fix: ", str(report.failures[0]))
+
+
+class OneAndUp(Reference):
+    """Applies from two examples per class on: below that, NotApplicable (a skip, not a failure)."""
+
+    name = "one-and-up"
+
+    def distill(self, task, budget, learner, context):
+        classes = task.num_classes or 1
+        if classes <= budget.examples(task) < 2 * classes:  # below one per class: Reference's BudgetError
+            raise NotApplicable(f"{self.name} needs two examples per class: use ipc >= 2.")
+        return super().distill(task, budget, learner, context)
+
+
+def test_not_applicable_is_a_skip_unless_it_is_every_budget():
+    report = conformance(OneAndUp, tasks=[tiny_classification(budgets=("ipc=1", "ipc=2"))])
+    assert report.passed, report.failures
+    assert [(c.budget, c.status, c.note) for c in report.cases[:2]] == [
+        ("ipc=1", "skipped", "one-and-up needs two examples per class: use ipc >= 2."), ("ipc=2", "ok", "")]
+    report = conformance(OneAndUp, tasks=[tiny_classification(budgets=("ipc=1",))])
+    assert report.rules_broken == ["runs"] and "NotApplicable at every budget" in str(report.failures[0])
 
 
 def test_interface_and_supports_rules():

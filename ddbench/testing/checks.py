@@ -19,7 +19,7 @@ import torch
 
 from ddbench import labels
 from ddbench.artifact import admission_problems, content_hash, count_storage, with_labels
-from ddbench.errors import BudgetError, DDBenchError, PluginError
+from ddbench.errors import BudgetError, DDBenchError, NotApplicable, PluginError
 from ddbench.harness import resolve_device
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Progress, RunContext, Split, TaskView, supports
 from ddbench.plugins import PluginManager, Registry, get_plugin_manager, instantiate
@@ -176,11 +176,15 @@ class _Runner:
             return
         budgets: tuple[Budget | None, ...] = (None,) if self.method.budget_exempt else kit_task.budgets
         trained = False
+        first = len(self.report.cases)
         for budget in budgets:
             artifact = self.check_meetable_budget(view, budget, learner)
             if artifact is not None and not trained:
                 self.check_trainable(kit_task, view, learner, artifact, f"{view.name} {budget or 'full'}")
                 trained = True
+        if all(c.status == "skipped" for c in self.report.cases[first:]):
+            self.fail("runs", view.name, "distill() raised NotApplicable at every budget the kit gave it, so nothing was checked.",
+                      "give the kit a budget the method applies to, e.g. tasks=[tiny_classification(budgets=['ipc=2'])].")
         if kit_task.impossible is not None and not self.method.budget_exempt:
             self.check_unmeetable_budget(view, kit_task.impossible, learner)
 
@@ -193,6 +197,9 @@ class _Runner:
         start = time.perf_counter()
         try:
             artifact, context, unchanged = self.distill(view, budget, learner, global_seed=1)
+        except NotApplicable as exc:  # a skip, as the harness records it (the method does not apply at this budget)
+            case.status, case.note = "skipped", str(exc)
+            return None
         except Exception as exc:  # noqa: BLE001 - every crash becomes a named failure
             self.fail("runs", where, f"distill() raised {_first_line(exc)}{_origin(exc)}.",
                       "a budget the method can meet must produce an artifact; raise BudgetError only for budgets it cannot meet.")

@@ -9,7 +9,7 @@ RULES: dict[str, str] = {
     "interface": "the class subclasses ddbench.Distiller, has a valid `name` and implements distill()",
     "importable": "the class is defined at module level of an importable module, so a cell worker can load it",
     "supports": "supports(view, learner) returns None or a reason string, and accepts at least one kit task",
-    "runs": "distill() completes on every budget it can meet",
+    "runs": "distill() completes on every budget it can meet (a NotApplicable is a skipped case, but not on every budget)",
     "returns-artifact": "distill() returns a ddbench.Artifact of torch.Tensors",
     "on-device": "every artifact tensor is on context.device",
     "finite": "no artifact tensor holds NaN or infinite values",

@@ -77,9 +77,9 @@ class MTT(Distiller):
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
         if task.num_classes is None:
-            return "mtt distils class-balanced labelled images; the task is regression"
+            return f"{self.name} distils class-balanced labelled images; the task is regression"
         if len(task.input_shape) != 3 or not task.info.get("dsa_strategy"):
-            return "mtt trains experts and the student with DSA, which needs (C, H, W) image inputs"
+            return f"{self.name} trains experts and the student with DSA, which needs (C, H, W) image inputs"
         return None
 
     def settings(self, task: TaskView, ipc: int) -> dict[str, Any]:

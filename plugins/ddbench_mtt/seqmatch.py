@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ddbench import options
 from ddbench.artifact import content_hash, with_labels
+from ddbench.errors import NotApplicable
 from ddbench.interfaces import Artifact, Budget, Learner, Recipe, RunContext, TaskView
 from ddbench.ops.ensemble import fit_classifiers
 from ddbench.ops.subsets import random_subset
@@ -54,7 +55,7 @@ def parse_windows(text: str | None, subsets: int) -> list[int] | None:
 class SeqMatch(MTT):
     """K subsets distilled in turn by MTT, evaluated in stages with their learned rates.
 
-    ``subsets``: K (used as min(K, ipc)); ``windows``: each subset's start-epoch bound T+ as
+    ``subsets``: K (used as min(K, ipc); at ipc 1 the cell is skipped: one stage would be MTT itself); ``windows``: each subset's start-epoch bound T+ as
     ``"20,20,10"`` (``None``: MTT's T+ for every subset); ``prefix_epochs``: E of the training that
     takes a stage-k expert's initial net through the frozen subsets (``None``: ``eval_epochs``, else
     300) [ours: the paper's experts start from nets trained on the earlier subsets; how long is ours].
@@ -64,8 +65,8 @@ class SeqMatch(MTT):
     name = "seqmatch"
     description = "sequential subset matching (SeqMatch) over MTT: K subsets in turn, staged evaluation"
     published = ()
-    # CPU profile [ours]: MTT's quick values per subset, 2 subsets, 50-epoch prefix training.
-    quick = {**MTT.quick, "subsets": 2, "prefix_epochs": 50}
+    # CPU profile [ours]: MTT's quick values per subset, 2 subsets, 25-epoch prefix training.
+    quick = {**MTT.quick, "subsets": 2, "prefix_epochs": 25}
 
     def __init__(self, subsets: int = 3, windows: str | None = None, prefix_epochs: int | None = None,
                  iterations: int = 5000, syn_steps: int | None = None, expert_epochs: int | None = None,
@@ -82,6 +83,9 @@ class SeqMatch(MTT):
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
         device, ipc = context.device, budget.ipc(task)
         classes: int = task.num_classes  # type: ignore[assignment]
+        if ipc < 2:
+            raise NotApplicable(f"{self.name} splits the images of each class into stages; at ipc {ipc} there is one stage, "
+                                "which is mtt's distillation: use mtt, or ipc >= 2.")
         k_count = min(self.subsets, ipc)
         sizes = split_ipc(ipc, k_count)
         cfg = self.settings(task, ipc)

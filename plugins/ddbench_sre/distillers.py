@@ -63,7 +63,7 @@ class SRe2L(Distiller):
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
         if task.num_classes is None or len(task.input_shape) != 3:
-            return "sre2l recovers images of a classification task through a convolutional teacher"
+            return f"{self.name} recovers images of a classification task through a convolutional teacher"
         return None
 
     def batch_teacher(self, teacher: nn.Module, task: TaskView, context: RunContext, batch: int, index: int) -> nn.Module:
