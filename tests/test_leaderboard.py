@@ -51,6 +51,19 @@ def test_leaderboard_regenerates_byte_for_byte(tmp_path):
     assert (out / "digits.png").stat().st_size > 1000 and (out / "digits.csv").read_text().startswith("task,distiller,budget")
 
 
+def test_a_table_whose_rows_store_more_than_images_breaks_their_storage_down():
+    staged = {**record("staged", "ipc=10", [91.0, 92.0], params=6404), "by_tensor": {"x": 6400, "stage.end": 2, "stage.lr": 2}}
+    generated = {**record("generated", "ipc=10", [90.0, 90.0], params=6485),
+                 "by_tensor": {"x": 5700, "y": 1000, "gen.inp.weight": 600, "gen.out.bias": 1}}
+    plain = {**record("random", "ipc=1", [60.0, 62.0]), "by_tensor": {"x": 640, "y": 10}}
+    rows = {r.distiller: r for r in aggregate([staged, generated, plain])}
+    assert rows["generated"].by_tensor == {"x": 5700, "y": 1000, "gen": 601}  # a generator's weights summed
+    md = pages(aggregate([staged, generated, plain]), [staged, generated, plain], "regen")["digits.md"]
+    ipc1, ipc10 = md.split("## Budget ipc=10")
+    assert "stored by tensor" not in ipc1  # inputs and labels only: no column
+    assert "stored by tensor" in ipc10 and "x 6400 · stage.end 2 · stage.lr 2" in ipc10 and "x 5700 · y 1000 · gen 601" in ipc10
+
+
 @pytest.mark.parametrize("board", ["default", "mnist5k", "analyses"])
 def test_committed_leaderboards_reproduce(board):
     folder = ROOT / "leaderboards" / board

@@ -30,7 +30,7 @@ from tabulate import tabulate
 
 from ddbench.executors import shared_timing_note
 from ddbench.recipe import PROTOCOL_FIELDS, PROTOCOLS, protocol_part
-from ddbench.results.records import COLUMNS, FULL, Row, aggregate, common_settings, fmt
+from ddbench.results.records import COLUMNS, FULL, Row, aggregate, breakdown, common_settings, fmt
 
 CSV_FIELDS = ["task", "distiller", "budget", "metric", "mean", "std", "nets", "seeds", "stored_params", "metric_per_kparam",
               "gain_vs_random", "compression", "distill_s", "eval_s", "peak_mb", "model_params", "device", "status", "label",
@@ -42,6 +42,9 @@ REGIME_TEXT = {"hard": "hard labels", "soft": "soft labels (N x C, charged)", "t
                "soft-bank": "a per-view soft-label bank (charged as stored)"}
 MARKERS = {"hard": "o", "soft": "s", "teacher": "^", "soft-bank": "D"}  # one plot marker shape per label regime
 """The label of the reference row beside ``full``: the learner trained on all the data, counted at its parameters."""
+BREAKDOWN = "stored by tensor"
+"""The column of a table whose rows store more than inputs: stored params per tensor (a generator's
+or a teacher's weights summed as ``gen``, ``teacher``), as the harness counted them."""
 BOARDS = "boards"
 """The name of the generic boards among the reports ``ddbench leaderboard --report`` chooses from."""
 
@@ -200,9 +203,12 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
     headers = ["rank", "distiller", f"{metric} ± std", "nets", *[c.header.format(metric=metric) for c in COLUMNS], *extras, "status"]
     for budget, regime, ranked in tiers(rows, higher):
         table = [table_line(rank, r, extras) for rank, r in ranked]
+        if shows_breakdown([r for _, r in ranked]):
+            table = [line[:-1] + [breakdown(r.by_tensor), line[-1]] for line, (_, r) in zip(table, ranked)]
         title = ("## Reference" if budget == FULL else f"## Budget {budget}" +
                  ("" if regimes == ["hard"] else f", {REGIME_TEXT[regime]}"))
-        lines += [title, "", tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
+        heads = headers[:-1] + [BREAKDOWN, headers[-1]] if shows_breakdown([r for _, r in ranked]) else headers
+        lines += [title, "", tabulate(table, headers=heads, tablefmt="github", disable_numparse=True), ""]
     if others:
         lines += side_by_side(task, all_rows, metric)
     return "\n".join(lines)
@@ -242,6 +248,12 @@ def cells(r: Row) -> list[str]:
         text = fmt(getattr(r, c.name), c.spec)
         out.append(text + (c.suffix if r.ok else ""))
     return out
+
+
+def shows_breakdown(tier: Sequence[Row]) -> bool:
+    """Whether a table shows :data:`BREAKDOWN`: some row of it stores more than inputs ``x`` and
+    labels ``y`` (stage boundaries and rates, a generator, a teacher, a label bank)."""
+    return any(set(r.by_tensor) - {"x", "y"} for r in tier if r.ok and r.budget != FULL)
 
 
 def table_line(rank: str, r: Row, extras: list[str]) -> list[str]:

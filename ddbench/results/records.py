@@ -295,6 +295,7 @@ class Row:
     regime: str = "hard"  # the label regime of its artifacts (docs/labels.md)
     reference_regime: str = "hard"  # the regime its gain vs random was measured in
     per_cell: dict[str, list[float]] = field(default_factory=dict)  # MEDIAN_COLUMNS of each finished cell (empty: unknown, e.g. a CSV)
+    by_tensor: dict[str, float] = field(default_factory=dict)  # stored params per tensor group (tensor_groups), mean over cells
 
     @property
     def ok(self) -> bool:
@@ -347,6 +348,25 @@ class Row:
         return [k for k in self.extra if k in self.columns or k in RUN_LENGTH_META or k in LABEL_COLUMNS]
 
 
+GROUPED_PREFIXES = ("gen.", "teacher.")
+"""Tensor families counted as one entry of a breakdown: a stored generator's and a teacher's weights."""
+
+
+def tensor_groups(by_tensor: dict[str, int]) -> dict[str, int]:
+    """A record's stored params per tensor with each :data:`GROUPED_PREFIXES` family summed under
+    its name (``gen.inp.weight`` + ``gen.out.bias`` + ... -> ``gen``), in storage order."""
+    out: dict[str, int] = {}
+    for name, count in by_tensor.items():
+        group = next((p.rstrip(".") for p in GROUPED_PREFIXES if name.startswith(p)), name)
+        out[group] = out.get(group, 0) + int(count)
+    return out
+
+
+def breakdown(by_tensor: dict[str, float]) -> str:
+    """A breakdown as table text, ``x 7840 · stage.end 2 · stage.lr 2`` ('' when unknown)."""
+    return " · ".join(f"{k} {fmt(v, '.0f')}" for k, v in by_tensor.items())
+
+
 def settings(config: dict[str, Any]) -> dict[str, Any]:
     """The settings of a cell's config: everything but the row's name (task, distiller, budget) and its seed."""
     return {k: v for k, v in config.items() if k not in IDENTITY}
@@ -375,11 +395,12 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "directions": dict(rec.get("higher_is_better", {})) if ok else None,
             "columns": list(rec.get("leaderboard_columns", [])) if ok else None,
             "regime": rec.get("regime", "hard") if ok else None, "reference_regime": rec.get("reference_regime", "hard") if ok else None,
+            "by_tensor": tensor_groups(rec.get("by_tensor") or {}) if ok else None,
         })
     return pd.DataFrame(lines, columns=["task", "distiller", "budget", "settings", "config", "status", "error", "seed", "metric",
                                         "values", "mean", "gain", "stored_params", "compression", "distill_s", "eval_s",
                                         "peak_mb", "model_params", "device", "extra", "directions", "columns", "regime",
-                                        "reference_regime"])
+                                        "reference_regime", "by_tensor"])
 
 
 GROUP = ["task", "distiller", "budget", "settings"]
@@ -424,6 +445,8 @@ def _row(group: pd.DataFrame) -> Row:
         keys = sorted({k for extra in done["extra"] for k in extra})
         row.extra = {k: nanmean(extra.get(k, math.nan) for extra in done["extra"]) for k in keys}
         row.columns = list(dict.fromkeys(c for columns in done["columns"] for c in columns))
+        names = list(dict.fromkeys(k for counts in done["by_tensor"] for k in counts))
+        row.by_tensor = {k: nanmean(counts.get(k, math.nan) for counts in done["by_tensor"]) for k in names}
         for directions in done["directions"]:
             for k, v in directions.items():
                 row.directions.setdefault(k, bool(v))
