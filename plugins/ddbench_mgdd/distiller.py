@@ -5,7 +5,8 @@ Distillation"; no official code is public, so every choice below is ours unless 
 docs/methods.md §16. Per step (meta-training on the source, adaptation on the target alike): draw
 ``ipc`` real images per class as the generator's input, generate the synthetic set, embed it and a
 real batch with a freshly initialised learner net, solve the labels by least squares in that
-feature space and descend on the kernel-ridge residual (:mod:`ddbench_mgdd.objective`). The
+feature space and descend on the kernel-ridge residual (:mod:`ddbench_mgdd.objective`), both sets
+augmented by one shared DSA draw per step. The
 meta-trained generator is cached (ddbench.ops.cache) and shared by every distillation seed.
 
 Two accounting forms, one row each (``form``):
@@ -31,6 +32,7 @@ from torch import Tensor
 from ddbench import options
 from ddbench.errors import BudgetError
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
+from ddbench.ops.augment import DSA, apply
 from ddbench.ops.cache import cache_key, fingerprint
 from ddbench.ops.generator import ConditionalGenerator, generator_tensors
 from ddbench.ops.subsets import random_subset
@@ -53,21 +55,23 @@ class MGDD(Distiller):
     with the target's channels and classes whose files are present). ``meta_steps`` and
     ``adapt_steps``: steps on the source and on the target; ``width``/``depth``: the generator's;
     ``lr``: Adam's; ``batch_real``: real images per step; ``lam``, ``mu``: the relative ridge of the
-    kernel regression and of the label solve's pull to one-hot.
+    kernel regression and of the label solve's pull to one-hot; ``augment``: one siamese DSA draw per
+    step on the generated and the real batch alike.
     """
 
     name = "mgdd"
     description = "MGDD: conditional generator meta-trained on a source task, adapted in a few steps; least-squares labels"
-    quick = {"meta_steps": 100, "adapt_steps": 20, "width": 16, "batch_real": 128}  # CPU profile [ours]
+    quick = {"meta_steps": 50, "adapt_steps": 100, "width": 16, "batch_real": 128}  # CPU profile [ours]
 
     def __init__(self, form: str = "outputs", source: str | None = None, meta_steps: int = 2000, adapt_steps: int = 100,
                  width: int = 32, depth: int = 2, lr: float = 1e-3, batch_real: int = 256, lam: float = 1e-3,
-                 mu: float = 1e-2):
+                 mu: float = 1.0, augment: bool = True):
         options.one_of("form", form, FORMS)
         options.positive(meta_steps=meta_steps, width=width, depth=depth, lr=lr, batch_real=batch_real, lam=lam, mu=mu)
         options.non_negative(adapt_steps=adapt_steps)
         self.form, self.source, self.meta_steps, self.adapt_steps = form, source, meta_steps, adapt_steps
         self.width, self.depth, self.lr, self.batch_real, self.lam, self.mu = width, depth, lr, batch_real, lam, mu
+        self.augment = augment
 
     def source_name(self, task: TaskView) -> str:
         return self.source or SOURCES.get(task.name, "digits")
@@ -140,7 +144,7 @@ class MGDD(Distiller):
         config, key = cache_key({"source": name, "train": fingerprint(source.train), "learner": learner.name,
                                  "learner_options": vars(learner), "width": self.width, "depth": self.depth, "lr": self.lr,
                                  "steps": self.meta_steps, "batch_real": self.batch_real, "lam": self.lam, "mu": self.mu,
-                                 "seed": META_SEED, "version": VERSION})
+                                 "augment": self.augment, "seed": META_SEED, "version": VERSION})
         path = Path(context.cache_dir) / CACHE_FOLDER / f"{key}.safetensors"
         generator = ConditionalGenerator(task.input_shape[0], task.num_classes or 1, self.width, self.depth)
         meta: dict[str, Any] = {"source": name, "meta_steps": self.meta_steps, "meta_cache": str(path)}
@@ -167,6 +171,7 @@ class MGDD(Distiller):
         opt = torch.optim.Adam(generator.parameters(), lr=self.lr)
         per_class = 10 if fixed is None else len(fixed[0]) // classes  # meta-training episodes: 10 per class [ours]
         pools = [task.class_index(k) for k in range(classes)]
+        dsa = DSA(task.info["dsa_strategy"], draw_seed(seeds), device) if self.augment else None
         curve: list[tuple[int, float]] = []
         every = max(1, steps // 10)
         for step in range(1, steps + 1):
@@ -179,9 +184,13 @@ class MGDD(Distiller):
             for p in net.parameters():
                 p.requires_grad_(False)
             real = torch.randint(len(task.train), (self.batch_real,), generator=seeds, device=device)
+            fake, real_x = generator(inputs, c), task.train.x[real]
+            if dsa is not None:
+                omega = dsa.plan(1, 1, real_x.shape[-1])[:, 0]
+                fake, real_x = apply(fake, omega.repeat(len(fake))), apply(real_x, omega.repeat(len(real_x)))
             with torch.no_grad():
-                features_real = learner.embed(net, task.train.x[real])
-            loss, _ = solve(learner.embed(net, generator(inputs, c)), features_real,
+                features_real = learner.embed(net, real_x)
+            loss, _ = solve(learner.embed(net, fake), features_real,
                             F.one_hot(task.train.y[real], classes).float(), F.one_hot(c, classes).float(), self.lam, self.mu)
             opt.zero_grad(set_to_none=True)
             loss.backward()
