@@ -27,7 +27,8 @@ class ImageTask(Task):
 
     Evaluation recipe (§3, DC's): SGD momentum 0.9, weight decay 5e-4, batch 256, lr 0.01,
     E = 300; methods declare their own augmentation and E in the artifact. The ``quick``
-    profile uses E = 150 so that CPU suites finish in minutes.
+    profile uses E = 150 so that CPU suites finish in minutes. Option ``epochs`` sets E of every
+    recipe the task states (native, common, teacher) instead; it is part of the cell's settings.
 
     Common protocol (:meth:`common_recipe`, docs/design.md §4): one recipe for every row, a
     published one (§3): DSA per sample with the task's strategy and E = 1000 (DSA's protocol), or
@@ -46,10 +47,12 @@ class ImageTask(Task):
     quick_epochs: ClassVar[int] = 150
     common_augment: ClassVar[str] = "dsa"
 
-    def __init__(self, val_fraction: float = 0.1, seed: int = 0):
+    def __init__(self, val_fraction: float = 0.1, seed: int = 0, epochs: int | None = None):
         options.within("val_fraction", val_fraction, 0, 1, low_open=True)
+        options.positive(epochs=epochs)
         self.val_fraction = val_fraction
         self.seed = seed
+        self.epochs = epochs
         self._data: TaskData | None = None
 
     def raw(self) -> tuple[Split, Split]:
@@ -70,11 +73,16 @@ class ImageTask(Task):
         return self._data
 
     def recipe(self, profile: str) -> Recipe:
-        return Recipe(epochs=self.quick_epochs if profile == "quick" else 300, dsa_strategy=self.dsa_strategy or "")
+        epochs = self.epochs or (self.quick_epochs if profile == "quick" else 300)
+        return Recipe(epochs=epochs, dsa_strategy=self.dsa_strategy or "")
 
     def common_recipe(self, profile: str) -> Recipe | None:
-        epochs = self.quick_epochs if profile == "quick" else COMMON_EPOCHS
+        epochs = self.epochs or (self.quick_epochs if profile == "quick" else COMMON_EPOCHS)
         return self.recipe(profile).updated({"augment": self.common_augment, "epochs": epochs})
+
+    def teacher_recipe(self, profile: str) -> Recipe:
+        recipe = super().teacher_recipe(profile)
+        return recipe if self.epochs is None else recipe.updated({"epochs": self.epochs})
 
     def info(self) -> dict[str, Any]:
         return {"mean": list(self.mean), "std": list(self.std), "dsa_strategy": self.dsa_strategy, "data": "image" if len(self.input_shape) == 3 else "signal"}
