@@ -146,13 +146,14 @@ class _Runner:
     def fail(self, rule: str, where: str, detail: str, fix: str) -> None:
         self.report.failures.append(Failure(rule, where, detail, fix))
 
-    def make_context(self) -> RunContext:
+    def make_context(self, cache_dir: Path | None = None) -> RunContext:
         generator = torch.Generator(self.device).manual_seed(self.seed)
-        return RunContext(self.device, self.seed, generator, Progress(), self.profile, None, self.cache_dir)
+        return RunContext(self.device, self.seed, generator, Progress(), self.profile, None, cache_dir or self.cache_dir)
 
-    def distill(self, view: TaskView, budget: Budget | None, learner: Learner, global_seed: int) -> tuple[Artifact, RunContext, bool]:
+    def distill(self, view: TaskView, budget: Budget | None, learner: Learner, global_seed: int,
+                cache_dir: Path | None = None) -> tuple[Artifact, RunContext, bool]:
         """One run on a private copy of the view; also whether the run left that copy unchanged."""
-        context, copy = self.make_context(), _copy(view)
+        context, copy = self.make_context(cache_dir), _copy(view)
         with _global_rng(global_seed, self.device), _deterministic_kernels(self.device):
             artifact = self.method.distill(copy, budget, learner, context)  # type: ignore[arg-type]
         return artifact, context, _view_hash(copy) == _view_hash(view)
@@ -240,9 +241,10 @@ class _Runner:
         return not problems
 
     def check_seeded(self, view: TaskView, budget: Budget | None, learner: Learner, first: Any, where: str) -> None:
-        """Distil again with the same seed under another global RNG state; compare."""
+        """Distil again with the same seed under another global RNG state and an empty cache (what
+        the first run cached must not hide state it drew from elsewhere); compare."""
         try:
-            second, _, _ = self.distill(view, budget, learner, global_seed=2)
+            second, _, _ = self.distill(view, budget, learner, global_seed=2, cache_dir=self.cache_dir / f"seeded-{budget}")
         except Exception as exc:  # noqa: BLE001
             self.fail("seeded", where, f"a second run with the same seed raised {_first_line(exc)}{_origin(exc)}.",
                       "keep no state between distill() calls; draw randomness from context.generator.")

@@ -44,7 +44,7 @@ SOURCES = {"digits": "mnist5k"}  # default source task per target [ours]; any ot
 META_SEED = 0  # the meta-trained generator does not depend on the distillation seed (one cache entry)
 LABEL_BATCH = 2048  # real images in the final label solve
 CACHE_FOLDER = "mgdd-generators"
-VERSION = 1  # of the objective and training loop: part of the cache key
+VERSION = 2  # of the objective, training loop and initialisation: part of the cache key
 
 
 class MGDD(Distiller):
@@ -146,7 +146,9 @@ class MGDD(Distiller):
                                  "steps": self.meta_steps, "batch_real": self.batch_real, "lam": self.lam, "mu": self.mu,
                                  "augment": self.augment, "seed": META_SEED, "version": VERSION})
         path = Path(context.cache_dir) / CACHE_FOLDER / f"{key}.safetensors"
-        generator = ConditionalGenerator(task.input_shape[0], task.num_classes or 1, self.width, self.depth)
+        with torch.random.fork_rng(devices=[]):  # its initial weights from META_SEED, never the global generator's state
+            torch.manual_seed(META_SEED)
+            generator = ConditionalGenerator(task.input_shape[0], task.num_classes or 1, self.width, self.depth)
         meta: dict[str, Any] = {"source": name, "meta_steps": self.meta_steps, "meta_cache": str(path)}
         if path.is_file():
             generator.load_state_dict(load_file(str(path)))
