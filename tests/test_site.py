@@ -18,7 +18,7 @@ from ddbench.results.store import read_results
 from test_leaderboard import RECORDS, directed
 
 ROOT = Path(__file__).resolve().parents[1]
-BOARDS = ("default", "labels", "mnist5k")
+BOARDS = ("default", "labels", "mnist5k", "staged")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]

@@ -295,7 +295,7 @@ class Row:
     regime: str = "hard"  # the label regime of its artifacts (docs/labels.md)
     reference_regime: str = "hard"  # the regime its gain vs random was measured in
     per_cell: dict[str, list[float]] = field(default_factory=dict)  # MEDIAN_COLUMNS of each finished cell (empty: unknown, e.g. a CSV)
-    by_tensor: dict[str, float] = field(default_factory=dict)  # stored params per tensor group (tensor_groups), mean over cells
+    by_tensor: dict[str, float] = field(default_factory=dict)  # stored params per tensor group (tensor_groups), mean over cells, by name
 
     @property
     def ok(self) -> bool:
@@ -354,7 +354,7 @@ GROUPED_PREFIXES = ("gen.", "teacher.")
 
 def tensor_groups(by_tensor: dict[str, int]) -> dict[str, int]:
     """A record's stored params per tensor with each :data:`GROUPED_PREFIXES` family summed under
-    its name (``gen.inp.weight`` + ``gen.out.bias`` + ... -> ``gen``), in storage order."""
+    its name (``gen.inp.weight`` + ``gen.out.bias`` + ... -> ``gen``)."""
     out: dict[str, int] = {}
     for name, count in by_tensor.items():
         group = next((p.rstrip(".") for p in GROUPED_PREFIXES if name.startswith(p)), name)
@@ -445,7 +445,7 @@ def _row(group: pd.DataFrame) -> Row:
         keys = sorted({k for extra in done["extra"] for k in extra})
         row.extra = {k: nanmean(extra.get(k, math.nan) for extra in done["extra"]) for k in keys}
         row.columns = list(dict.fromkeys(c for columns in done["columns"] for c in columns))
-        names = list(dict.fromkeys(k for counts in done["by_tensor"] for k in counts))
+        names = sorted({k for counts in done["by_tensor"] for k in counts})
         row.by_tensor = {k: nanmean(counts.get(k, math.nan) for counts in done["by_tensor"]) for k in names}
         for directions in done["directions"]:
             for k, v in directions.items():
