@@ -287,12 +287,12 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor | None, rec
             for j in range(steps):
                 idx = perms[:, e, j * bs : (j + 1) * bs]
                 xb = augment(e * steps + j, x[idx])
-                if teacher is None:
-                    yb = y[idx]  # type: ignore[index]
-                else:
-                    with torch.no_grad():
-                        yb = (teacher(xb.flatten(0, 1)) / recipe.temperature).softmax(-1).view(*xb.shape[:2], -1)
-                with autocast:
+                with autocast:  # the teacher's forward too, as train_classifier's batch_loss runs it
+                    if teacher is None:
+                        yb = y[idx]  # type: ignore[index]
+                    else:
+                        with torch.no_grad():
+                            yb = (teacher(xb.flatten(0, 1)) / recipe.temperature).softmax(-1).view(*xb.shape[:2], -1)
                     grads = step(tensors, xb, yb)
                 if adamw:
                     state = adamw_step(tensors, grads, state, lr, recipe.weight_decay)

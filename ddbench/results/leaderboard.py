@@ -203,11 +203,12 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
     headers = ["rank", "distiller", f"{metric} ± std", "nets", *[c.header.format(metric=metric) for c in COLUMNS], *extras, "status"]
     for budget, regime, ranked in tiers(rows, higher):
         table = [table_line(rank, r, extras) for rank, r in ranked]
+        heads = headers
         if shows_breakdown([r for _, r in ranked]):
             table = [line[:-1] + [breakdown(r.by_tensor), line[-1]] for line, (_, r) in zip(table, ranked)]
+            heads = headers[:-1] + [BREAKDOWN, headers[-1]]
         title = ("## Reference" if budget == FULL else f"## Budget {budget}" +
                  ("" if regimes == ["hard"] else f", {REGIME_TEXT[regime]}"))
-        heads = headers[:-1] + [BREAKDOWN, headers[-1]] if shows_breakdown([r for _, r in ranked]) else headers
         lines += [title, "", tabulate(table, headers=heads, tablefmt="github", disable_numparse=True), ""]
     if others:
         lines += side_by_side(task, all_rows, metric)

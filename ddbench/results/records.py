@@ -363,7 +363,7 @@ def tensor_groups(by_tensor: dict[str, int]) -> dict[str, int]:
 
 
 def breakdown(by_tensor: dict[str, float]) -> str:
-    """A breakdown as table text, ``x 7840 · stage.end 2 · stage.lr 2`` ('' when unknown)."""
+    """A breakdown as table text, ``stage.end 2 · stage.lr 2 · x 7840`` ('' when unknown)."""
     return " · ".join(f"{k} {fmt(v, '.0f')}" for k, v in by_tensor.items())
 
 
