@@ -46,6 +46,8 @@ def test_the_regeneration_form_pays_for_its_weights_in_images(digits):
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match="unknown form"):
         MGDD(form="images")
+    with pytest.raises(ValueError, match="unknown augment 'maybe'"):
+        MGDD(augment="maybe")
 
 
 @pytest.mark.slow
