@@ -18,6 +18,13 @@ def one_of(what: str, value: Any, choices: Iterable[Any]) -> None:
         raise ValueError(f"unknown {what} {value!r}: use one of {', '.join(map(str, choices))}")
 
 
+def flags(**values: bool) -> None:
+    """Each value must be ``True`` or ``False`` (a string such as ``"maybe"`` or ``"no"`` is not read as truthy)."""
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false (got {value!r})")
+
+
 def positive(**values: float | None) -> None:
     """Each value must be > 0."""
     for name, value in values.items():

@@ -46,7 +46,7 @@ def test_the_regeneration_form_pays_for_its_weights_in_images(digits):
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match="unknown form"):
         MGDD(form="images")
-    with pytest.raises(ValueError, match="unknown augment 'maybe'"):
+    with pytest.raises(ValueError, match="augment must be true or false"):
         MGDD(augment="maybe")
 
 

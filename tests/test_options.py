@@ -13,6 +13,7 @@ def test_helpers_name_the_option_and_the_allowed_values():
     options.positive(a=1, b=None, c=0.5)
     options.non_negative(a=0)
     options.within("m", 0.0, 0, 1)
+    options.flags(a=True, b=False)
     with pytest.raises(ValueError, match="unknown mode 'x': use one of unroll, tesla"):
         options.one_of("mode", "x", ("unroll", "tesla"))
     with pytest.raises(ValueError, match="iterations must be positive \\(got 0\\)"):
@@ -23,6 +24,9 @@ def test_helpers_name_the_option_and_the_allowed_values():
         options.within("momentum", 1.0, 0, 1)
     with pytest.raises(ValueError, match=r"val_fraction must lie in \(0, 1\)"):
         options.within("val_fraction", 0, 0, 1, low_open=True)
+    for not_a_flag in ("no", 1, None):
+        with pytest.raises(ValueError, match=f"bf16 must be true or false \\(got {not_a_flag!r}\\)"):
+            options.flags(bf16=not_a_flag)
 
 
 @pytest.mark.parametrize("kind, name, bad, words", [
@@ -33,6 +37,9 @@ def test_helpers_name_the_option_and_the_allowed_values():
     ("distiller", "herding", {"features": "x"}, "unknown features 'x'"),
     ("learner", "convnet", {"norm": "layer"}, "unknown norm 'layer'"),
     ("learner", "mlp", {"depth": 0}, "depth must be positive"),
+    ("learner", "convnet", {"ensemble": "no"}, "ensemble must be true or false"),
+    ("learner", "resnet", {"bf16": "yes"}, "bf16 must be true or false"),
+    ("distiller", "two-stage", {"learn_v": "maybe"}, "learn_v must be true or false"),
     ("task", "multi-index", {"link": "he4"}, "unknown link 'he4'"),
     ("task", "digits", {"val_fraction": 1.0}, "val_fraction must lie in"),
 ])

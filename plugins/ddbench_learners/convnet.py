@@ -50,6 +50,7 @@ class ConvNetLearner(ClassifierLearner):
     def __init__(self, width: int = 128, depth: int = 3, norm: str = "instancenorm", ensemble: bool = True, bf16: bool = False):
         options.one_of("norm", norm, NORMS)
         options.positive(width=width, depth=depth)
+        options.flags(ensemble=ensemble, bf16=bf16)
         self.width, self.depth, self.norm = width, depth, norm
         self.ensemble, self.bf16 = ensemble, bf16
 

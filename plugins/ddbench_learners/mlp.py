@@ -32,6 +32,7 @@ class MLPLearner(ClassifierLearner):
 
     def __init__(self, width: int = 128, depth: int = 3, ensemble: bool = True, bf16: bool = False):
         options.positive(width=width, depth=depth)
+        options.flags(ensemble=ensemble, bf16=bf16)
         self.width, self.depth = width, depth
         self.ensemble, self.bf16 = ensemble, bf16
 

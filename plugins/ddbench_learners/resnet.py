@@ -57,6 +57,7 @@ class ResNetLearner(ClassifierLearner):
     def __init__(self, depth: int = 18, width: int = 64, bf16: bool = False):
         options.one_of("depth", depth, tuple(BLOCKS))
         options.positive(width=width)
+        options.flags(bf16=bf16)
         self.depth, self.width = depth, width
         self.bf16 = bf16
 

@@ -67,7 +67,7 @@ class MGDD(Distiller):
                  width: int = 32, depth: int = 2, lr: float = 1e-3, batch_real: int = 256, lam: float = 1e-3,
                  mu: float = 1.0, augment: bool = True):
         options.one_of("form", form, FORMS)
-        options.one_of("augment", augment, (True, False))
+        options.flags(augment=augment)
         options.positive(meta_steps=meta_steps, width=width, depth=depth, lr=lr, batch_real=batch_real, lam=lam, mu=mu)
         options.non_negative(adapt_steps=adapt_steps)
         self.form, self.source, self.meta_steps, self.adapt_steps = form, source, meta_steps, adapt_steps

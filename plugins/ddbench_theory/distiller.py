@@ -105,6 +105,7 @@ class TwoStage(Distiller):
             options.one_of(what, value, allowed)
         options.non_negative(steps1=steps1, steps2=steps2)
         options.positive(grid=grid)
+        options.flags(learn_v=learn_v)
         self.m1, self.m2 = m1, m2
         self.steps1, self.lr1, self.loss, self.weight_decay = steps1, lr1, loss, weight_decay
         self.init, self.labels, self.init_mode = init, labels, init_mode
