@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ddbench.interfaces import (
         Artifact,
         Budget,
+        Deviation,
         Distiller,
         Learner,
         Progress,
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
         TaskView,
     )
 
-_INTERFACES = ("Artifact", "Budget", "Distiller", "Learner", "Progress", "Published", "Recipe", "RunContext", "Split",
+_INTERFACES = ("Artifact", "Budget", "Deviation", "Distiller", "Learner", "Progress", "Published", "Recipe", "RunContext", "Split",
                "Task", "TaskData", "TaskView")
 
 __all__ = [*_INTERFACES, "hookimpl", "__version__"]

@@ -87,7 +87,8 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
 
     ls = sub.add_parser("ls", help="list registered tasks, learners, distillers, analyses or executors")
     ls.set_defaults(handler=cmd_ls)
-    ls.add_argument("kind", choices=["tasks", "learners", "distillers", "analyses", "executors"])
+    ls.add_argument("kind", choices=["tasks", "learners", "distillers", "analyses", "executors", "deviations"],
+                    help="deviations: each distiller's departures from its official code, as docs/methods.md shows them")
 
     an = sub.add_parser("analyze", help="run analyses of distilled data on saved artifacts into a store (docs/analyses.md)")
     an.set_defaults(handler=cmd_analyze)
@@ -345,6 +346,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     manager = get_plugin_manager()
+    if args.kind == "deviations":
+        from ddbench.deviations import doc_block
+
+        for name in manager.names("distiller"):
+            cls = manager.distillers.get(name)
+            print(doc_block(name, cls.official_code or "not declared", cls.deviations) + "\n")
+        return 0
     kind = "analysis" if args.kind == "analyses" else args.kind[:-1]
     rows = []
     for name in manager.names(kind):

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ddbench import labels, worker
+from ddbench import deviations, labels, worker
 from ddbench.artifact import admit, compression, content_hash, save, with_labels
 from ddbench.errors import BudgetError, SuiteError, one_line
 from ddbench.executors import Executor, LocalExecutor
@@ -146,6 +146,7 @@ class Harness:
                 result.error = f"task {cell.task!r} has no common protocol (its common_recipe is None): only its native cells run"
                 return result
             distiller = self.manager.distillers.get(cell.distiller)
+            result.deviations = deviations.applicable(distiller, cell.distiller_options, cell.profile)
             budget = None if distiller.budget_exempt else cell.budget
             memo = None if distilled is None else distilled.get(cell.distillation())
             if memo is None:

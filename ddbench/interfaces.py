@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from ddbench.deviations import Deviation
 from ddbench.errors import BudgetError
 from ddbench.recipe import KD_EPOCHS, KD_PROTOCOL, Recipe
 
@@ -376,6 +377,12 @@ class Distiller(Component, ABC):
     budget_exempt: ClassVar[bool] = False
     published: ClassVar[tuple[Published, ...]] = ()
     """The method's published accuracies (docs/methods.md §11), which ``ddbench reproduce`` compares with."""
+    official_code: ClassVar[str] = ""
+    """What the method was compared with: its official repository at a commit and the files read
+    (or why there is none); shown above its :attr:`deviations` in docs/methods.md."""
+    deviations: ClassVar[tuple[Deviation, ...]] = ()
+    """Every place the method departs from that official code (:class:`~ddbench.deviations.Deviation`);
+    the harness records those that apply to a cell, and boards footnote the cell's row with them."""
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
         """``None`` if the method applies to ``task`` with ``learner``, else the reason it does not."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ddbench.deviations import footnote
 from ddbench.executors import shared_timing_note
 from ddbench.recipe import PROTOCOL_FIELDS, PROTOCOLS, protocol_part
 from ddbench.results.records import COLUMNS, FULL, Row, aggregate, breakdown, common_settings, fmt
@@ -201,8 +202,13 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
     if timing:
         lines.insert(len(lines) - 2, timing)
     headers = ["rank", "distiller", f"{metric} ± std", "nets", *[c.header.format(metric=metric) for c in COLUMNS], *extras, "status"]
+    notes: dict[str, int] = {}  # a footnote per distinct (distiller, departures): its number
     for budget, regime, ranked in tiers(rows, higher):
         table = [table_line(rank, r, extras) for rank, r in ranked]
+        for line, (_, r) in zip(table, ranked):
+            if r.deviations:
+                key = f"**{r.distiller}**: {footnote(r.deviations)}"
+                line[1] += f" [^{notes.setdefault(key, len(notes) + 1)}]"
         heads = headers
         if shows_breakdown([r for _, r in ranked]):
             table = [line[:-1] + [breakdown(r.by_tensor), line[-1]] for line, (_, r) in zip(table, ranked)]
@@ -210,6 +216,11 @@ def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenera
         title = ("## Reference" if budget == FULL else f"## Budget {budget}" +
                  ("" if regimes == ["hard"] else f", {REGIME_TEXT[regime]}"))
         lines += [title, "", tabulate(table, headers=heads, tablefmt="github", disable_numparse=True), ""]
+    if notes:
+        lines += ["## Departures from the official code", "",
+                  "Each marked row was trained under these departures of its method from its authors' official code "
+                  "(declared by the method, recorded with each cell; docs/methods.md lists every method's).", "",
+                  *[f"[^{n}]: {text}" for text, n in notes.items()], ""]
     if others:
         lines += side_by_side(task, all_rows, metric)
     return "\n".join(lines)

@@ -178,6 +178,7 @@ class CellResult:
     leaderboard_columns: list[str] = field(default_factory=list)  # extras the task shows on boards (Task.leaderboard_columns)
     regime: str = "hard"  # the artifact's label regime (ddbench.labels.regime); "hard" for records older than regimes
     reference_regime: str = "hard"  # the regime random_ref was trained in (the artifact's teacher, or hard labels)
+    deviations: list[dict[str, str]] = field(default_factory=list)  # the method's departures from its official code in this cell (ddbench.deviations)
 
     @property
     def mean(self) -> float:
@@ -296,6 +297,7 @@ class Row:
     reference_regime: str = "hard"  # the regime its gain vs random was measured in
     per_cell: dict[str, list[float]] = field(default_factory=dict)  # MEDIAN_COLUMNS of each finished cell (empty: unknown, e.g. a CSV)
     by_tensor: dict[str, float] = field(default_factory=dict)  # stored params per tensor group (tensor_groups), mean over cells, by name
+    deviations: list[dict[str, str]] = field(default_factory=list)  # its method's departures from the official code (ddbench.deviations)
 
     @property
     def ok(self) -> bool:
@@ -396,11 +398,12 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "columns": list(rec.get("leaderboard_columns", [])) if ok else None,
             "regime": rec.get("regime", "hard") if ok else None, "reference_regime": rec.get("reference_regime", "hard") if ok else None,
             "by_tensor": tensor_groups(rec.get("by_tensor") or {}) if ok else None,
+            "deviations": list(rec.get("deviations") or []) if ok else None,
         })
     return pd.DataFrame(lines, columns=["task", "distiller", "budget", "settings", "config", "status", "error", "seed", "metric",
                                         "values", "mean", "gain", "stored_params", "compression", "distill_s", "eval_s",
                                         "peak_mb", "model_params", "device", "extra", "directions", "columns", "regime",
-                                        "reference_regime", "by_tensor"])
+                                        "reference_regime", "by_tensor", "deviations"])
 
 
 GROUP = ["task", "distiller", "budget", "settings"]
@@ -447,6 +450,7 @@ def _row(group: pd.DataFrame) -> Row:
         row.columns = list(dict.fromkeys(c for columns in done["columns"] for c in columns))
         names = sorted({k for counts in done["by_tensor"] for k in counts})
         row.by_tensor = {k: nanmean(counts.get(k, math.nan) for counts in done["by_tensor"]) for k in names}
+        row.deviations = _first(done["deviations"]) or []  # one configuration: its cells share them
         for directions in done["directions"]:
             for k, v in directions.items():
                 row.directions.setdefault(k, bool(v))

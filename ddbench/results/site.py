@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ddbench.deviations import footnote
 from ddbench.results.leaderboard import (REGIME_TEXT, TEACHER_ROW, TRAINED, board_columns, boards, budget_key, direction, record_protocol,
                                          table_line, tiers)
 from ddbench.results.records import COLUMNS, FULL, Row, aggregate, settings
@@ -77,6 +78,8 @@ def _provenance(records: list[dict[str, Any]], row: Row, artifacts: Sequence[Pat
              ("recipe", values(lambda r: json.dumps(r.get("recipe", {}), sort_keys=True))),
              ("finished", values(lambda r: r.get("finished_at"))),
              ("config keys", ", ".join(r["key"] for r in records))]
+    if row.deviations:
+        facts.append(("departures from the official code", footnote(row.deviations)))
     links = []
     for r in records:
         name = f"{r['config']['task']}-{r['config']['distiller']}-{r['key']}.safetensors"  # as ddbench run --save-artifacts names it
