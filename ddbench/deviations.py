@@ -38,7 +38,8 @@ class Deviation:
 
     def __post_init__(self) -> None:
         if self.when and self.when != "profile=quick" and "=" not in self.when:
-            raise ValueError(f"deviation {self.aspect!r}: when={self.when!r} must be '', 'profile=quick', 'name=value' or 'name!=value'")
+            raise ValueError(f"deviation {self.aspect!r}: when={self.when!r} must be '', 'profile=quick', 'name=value' "
+                             "or 'name!=value'")
 
     def applies(self, options: Mapping[str, Any], profile: str) -> bool:
         """Whether it applies to a cell whose resolved options are ``options``, under ``profile``."""

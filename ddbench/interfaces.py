@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ddbench.deviations import Deviation
 from ddbench.errors import BudgetError
-from ddbench.recipe import KD_EPOCHS, KD_PROTOCOL, Recipe
+from ddbench.recipe import KD_EPOCHS, KD_PROTOCOL, QUICK_KD_BATCH, Recipe, crop_protocol
 
 Kind = Literal["classification", "regression"]
 
@@ -213,7 +213,9 @@ class RunContext:
 @dataclass(frozen=True)
 class Published:
     """A published result of a method: test accuracy (%) mean ± std on ``dataset`` at ``ipc``, beside
-    the random-subset baseline the same paper reports, and where the numbers come from."""
+    the random-subset baseline the same paper reports, and where the numbers come from. ``zca``: the
+    published run whitened its inputs (ZCA, docs/methods.md §1), so ``ddbench reproduce`` runs it on
+    the task with option ``zca=true``."""
 
     dataset: str
     ipc: int
@@ -222,6 +224,7 @@ class Published:
     random: float
     random_std: float
     source: str
+    zca: bool = False
 
     @property
     def gap(self) -> float:
@@ -283,11 +286,15 @@ class Task(Component, ABC):
 
     def teacher_recipe(self, profile: str) -> Recipe:
         """The student recipe of artifacts in the ``teacher`` and ``soft-bank`` label regimes
-        (docs/labels.md): :meth:`recipe` with the distillation protocol's optimiser, schedule,
-        rates and temperature (:data:`ddbench.recipe.KD_PROTOCOL`), and 400 epochs in the full
-        profile (the quick profile keeps :meth:`recipe`'s epochs)."""
+        (docs/labels.md §3): :meth:`recipe` with the distillation protocol's optimiser, schedule,
+        rates, temperature, batch and mixup (:data:`ddbench.recipe.KD_PROTOCOL`), and 400 epochs in
+        the full profile (the quick profile keeps :meth:`recipe`'s epochs and trains on batches of
+        :data:`~ddbench.recipe.QUICK_KD_BATCH`), and on images the protocol's padded random crop and
+        flip (:func:`ddbench.recipe.crop_protocol`)."""
         base = self.recipe(profile)
-        return base.updated({**KD_PROTOCOL, "epochs": KD_EPOCHS if profile == "full" else base.epochs})
+        return base.updated({**KD_PROTOCOL, "epochs": KD_EPOCHS if profile == "full" else base.epochs,
+                             **({"batch_size": QUICK_KD_BATCH} if profile == "quick" else {}),
+                             **crop_protocol(self.info(), self.input_shape)})
 
     def info(self) -> dict[str, Any]:
         """Public facts for methods: normalisation, DSA strategy, data kind."""

@@ -21,6 +21,7 @@ and in the by-tensor breakdown; boards rank each regime apart.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from ddbench.interfaces import Artifact, Learner, TaskView
     from ddbench.plugins import Registry
 
+from ddbench.ops.augment import crop_padding, shift  # noqa: E402
 from ddbench.results.records import REGIMES  # noqa: E402,F401 - defined with the records, which boards read without torch
 
 DISTILLATION_REGIMES = ("teacher", "soft-bank")
@@ -42,8 +44,14 @@ TEACHER_PREFIX = "teacher."
 BANK_LOGITS, BANK_VIEWS = "bank.logits", "bank.views"
 LABEL_PREFIXES = (TEACHER_PREFIX, "bank.")  # the names of a teacher's and a bank's tensors begin so
 VIEW_FIELDS = 5
-"""A view of a bank: top, left, height and width of its crop as fractions of the image side, and a flip flag (0 or 1)."""
-CROP_SCALE = (0.08, 1.0)  # area fraction of a bank view's crop (RandomResizedCrop's default range)
+"""A view of a bank: top, left, height and width of its crop as fractions of the image side, and a
+flip flag (0 or 1). A crop of the image's own size (height and width 1) is a shift by whole pixels
+that may reach past the border (a padded random crop: what lies outside is the padding's fill);
+a smaller crop lies inside the image and is resized back to its size."""
+CROP_SCALE = (0.08, 1.0)  # area fraction of a resized view's crop (RandomResizedCrop's default range: SRe2L's ImageNet relabel)
+VIEW_KINDS = ("crop", "resized")
+"""How a bank draws its views: ``crop``, the CIFAR student protocol's padded random crop and flip
+(:func:`ddbench.ops.augment.crop_padding`); ``resized``, the ImageNet relabel's RandomResizedCrop and flip."""
 
 
 def regime(tensors: Mapping[str, Tensor], recipe: Mapping[str, Any]) -> str:
@@ -181,16 +189,30 @@ def bank_problem(tensors: Mapping[str, Tensor], num_classes: int | None) -> str 
         return f"{BANK_LOGITS!r} has shape {tuple(logit.shape)}, expected ({n}, V, {num_classes})."
     if tuple(views.shape) != (n, logit.shape[1], VIEW_FIELDS):
         return f"{BANK_VIEWS!r} has shape {tuple(views.shape)}, expected ({n}, {logit.shape[1]}, {VIEW_FIELDS})."
-    box, flip = views[..., :4], views[..., 4]
-    inside = (box >= 0).all() and (box[..., 2:] > 0).all() and (box[..., 0] + box[..., 2] <= 1 + 1e-6).all() \
-        and (box[..., 1] + box[..., 3] <= 1 + 1e-6).all()
-    if not bool(inside) or not bool(((flip == 0) | (flip == 1)).all()):
-        return "every bank view must be a crop inside the image (fractions in [0, 1]) with a flip flag of 0 or 1."
+    top, left, h, w, flip = views.unbind(-1)
+    sized = (h > 0) & (w > 0) & (h <= 1) & (w <= 1)
+    whole = (h == 1) & (w == 1) & (top.abs() < 1) & (left.abs() < 1)  # a shift, possibly past the border
+    inside = (top >= 0) & (left >= 0) & (top + h <= 1 + 1e-6) & (left + w <= 1 + 1e-6)
+    if not bool((sized & (whole | inside)).all()) or not bool(((flip == 0) | (flip == 1)).all()):
+        return ("every bank view must be a crop inside the image, or a whole-size shift by less than the side "
+                "(fractions), with a flip flag of 0 or 1.")
     return None
 
 
+def padded_views(n: int, views: int, side: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """(n, views, 5) padded random crops of images of ``side`` pixels: shifts by whole pixels uniform on
+    -p..p along each axis (p = :func:`~ddbench.ops.augment.crop_padding`), as torchvision's
+    ``RandomCrop(side, padding=p)``, and a flip with probability 1/2 where ``flip``."""
+    device, pad = generator.device, crop_padding(side)
+    shift = torch.randint(-pad, pad + 1, (n, views, 2), generator=generator, device=device).float() / side
+    mirror = (torch.rand(n, views, generator=generator, device=device) < 0.5).float() * float(flip)
+    ones = torch.ones(n, views, device=device)
+    return torch.stack([shift[..., 0], shift[..., 1], ones, ones, mirror], -1)
+
+
 def random_views(n: int, views: int, generator: torch.Generator, scale: tuple[float, float] = CROP_SCALE) -> Tensor:
-    """(n, views, 5) random crops (area fraction in ``scale``, aspect ratio 3/4..4/3, inside the image) and flips."""
+    """(n, views, 5) random resized crops (area fraction in ``scale``, aspect ratio 3/4..4/3, inside the
+    image) and flips, as torchvision's ``RandomResizedCrop`` and ``RandomHorizontalFlip``."""
     device = generator.device
     area = torch.empty(n, views, device=device).uniform_(*scale, generator=generator)
     log_ratio = torch.empty(n, views, device=device).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
@@ -203,24 +225,41 @@ def random_views(n: int, views: int, generator: torch.Generator, scale: tuple[fl
     return torch.stack([top, left, h, w, flip], -1)
 
 
-def crop_views(x: Tensor, views: Tensor) -> Tensor:
-    """Each image of ``x`` (B, C, H, W) cropped to its view (B, 5), resized back to H x W, flipped where flagged."""
+def crop_views(x: Tensor, views: Tensor, fill: Tensor | None = None) -> Tensor:
+    """Each image of ``x`` (B, C, H, W) cropped to its view (B, 5) and flipped where flagged: a
+    whole-size view shifted by whole pixels, what it uncovers filled with ``fill`` (C,) (default 0);
+    a smaller view resized back to H x W (bilinear)."""
     top, left, h, w, flip = views.unbind(-1)
     theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = w * (1 - 2 * flip)
+    theta[:, 0, 0] = w
     theta[:, 0, 2] = 2 * left + w - 1
     theta[:, 1, 1] = h
     theta[:, 1, 2] = 2 * top + h - 1
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    resized = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    base = torch.zeros(x.shape[1], device=x.device, dtype=x.dtype) if fill is None else fill.to(x)
+    dy, dx = (top * x.shape[-2]).round().long(), (left * x.shape[-1]).round().long()
+    shifted = shift(x, dy, dx, base)
+    out = torch.where(((h == 1) & (w == 1)).view(-1, 1, 1, 1), shifted, resized)
+    return torch.where(flip.bool().view(-1, 1, 1, 1), out.flip(-1), out)
 
 
 # -- losses and the teacher-free view ----------------------------------------------------------
-def kd_loss(student: Tensor, target_logits: Tensor, temperature: float) -> Tensor:
-    """KL(softmax(target / T) || softmax(student / T)) per batch mean, times T^2 (so its gradient does not shrink with T)."""
+def kd_loss(student: Tensor, target_logits: Tensor, temperature: float, t2: bool = False) -> Tensor:
+    """KL(softmax(target / T) || softmax(student / T)) per batch mean, as the official CIFAR code;
+    times T^2 with ``t2`` (Hinton et al.'s scaling, so the gradient does not shrink with T)."""
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(target_logits / t, 1), reduction="batchmean",
-                    log_target=True) * t * t
+    loss = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(target_logits / t, 1), reduction="batchmean", log_target=True)
+    return loss * (t * t if t2 else 1.0)
+
+
+def distilling_teacher(teacher: nn.Module, mode: str) -> nn.Module:
+    """The teacher a student distils from under a recipe's ``teacher_mode``: for ``train`` (the
+    official CIFAR code never sets its teacher to eval mode) a copy whose BatchNorm normalises each
+    batch by its own statistics, so the stored teacher is untouched; for ``eval`` the artifact's teacher."""
+    if mode == "eval":
+        return teacher
+    return copy.deepcopy(teacher).train()
 
 
 def hard_labels(artifact_tensors: Mapping[str, Tensor], kind: str, teacher: nn.Module | None) -> Tensor:

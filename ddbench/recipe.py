@@ -20,13 +20,14 @@ from ddbench.errors import ArtifactError, SuiteError, close_names
 if TYPE_CHECKING:  # annotations only: boards and records import this module without torch
     from torch import Tensor
 
-AUGMENTS = ("none", "dsa", "dc")
+AUGMENTS = ("none", "dsa", "dc", "crop", "crop_flip")
 LABELS = ("stored", "class-balanced")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
-PROTOCOL_ONLY = ("lr", "momentum", "weight_decay", "temperature", "optimizer", "schedule")
-"""Recipe fields set by the task's protocol, never declared by an artifact: the real-valued ones
-and the optimiser and its schedule, which those real values belong to."""
+PROTOCOL_ONLY = ("lr", "momentum", "weight_decay", "temperature", "optimizer", "schedule", "mixup", "crop_fill", "teacher_mode",
+                 "kd_t2")
+"""Recipe fields set by the task's protocol, never declared by an artifact: the real-valued ones,
+the optimiser and its schedule, which those real values belong to, and how a student distils."""
 PROTOCOLS = ("native", "common")
 """How a board's rows train (docs/design.md §4): ``native``, each method's declared recipe over the
 task's :meth:`~ddbench.interfaces.Task.recipe` (what papers report); ``common``, the task's
@@ -36,9 +37,16 @@ PROTOCOL_FIELDS = ("epochs", "batch_size", "augment", "dsa_strategy")
 recipe and an artifact's declarations of them are set aside; its other declarations (a learned lr,
 implied labels, learner options) still apply, since they are part of the artifact."""
 TEACHER_SPEC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(:[A-Za-z0-9_]+=[A-Za-z0-9_.'\"-]+(,[A-Za-z0-9_]+=[A-Za-z0-9_.'\"-]+)*)?$")
-KD_PROTOCOL = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine", "temperature": 30.0}
-"""The student recipe of the teacher and soft-bank regimes (SRe2L's and DWA's CIFAR evaluation,
-docs/labels.md): AdamW, lr 1e-3, weight decay 0.01, cosine schedule, KL at temperature 30."""
+KD_PROTOCOL = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine", "temperature": 30.0,
+               "batch_size": 128, "mixup": 0.8, "teacher_mode": "train", "kd_t2": False}
+"""The student recipe of the teacher and soft-bank regimes (SRe2L's ``relabel_cifar.py`` and DWA's
+``validation_cifar.py``, docs/labels.md §3): AdamW, lr 1e-3, weight decay 0.01, cosine schedule, KL
+at temperature 30 (not multiplied by T^2), batch 128, mixup with lambda ~ Beta(0.8, 0.8) relabelled
+by the teacher, which is left in train mode; image tasks add their padded random crop and flip
+(:meth:`ddbench.interfaces.Task.teacher_recipe`)."""
+QUICK_KD_BATCH = 16
+"""The student batch of that recipe in the quick profile [ours, chosen on digits' validation split,
+docs/labels.md §3]: at ipc 10 the official 128 is one step an epoch, too few in 100-150 quick epochs."""
 KD_EPOCHS = 399
 """E of that recipe in the full profile: epoch indices 0..399, the published 400 epochs."""
 MAX_EPOCHS = 100_000
@@ -58,8 +66,15 @@ class Recipe:
     that also stores a learned scalar still fits an ``ipc`` budget.
     ``options`` carries learner-specific public settings (the two-layer learner's step size); the
     learner lists the ones it reads in :attr:`~ddbench.interfaces.Learner.recipe_options`.
+    ``augment``: ``dsa`` (per sample, ``dsa_strategy``), ``dc`` (DC's MNIST augmentation), ``crop``
+    (a random crop after zero-padding by :func:`~ddbench.ops.augment.crop_padding` pixels, the padding filled with
+    ``crop_fill`` per channel, torchvision's ``RandomCrop(side, padding)``) or ``crop_flip`` (that and
+    a horizontal flip with probability 1/2), or ``none``.
     ``optimizer`` (``sgd`` or ``adamw``), ``schedule`` (``step``: the x0.1 decay above; ``cosine``:
-    per epoch to zero) and ``temperature`` (of the distillation loss) come from the task's protocol:
+    per epoch to zero), ``temperature`` (of the distillation loss) and how a student distils
+    (``mixup``: the Beta parameter of a per-batch mixup relabelled by the teacher, 0 for none;
+    ``teacher_mode``: the teacher's BatchNorm in ``train`` mode on each batch, as the official CIFAR
+    code leaves it, or in ``eval`` mode; ``kd_t2``: the KL multiplied by T^2) come from the task's protocol:
     its hard-label :meth:`~ddbench.interfaces.Task.recipe` or, for artifacts that train from a
     teacher or a soft-label bank, its :meth:`~ddbench.interfaces.Task.teacher_recipe`
     (docs/labels.md). ``teacher`` names the architecture of the teacher stored in the artifact's
@@ -72,7 +87,7 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 256
-    augment: Literal["none", "dsa", "dc"] = "none"
+    augment: Literal["none", "dsa", "dc", "crop", "crop_flip"] = "none"
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     labels: Literal["stored", "class-balanced"] = "stored"
     options: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +95,10 @@ class Recipe:
     schedule: Literal["step", "cosine"] = "step"
     temperature: float = 1.0
     teacher: str | None = None
+    crop_fill: tuple[float, ...] = ()
+    mixup: float = 0.0
+    teacher_mode: Literal["eval", "train"] = "train"
+    kd_t2: bool = False
 
     def updated(self, overrides: dict[str, Any]) -> "Recipe":
         """A copy with ``overrides`` applied; unknown keys are an error naming the fix."""
@@ -96,6 +115,17 @@ class Recipe:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def crop_protocol(info: Mapping[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The CIFAR protocol's augmentation as recipe fields for a task with this public ``info`` and
+    ``input_shape``: a padded random crop, with a horizontal flip where the task's DSA strategy flips
+    (``crop_flip``, else ``crop``), the padding filled with a black pixel's value (-mean / std per
+    channel); nothing for inputs that are not (C, H, W) images."""
+    if len(input_shape) != 3:
+        return {}
+    fill = tuple(-m / s for m, s in zip(info.get("mean") or (), info.get("std") or ()))
+    return {"augment": "crop_flip" if "flip" in (info.get("dsa_strategy") or "") else "crop", "crop_fill": fill}
 
 
 def field_names() -> set[str]:

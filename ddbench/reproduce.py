@@ -7,6 +7,8 @@ task loads (the full dataset where its files are present, else a task that holds
 as ``mnist5k`` for MNIST), runs the method at the published ipcs with the full profile (the
 published hyperparameters and evaluation recipe), and writes a page: the published accuracy and
 gap over random beside the measured ones, the iterations run, the device, the time and a verdict.
+A published row made on ZCA-whitened inputs (:attr:`~ddbench.interfaces.Published.zca`) runs on
+the task with option ``zca=true`` where the task has it, and the page says which rows did.
 On a CPU the distillation is cut to ``--iterations`` and only ipc 1 runs unless ``--ipc`` says
 otherwise (the page says so); on a GPU it runs at ipc 1 and 10 at the published length.
 """
@@ -92,12 +94,19 @@ def pick_task(manager: PluginManager, method: str, task: str | None) -> tuple[st
                      f"({'; '.join(reasons) or 'none installed'}): give --data-root with the files, or --download.")
 
 
+def task_options(manager: PluginManager, task: str, row: Published) -> dict[str, Any]:
+    """The options of ``task`` that reproduce ``row``: ``zca=true`` where the published run whitened
+    its inputs and the task has that option (docs/methods.md §1), else none."""
+    return {"zca": True} if row.zca and "zca" in options_of(manager.tasks.get(task)) else {}
+
+
 def suite_for(manager: PluginManager, method: str, task: str, dataset: str, ipcs: Sequence[int],
               iterations: int | None, eval_seeds: int, seed: int) -> Suite:
-    """The suite of a reproduction: ``method`` at each published ``ipc`` on ``task``, full profile."""
+    """The suite of a reproduction: ``method`` at each published ``ipc`` on ``task``, full profile;
+    one task entry per set of task options (the ipcs published on ZCA inputs apart)."""
     cls = manager.distillers.get(method)
-    published = {r.ipc for r in cls.published if r.dataset == dataset}
-    missing = sorted(set(ipcs) - published)
+    published = {r.ipc: r for r in cls.published if r.dataset == dataset}
+    missing = sorted(set(ipcs) - set(published))
     if missing:
         raise SuiteError(f"{method!r} published no result at ipc {', '.join(map(str, missing))} on {dataset}: "
                          f"use --ipc {' / '.join(map(str, sorted(published)))}.")
@@ -106,7 +115,11 @@ def suite_for(manager: PluginManager, method: str, task: str, dataset: str, ipcs
         if "iterations" not in options_of(cls):
             raise SuiteError(f"distiller {method!r} has no `iterations` option, so --iterations cannot shorten it: leave it out.")
         options["iterations"] = iterations
-    return Suite(f"reproduce-{method}-{task}", [TaskEntry(task, [Budget("ipc", i) for i in ipcs])],
+    entries: dict[bool, TaskEntry] = {}
+    for ipc in ipcs:
+        task_opts = task_options(manager, task, published[ipc])
+        entries.setdefault(bool(task_opts), TaskEntry(task, [], task_opts)).budgets.append(Budget("ipc", ipc))
+    return Suite(f"reproduce-{method}-{task}", list(entries.values()),
                  [DistillerEntry(method, options)], profile="full", eval_seeds=eval_seeds, distill_seeds=[seed])
 
 
@@ -128,6 +141,21 @@ def lines(rows: Iterable[Published], dataset: str, ipcs: Sequence[int], records:
                 line.distill_s, line.eval_s = rec["distill_s"], rec["eval_s"]
         out.append(line)
     return out
+
+
+def zca_note(manager: PluginManager, task: str, found: Sequence[Line]) -> str | None:
+    """The page's line on ZCA: which published rows whitened their inputs and whether these runs do."""
+    whitened = [ln.published for ln in found if ln.published.zca]
+    if not whitened:
+        return None
+    others = [str(ln.published.ipc) for ln in found if not ln.published.zca]
+    note = f"- **ZCA**: the published numbers at ipc {' / '.join(str(r.ipc) for r in whitened)} were made on ZCA-whitened inputs"
+    if task_options(manager, task, whitened[0]):
+        note += (f"; so are these runs and their measured random (`{task}:zca=true`, the map fitted on the train split "
+                 "less its validation slice; docs/methods.md §1)")
+    else:
+        note += f"; the task `{task}` has no `zca` option, so these runs use its normalisation: a different preprocessing"
+    return note + (f". Ipc {' / '.join(others)}: the task's normalisation, as published." if others else ".")
 
 
 def _f(x: float, spec: str = ".1f") -> str:
@@ -155,6 +183,9 @@ def page(method: str, task: str, dataset: str, found: list[Line], records: Seque
                    "verdicts are indicative only; run it on a GPU at the full length for a certificate.")
     else:
         out.append("- Length: the method's published number of iterations.")
+    zca = zca_note(manager, task, found)
+    if zca:
+        out.append(zca)
     out.append("- Measured random: the harness's random real subset at the same budget, seed and evaluation recipe; "
                "gap = accuracy − random. Verdict: the measured mean within the published std of the published mean.")
     out.append(f"- Regenerate: `{command}`")

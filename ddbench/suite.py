@@ -22,7 +22,8 @@ task are skipped with the reason).
 
 :func:`expand_suite` turns a suite into its cells with the plugins of a manager, and
 :func:`load_task` loads one task and its view: the harness, ``ddbench leaderboard --suite`` and
-the measurement commands of plugins use them, none of them building a harness to get there.
+the measurement commands of plugins use them, none of them building a harness to get there;
+:func:`load_view` gives only the view (no test split), for a distiller that reads a second task.
 """
 from __future__ import annotations
 
@@ -253,6 +254,13 @@ def task_view(task: Task, data: TaskData, device: torch.device | str, name: str 
     """What a distiller sees of a loaded task: train and validation on ``device``, never the test split."""
     return TaskView(name or task.name, task.kind, task.num_classes, tuple(task.input_shape), data.train.to(device),
                     data.val.to(device), task.info(), dict(options or {}))
+
+
+def load_view(manager: PluginManager, name: str, options: dict[str, Any], profile: str, device: torch.device | str) -> TaskView:
+    """Only the view a distiller gets of task ``name`` (train and validation on ``device``): the task
+    loads its three splits, and the test split is dropped here, before anything moves to ``device``."""
+    task = instantiate(manager.tasks.get(name), options, profile)
+    return task_view(task, task.load(), device, name, options)
 
 
 def load_task(manager: PluginManager, name: str, options: dict[str, Any], profile: str,

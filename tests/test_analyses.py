@@ -2,6 +2,7 @@
 tiny sizes, the cache, the store table and the command."""
 from __future__ import annotations
 
+import math
 import time
 import types
 
@@ -18,9 +19,11 @@ from ddbench.ops.hessian import exact_trace, hessian_trace, hutchinson_trace, mo
 from ddbench.ops.probe import class_draw, fit_full_batch, fit_weighted
 from ddbench.plugins import PluginManager
 from ddbench.results.store import ResultStore
+from ddbench_analyses import recognition
 from ddbench_analyses.agreement import EarlyAgreement, curvature
 from ddbench_analyses.influence import PointwiseInfluence, summarise
 from ddbench_analyses.mixing import Mixing
+from ddbench_analyses.recognition import OFFICIAL, OURS, POOL, Recognition, member
 
 LEARNER = {"width": 8, "depth": 2}
 
@@ -141,6 +144,38 @@ def test_mixing_reports_curves_against_the_random_baseline(digits):
     assert set(out.metrics) >= {"acc@0", "acc@2", "acc_base@0", "harm@2", "gap@2", "monotone", "k_converge", "pixel_w1"}
     assert out.metrics["acc@0"] == out.metrics["acc_base@0"] or out.metrics["gap@0"] != 0
     assert out.tensors["curves"].shape == (2, 3)
+
+
+def test_the_paper_pool_trains_its_convnets_with_the_official_recipe(digits, tmp_path, monkeypatch):
+    assert [r for _, _, r in POOL["paper"]] == [OFFICIAL, OFFICIAL, OURS, OURS]  # the ResNets were checkpoints: ours
+    assert {r for _, _, r in POOL["ci"]} == {OURS}
+    assert member("convnet@40") == ("convnet", 40, OFFICIAL) and member("convnet@4@ours") == ("convnet", 4, OURS)
+    with pytest.raises(ValueError, match="spec@epochs"):
+        member("convnet@4@adam")
+    steps: list[tuple[float, float, float, bool]] = []
+    batches: list[int] = []
+
+    class SpySGD(torch.optim.SGD):
+        def step(self, closure=None):
+            g = self.param_groups[0]
+            steps.append((g["lr"], g["momentum"], g["weight_decay"], g["nesterov"]))
+            return super().step(closure)
+    monkeypatch.setattr(torch.optim, "SGD", SpySGD)
+    real_train_steps = recognition.train_steps
+
+    def spy_train_steps(model, x, y, n, batch_size, generator, **kw):
+        model.register_forward_pre_hook(lambda _m, args: batches.append(len(args[0])))
+        return real_train_steps(model, x, y, n, batch_size, generator, **kw)
+    monkeypatch.setattr(recognition, "train_steps", spy_train_steps)
+    s = subject(digits)
+    context = AnalysisContext(torch.device("cpu"), tmp_path)
+    out = Recognition(pool=["convnet:width=8,depth=2@2"]).analyze(s, context)
+    n = len(s.view.train)
+    assert len(steps) == 2 * math.ceil(n / 256) and batches == [min(256, n - j * 256) for j in range(math.ceil(n / 256))] * 2
+    assert set(steps) == {(0.01, 0.9, 0, False)}  # SGD 0.01, momentum 0.9, constant lr, no weight decay
+    assert out.info["models"]["convnet:width=8,depth=2@2"]["recipe"] == OFFICIAL and 0 <= out.metrics["recognition_acc_mean"] <= 1
+    Recognition(pool=["convnet:width=8,depth=2@2"]).analyze(s, context)
+    assert (context.hits, context.misses, len(steps)) == (1, 1, 2 * math.ceil(n / 256))  # cached
 
 
 TINY = {"runs": 2, "subset_models": 4, "band": 0.5}

@@ -1,13 +1,16 @@
 """Baselines on digits: real subsets score well above chance and below the full train split."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from ddbench import Budget, RunContext
+from ddbench.deviations import applicable, doc_block
 from ddbench.plugins import instantiate
 from ddbench.suite import DistillerEntry, Suite, TaskEntry
-from ddbench_baselines.coresets import herding_select
+from ddbench_baselines.coresets import Full, Herding, Random, herding_select
 
 
 def test_herding_picks_the_mean_matching_order():
@@ -16,6 +19,18 @@ def test_herding_picks_the_mean_matching_order():
     order = herding_select(feats, 4).tolist()
     assert sorted(order) == [0, 1, 2, 3] and order[0] == 1
     assert herding_select(feats, 2).tolist() == order[:2]
+
+
+def test_the_documented_deviations_are_the_declared_ones():
+    methods = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    for cls in (Random, Herding, Full):
+        assert doc_block(cls.name, cls.official_code, cls.deviations) in methods, cls.name
+    assert [d["aspect"] for d in applicable(Full, {}, "full")] == ["data"]
+    assert [d["aspect"] for d in applicable(Full, {}, "quick")] == ["data", "epochs"]
+    picked = applicable(Herding, {"features": "random", "labels": "teacher"}, "quick")
+    assert [d["aspect"] for d in picked] == ["feature network", "feature network's training", "labels"]
+    assert picked[1]["ours"].startswith("none")  # features=random, not the trained network's recipe
+    assert applicable(Random, {}, "quick") == []
 
 
 def test_random_is_class_balanced_and_seeded(manager, digits):

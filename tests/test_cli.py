@@ -32,6 +32,12 @@ def error_line(err: str) -> str:
     (["run", "--suite", "missing.toml"], "suite file 'missing.toml' not found"),
     (["run", "--task", "digits", "--budget", "ipc=1", "--learner", "resnet:depth=50"], "bad options for 'resnet'"),
     (["run", "--task", "digits", "--budget", "ipc=1", "--distiller", "dwa:rho=-1"], "bad options for 'dwa'"),
+    (["run", "--task", "digits", "--budget", "ipc=1", "--distiller", "dwa:r_var=-1"], "r_var must be >= 0"),
+    (["run", "--task", "digits", "--budget", "ipc=1", "--distiller", "sre2l:init=foo"], "unknown init 'foo': use one of noise, real"),
+    (["run", "--task", "digits", "--budget", "ipc=2", "--distiller", "seqmatch:windows=30-20"], "interval 30-20 ends before it starts"),
+    (["run", "--task", "cifar10:zca=maybe", "--budget", "ipc=1"], "zca must be true or false"),
+    (["run", "--task", "mnist1d:zca=true", "--budget", "ipc=1"], "zca whitens (C, H, W) images"),
+    (["run", "--task", "digits:teacher_mode=frozen", "--budget", "ipc=1"], "unknown teacher_mode 'frozen'"),
     (["run", "--task", "digits:val_fraction=2", "--budget", "ipc=1"], "bad options for 'digits'"),
 ])
 def test_bad_input_is_one_clear_line(capsys, argv, expected):

@@ -178,11 +178,14 @@ def test_adamw_step_matches_torch_adamw_including_a_reset():
         torch.testing.assert_close(b, a.detach(), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("optimizer,schedule,augment", [("adamw", "cosine", "none"), ("adamw", "cosine", "dsa"),
-                                                        ("sgd", "step", "dsa"), ("adamw", "step", "none")])
-def test_the_teacher_regime_trains_as_an_ensemble_equal_to_sequential(manager, small, optimizer, schedule, augment):
-    """KD to the stored teacher (its prediction on each model's own augmented batch, temperature 4),
-    with either optimiser and schedule: each model ends where sequential training ends."""
+@pytest.mark.parametrize("optimizer,schedule,augment,kd", [
+    ("adamw", "cosine", "none", {}), ("adamw", "cosine", "dsa", {}), ("sgd", "step", "dsa", {}), ("adamw", "step", "none", {}),
+    ("adamw", "cosine", "crop_flip", {"mixup": 0.8, "crop_fill": (-0.8,)}),  # the CIFAR student protocol
+    ("adamw", "cosine", "crop", {"mixup": 0.8, "teacher_mode": "train", "kd_t2": False})])  # with the official teacher mode
+def test_the_teacher_regime_trains_as_an_ensemble_equal_to_sequential(manager, small, optimizer, schedule, augment, kd):
+    """KD to the stored teacher (its prediction on each model's own augmented and mixed batch,
+    temperature 4), with either optimiser and schedule and either teacher mode: each model ends
+    where sequential training ends."""
     from ddbench.labels import build_teacher, teacher_tensors
 
     view, test, x, _ = small
@@ -191,7 +194,7 @@ def test_the_teacher_regime_trains_as_an_ensemble_equal_to_sequential(manager, s
     artifact = Artifact({"x": x, **teacher_tensors(teacher)}, {"teacher": spec})
     artifact.teacher = build_teacher(artifact.tensors, spec, view, manager.learners, "cpu")
     recipe = Recipe(epochs=5, batch_size=32, optimizer=optimizer, schedule=schedule, lr=1e-3 if optimizer == "adamw" else 0.01,
-                    weight_decay=0.01, temperature=4.0, augment=augment, dsa_strategy=STRATEGY)
+                    weight_decay=0.01, temperature=4.0, augment=augment, dsa_strategy=STRATEGY).updated(kd)
     lrn = learner(manager)
     seq = sequential(lrn, view, artifact, recipe)
     ens, mode = together(lrn, view, artifact, recipe)

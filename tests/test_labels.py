@@ -172,6 +172,9 @@ def test_the_reference_is_trained_in_the_rows_regime(harness, tmp_path):
     write(records, tmp_path)
     text = (tmp_path / "digits.md").read_text()
     assert "## Budget ipc=1, hard labels" in text and "## Budget ipc=1, a stored teacher" in text
+    assert hard.deviations == [] and [d["aspect"] for d in taught.deviations] == ["labels"]  # recorded per cell
+    assert "| random (labels=teacher" in text and "[^1]" in text and "## Departures from the official code" in text
+    assert "[^1]: **random**: labels: official the chosen images with their hard labels" in text
     assert f"| ref    | {TEACHER_ROW}" in text and "teacher_free" in text
     assert (tmp_path / "digits.csv").read_text().count(",teacher,teacher") == 1
     assert [r["regime"] for r in read_results(tmp_path / "results.json").records] == ["hard", "teacher"]
@@ -199,7 +202,7 @@ def test_sre2l_relabels_into_each_regime(manager, view, tmp_path, form, kind):
     _, storage = admit(artifact, view, Budget.parse("ipc=1"), "sre2l", convnet())
     assert regime(artifact.tensors, artifact.recipe) == kind
     assert storage.scalars == sum(t.numel() for t in artifact.tensors.values())
-    assert not torch.equal(artifact.x, view.train.x[:0])  # recovered, real-initialised images
+    assert artifact.x.shape == (10, *view.input_shape) and torch.isfinite(artifact.x).all()  # recovered from noise
 
 
 def test_distillation_regimes_stay_off_the_common_board(harness):
@@ -230,9 +233,10 @@ def test_dwa_without_its_perturbation_is_sre2l(manager, view, tmp_path):
         context = RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0), cache_dir=tmp_path)
         return distiller.distill(view, Budget.parse("ipc=1"), learner, context).x
 
-    sre2l = distil("sre2l", {})
+    sre2l = distil("sre2l", {"init": "real", "r_var": 11.0})  # DWA's initialisation and loss weights
     assert torch.equal(distil("dwa", {"rho": 0.0}), sre2l)
     assert not torch.equal(distil("dwa", {}), sre2l)
+    assert not torch.equal(distil("sre2l", {}), sre2l)  # SRe2L's own form starts from noise
 
 
 @pytest.mark.slow

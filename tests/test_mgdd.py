@@ -1,17 +1,26 @@
-"""The mgdd plugin: the least-squares label solve, the regeneration form's accounting, the kit."""
+"""The mgdd plugin: the least-squares label solve, the regeneration form's accounting, Reptile's
+inner loop and outer step, the source rule and its test-free view, the documented deviations, the kit."""
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from ddbench_mgdd.distiller import META_IPC, MGDD
+from ddbench_mgdd.objective import as_distribution, solve
+from ddbench_tasks.images import Digits
 
-from ddbench import Budget
-from ddbench.errors import BudgetError
+from ddbench import Budget, suite
+from ddbench.deviations import doc_block
+from ddbench.errors import BudgetError, TaskDataError
+from ddbench.interfaces import RunContext, Split, TaskData, TaskView
 from ddbench.plugins import instantiate
 from ddbench.testing import check_distiller
 from ddbench.testing.tasks import registered_task
-from ddbench_mgdd.distiller import MGDD
-from ddbench_mgdd.objective import as_distribution, solve
+
+TINY = {"width": 4, "batch_real": 16}
 
 
 def test_the_label_solve_recovers_the_targets_when_the_synthetic_set_is_the_real_one():
@@ -25,7 +34,7 @@ def test_the_label_solve_recovers_the_targets_when_the_synthetic_set_is_the_real
 def test_the_label_solve_is_differentiable_and_gives_bounded_distributions():
     g = torch.Generator().manual_seed(1)
     syn = torch.randn(6, 20, generator=g, requires_grad=True)
-    loss, labels = solve(syn, torch.randn(30, 20, generator=g), F.one_hot(torch.arange(30) % 3, 3).float(),
+    loss, _ = solve(syn, torch.randn(30, 20, generator=g), F.one_hot(torch.arange(30) % 3, 3).float(),
                          F.one_hot(torch.arange(6) % 3, 3).float(), lam=1e-3, mu=1e-2)
     loss.backward()
     assert syn.grad is not None and torch.isfinite(syn.grad).all()
@@ -48,12 +57,94 @@ def test_bad_options_are_named():
         MGDD(form="images")
     with pytest.raises(ValueError, match="augment must be true or false"):
         MGDD(augment="maybe")
+    with pytest.raises(ValueError, match="unknown meta"):
+        MGDD(meta="maml")
+    with pytest.raises(ValueError, match="meta_lr must lie in"):
+        MGDD(meta_lr=0)
+
+
+def context(cache: Path) -> RunContext:
+    return RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0), profile="quick", cache_dir=cache)
+
+
+def convnet(manager):
+    return instantiate(manager.learners.get("convnet"), {"width": 8}, "quick")
+
+
+def test_the_default_source_is_a_larger_bundled_task_or_the_target_itself(digits):
+    _, view, _ = digits
+    assert MGDD().source_name(view) == "mnist5k"
+    for name in ("mnist5k", "mnist", "cifar10"):
+        assert MGDD().source_name(dataclasses.replace(view, name=name)) == "self"
+    assert MGDD(source="digits").source_name(view) == "digits"
+    assert MGDD(source="self").source_view(view, context(Path("unused"))) is view
+
+
+def test_reptile_runs_the_targets_adaptation_as_its_inner_loop_and_steps_part_way(digits, manager, tmp_path, monkeypatch):
+    _, view, _ = digits
+    calls = []
+    adapt = MGDD.adapt
+
+    def spy(self, generator, task, learner, steps, inputs, c, seeds, progress=None):
+        calls.append((steps, torch.bincount(c, minlength=10).tolist(), task is view))
+        return adapt(self, generator, task, learner, steps, inputs, c, seeds, progress)
+
+    monkeypatch.setattr(MGDD, "adapt", spy)
+    options = {"source": "self", "meta_steps": 3, "inner_steps": 3, **TINY}  # one episode
+    start = [p.clone() for p in MGDD(source="self", meta_steps=0, **TINY).meta_trained(view, convnet(manager), context(tmp_path / "0"))[0].parameters()]
+    full = MGDD(meta_lr=1.0, **options).meta_trained(view, convnet(manager), context(tmp_path / "1"))[0]
+    half = MGDD(meta_lr=0.5, **options).meta_trained(view, convnet(manager), context(tmp_path / "2"))[0]
+    assert calls == [(3, [META_IPC] * 10, True)] * 2  # one inner loop each: 3 adaptation steps on a 10-per-class episode
+    for p0, p1, p2 in zip(start, full.parameters(), half.parameters()):
+        assert torch.allclose(p2, (p0 + p1) / 2, atol=1e-6)  # Reptile: half way from the start to the adapted weights
+    assert any(not torch.equal(p0, p1) for p0, p1 in zip(start, full.parameters()))
+    calls.clear()
+    MGDD(meta="pretrain", source="self", meta_steps=2, **TINY).meta_trained(view, convnet(manager), context(tmp_path / "3"))
+    assert calls == []  # multi-task pretraining has no inner loop
+
+
+def test_the_source_is_read_without_its_test_split(digits, manager, tmp_path, monkeypatch):
+    """mgdd reads its source through suite.load_view: it gets a TaskView (no test split), and the
+    source task's test split is never moved, let alone handed over."""
+    _, view, _ = digits
+
+    class Untouchable(Split):
+        def to(self, device):
+            raise AssertionError("the source's test split was moved")
+
+    loaded = Digits.load
+
+    def load(self):
+        data = loaded(self)
+        return TaskData(data.train, data.val, Untouchable(data.test.x, data.test.y))
+
+    views = []
+    load_view = suite.load_view
+    monkeypatch.setattr(Digits, "load", load)
+    monkeypatch.setattr(suite, "load_task", lambda *a, **k: pytest.fail("mgdd loaded its source with load_task"))
+    monkeypatch.setattr(suite, "load_view", lambda *a, **k: views.append(load_view(*a, **k)) or views[-1])
+    MGDD(source="digits", meta_steps=1, inner_steps=1, **TINY).meta_trained(view, convnet(manager), context(tmp_path))
+    assert [type(v) for v in views] == [TaskView] and not hasattr(views[0], "test")
+
+
+def test_a_source_whose_files_are_absent_is_a_one_line_error(digits, manager, tmp_path, monkeypatch):
+    _, view, _ = digits
+    monkeypatch.setenv("DDBENCH_DATA_ROOT", str(tmp_path))
+    monkeypatch.delenv("DDBENCH_DOWNLOAD", raising=False)
+    with pytest.raises(TaskDataError, match="mgdd's source task 'mnist'.*source=self") as error:
+        MGDD(source="mnist", **TINY).meta_trained(view, convnet(manager), context(tmp_path))
+    assert "\n" not in str(error.value)
+
+
+def test_the_documented_deviations_are_the_declared_ones():
+    methods = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    assert doc_block("mgdd", MGDD.official_code, MGDD.deviations) in methods
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["outputs", "regenerate"])
 def test_mgdd_passes_the_conformance_kit(form, tmp_path):
-    options = {"form": form, "source": "digits", "meta_steps": 2, "adapt_steps": 2, "width": 4, "batch_real": 32}
+    options = {"form": form, "source": "digits", "meta_steps": 2, "inner_steps": 2, "adapt_steps": 2, "width": 4, "batch_real": 32}
     report = check_distiller(MGDD, options, tasks=[registered_task("digits", ["ipc=2"], impossible="params=100")],
                              cache_dir=tmp_path)
     assert report.passed

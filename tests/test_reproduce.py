@@ -99,3 +99,16 @@ def test_reproduce_dc_runs_end_to_end_on_cpu(tmp_path, capsys):
     assert code == 0
     page = (tmp_path / "dc-mnist5k.md").read_text()
     assert "91.7 ± 0.5" in page and "64.9 ± 3.5" in page and "1 of the published 1000 iterations" in page
+
+
+def test_rows_published_on_zca_inputs_run_on_the_whitened_task(manager):
+    real = get_plugin_manager()
+    suite = reproduce.suite_for(real, "mtt", "cifar10", "cifar10", [1, 10, 50], 5, 2, 0)
+    assert [(t.options, [b.value for b in t.budgets]) for t in suite.tasks] == [({"zca": True}, [1, 10]), ({}, [50])]
+    found = reproduce.lines(real.distillers.get("mtt").published, "cifar10", [1, 50], [])
+    note = reproduce.zca_note(real, "cifar10", found)
+    assert note and "ipc 1 were made on ZCA-whitened inputs; so are these runs" in note and "Ipc 50: the task's normalisation" in note
+    assert reproduce.zca_note(real, "mnist5k", reproduce.lines(real.distillers.get("mtt").published, "mnist", [1], [])) is None
+    whitened = Published("tiny", 1, 90.0, 5.0, 50.0, 5.0, "a test table", zca=True)
+    assert reproduce.task_options(manager, "tiny-part", whitened) == {}  # no zca option: the page says so
+    assert "has no `zca` option" in (reproduce.zca_note(manager, "tiny-part", [reproduce.Line(whitened)]) or "")

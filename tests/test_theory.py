@@ -1,15 +1,19 @@
 """The two-stage multi-index distiller (docs/theory.md §4-§6) and its references."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from ddbench import Artifact, Budget, RunContext
+from ddbench.deviations import applicable, doc_block
 from ddbench.harness import Cell
 from ddbench.plugins import instantiate
 from ddbench.suite import DistillerEntry, Suite, TaskEntry
 from ddbench_theory.two_layer import TwoLayer, TwoLayerLearner, first_layer_step, reinit_biases
-from ddbench_theory.distiller import artifact_size, resolve_size
+from ddbench_theory.baselines import RandomFeatures
+from ddbench_theory.distiller import TwoStage, artifact_size, resolve_size
 from ddbench_theory.stage1 import matching_loss
 from ddbench_theory.stage2 import head_from_points, kink_positions
 
@@ -183,3 +187,11 @@ def test_reference_rows_run_in_the_harness(harness):
     features = harness.run_cell(cell("random-features", {}, None))
     assert full.status == features.status == "ok"
     assert features.mean < full.mean - 0.3
+
+
+def test_the_documented_deviations_are_the_declared_ones():
+    methods = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    for cls in (TwoStage, RandomFeatures):
+        assert doc_block(cls.name, cls.official_code, cls.deviations) in methods, cls.name
+    assert len(applicable(TwoStage, {}, "quick")) == 6 and len(applicable(TwoStage, {}, "full")) == 4
+    assert applicable(TwoStage, {"loss": "cos", "labels": "free", "objective": "param-match", "labels2": "head"}, "full") == []

@@ -1,4 +1,5 @@
-"""Differentiable Siamese Augmentation (DSA) and DC's MNIST augmentation, on the device.
+"""Differentiable Siamese Augmentation (DSA), DC's MNIST augmentation and the CIFAR student
+protocol's padded crop and mixup (docs/labels.md §3), on the device.
 
 Faithful to ``docs/methods.md`` §4 (DSA) and §3 (DC-augment), vectorised as §13.1 asks: a drawn
 DSA transform is a :class:`Transform`, per image an affine map (crop, flip, scale and rotate), a
@@ -11,9 +12,12 @@ MTT's exact gradient).
 """
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -156,42 +160,187 @@ class DSA:
         return transforms(step_codes.unsqueeze(1).expand(steps, batch), u, size)
 
 
-def _shift(x: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
-    """Integer translation with zero fill: out[i, :, h, w] = x[i, :, h - ty_i, w - tx_i]."""
+DC_FAMILIES = ("crop", "scale", "rotate")  # the official get_daparam's MNIST strategy, crop_scale_rotate
+DC_CROP = 4  # crop: 4 pixels of padding, so a shift uniform on -4..3 along each axis
+DC_SCALE = 0.2  # scale: height and width factors U(0.8, 1.2), independent
+DC_ROTATE = 45  # rotate: an integer angle uniform on -45..44 degrees
+
+
+@functools.cache
+def spline_prefilter(n: int, device: torch.device) -> Tensor:
+    """The (n, n) float64 matrix taking n samples to the coefficients of the cubic B-spline through
+    them with mirror boundaries (the prefilter ``scipy.ndimage.rotate`` applies, ``spline_filter``
+    of order 3): the inverse of the spline's sampling matrix, whose row i is (c[i-1] + 4 c[i] +
+    c[i+1]) / 6 with c[-1] = c[1] and c[n] = c[n-2]."""
+    ones = torch.ones(n - 1, dtype=torch.float64)
+    sample = torch.diag(torch.full((n,), 4.0, dtype=torch.float64)) + torch.diag(ones, 1) + torch.diag(ones, -1)
+    sample[0, 1] = sample[n - 1, n - 2] = 2.0
+    return torch.linalg.inv(sample / 6.0).to(device)
+
+
+def _cubic_weights(t: Tensor) -> Tensor:
+    """Weights (N, 4, M) of the cubic B-spline at the samples floor(p) - 1 .. floor(p) + 2 of points p
+    whose fractional parts are ``t`` (N, M)."""
+    s = 1 - t
+    t2, s2 = t * t, s * s
+    return torch.stack([s2 * s / 6, 2 / 3 - t2 + t2 * t / 2, 2 / 3 - s2 + s2 * s / 2, t2 * t / 6], 1)
+
+
+def dc_rotate(x: Tensor, degrees: Tensor, fill: Tensor) -> Tensor:
+    """Each image of ``x`` (N, C, H, W) rotated by ``degrees`` (N,) as the official DC-augment rotates:
+    ``scipy.ndimage.rotate`` with its defaults (the cubic B-spline through the image with mirror
+    boundaries, on an output plane enlarged to hold the whole rotated image, ``fill`` where a point
+    falls outside the input), then the plane's centre H x W at offset int((side - H) / 2).
+    Coordinates in float64, the interpolation in x's dtype."""
     n, c, h, w = x.shape
-    rows = torch.arange(h, device=x.device).view(1, h, 1) - ty.view(n, 1, 1)
-    cols = torch.arange(w, device=x.device).view(1, 1, w) - tx.view(n, 1, 1)
-    inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).unsqueeze(1).to(x.dtype)
-    index = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).view(n, 1, h * w).expand(n, c, h * w)
-    return torch.gather(x.reshape(n, c, h * w), 2, index).view(n, c, h, w) * inside
+    dev, f64 = x.device, torch.float64
+    coeffs = (spline_prefilter(h, dev) @ x.to(f64) @ spline_prefilter(w, dev).T).to(x.dtype)
+    coeffs = F.pad(coeffs, (1, 2, 1, 2), mode="reflect").reshape(n, c, -1)  # every tap of an inside point, mirrored
+    rad = torch.deg2rad(degrees.to(f64)).view(n, 1, 1)
+    cos, sin = rad.cos(), rad.sin()  # input point = [[cos, sin], [-sin, cos]] @ output point + offset
+    zero = torch.zeros_like(cos)
+    corners_u = torch.cat([zero, sin * w, cos * h, cos * h + sin * w], -1)  # the image corners, rotated
+    corners_v = torch.cat([zero, cos * w, -sin * h, cos * w - sin * h], -1)
+    side_u = (corners_u.amax(-1, keepdim=True) - corners_u.amin(-1, keepdim=True) + 0.5).floor()  # the enlarged plane
+    side_v = (corners_v.amax(-1, keepdim=True) - corners_v.amin(-1, keepdim=True) + 0.5).floor()
+    mid_u, mid_v = (side_u - 1) / 2, (side_v - 1) / 2
+    offset_u, offset_v = (h - 1) / 2 - (cos * mid_u + sin * mid_v), (w - 1) / 2 - (cos * mid_v - sin * mid_u)
+    rows = torch.arange(h, dtype=f64, device=dev).view(1, h, 1) + ((side_u - h) / 2).floor()  # the official centre crop
+    cols = torch.arange(w, dtype=f64, device=dev).view(1, 1, w) + ((side_v - w) / 2).floor()
+    u = cos * rows + sin * cols + offset_u
+    v = cos * cols - sin * rows + offset_v
+    inside = ((u >= 0) & (u <= h - 1) & (v >= 0) & (v <= w - 1)).view(n, 1, h, w)
+    u, v = u.clamp(0, h - 1).view(n, h * w), v.clamp(0, w - 1).view(n, h * w)
+    u0, v0 = u.floor(), v.floor()
+    taps = (torch.arange(4, device=dev).view(4, 1) * (w + 3) + torch.arange(4, device=dev)).view(1, 16, 1)
+    index = ((u0 * (w + 3) + v0).long().unsqueeze(1) + taps).view(n, 1, -1).expand(n, c, -1)
+    values = torch.gather(coeffs, 2, index).view(n, c, 16, h * w)
+    weights = _cubic_weights((u - u0).to(x.dtype)).unsqueeze(2) * _cubic_weights((v - v0).to(x.dtype)).unsqueeze(1)
+    out = (values * weights.view(n, 1, 16, h * w)).sum(2).view(n, c, h, w)
+    return torch.where(inside, out, fill.to(x.dtype))
+
+
+def dc_scale(x: Tensor, heights: Tensor, widths: Tensor) -> Tensor:
+    """Each image of ``x`` (N, C, H, W) scaled to ``heights`` x ``widths`` (N,) as the official
+    DC-augment scales: resized by ``F.interpolate``'s default nearest neighbour (source index
+    floor(i * float32(H / h))), centred on a zero canvas of side max(h, w, H, W) and cut back to
+    the canvas's centre H x W (each centring at offset int((side - size) / 2))."""
+    n, c, h, w = x.shape
+    side = torch.maximum(heights, widths).clamp(min=max(h, w)).unsqueeze(1)
+
+    def source(size: int, new: Tensor) -> tuple[Tensor, Tensor]:  # (N, size): source line of each output line, whether it has one
+        at = torch.arange(size, device=x.device) + (side - size) // 2 - (side - new.unsqueeze(1)) // 2
+        index = (at.float() * (size / new.float()).unsqueeze(1)).floor().long().clamp(0, size - 1)
+        return index, (at >= 0) & (at < new.unsqueeze(1))
+
+    rows, row_kept = source(h, heights)
+    cols, col_kept = source(w, widths)
+    index = (rows.unsqueeze(2) * w + cols.unsqueeze(1)).view(n, 1, h * w).expand(n, c, h * w)
+    kept = (row_kept.unsqueeze(2) & col_kept.unsqueeze(1)).unsqueeze(1)
+    return torch.where(kept, torch.gather(x.reshape(n, c, h * w), 2, index).view(n, c, h, w), 0.0)
 
 
 class DCAugment:
-    """DC's MNIST evaluation augmentation (§3): per image one of crop, scale, rotate.
+    """DC's evaluation augmentation on MNIST (§3): the official ``augment`` with ``get_daparam``'s
+    MNIST setting, per image one of ``families`` drawn uniformly:
 
-    crop: 4-pixel zero pad and a random crop (shift in [-4, 3]); scale: factor U(0.8, 1.2),
-    nearest neighbour; rotate: integer angle in [-45, 45), filled with the per-channel batch mean.
-    A GPU re-implementation with the official distributions (the original is per image on CPU).
+    - crop: the image padded by 4 pixels of the batch's per-channel mean and cut at a corner
+      uniform on 0..7 along each axis;
+    - scale: to height int(f_h H) and width int(f_w H), f_h and f_w ~ U(0.8, 1.2) independent
+      (the official code multiplies both by H), :func:`dc_scale` (zero canvas);
+    - rotate: by an integer angle uniform on -45..44 degrees, :func:`dc_rotate`, filled with the
+      mean of the per-channel batch means.
+
+    The batch means are taken before any image changes, as officially. Every draw is made for all
+    images at once from one generator on the device. ``dense`` (the default off the CPU): every
+    family is computed for every image and selected per image (no host sync); otherwise only for
+    the images that drew it.
     """
 
-    def __init__(self, seed: int, device: torch.device | str):
+    def __init__(self, seed: int, device: torch.device | str, families: tuple[str, ...] = DC_FAMILIES):
+        bad = [f for f in families if f not in DC_FAMILIES]
+        if bad or not families:
+            raise ValueError(f"unknown DC-augment families {bad}: use some of {DC_FAMILIES}.")
+        self.families = families
         self.device = torch.device(device)
         self.gen = torch.Generator(self.device).manual_seed(seed)
+        self.dense = self.device.type != "cpu"
 
     def __call__(self, x: Tensor) -> Tensor:
         n, dev, g = x.shape[0], x.device, self.gen
-        choice = torch.randint(0, 3, (n,), generator=g, device=dev).view(n, 1, 1, 1)
-        cropped = _shift(x, torch.randint(-4, 4, (n,), generator=g, device=dev), torch.randint(-4, 4, (n,), generator=g, device=dev))
-        s = torch.rand(n, generator=g, device=dev) * 0.4 + 0.8
-        theta = torch.zeros(n, 2, 3, device=dev, dtype=x.dtype)
-        theta[:, 0, 0] = 1.0 / s
-        theta[:, 1, 1] = 1.0 / s
-        grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-        scaled = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=True)
-        a = torch.randint(-45, 45, (n,), generator=g, device=dev).to(x.dtype) * math.pi / 180.0
-        zero = torch.zeros_like(a)
-        theta = torch.stack([torch.stack([a.cos(), a.sin(), zero], 1), torch.stack([-a.sin(), a.cos(), zero], 1)], 1)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        rotated = F.grid_sample(x - mean, grid, mode="bilinear", padding_mode="zeros", align_corners=True) + mean
-        return torch.where(choice == 0, cropped, torch.where(choice == 1, scaled, rotated))
+        choice = torch.randint(0, len(self.families), (n,), generator=g, device=dev)
+        shifts = torch.randint(0, 2 * DC_CROP, (n, 2), generator=g, device=dev) - DC_CROP  # rows, then columns
+        sizes = (torch.rand(n, 2, generator=g, device=dev, dtype=torch.float64) * (2 * DC_SCALE) + (1 - DC_SCALE)) * x.shape[2]
+        degrees = torch.randint(-DC_ROTATE, DC_ROTATE, (n,), generator=g, device=dev)
+        mean = x.mean(dim=(0, 2, 3))
+        make: dict[str, Callable[[Tensor | slice], Tensor]] = {
+            "crop": lambda i: shift(x[i], shifts[i, 0], shifts[i, 1], mean),
+            "scale": lambda i: dc_scale(x[i], sizes[i, 0].long(), sizes[i, 1].long()),
+            "rotate": lambda i: dc_rotate(x[i], degrees[i], mean.double().mean()),
+        }
+        out = x
+        for k, family in enumerate(self.families):
+            chosen = choice == k
+            if self.dense:
+                out = torch.where(chosen.view(n, 1, 1, 1), make[family](slice(None)), out)
+            else:
+                index = chosen.nonzero().squeeze(1)
+                out = out.index_put((index,), make[family](index)) if len(index) else out
+        return out
+
+
+def crop_padding(side: int) -> int:
+    """Pixels of padding of the ``crop`` augmentation: the CIFAR protocol's 4 at 32 pixels, scaled
+    to the image side (at least 1: 1 on 8 x 8 digits, 4 on 28 x 28 MNIST) [ours off CIFAR]."""
+    return max(1, round(4 * side / 32))
+
+
+def shift(x: Tensor, dy: Tensor, dx: Tensor, fill: Tensor) -> Tensor:
+    """Each image of ``x`` (N, C, H, W) moved by whole pixels: out[i, :, h, w] = x[i, :, h + dy_i, w + dx_i],
+    with ``fill`` (C,) where that lies outside the image (a crop of a padded image at offset (dy, dx))."""
+    n, c, h, w = x.shape
+    rows = torch.arange(h, device=x.device).view(1, h, 1) + dy.view(n, 1, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w) + dx.view(n, 1, 1)
+    inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).unsqueeze(1)
+    index = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).view(n, 1, h * w).expand(n, c, h * w)
+    moved = torch.gather(x.reshape(n, c, h * w), 2, index).view(n, c, h, w)
+    return torch.where(inside, moved, fill.to(x).view(1, c, 1, 1))
+
+
+class PadCrop:
+    """The CIFAR student protocol's augmentation per image (SRe2L's and DWA's ``RandomCrop(32,
+    padding=4)`` and ``RandomHorizontalFlip``), on the device: a shift uniform on -p..p along each
+    axis (p = :func:`crop_padding` of the side), the uncovered pixels set to ``fill``
+    (the value of a black pixel, per channel: the padding is zeros before normalisation), then with
+    ``flip`` a mirror with probability 1/2. Draws from its own generator."""
+
+    def __init__(self, fill: tuple[float, ...], flip: bool, seed: int, device: torch.device | str):
+        self.fill, self.flip = fill, flip
+        self.gen = torch.Generator(torch.device(device)).manual_seed(seed)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        n, g, pad = x.shape[0], self.gen, crop_padding(x.shape[-1])
+        offsets = torch.randint(-pad, pad + 1, (n, 2), generator=g, device=x.device)
+        fill = torch.tensor(self.fill, device=x.device) if self.fill else torch.zeros(x.shape[1], device=x.device)
+        out = shift(x, offsets[:, 0], offsets[:, 1], fill)
+        if not self.flip:
+            return out
+        mirror = torch.rand(n, generator=g, device=x.device) < 0.5
+        return torch.where(mirror.view(n, 1, 1, 1), out.flip(-1), out)
+
+
+class Mixup:
+    """Mixup of a batch as the official CIFAR student code draws it: lambda ~ Beta(alpha, alpha) per
+    batch, each image mixed with the image a random permutation puts in its place; the teacher then
+    labels the mixed images. Lambda comes from a numpy generator (no device sync), the permutation
+    from a torch generator on the device, both seeded with ``seed``."""
+
+    def __init__(self, alpha: float, seed: int, device: torch.device | str):
+        self.alpha = alpha
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator(torch.device(device)).manual_seed(seed)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        lam = float(self.rng.beta(self.alpha, self.alpha))
+        perm = torch.randperm(len(x), generator=self.gen, device=x.device)
+        return lam * x + (1 - lam) * x[perm]

@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from ddbench import labels
-from ddbench.ops.augment import DSA, Transform, apply
+from ddbench.ops.augment import DSA, DCAugment, PadCrop, Transform, apply
 from ddbench.interfaces import Artifact, Recipe
-from ddbench.ops.training import augmenter, cosine_lr, draw_seed, epoch_blocks, shuffles, stage_parts, train_classifier
+from ddbench.ops.training import augmenter, cosine_lr, draw_seed, epoch_blocks, mixer, shuffles, stage_parts, train_classifier
 
 Params = dict[str, Tensor]
 EpochCallback = Callable[[int, Params], None]
@@ -186,46 +186,54 @@ def adamw_step(params: list[Tensor], grads: list[Tensor], state: tuple[list[Tens
 
 
 class _Augmenter:
-    """The K per-model augmentation streams of a recipe, seeded as ``train_classifier`` seeds them."""
+    """The K per-model augmentation streams of a recipe (and mixups, in the teacher regime), seeded
+    as ``train_classifier`` seeds them."""
 
-    def __init__(self, recipe: Recipe, generators: Sequence[torch.Generator], device: torch.device):
+    def __init__(self, recipe: Recipe, generators: Sequence[torch.Generator], device: torch.device, kind: str):
         seeds = [draw_seed(g) for g in generators]
-        self.streams = [augmenter(recipe, seed, device) for seed in seeds]
+        streams = [augmenter(recipe, seed, device) for seed in seeds]
+        self.dsa = [s for s in streams if isinstance(s, DSA)]  # planned a block at a time
+        self.drawn = [s for s in streams if isinstance(s, (DCAugment, PadCrop))]  # drawing as they go
+        self.mixers = [m for m in (mixer(recipe, kind, g, device) for g in generators) if m is not None]
         self.plan: Transform | None = None
 
     def block(self, steps: int, batch: int, size: int) -> None:
         """Draw each model's DSA plan for the next ``steps`` batches, as ``train_classifier`` does,
         stacked (steps, K, batch): a step's transforms for all K models are one slice."""
-        if isinstance(self.streams[0], DSA):
-            self.plan = Transform.stack([stream.plan(steps, batch, size) for stream in self.streams], dim=1)
+        if self.dsa:
+            self.plan = Transform.stack([stream.plan(steps, batch, size) for stream in self.dsa], dim=1)
 
     def __call__(self, step: int, xb: Tensor) -> Tensor:
-        """Augment each model's batch ``xb[k]`` with its own stream; ``xb`` is (K, B, ...)."""
-        if self.streams[0] is None:
+        """Augment (then mix) each model's batch ``xb[k]`` with its own streams; ``xb`` is (K, B, ...)."""
+        if self.plan is not None:
+            xb = apply(xb.flatten(0, 1), self.plan[step, :, : xb.shape[1]].flatten()).view(xb.shape)
+        elif self.drawn:
+            xb = torch.stack([stream(x) for stream, x in zip(self.drawn, xb)])
+        if not self.mixers:
             return xb
-        if self.plan is None:
-            return torch.stack([stream(x) for stream, x in zip(self.streams, xb)])
-        return apply(xb.flatten(0, 1), self.plan[step, :, : xb.shape[1]].flatten()).view(xb.shape)
+        return torch.stack([mix(x) for mix, x in zip(self.mixers, xb)])
 
 
-def _step(base: nn.Module, names: list[str], temperature: float = 1.0) -> Callable[[list[Tensor], Tensor, Tensor], list[Tensor]]:
+def _step(base: nn.Module, names: list[str], temperature: float = 1.0, t2: bool = False
+          ) -> Callable[[list[Tensor], Tensor, Tensor], list[Tensor]]:
     """Per-model gradients of the mean cross-entropy for stacked parameters and (K, B, ...) batches:
     grouped ops for a plain chain of layers (fewest kernels), else ``vmap`` over ``functional_call``.
-    With ``temperature`` T the logits are divided by T and the loss multiplied by T^2: against a
-    teacher's softened prediction that is the gradient of :func:`ddbench.labels.kd_loss`."""
+    With ``temperature`` T the logits are divided by T and (with ``t2``) the loss multiplied by T^2:
+    against a teacher's softened prediction that is the gradient of :func:`ddbench.labels.kd_loss`."""
     t = temperature
+    scale = t * t if t2 else 1.0
     layers = grouped_layers(base)
     if layers is not None:
         def grouped(tensors: list[Tensor], xb: Tensor, yb: Tensor) -> list[Tensor]:
             leaves = [p.detach().requires_grad_() for p in tensors]
             logits = grouped_forward(layers, dict(zip(names, leaves)), xb)
             k, b = logits.shape[:2]
-            losses = F.cross_entropy(logits.flatten(0, 1) / t, yb.flatten(0, 1), reduction="none").view(k, b) * (t * t)
+            losses = F.cross_entropy(logits.flatten(0, 1) / t, yb.flatten(0, 1), reduction="none").view(k, b) * scale
             return list(torch.autograd.grad(losses.mean(1).sum(), leaves))
         return grouped
 
     def loss(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(base, p, (xb,)) / t, yb) * (t * t)
+        return F.cross_entropy(functional_call(base, p, (xb,)) / t, yb) * scale
 
     per_model = vmap(grad_and_value(loss))
 
@@ -264,14 +272,17 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor | None, rec
         raise ValueError(f"train_ensemble got {len(models)} models but {len(generators)} generators: give one each.")
     device = x.device
     lr = recipe.lr if lr is None else lr
-    augment = _Augmenter(recipe, generators, device)
+    augment = _Augmenter(recipe, generators, device, "teacher" if teacher is not None else "hard")
+    if teacher is not None:
+        teacher = labels.distilling_teacher(teacher, recipe.teacher_mode)
+    per_batch = teacher is not None and recipe.teacher_mode == "train"  # BatchNorm on each model's batch alone
     base = copy.deepcopy(models[0]).to("meta").train()
     for model in models:
         model.train()
     params = stack_parameters(models)
     names, tensors = list(params), list(params.values())
 
-    step = _step(base, names, recipe.temperature if teacher is not None else 1.0)
+    step = _step(base, names, recipe.temperature if teacher is not None else 1.0, recipe.kd_t2)
     adamw = recipe.optimizer == "adamw"
     base_lr = lr
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
@@ -292,7 +303,8 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor | None, rec
                         yb = y[idx]  # type: ignore[index]
                     else:
                         with torch.no_grad():
-                            yb = (teacher(xb.flatten(0, 1)) / recipe.temperature).softmax(-1).view(*xb.shape[:2], -1)
+                            out = torch.stack([teacher(b) for b in xb]) if per_batch else teacher(xb.flatten(0, 1))
+                            yb = (out / recipe.temperature).softmax(-1).view(*xb.shape[:2], -1)
                     grads = step(tensors, xb, yb)
                 if adamw:
                     state = adamw_step(tensors, grads, state, lr, recipe.weight_decay)

@@ -24,22 +24,27 @@ from ddbench.interfaces import Artifact, Recipe, RunContext, TaskView
 from ddbench.labels import installed, logits, skeleton, teacher_learner
 from ddbench.ops.cache import cache_key, fingerprint
 from ddbench.ops.training import DRAWS
+from ddbench.recipe import crop_protocol
 
 CACHE_FOLDER = "teachers"
 TEACHER = "resnet:depth=18,width=64"  # the published teacher: ResNet-18 in CIFAR form
-SQUEEZE_EPOCHS = 200  # our choice (docs/labels.md): the papers train their CIFAR teachers for longer than CPU allows
-QUICK_TEACHER = {"teacher": "resnet:depth=18,width=16", "squeeze_epochs": 10, "squeeze_augment": "none"}
+SQUEEZE_EPOCHS = 200  # the official squeeze_cifar.sh (SRe2L) and squeeze.sh (DWA)
+SQUEEZE_AUGMENTS = ("crop", "dsa", "none")
+"""How a teacher's training augments: ``crop`` (the official padded random crop and flip), ``dsa`` or ``none``."""
+QUICK_TEACHER = {"teacher": "resnet:depth=18,width=16", "squeeze_epochs": 10}
 """The teacher options of the ``quick`` profile, shared by every distiller that squeezes one, so
 that they all get the same cached teacher."""
 TEACHER_SEED = 2_000_000  # the teacher is built and trained from this seed (apart from eval and expert seeds)
 
 
 def squeeze_recipe(task: TaskView, epochs: int, augment: str) -> Recipe:
-    """How a teacher trains (docs/labels.md, our choice where the papers give no CPU-sized recipe):
-    the classifier recipe (SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, one x0.1 decay),
-    ``epochs`` E, and ``augment`` (``dsa`` with the task's strategy, or ``none``)."""
+    """How a teacher trains (docs/labels.md §5): the official ``squeeze_cifar.py`` recipe, SGD lr 0.1,
+    momentum 0.9, weight decay 5e-4, cosine schedule, batch 128, for ``epochs`` E, augmented by
+    ``augment``: ``crop`` (the official padded random crop and flip, :func:`ddbench.recipe.crop_protocol`),
+    ``dsa`` with the task's strategy, or ``none``."""
     strategy = task.info.get("dsa_strategy") or "color_crop_cutout_flip_scale_rotate"
-    return Recipe(epochs=epochs, augment=augment if augment == "none" else "dsa", dsa_strategy=strategy)  # type: ignore[arg-type]
+    fields = crop_protocol(task.info, task.input_shape) if augment == "crop" else {"augment": augment}
+    return Recipe(epochs=epochs, lr=0.1, batch_size=128, schedule="cosine", dsa_strategy=strategy).updated(fields)
 
 
 def teacher_for(task: TaskView, spec: str, epochs: int, augment: str, context: RunContext) -> tuple[nn.Module, dict[str, Any]]:

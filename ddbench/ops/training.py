@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddbench import labels, stages
-from ddbench.ops.augment import DSA, DCAugment, apply
+from ddbench.ops.augment import DSA, DCAugment, Mixup, PadCrop, apply
 from ddbench.ops import generator
 from ddbench.interfaces import Artifact, Recipe, TaskView
 
@@ -31,13 +31,24 @@ BLOCK_DRAWS = 1 << 14  # shuffles and DSA transforms for about this many samples
 DRAWS = "blocked-v2"  # how training draws its shuffles and augmentation: part of cache keys of trained weights
 
 
-def augmenter(recipe: Recipe, seed: int, device: torch.device) -> DSA | DCAugment | None:
-    """The per-sample augmentation a recipe declares (DSA, DC's MNIST augmentation, or none)."""
+def augmenter(recipe: Recipe, seed: int, device: torch.device) -> DSA | DCAugment | PadCrop | None:
+    """The per-sample augmentation a recipe declares (DSA, DC's MNIST augmentation, a padded crop
+    with or without a flip, or none)."""
     if recipe.augment == "dsa":
         return DSA(recipe.dsa_strategy, seed, device)
     if recipe.augment == "dc":
         return DCAugment(seed, device)
+    if recipe.augment in ("crop", "crop_flip"):
+        return PadCrop(recipe.crop_fill, recipe.augment == "crop_flip", seed, device)
     return None
+
+
+def mixer(recipe: Recipe, kind: str, generator: torch.Generator, device: torch.device) -> Mixup | None:
+    """The recipe's mixup, drawn after the augmentation's seed from the same ``generator``, in the
+    teacher regime only (the teacher labels each mixed batch; fixed labels would need mixing too)."""
+    if recipe.mixup <= 0 or kind != "teacher":
+        return None
+    return Mixup(recipe.mixup, draw_seed(generator), device)
 
 
 def epoch_blocks(epochs: int, n: int) -> list[range]:
@@ -53,9 +64,9 @@ def shuffles(generator: torch.Generator, n: int, count: int, device: torch.devic
     return torch.rand(count, n, generator=generator, device=device, dtype=torch.float64).argsort(dim=1)
 
 
-def block_augmenter(augment: DSA | DCAugment | None, steps: int, batch: int, size: int) -> Callable[[int, Tensor], Tensor]:
+def block_augmenter(augment: DSA | DCAugment | PadCrop | None, steps: int, batch: int, size: int) -> Callable[[int, Tensor], Tensor]:
     """``f(step, x)`` augmenting the block's ``step``-th batch: DSA from a plan drawn for the whole
-    block (:meth:`~ddbench.ops.augment.DSA.plan`), DC-augment drawing as it goes, or the identity."""
+    block (:meth:`~ddbench.ops.augment.DSA.plan`), DC-augment or a padded crop drawing as they go, or the identity."""
     if augment is None:
         return lambda step, x: x
     if isinstance(augment, DSA):
@@ -94,19 +105,21 @@ def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * epoch / (epochs + 1)))
 
 
-def batch_loss(model: nn.Module, artifact: Artifact, recipe: Recipe, kind: str, idx: Tensor, xb: Tensor, epoch: int) -> Tensor:
+def batch_loss(model: nn.Module, artifact: Artifact, recipe: Recipe, kind: str, idx: Tensor, xb: Tensor, epoch: int,
+               teacher: nn.Module | None = None) -> Tensor:
     """The loss of one batch in label regime ``kind`` (docs/labels.md): cross-entropy on hard or soft
-    labels; KL to the artifact's teacher on the same augmented view; KL to the bank's logits of this
-    epoch's view."""
+    labels; KL to ``teacher`` (the artifact's, :func:`~ddbench.labels.distilling_teacher`) on the same
+    augmented (and mixed) view; KL to the bank's logits of this epoch's view."""
     if kind == "teacher":
-        if artifact.teacher is None:
-            raise ValueError("the teacher regime needs the teacher the harness rebuilds from the artifact (ddbench.labels.with_teacher)")
+        if teacher is None:
+            raise ValueError("the teacher regime needs the teacher the harness rebuilds from the artifact "
+                             "(ddbench.labels.with_teacher)")
         with torch.no_grad():
-            target = artifact.teacher(xb)
-        return labels.kd_loss(model(xb), target, recipe.temperature)
+            target = teacher(xb)
+        return labels.kd_loss(model(xb), target, recipe.temperature, recipe.kd_t2)
     if kind == "soft-bank":
         bank = artifact.tensors[labels.BANK_LOGITS]
-        return labels.kd_loss(model(xb), bank[idx, epoch % bank.shape[1]], recipe.temperature)
+        return labels.kd_loss(model(xb), bank[idx, epoch % bank.shape[1]], recipe.temperature, recipe.kd_t2)
     return F.cross_entropy(model(xb), artifact.y[idx])
 
 
@@ -128,15 +141,19 @@ def train_once(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: 
     epoch indices 0..E. Schedule ``step``: lr x 0.1 once after epoch index E//2 + 1 (the optimiser
     is rebuilt then, as in the reference code, which resets momentum); ``cosine``: the rate of each
     epoch set by :func:`cosine_lr`. Augmentation per sample, seeded from ``generator`` (a bank's
-    views are its augmentation: its batches are cropped and flipped as stored, nothing else);
-    shuffles and DSA draws are made a block of epochs at a time (:func:`epoch_blocks`). The loss
-    is :func:`batch_loss`. ``bf16``: forward and backward under bf16 autocast on CUDA (ignored on CPU).
+    views are its augmentation: its batches are cropped and flipped as stored, nothing else), then
+    in the teacher regime the recipe's mixup (:func:`mixer`); shuffles and DSA draws are made a
+    block of epochs at a time (:func:`epoch_blocks`). The loss is :func:`batch_loss`. ``bf16``:
+    forward and backward under bf16 autocast on CUDA (ignored on CPU).
     """
     x = artifact.x
     kind = labels.regime(artifact.tensors, artifact.recipe)
     device = x.device
     seed = draw_seed(generator)
     augment = None if kind == "soft-bank" else augmenter(recipe, seed, device)
+    mix = mixer(recipe, kind, generator, device)
+    teacher = None if artifact.teacher is None else labels.distilling_teacher(artifact.teacher, recipe.teacher_mode)
+    fill = torch.tensor(recipe.crop_fill, device=device) if recipe.crop_fill else None
     params = list(model.parameters())
     opt = optimizer(params, recipe, lr)
     n, bs = len(x), max(1, min(recipe.batch_size, len(x)))
@@ -154,11 +171,12 @@ def train_once(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: 
                 idx = perms[e, j * bs : (j + 1) * bs]
                 if kind == "soft-bank":
                     views = artifact.tensors[labels.BANK_VIEWS]
-                    xb = labels.crop_views(x[idx], views[idx, epoch % views.shape[1]])
+                    xb = labels.crop_views(x[idx], views[idx, epoch % views.shape[1]], fill)
                 else:
                     xb = augment_step(e * steps + j, x[idx])
+                    xb = xb if mix is None else mix(xb)
                 with autocast:
-                    loss = batch_loss(model, artifact, recipe, kind, idx, xb, epoch)
+                    loss = batch_loss(model, artifact, recipe, kind, idx, xb, epoch, teacher)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -84,11 +84,12 @@ class Mixing(Analysis):
 
 def pixel_w1(x: torch.Tensor, real: torch.Tensor, info: dict) -> float:
     """W1 distance between the de-normalised pixel-intensity distributions of ``x`` and ``real``
-    (quantile functions compared on 1,000 levels)."""
+    (quantile functions compared on 1,000 levels; inputs as they are where the task declares no
+    ``mean``/``std``, e.g. ZCA-whitened)."""
     def pixels(t: torch.Tensor) -> torch.Tensor:
         c = t.shape[1]
-        mean = torch.tensor(info.get("mean", (0.0,) * c), device=t.device).view(1, -1, 1, 1)
-        std = torch.tensor(info.get("std", (1.0,) * c), device=t.device).view(1, -1, 1, 1)
+        mean = torch.tensor(info.get("mean") or (0.0,) * c, device=t.device).view(1, -1, 1, 1)
+        std = torch.tensor(info.get("std") or (1.0,) * c, device=t.device).view(1, -1, 1, 1)
         return (t * std + mean).flatten().float() if t.dim() == 4 else t.flatten().float()
     q = torch.linspace(0, 1, 1000, device=x.device)
     a, b = pixels(x.detach()), pixels(real)

@@ -7,13 +7,18 @@ import torch
 from torch import Tensor
 
 from ddbench import options
+from ddbench.deviations import Deviation
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Recipe, RunContext, TaskView
 from ddbench.labels import teacher_tensors
 from ddbench.ops.subsets import random_subset
-from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_EPOCHS, TEACHER, teacher_for
+from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_AUGMENTS, SQUEEZE_EPOCHS, TEACHER, teacher_for
 
 
 LABEL_FORMS = ("hard", "teacher")
+DC_CODE = "VICO-UoE/DatasetCondensation @ 53f63a6"
+TEACHER_LABELS = Deviation("labels", "the chosen images with their hard labels",
+                           "the chosen images with a stored teacher the student distils from (docs/labels.md)",
+                           "ours: the coreset reference row of the teacher regime, beside sre2l and dwa", "labels=teacher")
 
 
 class Coreset(Distiller):
@@ -24,9 +29,9 @@ class Coreset(Distiller):
     quick = dict(QUICK_TEACHER)
 
     def __init__(self, labels: str = "hard", teacher: str = TEACHER, squeeze_epochs: int = SQUEEZE_EPOCHS,
-                 squeeze_augment: str = "dsa"):
+                 squeeze_augment: str = "crop"):
         options.one_of("labels", labels, LABEL_FORMS)
-        options.one_of("squeeze_augment", squeeze_augment, ("dsa", "none"))
+        options.one_of("squeeze_augment", squeeze_augment, SQUEEZE_AUGMENTS)
         options.positive(squeeze_epochs=squeeze_epochs)
         self.labels, self.teacher, self.squeeze_epochs, self.squeeze_augment = labels, teacher, squeeze_epochs, squeeze_augment
 
@@ -45,6 +50,8 @@ class Random(Coreset):
 
     name = "random"
     description = "random real subset: ipc per class (or params / (input+1) points); labels=teacher adds a stored teacher"
+    official_code = f"{DC_CODE}, `CL_DM.py --method random` (`get_images`): ipc images per class, uniform without replacement"
+    deviations = (TEACHER_LABELS,)
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
         if self.labels == "teacher" and task.num_classes is None:
@@ -68,6 +75,13 @@ class Full(Distiller):
     description = "the whole train split (reference row, not budget-limited)"
     budget_exempt = True
     quick = {"epochs": 40}
+    official_code = "no method code: the whole train split, as the papers' full-data rows train on it"
+    deviations = (
+        Deviation("data", "the whole train split", "the train split less ddbench's stratified validation carve-out",
+                  "ours: every choice is made on validation, never on test (docs/methods.md §3)"),
+        Deviation("epochs", "the task's evaluation recipe (its E)", "E = `epochs` (quick profile: 40)",
+                  "ours: the full split takes far more steps per epoch than a distilled set; CPU time", "epochs!=None"),
+    )
 
     def __init__(self, epochs: int | None = None):
         self.epochs = epochs
@@ -105,9 +119,21 @@ class Herding(Coreset):
     name = "herding"
     description = "greedy feature-mean matching (herding) coreset in the learner's embedding"
     quick = {**Coreset.quick, "epochs": 5}
+    official_code = (f"{DC_CODE} has no herding code (`CL_DM.py --method herding` loads precomputed sets); compared with "
+                     "the DC paper's baseline as docs/methods.md §9 describes it")
+    deviations = (
+        Deviation("feature network", "ConvNet-3", "the cell's learner (its penultimate features; ConvNet-3 on the image boards)",
+                  "ours: selection in the space of the model the row is evaluated with"),
+        Deviation("feature network's training", "trained on the whole train split (recipe not released)",
+                  "E = `epochs` (30; quick profile 5) of SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, "
+                  "one x0.1 decay, no augmentation", "ours: no released recipe; CPU time", "features=trained"),
+        Deviation("feature network's training", "trained on the whole train split", "none: a randomly initialised learner",
+                  "ours: an option separating the selection from feature learning", "features=random"),
+        TEACHER_LABELS,
+    )
 
     def __init__(self, features: str = "trained", epochs: int = 30, labels: str = "hard", teacher: str = TEACHER,
-                 squeeze_epochs: int = SQUEEZE_EPOCHS, squeeze_augment: str = "dsa"):
+                 squeeze_epochs: int = SQUEEZE_EPOCHS, squeeze_augment: str = "crop"):
         options.one_of("features", features, ("trained", "random"))
         options.non_negative(epochs=epochs)
         super().__init__(labels, teacher, squeeze_epochs, squeeze_augment)

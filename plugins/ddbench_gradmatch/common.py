@@ -8,13 +8,22 @@ import torch
 from torch import Tensor, nn
 
 from ddbench import options
-from ddbench.interfaces import Learner, Progress, TaskView
+from ddbench.interfaces import Deviation, Learner, Progress, TaskView
 from ddbench.ops.training import draw_seed
 from ddbench_gradmatch.sampling import INITS
 
 MNIST_TASKS = ("mnist", "mnist5k")  # DC evaluates MNIST with DC-augment and E = 1000 (§3)
 EVAL_EPOCHS_FULL = 1000  # E for DSA, DM and DC on MNIST in the full profile (§3)
 REPORTS = 100  # progress reports per run: each one reads the loss back from the device
+
+# Departures from the official code that dc, dsa and dm share (each lists its whole table itself).
+QUICK_WHY = "CPU-sized quick profile"
+QUICK_WIDTH = Deviation("ConvNet width", "128", "the convnet learner's quick width, 32", QUICK_WHY, "profile=quick")
+QUICK_EPOCHS = Deviation("evaluation epochs E", "1,000", "the task's quick E", QUICK_WHY, "profile=quick")
+SIAMESE_SEEDS = Deviation("random seeds", "the global generator reseeded from the clock (ms mod 100,000) for every network and "
+                          "every class's siamese draw: classes matched within one millisecond share a transform",
+                          "explicit seeds from the run's seed: an independent siamese draw per class",
+                          "reproducible runs (docs/methods.md §10.1)")
 
 
 def check_values(momentum_img: float, init: str, **counts: float | None) -> None:

@@ -7,8 +7,11 @@ from typing import Any
 import torch
 
 from ddbench.ops.augment import DSA
-from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
-from ddbench_gradmatch.common import FreshNetworks, HostSeeds, LossLog, check_values, dsa_strategy, eval_recipe, image_reason
+from ddbench.interfaces import Artifact, Budget, Deviation, Distiller, Learner, RunContext, TaskView
+from ddbench_gradmatch.common import (
+    QUICK_EPOCHS, QUICK_WHY, QUICK_WIDTH, SIAMESE_SEEDS, FreshNetworks, HostSeeds, LossLog, check_values, dsa_strategy, eval_recipe,
+    image_reason,
+)
 from ddbench_gradmatch.published import published_rows
 from ddbench_gradmatch.sampling import ClassPools, initial_images
 from ddbench_gradmatch.siamese import siamese_per_class
@@ -34,6 +37,21 @@ class DMDistiller(Distiller):
     published = published_rows("dm")
     description = "DM: per-class mean-embedding matching under random networks (Zhao & Bilen, WACV 2023)"
     quick = {"iterations": 120, "batch_real": 32}  # CPU profile
+    official_code = "VICO-UoE/DatasetCondensation @ 53f63a6: main_DM.py, utils.py, readme.md"
+    deviations = (
+        Deviation("set returned", "evaluates the set after 20,000 iterations, then saves the one after 20,001 (range(Iteration + 1))",
+                  "the set after `iterations` (20,000): the one the code evaluates", "the published accuracies are that set's"),
+        SIAMESE_SEEDS,
+        Deviation("lr_img at ipc 100 and 125 on CIFAR-100", "1 (the README sets 10 from ipc 100 on CIFAR-10 only)",
+                  "10 from ipc 100 on every dataset", "one rule for every dataset, CIFAR-10's", "lr_img=None"),
+        Deviation("DSA strategy on MNIST and the other digit tasks", "main_DM.py's default for every dataset, "
+                  "color_crop_cutout_flip_scale_rotate (the README shows CIFAR-10 only)", "the task's: no flip",
+                  "DSA's README: flips do not suit digit datasets", "dsa_strategy=None"),
+        Deviation("iterations", "20,000", "120", QUICK_WHY, "profile=quick"),
+        Deviation("real images per class per iteration", "256", "32", QUICK_WHY, "profile=quick"),
+        QUICK_WIDTH,
+        QUICK_EPOCHS,
+    )
 
     iterations: int = 20000
     lr_img: float | None = None

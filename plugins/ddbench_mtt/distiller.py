@@ -15,21 +15,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from ddbench.ops.augment import DSA
 from ddbench import options
 from ddbench.errors import DDBenchError
-from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
+from ddbench.interfaces import (
+    Artifact,
+    Budget,
+    Deviation,
+    Distiller,
+    Learner,
+    RunContext,
+    TaskView,
+)
+from ddbench.ops.augment import DSA
 from ddbench.ops.subsets import random_subset
 from ddbench_mtt.experts import ExpertRecipe, StartFn, expert_buffer
 from ddbench_mtt.flat import FlatModel
 from ddbench_mtt.presets import preset
 from ddbench_mtt.published import PUBLISHED
-from ddbench_mtt.unroll import EXACT_MODES, MODES, draw_schedule, gradient_fn
+from ddbench_mtt.unroll import (
+    EXACT_MODES,
+    MODES,
+    draw_schedule,
+    draw_start,
+    gradient_fn,
+)
 
 TUNED = ("syn_steps", "expert_epochs", "max_start_epoch", "lr_img", "lr_lr", "lr_init", "batch_syn")
 EXPERT_ARCH_SEED = 0  # the student's module only supplies the architecture; its weights are unused
@@ -57,8 +71,29 @@ class MTT(Distiller):
     # task's own evaluation E. Digits' train split is ~1.2k images, so an expert batch of 256 would
     # give 5 steps per epoch and experts that barely leave their init (23 % val at epoch 4): batch
     # 32 gives ~38. One alpha_0 and lr_img serve ipc 1 and 10 (the §7 rows' 100 overshoots at ipc 10).
-    quick = {"iterations": 50, "num_experts": 4, "expert_group": 4, "expert_batch": 32, "max_start_epoch": 2,
-             "syn_steps": 10, "batch_syn": 10, "lr_init": 0.01, "lr_img": 10.0, "eval_epochs": None}
+    quick: ClassVar[dict[str, Any]] = {"iterations": 50, "num_experts": 4, "expert_group": 4, "expert_batch": 32,
+                                       "max_start_epoch": 2, "syn_steps": 10, "batch_syn": 10, "lr_init": 0.01,
+                                       "lr_img": 10.0, "eval_epochs": None}
+    official_code = "GeorgeCazenavette/mtt-distillation @ 50dccea: distill.py, buffer.py, utils.py, readme.md"
+    deviations: ClassVar[tuple[Deviation, ...]] = (
+        Deviation("result kept", "images_best.pt: the checkpoint with the best mean test accuracy (5 nets, every 100 iterations)",
+                  "the final iteration", "the test split is never used for a choice (§3)"),
+        Deviation("expert per iteration", "the next expert of a shuffled buffer file, file after file",
+                  "one of the experts drawn uniformly", "all experts sit in one buffer on the device; no files to walk"),
+        Deviation("expert epochs", "50 trained and stored per expert", "only the first T+ + M (a run reads up to epoch T+ - 1 + M)",
+                  "without lr decay the earlier snapshots are the same; the rest is never read"),
+        Deviation("step-size guard", "none: alpha may turn negative or NaN",
+                  "alpha clamped at lr_floor (counted in the meta); a NaN or exploding loss stops the cell",
+                  "a negative or NaN alpha cannot train the evaluation net"),
+        Deviation("ZCA whitening", "--zca for CIFAR-10 ipc 1/10 and CIFAR-100 ipc 1/50 (the §7 rows)",
+                  "only on a task loaded with zca=true (off by default); the meta's zca says which",
+                  "whitening is the task's preprocessing, shared by every method on it"),
+        Deviation("gradient", "back-propagation through the whole unroll", "TESLA's first-order approximation (§8)",
+                  "memory that does not grow with N, as TESLA released it", "mode=tesla-approx"),
+        Deviation("sizes", "100 experts, batch 256; 5,000 iterations; N, T+, lr_img, alpha_0 and batch_syn of the §7 row; E 1000",
+                  "4 experts, batch 32; 50 iterations; N 10, T+ 2, lr_img 10, alpha_0 0.01, batch_syn 10; the task's E",
+                  "CPU minutes; chosen on digits' validation split", "profile=quick"),
+    )
 
     def __init__(self, iterations: int = 5000, syn_steps: int | None = None, expert_epochs: int | None = None,
                  max_start_epoch: int | None = None, lr_img: float | None = None, lr_lr: float | None = None,
@@ -102,7 +137,7 @@ class MTT(Distiller):
         images, alpha, run = self.match(task, cfg, model, buffer, images, labels, context)
         meta.update(cfg)
         meta.update(run)
-        meta.update({"init": "real", "zca": False, "labels": "hard, class-balanced"})
+        meta.update({"init": "real", "zca": bool(task.info.get("zca", False)), "labels": "hard, class-balanced"})
         recipe_overrides: dict[str, Any] = {"augment": "dsa", "lr_from_artifact": "lr", "labels": "class-balanced"}
         if self.eval_epochs is not None:
             recipe_overrides["epochs"] = self.eval_epochs
@@ -126,10 +161,11 @@ class MTT(Distiller):
 
         ``frozen`` (images, labels): rows the student also trains on but that stay fixed (SeqMatch's
         earlier subsets); they come first in the student's set. ``stream``: which fork of the run's
-        seed draws the batches and DSA. Returns the learned images and alpha (detached) and facts for the meta.
+        seed draws the batches and DSA. Start epochs are uniform on [``cfg.get("min_start_epoch", 0)``,
+        ``cfg["max_start_epoch"]``). Returns the learned images and alpha (detached) and facts for the meta.
         """
         device = images.device
-        syn_steps, m, t_max = cfg["syn_steps"], cfg["expert_epochs"], cfg["max_start_epoch"]
+        syn_steps, m, t_min, t_max = cfg["syn_steps"], cfg["expert_epochs"], cfg.get("min_start_epoch", 0), cfg["max_start_epoch"]
         fixed = images[:0] if frozen is None else frozen[0].detach()
         all_labels = labels if frozen is None else torch.cat([frozen[1], labels])
         batch_syn = min(cfg["batch_syn"], len(fixed) + len(images))
@@ -147,9 +183,11 @@ class MTT(Distiller):
         losses: list[tuple[int, float, float]] = []
         every = max(1, total // REPORTS)
         done = 0
+        starts: set[int] = set()
         for it in range(1, total + 1):
             e = int(torch.randint(self.num_experts, (1,), generator=host))
-            t = int(torch.randint(t_max, (1,), generator=host))
+            t = draw_start(t_min, t_max, host)
+            starts.add(t)
             union = torch.cat([fixed, images]) if len(fixed) else images
             schedule = draw_schedule(len(union), syn_steps, batch_syn, dsa, task.input_shape[-1], batches, device)
             out = grads(model, union, all_labels, alpha, buffer[e, t], buffer[e, t + m], schedule)
@@ -171,7 +209,8 @@ class MTT(Distiller):
         if not losses or losses[-1][0] != done:
             losses.append(self._check(done, out.loss, alpha))
         run = {"mode": self.mode, "exact_gradient": self.mode in EXACT_MODES, "iterations": done, "stopped_early": done < total,
-               "lr": float(alpha.detach()), "lr_clamped": int(clamped), "lr_floor": self.lr_floor, "loss_curve": losses}
+               "lr": float(alpha.detach()), "lr_clamped": int(clamped), "lr_floor": self.lr_floor, "loss_curve": losses,
+               "start_epochs": sorted(starts)}
         return images.detach().clone(), alpha.detach().clone(), run
 
     def _check(self, it: int, loss: Tensor, alpha: Tensor) -> tuple[int, float, float]:

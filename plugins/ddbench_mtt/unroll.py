@@ -51,18 +51,24 @@ class Gradients:
 
 def draw_schedule(n: int, steps: int, batch: int, dsa: DSA | None, size: int, generator: torch.Generator,
                   device: torch.device) -> list[Step]:
-    """``steps`` consecutive ``batch``-sized chunks of random permutations of the ``n`` synthetic
-    rows (a new permutation when one is used up), each with a per-sample DSA draw (§4, §7), all
-    the steps' DSA draws made at once."""
+    """``steps`` ``batch``-sized chunks of random permutations of the ``n`` synthetic rows, taken
+    from the permutation's last chunk backwards (the official ``indices_chunks.pop()``, so a short
+    remainder chunk comes first) with a new permutation when one is used up, each with a
+    per-sample DSA draw (§4, §7), all the steps' DSA draws made at once."""
     plan = None if dsa is None else dsa.plan(steps, batch, size)
     schedule: list[Step] = []
     chunks: list[Tensor] = []
     for t in range(steps):
         if not chunks:
             chunks = list(torch.randperm(n, generator=generator, device=device).split(batch))
-        index = chunks.pop(0)
+        index = chunks.pop()
         schedule.append(Step(index, None if plan is None else plan[t, : len(index)]))
     return schedule
+
+
+def draw_start(low: int, high: int, generator: torch.Generator) -> int:
+    """A start epoch uniform on [``low``, ``high``) (the official ``np.random.randint(low, high)``)."""
+    return low + int(torch.randint(high - low, (1,), generator=generator))
 
 
 def _batch(images: Tensor, step: Step) -> Tensor:

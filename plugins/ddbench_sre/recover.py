@@ -1,6 +1,6 @@
 """Recovering images from a teacher (docs/methods.md §14): match the teacher's BatchNorm
-statistics plus cross-entropy on jittered views (SRe2L), optionally from a teacher perturbed along
-its loss-ascent direction before each batch (DWA)."""
+statistics plus cross-entropy on jittered views (SRe2L), optionally against a copy of the teacher
+perturbed along its loss-ascent direction on the batch's own first view (DWA)."""
 from __future__ import annotations
 
 import copy
@@ -12,12 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+Perturb = Callable[[Tensor], nn.Module]
+"""DWA's step: the teacher a batch is recovered against, given the batch's first jittered view."""
+
 
 @dataclass(frozen=True)
 class RecoverRecipe:
     """Recovery of one batch: ``steps`` Adam steps on the pixels at ``lr`` (betas ``beta1``,
-    ``beta2``, cosine to zero), a random roll of up to ``jitter`` pixels each step, and loss
-    cross-entropy + ``r_bn`` x the BatchNorm-statistics distance."""
+    ``beta2``, cosine to zero), a random roll of 0 to ``jitter`` pixels along each axis every step,
+    and loss cross-entropy + ``r_bn`` x the BatchNorm-statistics distance, whose variance terms weigh
+    ``r_var`` and whose first layer weighs ``first_bn`` (:class:`BatchNormStatistics`)."""
 
     steps: int = 1000
     lr: float = 0.25
@@ -25,17 +29,21 @@ class RecoverRecipe:
     beta2: float = 0.9
     jitter: int = 4
     r_bn: float = 0.01
+    r_var: float = 1.0
+    first_bn: float = 10.0
 
 
 class BatchNormStatistics:
     """Forward hooks on every BatchNorm layer of a model: after a forward pass, :meth:`loss` is the
-    sum over layers of ||batch mean - running mean||_2 + ||batch var - running var||_2 of its input."""
+    sum over layers l of w_l (``r_var`` ||batch var - running var||_2 + ||batch mean - running mean||_2)
+    of the layer's input (biased variance), with w = ``first_bn`` on the first layer and 1 on the others."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, r_var: float = 1.0, first_bn: float = 1.0):
         self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not self.layers:
             raise ValueError("the teacher has no BatchNorm layer, whose statistics recovery matches: "
                              "use a BatchNorm teacher (resnet, or convnet:norm=batchnorm)")
+        self.r_var, self.first_bn = r_var, first_bn
         self.terms: list[Tensor] = []
         self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
 
@@ -43,8 +51,9 @@ class BatchNormStatistics:
         x = inputs[0]
         dims = [0, *range(2, x.dim())]
         mean, var = x.mean(dims), x.var(dims, unbiased=False)
-        self.terms.append(torch.linalg.vector_norm(mean - module.running_mean, 2)
-                          + torch.linalg.vector_norm(var - module.running_var, 2))
+        term = self.r_var * torch.linalg.vector_norm(var - module.running_var, 2) \
+            + torch.linalg.vector_norm(mean - module.running_mean, 2)
+        self.terms.append(term * (self.first_bn if not self.terms else 1.0))
 
     def loss(self) -> Tensor:
         total = torch.stack(self.terms).sum()
@@ -57,27 +66,35 @@ class BatchNormStatistics:
 
 
 def roll_jitter(x: Tensor, jitter: int, generator: torch.Generator) -> Tensor:
-    """``x`` rolled by one random offset in [-jitter, jitter] along each spatial axis (the whole batch)."""
+    """``x`` rolled by one random offset in 0..``jitter`` along the rows and one along the columns
+    (the whole batch alike, as the official ``random.randint(0, jitter)`` pair)."""
     if jitter <= 0:
         return x
-    dx, dy = torch.randint(-jitter, jitter + 1, (2,), generator=generator, device=generator.device).tolist()
-    return torch.roll(x, shifts=(dx, dy), dims=(-1, -2))
+    rows, cols = torch.randint(0, jitter + 1, (2,), generator=generator, device=generator.device).tolist()
+    return torch.roll(x, shifts=(rows, cols), dims=(-2, -1))
 
 
 def recover(teacher: nn.Module, x0: Tensor, y: Tensor, recipe: RecoverRecipe, generator: torch.Generator,
-            bounds: tuple[Tensor, Tensor] | None = None, on_step: Callable[[int, float], None] | None = None) -> Tensor:
+            bounds: tuple[Tensor, Tensor] | None = None, on_step: Callable[[int, float], None] | None = None,
+            perturb: Perturb | None = None) -> Tensor:
     """Images optimised from ``x0`` so that the (eval-mode) teacher classifies them as ``y`` and its
-    BatchNorm layers see their running statistics; pixels clamped to ``bounds`` after every step."""
+    BatchNorm layers see their running statistics; pixels clamped to ``bounds`` after every step.
+    ``perturb`` (DWA) replaces the teacher, at the first step, by the model it returns for that
+    step's jittered view of ``x0``."""
     teacher.eval()
-    stats = BatchNormStatistics(teacher)
     x = x0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=recipe.lr, betas=(recipe.beta1, recipe.beta2))
+    stats: BatchNormStatistics | None = None
     try:
         for step in range(recipe.steps):
             for group in opt.param_groups:
                 group["lr"] = 0.5 * recipe.lr * (1 + math.cos(math.pi * step / recipe.steps))
-            out = teacher(roll_jitter(x, recipe.jitter, generator))
-            loss = F.cross_entropy(out, y) + recipe.r_bn * stats.loss()
+            view = roll_jitter(x, recipe.jitter, generator)
+            if stats is None:
+                if perturb is not None:
+                    teacher = perturb(view.detach())
+                stats = BatchNormStatistics(teacher, recipe.r_var, recipe.first_bn)
+            loss = F.cross_entropy(teacher(view), y) + recipe.r_bn * stats.loss()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -87,14 +104,15 @@ def recover(teacher: nn.Module, x0: Tensor, y: Tensor, recipe: RecoverRecipe, ge
             if on_step is not None:
                 on_step(step + 1, float(loss.detach()))
     finally:
-        stats.remove()
+        if stats is not None:
+            stats.remove()
     return x.detach()
 
 
 def directed_perturbation(teacher: nn.Module, x: Tensor, y: Tensor, steps: int, rho: float) -> nn.Module:
     """DWA's directed weight adjustment: a copy of the teacher moved ``steps`` times by ``rho / steps``
-    along the normalised gradient of its cross-entropy on (``x``, ``y``) (loss ascent), in eval
-    mode (its BatchNorm running statistics are kept)."""
+    along the gradient of its cross-entropy on (``x``, ``y``), normalised over all parameters
+    together (loss ascent), in eval mode (its BatchNorm running statistics are kept)."""
     model = copy.deepcopy(teacher).eval()
     params = [p for p in model.parameters()]
     for p in params:

@@ -1,7 +1,8 @@
 """Image classification tasks: bundled/generated sets and torchvision sets read from a data root.
 
-Inputs are normalised per channel (``docs/methods.md`` §1); methods work in that space and the
-test split gets the identical transform. Validation is a stratified, seeded slice of train.
+Inputs are normalised per channel (``docs/methods.md`` §1), or with option ``zca`` whitened by the
+map fitted on the train split; methods work in that space and the test split gets the identical
+transform. Validation is a stratified, seeded slice of train.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ddbench import options
 from ddbench.errors import TaskDataError
 from ddbench.interfaces import Recipe, Split, Task, TaskData
 from ddbench_tasks.splits import stratified_split
+from ddbench_tasks.zca import EPS as ZCA_EPS
+from ddbench_tasks.zca import Zca
 
 NO_FLIP = "color_crop_cutout_scale_rotate"  # digits: no horizontal flip (§1)
 WITH_FLIP = "color_crop_cutout_flip_scale_rotate"
@@ -29,6 +32,16 @@ class ImageTask(Task):
     E = 300; methods declare their own augmentation and E in the artifact. The ``quick``
     profile uses E = 150 so that CPU suites finish in minutes. Option ``epochs`` sets E of every
     recipe the task states (native, common, teacher) instead; it is part of the cell's settings.
+
+    Option ``zca`` (images only): inputs are pixels in [0, 1] whitened by the ZCA map (eps 0.1, as
+    MTT's kornia ``ZCAWhitening``) fitted on the train split after validation is carved from it, and
+    the same map is applied to validation and test instead of the per-channel normalisation. It is
+    public, fixed preprocessing like that normalisation: every method on the task sees it, nothing
+    is charged to a budget, and ``info`` declares it (``zca``, ``zca_eps``, empty ``mean``/``std``).
+
+    Options ``teacher_mode`` and ``kd_t2`` set how a student distils from a stored teacher
+    (:meth:`teacher_recipe`, docs/labels.md §3): by default as the official CIFAR code, the teacher
+    in train mode and the KL unscaled; ``teacher_mode=eval`` and ``kd_t2=true`` are ours.
 
     Common protocol (:meth:`common_recipe`, docs/design.md §4): one recipe for every row, a
     published one (§3): DSA per sample with the task's strategy and E = 1000 (DSA's protocol), or
@@ -47,12 +60,19 @@ class ImageTask(Task):
     quick_epochs: ClassVar[int] = 150
     common_augment: ClassVar[str] = "dsa"
 
-    def __init__(self, val_fraction: float = 0.1, seed: int = 0, epochs: int | None = None):
+    def __init__(self, val_fraction: float = 0.1, seed: int = 0, epochs: int | None = None, zca: bool = False,
+                 teacher_mode: str = "train", kd_t2: bool = False):
         options.within("val_fraction", val_fraction, 0, 1, low_open=True)
         options.positive(epochs=epochs)
+        options.flags(zca=zca, kd_t2=kd_t2)
+        options.one_of("teacher_mode", teacher_mode, ("eval", "train"))
+        if zca and len(self.input_shape) != 3:
+            raise ValueError(f"zca whitens (C, H, W) images and {self.name!r} has {self.input_shape} inputs: leave zca out")
         self.val_fraction = val_fraction
         self.seed = seed
         self.epochs = epochs
+        self.zca = zca
+        self.teacher_mode, self.kd_t2 = teacher_mode, kd_t2
         self._data: TaskData | None = None
 
     def raw(self) -> tuple[Split, Split]:
@@ -69,7 +89,8 @@ class ImageTask(Task):
         if self._data is None:
             train, test = self.raw()
             train, val = stratified_split(train, self.val_fraction, self.seed)
-            self._data = TaskData(*(Split(self.normalise(s.x.float()), s.y.long()) for s in (train, val, test)))
+            transform = Zca.fit(train.x) if self.zca else self.normalise  # the fit sees train only
+            self._data = TaskData(*(Split(transform(s.x.float()), s.y.long()) for s in (train, val, test)))
         return self._data
 
     def recipe(self, profile: str) -> Recipe:
@@ -81,11 +102,12 @@ class ImageTask(Task):
         return self.recipe(profile).updated({"augment": self.common_augment, "epochs": epochs})
 
     def teacher_recipe(self, profile: str) -> Recipe:
-        recipe = super().teacher_recipe(profile)
+        recipe = super().teacher_recipe(profile).updated({"teacher_mode": self.teacher_mode, "kd_t2": self.kd_t2})
         return recipe if self.epochs is None else recipe.updated({"epochs": self.epochs})
 
     def info(self) -> dict[str, Any]:
-        return {"mean": list(self.mean), "std": list(self.std), "dsa_strategy": self.dsa_strategy, "data": "image" if len(self.input_shape) == 3 else "signal"}
+        stats = {"mean": [], "std": [], "zca": True, "zca_eps": ZCA_EPS} if self.zca else {"mean": list(self.mean), "std": list(self.std), "zca": False}
+        return {**stats, "dsa_strategy": self.dsa_strategy, "data": "image" if len(self.input_shape) == 3 else "signal"}
 
 
 class Digits(ImageTask):
@@ -163,8 +185,9 @@ class TorchvisionTask(ImageTask):
 
     dataset: ClassVar[str]
 
-    def __init__(self, root: str | None = None, download: bool | None = None, val_fraction: float = 0.1, seed: int = 0):
-        super().__init__(val_fraction, seed)
+    def __init__(self, root: str | None = None, download: bool | None = None, val_fraction: float = 0.1, seed: int = 0,
+                 zca: bool = False, teacher_mode: str = "train", kd_t2: bool = False):
+        super().__init__(val_fraction, seed, zca=zca, teacher_mode=teacher_mode, kd_t2=kd_t2)
         self.root = Path(root or os.environ.get("DDBENCH_DATA_ROOT", "~/.ddbench/data")).expanduser()
         self.download = os.environ.get("DDBENCH_DOWNLOAD") == "1" if download is None else download
 

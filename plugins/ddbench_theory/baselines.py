@@ -6,7 +6,9 @@ random-features reference: no first-layer step.
 """
 from __future__ import annotations
 
+from ddbench.deviations import Deviation
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
+from ddbench_theory.distiller import NO_CODE
 
 
 class RandomFeatures(Distiller):
@@ -17,6 +19,11 @@ class RandomFeatures(Distiller):
     name = "random-features"
     description = "reference: two-layer net without the first-layer step (random ReLU features + ridge) on all data"
     budget_exempt = True
+    official_code = f"{NO_CODE}: its random-features baseline, docs/theory.md §6"
+    deviations = (
+        Deviation("θ₀ and re-drawn biases", "the student's (same seeds, same θ₀)", "each evaluation net's own, from its seed",
+                  "ours: it stores no init seed, so its row is a mean over random features"),
+    )
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
         if task.kind != "regression" or len(task.input_shape) != 1:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ddbench import options
+from ddbench.deviations import Deviation
 from ddbench.errors import BudgetError
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
 from ddbench_theory.stage1 import INIT_MODES, INITS, LABEL_MODES, LOSSES, Stage1Result, match_gradients
@@ -29,6 +30,8 @@ from ddbench_theory.two_layer import (
 )
 
 SIZE = re.compile(r"^(\d*)(r\^2|r|L)(?:/(\d+))?$")
+NO_CODE = ("no public code for Kinoshita, Nishikawa & Toyoizumi (arXiv 2603.14830); compared with ddbench's reconstruction "
+           "from the paper's abstract and Damian, Lee & Soltanolkotabi (COLT 2022)")
 
 
 def resolve_size(spec: int | str, r: int, width: int, what: str) -> int:
@@ -94,6 +97,23 @@ class TwoStage(Distiller):
     name = "two-stage"
     description = "two-layer multi-index DD: r^2 gradient-matched points + Theta(L) head points (docs/theory.md §4)"
     quick = {"steps1": 500, "steps2": 200}  # docs/theory.md §8: CPU tier K1 <= 500, K2 <= 200
+    official_code = f"{NO_CODE}: its algorithm, docs/theory.md §3-5"
+    deviations = (
+        Deviation("stage-1 loss", "sign-free 1 − ⟨G̃, G⟩² / (‖G̃‖² ‖G‖²)", "signed 1 − ⟨G̃, G⟩ / (‖G̃‖ ‖G‖)",
+                  "ours: the sign-free loss lets the points chase −G (docs/theory.md §4.1)", "loss=cos-signed"),
+        Deviation("stage-1 labels", "signed, unconstrained", "|ỹ| at the start, projected onto ỹ ≥ 0 after every step",
+                  "ours: a label crossing zero freezes its point outside span(U) (docs/theory.md §4.1)", "labels=nonneg"),
+        Deviation("stage-1 steps", "K₁ = 2,000", "K₁ = `steps1` (quick profile: 500)", "ours: CPU tier (docs/theory.md §8)",
+                  "steps1!=2000"),
+        Deviation("stage-2 objective", "the real loss J(a) of the ridge head", "(J(a) + λ‖a‖²) / q, the learner's own ridge objective",
+                  "ours: at M₂ = L, J alone is minimised by the unregularised head (docs/theory.md §4.2)", "objective=perf-match"),
+        Deviation("stage-2 labels", "warm start Φ̃(t) a*, then Adam", "the objective's closed-form minimiser at the start "
+                  "positions, solved again at the final ones",
+                  "ours: one M₂ × M₂ solve reached a lower loss than 200 Adam steps (docs/theory.md §4.2)",
+                  "labels2=solve"),
+        Deviation("stage-2 steps", "K₂ = 1,000", "K₂ = `steps2` (quick profile: 200)", "ours: CPU tier (docs/theory.md §8)",
+                  "steps2!=1000"),
+    )
 
     def __init__(self, m1: int | str = "r^2", m2: int | str = "L", steps1: int = 2000, lr1: float = 1e-2,
                  loss: str = "cos-signed", init: str = "real", labels: str = "nonneg", init_mode: str = "fixed", weight_decay: float = 0.0,
