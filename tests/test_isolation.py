@@ -82,7 +82,7 @@ def test_nothing_but_the_counted_tensors_reaches_the_learner(harness, honest, mo
 @pytest.mark.parametrize("mode, message", [
     ("lr=0.05", "declares recipe lr=0.05: real-valued fields, the optimizer and its schedule belong to the task's protocol"),
     ("lr=nan", "declares recipe lr=nan: real-valued fields, the optimizer and its schedule belong to the task's protocol"),
-    ("augment=bogus", "declares recipe augment='bogus': use one of none, dsa, dc."),
+    ("augment=bogus", "declares recipe augment='bogus': use one of none, dsa, dc, crop, crop_flip."),
     ("augmnt=dsa", "declares unknown recipe field 'augmnt'. Did you mean: augment?"),
     ("labels=soft", "declares recipe labels='soft': use one of stored, class-balanced."),
 ])
