@@ -59,7 +59,7 @@ def test_the_batchnorm_loss_weighs_variance_and_the_first_layer_as_the_official_
     model(x)
     ours = stats.loss().detach()
     stats.remove()
-    assert float(ours) == pytest.approx(float(official_bn_loss(model, x, r_var, first_bn)), rel=1e-6)
+    assert float(ours) == pytest.approx(float(official_bn_loss(model, x, r_var, first_bn).detach()), rel=1e-6)
 
 
 def test_the_jitter_rolls_by_zero_to_jitter_pixels_on_each_axis():
@@ -91,7 +91,7 @@ def test_one_recovery_step_is_the_official_step():
     loss.backward()
     opt.step()
     expected = x.detach().clamp(-1.5, 1.5)
-    assert losses == pytest.approx([float(loss)], rel=1e-6)
+    assert losses == pytest.approx([float(loss.detach())], rel=1e-6)
     torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
 
 
@@ -128,7 +128,7 @@ def test_the_directed_perturbation_is_the_official_ascent():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert not ours.training and all(torch.equal(a, b) for a, b in zip(ours.buffers(), model.buffers()))
     moved = torch.linalg.vector_norm(torch.cat([(a - b).flatten() for a, b in zip(ours.parameters(), model.parameters())]))
-    assert float(moved) == pytest.approx(15e-3, rel=1e-3)  # K collinear-ish steps of rho / K: about rho in all
+    assert float(moved.detach()) == pytest.approx(15e-3, rel=1e-3)  # K collinear-ish steps of rho / K: about rho in all
 
 
 @pytest.fixture(scope="module")

@@ -47,10 +47,11 @@ class BatchNormStatistics:
         self.terms: list[Tensor] = []
         self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
 
-    def _hook(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+    def _hook(self, module: nn.modules.batchnorm._BatchNorm, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         x = inputs[0]
         dims = [0, *range(2, x.dim())]
         mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        assert module.running_var is not None and module.running_mean is not None  # teachers track their statistics
         term = self.r_var * torch.linalg.vector_norm(var - module.running_var, 2) \
             + torch.linalg.vector_norm(mean - module.running_mean, 2)
         self.terms.append(term * (self.first_bn if not self.terms else 1.0))
