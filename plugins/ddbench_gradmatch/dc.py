@@ -39,7 +39,7 @@ BN_IMAGES_PER_CLASS = 16  # BatchNorm learners: real images per class that set t
 # in its largest activation, the vmapped call below (see DCDistiller's docstring for the numbers).
 CPU_PER_CLASS_BYTES = 3 * 2**20
 
-OFFICIAL_CODE = "VICO-UoE/DatasetCondensation @ 53f63a6: main.py, utils.py, readme.md"
+OFFICIAL_CODE = "VICO-UoE/DatasetCondensation @ 53f63a6: main.py, utils.py and the repository's README"
 # Departures that dc and dsa share (each class lists its whole table in its own body).
 RETURNED = Deviation("set returned", "evaluates the set after 1,000 outer iterations, then saves the one after 1,001 "
                      "(range(Iteration + 1))", "the set after `iterations` (1,000): the one the code evaluates",

@@ -37,7 +37,7 @@ class DMDistiller(Distiller):
     published = published_rows("dm")
     description = "DM: per-class mean-embedding matching under random networks (Zhao & Bilen, WACV 2023)"
     quick = {"iterations": 120, "batch_real": 32}  # CPU profile
-    official_code = "VICO-UoE/DatasetCondensation @ 53f63a6: main_DM.py, utils.py, readme.md"
+    official_code = "VICO-UoE/DatasetCondensation @ 53f63a6: main_DM.py, utils.py and the repository's README"
     deviations = (
         Deviation("set returned", "evaluates the set after 20,000 iterations, then saves the one after 20,001 (range(Iteration + 1))",
                   "the set after `iterations` (20,000): the one the code evaluates", "the published accuracies are that set's"),

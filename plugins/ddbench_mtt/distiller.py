@@ -74,7 +74,7 @@ class MTT(Distiller):
     quick: ClassVar[dict[str, Any]] = {"iterations": 50, "num_experts": 4, "expert_group": 4, "expert_batch": 32,
                                        "max_start_epoch": 2, "syn_steps": 10, "batch_syn": 10, "lr_init": 0.01,
                                        "lr_img": 10.0, "eval_epochs": None}
-    official_code = "GeorgeCazenavette/mtt-distillation @ 50dccea: distill.py, buffer.py, utils.py, readme.md"
+    official_code = "GeorgeCazenavette/mtt-distillation @ 50dccea: distill.py, buffer.py, utils.py and the repository's README"
     deviations: ClassVar[tuple[Deviation, ...]] = (
         Deviation("result kept", "images_best.pt: the checkpoint with the best mean test accuracy (5 nets, every 100 iterations)",
                   "the final iteration", "the test split is never used for a choice (§3)"),
