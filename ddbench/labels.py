@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ddbench.interfaces import Artifact, Learner, TaskView
     from ddbench.plugins import Registry
 
-from ddbench.ops.augment import crop_padding, shift  # noqa: E402
+from ddbench.ops.augment import crop_padding, fill_values, shift  # noqa: E402
 from ddbench.results.records import REGIMES  # noqa: E402,F401 - defined with the records, which boards read without torch
 
 DISTILLATION_REGIMES = ("teacher", "soft-bank")
@@ -204,10 +204,10 @@ def padded_views(n: int, views: int, side: int, flip: bool, generator: torch.Gen
     -p..p along each axis (p = :func:`~ddbench.ops.augment.crop_padding`), as torchvision's
     ``RandomCrop(side, padding=p)``, and a flip with probability 1/2 where ``flip``."""
     device, pad = generator.device, crop_padding(side)
-    shift = torch.randint(-pad, pad + 1, (n, views, 2), generator=generator, device=device).float() / side
+    offsets = torch.randint(-pad, pad + 1, (n, views, 2), generator=generator, device=device).float() / side
     mirror = (torch.rand(n, views, generator=generator, device=device) < 0.5).float() * float(flip)
     ones = torch.ones(n, views, device=device)
-    return torch.stack([shift[..., 0], shift[..., 1], ones, ones, mirror], -1)
+    return torch.stack([offsets[..., 0], offsets[..., 1], ones, ones, mirror], -1)
 
 
 def random_views(n: int, views: int, generator: torch.Generator, scale: tuple[float, float] = CROP_SCALE) -> Tensor:
@@ -225,9 +225,10 @@ def random_views(n: int, views: int, generator: torch.Generator, scale: tuple[fl
     return torch.stack([top, left, h, w, flip], -1)
 
 
-def crop_views(x: Tensor, views: Tensor, fill: Tensor | None = None) -> Tensor:
+def crop_views(x: Tensor, views: Tensor, fill: tuple[float, ...] = ()) -> Tensor:
     """Each image of ``x`` (B, C, H, W) cropped to its view (B, 5) and flipped where flagged: a
-    whole-size view shifted by whole pixels, what it uncovers filled with ``fill`` (C,) (default 0);
+    whole-size view shifted by whole pixels, what it uncovers filled with ``fill`` per channel (a
+    recipe's ``crop_fill``; default 0);
     a smaller view resized back to H x W (bilinear)."""
     top, left, h, w, flip = views.unbind(-1)
     theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
@@ -237,9 +238,8 @@ def crop_views(x: Tensor, views: Tensor, fill: Tensor | None = None) -> Tensor:
     theta[:, 1, 2] = 2 * top + h - 1
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     resized = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    base = torch.zeros(x.shape[1], device=x.device, dtype=x.dtype) if fill is None else fill.to(x)
     dy, dx = (top * x.shape[-2]).round().long(), (left * x.shape[-1]).round().long()
-    shifted = shift(x, dy, dx, base)
+    shifted = shift(x, dy, dx, fill_values(fill, x))
     out = torch.where(((h == 1) & (w == 1)).view(-1, 1, 1, 1), shifted, resized)
     return torch.where(flip.bool().view(-1, 1, 1, 1), out.flip(-1), out)
 

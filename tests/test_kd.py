@@ -48,7 +48,7 @@ def test_a_banks_padded_views_are_the_same_crops():
     side, fill = 8, torch.tensor([-0.8])
     image = torch.randn(1, side, side, generator=torch.Generator().manual_seed(2))
     views = padded_views(300, 1, side, True, torch.Generator().manual_seed(3))[:, 0]
-    out = crop_views(image.expand(300, -1, -1, -1), views, fill)
+    out = crop_views(image.expand(300, -1, -1, -1), views, tuple(fill.tolist()))
     candidates = padded_crops(image, crop_padding(side), fill)
     candidates += [c.flip(-1) for c in candidates]
     assert all(any(torch.equal(o, c) for c in candidates) for o in out)

@@ -295,6 +295,12 @@ def crop_padding(side: int) -> int:
     return max(1, round(4 * side / 32))
 
 
+def fill_values(fill: tuple[float, ...], like: Tensor) -> Tensor:
+    """A recipe's per-channel padding value (``crop_fill``) as a (C,) tensor for images ``like``
+    (N, C, H, W): ``fill``, or zeros where it is empty."""
+    return torch.tensor(fill, device=like.device, dtype=like.dtype) if fill else like.new_zeros(like.shape[1])
+
+
 def shift(x: Tensor, dy: Tensor, dx: Tensor, fill: Tensor) -> Tensor:
     """Each image of ``x`` (N, C, H, W) moved by whole pixels: out[i, :, h, w] = x[i, :, h + dy_i, w + dx_i],
     with ``fill`` (C,) where that lies outside the image (a crop of a padded image at offset (dy, dx))."""
@@ -321,8 +327,7 @@ class PadCrop:
     def __call__(self, x: Tensor) -> Tensor:
         n, g, pad = x.shape[0], self.gen, crop_padding(x.shape[-1])
         offsets = torch.randint(-pad, pad + 1, (n, 2), generator=g, device=x.device)
-        fill = torch.tensor(self.fill, device=x.device) if self.fill else torch.zeros(x.shape[1], device=x.device)
-        out = shift(x, offsets[:, 0], offsets[:, 1], fill)
+        out = shift(x, offsets[:, 0], offsets[:, 1], fill_values(self.fill, x))
         if not self.flip:
             return out
         mirror = torch.rand(n, generator=g, device=x.device) < 0.5

@@ -153,7 +153,6 @@ def train_once(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: 
     augment = None if kind == "soft-bank" else augmenter(recipe, seed, device)
     mix = mixer(recipe, kind, generator, device)
     teacher = None if artifact.teacher is None else labels.distilling_teacher(artifact.teacher, recipe.teacher_mode)
-    fill = torch.tensor(recipe.crop_fill, device=device) if recipe.crop_fill else None
     params = list(model.parameters())
     opt = optimizer(params, recipe, lr)
     n, bs = len(x), max(1, min(recipe.batch_size, len(x)))
@@ -171,7 +170,7 @@ def train_once(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: 
                 idx = perms[e, j * bs : (j + 1) * bs]
                 if kind == "soft-bank":
                     views = artifact.tensors[labels.BANK_VIEWS]
-                    xb = labels.crop_views(x[idx], views[idx, epoch % views.shape[1]], fill)
+                    xb = labels.crop_views(x[idx], views[idx, epoch % views.shape[1]], recipe.crop_fill)
                 else:
                     xb = augment_step(e * steps + j, x[idx])
                     xb = xb if mix is None else mix(xb)

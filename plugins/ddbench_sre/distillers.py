@@ -203,8 +203,7 @@ def relabel(teacher: nn.Module, x: Tensor, y: Tensor, form: str, views: int, vie
         crop = crop_protocol(task.info, task.input_shape)
         view = (padded_views(len(x), views, task.input_shape[-1], crop["augment"] == "crop_flip", context.generator)
                 if view_kind == "crop" else random_views(len(x), views, context.generator))
-        fill = torch.tensor(crop["crop_fill"], device=x.device) if crop["crop_fill"] else None
-        bank = torch.stack([logits(teacher, crop_views(x, view[:, v], fill)) for v in range(views)], 1)
+        bank = torch.stack([logits(teacher, crop_views(x, view[:, v], crop["crop_fill"])) for v in range(views)], 1)
         return {"x": x, BANK_LOGITS: bank, BANK_VIEWS: view}, recipe
     out = logits(teacher, x)
     if form == "soft":
