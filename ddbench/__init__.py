@@ -1,14 +1,14 @@
 """ddbench: a plugin-based benchmarking suite for dataset distillation.
 
-Write a plugin with :data:`hookimpl` and the interfaces in :mod:`ddbench.interfaces`; the hooks
-are in :mod:`ddbench.hookspecs`, the harness loop in :mod:`ddbench.harness`.
+Write a plugin with :data:`hookimpl` and the interfaces in :mod:`ddbench.contracts.interfaces`; the hooks
+are in :mod:`ddbench.contracts.hookspecs`, the harness loop in :mod:`ddbench.run.harness`.
 """
 from __future__ import annotations
 
 from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any
 
-from ddbench.hookspecs import hookimpl
+from ddbench.contracts.hookspecs import hookimpl
 
 try:
     __version__ = metadata.version("ddbench")
@@ -16,35 +16,35 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
-    from ddbench.interfaces import (
+    from ddbench.contracts.deviations import Deviation
+    from ddbench.contracts.interfaces import (
         Artifact,
-        Budget,
-        Deviation,
         Distiller,
         Learner,
         Progress,
         Published,
-        Recipe,
         RunContext,
         Split,
         Task,
         TaskData,
         TaskView,
     )
+    from ddbench.contracts.recipe import Recipe
+    from ddbench.vocab import Budget
 
-_INTERFACES = ("Artifact", "Budget", "Deviation", "Distiller", "Learner", "Progress", "Published", "Recipe", "RunContext", "Split",
-               "Task", "TaskData", "TaskView")
+_HOMES = {"Budget": "ddbench.vocab", "Deviation": "ddbench.contracts.deviations", "Recipe": "ddbench.contracts.recipe",
+          **dict.fromkeys(("Artifact", "Distiller", "Learner", "Progress", "Published", "RunContext", "Split", "Task", "TaskData",
+                           "TaskView"), "ddbench.contracts.interfaces")}
 
-__all__ = [*_INTERFACES, "hookimpl", "__version__"]
+__all__ = [*sorted(_HOMES), "hookimpl", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    """The interface classes of :mod:`ddbench.interfaces`, imported on first use: importing a
-    submodule that needs no torch (the conformance kit's pytest plugin, loaded by every pytest run)
-    does not import it."""
-    if name not in _INTERFACES:
+    """The public classes, imported on first use from their homes: importing a submodule that needs
+    no torch (the conformance kit's pytest plugin, loaded by every pytest run) does not import it."""
+    if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module("ddbench.interfaces"), name)
+    value = getattr(import_module(_HOMES[name]), name)
     globals()[name] = value
     return value
 

@@ -13,17 +13,30 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ddbench import __version__, reproduce, worker
+from ddbench import __version__
+
+from ddbench.run import reproduce, worker
 from ddbench.errors import DDBenchError, DDBenchWarning, PluginError, SuiteError, close_names
-from ddbench.executors import Executor, LocalExecutor
-from ddbench.interfaces import Budget
+from ddbench.contracts.executor import Executor, LocalExecutor
+from ddbench.vocab import Budget
 from ddbench.plugins import PluginManager, get_plugin_manager, instantiate, options_of, plural
 from ddbench.results.leaderboard import BOARDS
 from ddbench.results.records import CellResult
 from ddbench.results.report import table
 from ddbench.results.store import DEFAULT_PATH, ResultStore, default_store_path, read_all, read_results
-from ddbench.suite import (DistillerEntry, Suite, TaskEntry, check_eval_seeds, check_protocols, check_seed, check_time_limit, default_suite,
-                           expand_suite, load_suite, parse_named)
+from ddbench.run.suite import (
+    DistillerEntry,
+    Suite,
+    TaskEntry,
+    check_eval_seeds,
+    check_protocols,
+    check_seed,
+    check_time_limit,
+    default_suite,
+    expand_suite,
+    load_suite,
+)
+from ddbench.plugins import parse_named
 
 EXECUTOR_FLAGS = {"--ray-address": "address", "--gpus-per-cell": "gpus_per_cell", "--cpus-per-cell": "cpus_per_cell"}
 """The ``run`` flags that set executor options (the ray executor's), by option name."""
@@ -165,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = suite_from_args(args)
     artifacts = folder(args.save_artifacts, "--save-artifacts") if args.save_artifacts else None
     if suite.analyses:
-        from ddbench.analyze import artifacts_dir, build_analyses, parse_analyses
+        from ddbench.analysis.runner import artifacts_dir, build_analyses, parse_analyses
 
         build_analyses(get_plugin_manager(), parse_analyses(suite.analyses))  # bad names or options: exit 2 before any cell
         artifacts = artifacts or artifacts_dir(Path(args.store) if args.store else default_store_path())
@@ -175,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(table(records))
     failed = min(sum(r["status"] == "failed" for r in records), 100)
     if suite.analyses:
-        from ddbench.analyze import analyze_command
+        from ddbench.analysis.runner import analyze_command
 
         files = [str(artifacts / f"{r['config']['task']}-{r['config']['distiller']}-{r['key']}.safetensors") for r in records if r["status"] == "ok"]
         files = [f for f in files if Path(f).is_file()]
@@ -205,7 +218,7 @@ def execute(suite: Suite, store_path: str | None, device: str, force: bool = Fal
     cells in suite order, or ``None`` when interrupted (every finished cell is kept)."""
     from tqdm import tqdm
 
-    from ddbench.harness import Harness
+    from ddbench.run.harness import Harness
 
     worker.warm_allocator()
     manager = get_plugin_manager()
@@ -307,7 +320,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def saved_artifacts(stores: list[str | None]) -> list[Path]:
     """The artifact folders of the given stores that exist (``<store>-artifacts``, where ``ddbench run`` saves them for analyses)."""
-    from ddbench.analyze import artifacts_dir
+    from ddbench.analysis.runner import artifacts_dir
 
     folders = [artifacts_dir(Path(path) if path else default_store_path()) for path in stores]
     return [f for f in folders if f.is_dir()]
@@ -315,7 +328,7 @@ def saved_artifacts(stores: list[str | None]) -> list[Path]:
 
 def analysis_pages(stores: list[str | None], keys: set[str], out: Path) -> list[Path]:
     """The analysis pages of the analysis rows, in the given stores, of the cells being published."""
-    from ddbench.analysis_pages import write_pages
+    from ddbench.analysis.pages import write_pages
     from ddbench.results.store import kind_of
 
     rows = []
@@ -347,7 +360,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     manager = get_plugin_manager()
     if args.kind == "deviations":
-        from ddbench.deviations import doc_block
+        from ddbench.contracts.deviations import doc_block
 
         for name in manager.names("distiller"):
             cls = manager.distillers.get(name)
@@ -364,7 +377,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from ddbench.analyze import analyze_command
+    from ddbench.analysis.runner import analyze_command
 
     return analyze_command(args.artifacts, args.analysis, args.store, args.size, args.protocol, args.device,
                            args.cache_dir, args.force)
@@ -388,7 +401,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:
-    from ddbench.scaffold import write_plugin
+    from ddbench.testing.scaffold import write_plugin
 
     root = write_plugin(args.name, folder(args.dir, "--dir"), taken=get_plugin_manager().names("distiller"))
     print(root)

@@ -14,11 +14,16 @@ from typing import Any, Generic, TypeVar
 
 import pluggy
 
-from ddbench import hookspecs
-from ddbench.analysis import Analysis
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from ddbench.contracts import hookspecs
+from ddbench.contracts.analysis import Analysis
 from ddbench.errors import DDBenchWarning, PluginError, SuiteError, close_names, unknown
-from ddbench.executors import Executor
-from ddbench.interfaces import INTERFACES, Distiller, Learner, Task
+from ddbench.contracts.executor import Executor
+from ddbench.contracts.interfaces import INTERFACES, Distiller, Learner, Task
 
 ENTRY_POINT_GROUP = "ddbench"
 DISABLE_ENV = "DDBENCH_DISABLE_PLUGINS"
@@ -109,6 +114,21 @@ def check_options(cls: type, options: dict[str, Any]) -> None:
             )
 
 
+def parse_named(text: str) -> tuple[str, dict[str, Any]]:
+    """``'multi-index:d=64,r=3,link=he2'`` -> ``('multi-index', {'d': 64, 'r': 3, 'link': 'he2'})``."""
+    name, _, rest = text.partition(":")
+    options: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise SuiteError(f"malformed option {part!r} in {text!r}: write NAME:key=value,key=value.")
+        try:
+            options[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
 def instantiate(cls: type, options: dict[str, Any], profile: str = "full") -> Any:
     """Build a component from user ``options`` over the ``quick`` profile's values."""
     check_options(cls, options)
@@ -180,7 +200,7 @@ class PluginManager:
         except pluggy.PluginValidationError as exc:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
-            raise PluginError(f"plugin {name!r} has an invalid hook: {exc}. Hooks must be named ddbench_* (see ddbench.hookspecs).") from exc
+            raise PluginError(f"plugin {name!r} has an invalid hook: {exc}. Hooks must be named ddbench_* (see ddbench.contracts.hookspecs).") from exc
         info = PluginInfo(name, version, source)
         self.plugins[name] = info
         hooks = {"task": "ddbench_register_tasks", "learner": "ddbench_register_learners",
@@ -215,12 +235,6 @@ class PluginManager:
             self.pm.unregister(plugin)
 
     # -- lookup ------------------------------------------------------------------------------
-    def get(self, kind: str, name: str) -> type:
-        """Deprecated: ``manager.tasks.get(name)``, ``manager.learners.get(name)`` or
-        ``manager.distillers.get(name)`` (typed)."""
-        warnings.warn(f"manager.get({kind!r}, name) is deprecated: use manager.{kind}s.get(name).", DeprecationWarning, stacklevel=2)
-        return self.registries[kind].get(name)
-
     def names(self, kind: str) -> list[str]:
         return self.registries[kind].names()
 
@@ -247,7 +261,7 @@ class PluginManager:
             def register(item: Any, _plugin: str = name) -> None:
                 said = f"plugin {_plugin!r} registered"
                 if not isinstance(item, cls):
-                    raise PluginError(f"{said} {item!r} as a {what}: register a ddbench.hookspecs.{cls.__name__}(...).")
+                    raise PluginError(f"{said} {item!r} as a {what}: register a ddbench.contracts.hookspecs.{cls.__name__}(...).")
                 if not isinstance(item.name, str) or not NAME_RE.match(item.name):
                     raise PluginError(f"{said} a {what} named {item.name!r}: use lower-case letters, digits, '-', '_'.")
                 if item.name in found:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from ddbench.harness import Harness
+from ddbench.run.harness import Harness
 from ddbench.plugins import get_plugin_manager
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddbench.ops.augment import DSA, FAMILIES, apply, transforms
+from ddbench.ops.augment import DSA, apply, transforms
+from ddbench.contracts.recipe import FAMILIES
 
 SIZE = 16
 S = int(SIZE * 0.125 + 0.5)  # crop shift bound: 2
@@ -107,13 +108,3 @@ def test_a_plan_draws_one_family_per_step_uniformly_and_replays_exactly():
     assert set(flips.theta[..., 0, 0].unique().tolist()) == {-1.0, 1.0} and not flips.hole_rows.any()
 
 
-def test_the_old_module_warns_and_still_works(monkeypatch):
-    import importlib
-    import sys
-
-    import ddbench.ops.augment as ops_augment
-
-    monkeypatch.delitem(sys.modules, "ddbench.augment", raising=False)
-    with pytest.warns(DeprecationWarning, match="ddbench.augment is deprecated: import ddbench.ops.augment"):
-        old = importlib.import_module("ddbench.augment")
-    assert old.DSA is ops_augment.DSA and old.apply is ops_augment.apply

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ddbench import Budget, RunContext
-from ddbench.deviations import applicable, doc_block
+from ddbench.contracts.deviations import applicable, doc_block
 from ddbench.plugins import instantiate
-from ddbench.suite import DistillerEntry, Suite, TaskEntry
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 from ddbench_baselines.coresets import Full, Herding, Random, herding_select
 
 

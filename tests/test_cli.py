@@ -287,18 +287,6 @@ def test_run_table_labels_budget_exempt_rows_full(tmp_path):
     assert [c.strip() for c in line.split("|")[1:4]] == ["digits", "full", "full"] and "(none)" not in line
 
 
-@pytest.mark.parametrize("old, new", [("ddbench.store", "ddbench.results.store"), ("ddbench.leaderboard", "ddbench.results.leaderboard"),
-                                      ("ddbench.compare", "ddbench.results.compare"), ("ddbench.report", "ddbench.results.report")])
-def test_old_results_modules_warn_and_still_work(monkeypatch, old, new):
-    import importlib
-    import sys
-
-    monkeypatch.delitem(sys.modules, old, raising=False)
-    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: import {new}"):
-        module = importlib.import_module(old)
-    assert all(hasattr(module, name) for name in module.__all__)
-
-
 def test_results_modules_import_neither_torch_nor_the_harness():
     import ast
     from pathlib import Path
@@ -309,8 +297,8 @@ def test_results_modules_import_neither_torch_nor_the_harness():
         tree = ast.parse(path.read_text())
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-        heavy = {m for m in imported if m.split(".")[0] == "torch" or m in ("ddbench.harness", "ddbench.worker")}
-        at_top = {m for node in tree.body if isinstance(node, ast.ImportFrom) and (m := node.module) == "ddbench.interfaces"}
+        heavy = {m for m in imported if m.split(".")[0] == "torch" or m in ("ddbench.run.harness", "ddbench.run.worker")}
+        at_top = {m for node in tree.body if isinstance(node, ast.ImportFrom) and (m := node.module) == "ddbench.contracts.interfaces"}
         assert not heavy and not at_top, f"{path.name} imports {sorted(heavy | at_top)}"
 
 

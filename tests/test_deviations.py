@@ -1,18 +1,13 @@
 """Every built-in method declares where it departs from its official code, and docs/methods.md shows
-exactly that (ddbench.deviations)."""
+exactly that (ddbench.contracts.deviations)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from ddbench.deviations import (
-    Deviation,
-    applicable,
-    doc_block,
-    footnote,
-    resolved_options,
-)
+from ddbench.contracts.deviations import Deviation, applicable, doc_block, resolved_options
+from ddbench.results.records import footnote
 from ddbench.plugins import get_plugin_manager
 
 ROOT = Path(__file__).resolve().parents[1]

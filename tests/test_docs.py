@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import ddbench.cli
-import ddbench.recipe
-import ddbench.suite
+import ddbench.contracts.recipe
+import ddbench.run.suite
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -230,8 +230,8 @@ def test_every_flag_is_documented(command, flag):
         f"e.g. `{flag} VALUE`.")
 
 
-SUITE_KEYS = sorted([("suite", k) for k in ddbench.suite.SUITE_KEYS] + [("[[task]]", k) for k in ddbench.suite.TASK_KEYS]
-                    + [("[[distiller]]", k) for k in ddbench.suite.DISTILLER_KEYS])
+SUITE_KEYS = sorted([("suite", k) for k in ddbench.run.suite.SUITE_KEYS] + [("[[task]]", k) for k in ddbench.run.suite.TASK_KEYS]
+                    + [("[[distiller]]", k) for k in ddbench.run.suite.DISTILLER_KEYS])
 
 
 @pytest.mark.parametrize(("table", "key"), SUITE_KEYS, ids=[f"{t}:{k}" for t, k in SUITE_KEYS])
@@ -239,7 +239,7 @@ def test_every_suite_key_is_documented(table, key):
     assert key in documented(), f"document the {table} key `{key}` of suite files in docs/suites.md (its table of keys)."
 
 
-@pytest.mark.parametrize("field", sorted(f.name for f in dataclasses.fields(ddbench.recipe.Recipe)))
+@pytest.mark.parametrize("field", sorted(f.name for f in dataclasses.fields(ddbench.contracts.recipe.Recipe)))
 def test_every_recipe_field_is_documented(field):
     assert field in documented(), (
         f"document the Recipe field `{field}` in docs/design.md §3.2 (the evaluation recipe's table): its default, "

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from ddbench import Artifact, Budget, Distiller, Learner, Recipe, hookimpl
-from ddbench.harness import CellResult, Harness
+from ddbench.run.harness import Harness
+from ddbench.results.records import CellResult
 from ddbench.plugins import PluginManager, instantiate
-from ddbench.suite import DistillerEntry, Suite, TaskEntry
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 from ddbench.ops.ensemble import adamw_step, flat_parameters, grouped_layers, sgd_step, train_ensemble, vmap_unsupported
 from ddbench.ops import training
 from ddbench.ops.training import seeded, shuffles, train_classifier
@@ -186,7 +187,7 @@ def test_the_teacher_regime_trains_as_an_ensemble_equal_to_sequential(manager, s
     """KD to the stored teacher (its prediction on each model's own augmented and mixed batch,
     temperature 4), with either optimiser and schedule and either teacher mode: each model ends
     where sequential training ends."""
-    from ddbench.labels import build_teacher, teacher_tensors
+    from ddbench.budget.labels import build_teacher, teacher_tensors
 
     view, test, x, _ = small
     spec = "convnet:width=8,depth=2,norm=batchnorm"

@@ -20,11 +20,11 @@ import torch
 from ddbench import Budget, hookimpl
 from ddbench.cli import main
 from ddbench.errors import PluginError, SuiteError
-from ddbench.executors import Executor, LocalExecutor
+from ddbench.contracts.executor import Executor, LocalExecutor
 from ddbench.plugins import PluginManager
 from ddbench.results.records import Cell, CellResult
 from ddbench.results.store import ResultStore, read_results
-from ddbench.suite import DistillerEntry, Suite, TaskEntry
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 from ddbench_executors.ray_executor import RayExecutor, components, distillations, rebuilt
 
 TESTS = Path(__file__).resolve().parent
@@ -66,7 +66,7 @@ def test_register_executors_hook_validates_executors():
     manager.add(types.SimpleNamespace(ddbench_register_executors=hookimpl(lambda register: register(Recorder))), "rec")
     assert manager.executors.get("recorder") is Recorder and manager.plugins["rec"].registered["executor"] == ["recorder"]
     with pytest.raises(PluginError, match="registered executor 'random' \\(Random\\), which is not a subclass of "
-                                          "ddbench.executors.Executor: subclass it"):
+                                          "ddbench.contracts.executor.Executor: subclass it"):
         from ddbench_baselines.coresets import Random
 
         manager.add(types.SimpleNamespace(ddbench_register_executors=hookimpl(lambda register: register(Random))), "wrong")
@@ -220,7 +220,7 @@ def test_a_killed_worker_is_retried_then_fails_its_cell_and_a_failing_cell_is_no
     import adversarial
     import executor_plugins
 
-    from ddbench.harness import Harness
+    from ddbench.run.harness import Harness
 
     manager = PluginManager()
     manager.load_entrypoints()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ddbench.suite import DistillerEntry, default_suite
+from ddbench.run.suite import DistillerEntry, default_suite
 
 BEATS_RANDOM = ("dc", "dsa", "dm", "mtt", "herding")
 

@@ -1,14 +1,14 @@
-"""The stored conditional generator (ddbench.ops.generator): identity at init, rebuilt from its
+"""The stored conditional generator (ddbench.budget.generator): identity at init, rebuilt from its
 tensors, decoded by every classifier learner, refused when malformed."""
 from __future__ import annotations
 
 import torch
 
-from ddbench.artifact import admission_problems
-from ddbench.interfaces import Artifact
-from ddbench.ops.generator import ConditionalGenerator, decoded, from_tensors, generator_tensors
+from ddbench.budget.artifact import admission_problems
+from ddbench.contracts.interfaces import Artifact
+from ddbench.budget.generator import ConditionalGenerator, decoded, from_tensors, generator_tensors
 from ddbench.ops.training import stage_parts
-from ddbench.interfaces import Recipe
+from ddbench.contracts.interfaces import Recipe
 from ddbench.testing.tasks import TinyClassification, task_view
 
 VIEW = task_view(TinyClassification())  # 3 classes, (1, 8, 8)
@@ -53,4 +53,4 @@ def test_generator_weights_are_counted_and_malformed_ones_refused(manager):
     assert len(found) == 1 and "equally many per class" in found[0].message
     broken = {k: v for k, v in art.tensors.items() if k != "gen.embed.weight"}
     found = admission_problems(Artifact(broken), VIEW, None, "t", learner)
-    assert len(found) == 1 and "not a ddbench.ops.generator.ConditionalGenerator" in found[0].message
+    assert len(found) == 1 and "not a ddbench.budget.generator.ConditionalGenerator" in found[0].message

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench import Artifact, Budget, Learner, Recipe, RunContext, Split, TaskView
-from ddbench.ops.augment import DSA, FAMILIES, apply
+from ddbench.ops.augment import DSA, apply
+from ddbench.contracts.recipe import FAMILIES
 from ddbench.plugins import instantiate
-from ddbench.suite import DistillerEntry, Suite, TaskEntry
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 from ddbench_gradmatch.common import FreshNetworks, HostSeeds
 from ddbench_gradmatch.dc import freeze_batchnorm, loops_for_ipc, train_network
 from ddbench_gradmatch.matching import class_gradients, gradient_distance

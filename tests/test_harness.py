@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from ddbench import Artifact, Budget, Distiller, hookimpl
-from ddbench.artifact import count_storage
+from ddbench.budget.artifact import count_storage
 from ddbench.errors import BudgetError, NotApplicable, SuiteError
-from ddbench.harness import Harness
+from ddbench.run.harness import Harness
 from ddbench.plugins import PluginManager
-from ddbench.suite import DistillerEntry, Suite, TaskEntry
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 from ddbench.testing import TinyRegression
 
 FAST = {"epochs": 3}  # evaluation recipe override that keeps these tests fast
@@ -135,7 +135,7 @@ def test_budget_conversion(digits):
 def test_saved_artifact_sidecar_records_the_cell(kit_harness, tmp_path):
     import json
 
-    from ddbench.artifact import load
+    from ddbench.budget.artifact import load
 
     saving = Harness(kit_harness.manager, "cpu", cache_dir=kit_harness.cache_dir, artifact_dir=tmp_path)
     (result,) = saving.run(suite(("fixed", {"mode": "ok"})))

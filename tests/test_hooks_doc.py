@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import ddbench.hookspecs
+import ddbench.contracts.hookspecs
 from ddbench import Artifact, Learner, hookimpl
 from ddbench.errors import PluginError
 from ddbench.cli import build_parser, main
-from ddbench.hookspecs import Command, Report
+from ddbench.contracts.hookspecs import Command, Report
 from ddbench.plugins import PluginManager
 from ddbench.testing import TinyClassification, check_distiller, task_view
 
@@ -28,8 +28,8 @@ KIND_OF_HOOK = {"ddbench_register_tasks": "task", "ddbench_register_learners": "
 
 
 def hookspecs() -> dict[str, ast.FunctionDef]:
-    """The functions of ddbench/hookspecs.py decorated with ``@hookspec`` (or ``@hookspec(...)``)."""
-    tree = ast.parse(Path(ddbench.hookspecs.__file__).read_text())
+    """The functions of ddbench/contracts/hookspecs.py decorated with ``@hookspec`` (or ``@hookspec(...)``)."""
+    tree = ast.parse(Path(ddbench.contracts.hookspecs.__file__).read_text())
     specs = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
@@ -56,7 +56,7 @@ def python_blocks(text: str) -> list[str]:
 
 def test_the_hookspecs_are_found():
     assert set(hookspecs()) >= set(KIND_OF_HOOK)
-    assert set(hookspecs()) == {name for name in dir(ddbench.hookspecs) if name.startswith("ddbench_")}
+    assert set(hookspecs()) == {name for name in dir(ddbench.contracts.hookspecs) if name.startswith("ddbench_")}
 
 
 @pytest.mark.parametrize("name", sorted(hookspecs()))
@@ -77,7 +77,7 @@ def test_hook_documented_with_the_exact_signature(name):
 
 def test_no_documented_hook_is_missing_from_the_code():
     stale = set(sections()) - set(hookspecs())
-    assert not stale, f"docs/hooks.md documents {sorted(stale)}, which ddbench/hookspecs.py does not declare."
+    assert not stale, f"docs/hooks.md documents {sorted(stale)}, which ddbench/contracts/hookspecs.py does not declare."
 
 
 @pytest.mark.parametrize("name", sorted(hookspecs()))
@@ -109,8 +109,9 @@ def test_documented_example_registers_through_its_hook(name, monkeypatch):
         model = learner.fit(learner.build(view, 0), artifact, TinyClassification().recipe("quick"), torch.Generator())
         assert learner.predict(model, view.val.x).shape == (len(view.val), 3)
     elif kind == "analysis":
-        from ddbench.analysis import AnalysisContext, Subject
-        from ddbench.analyze import run_analysis
+        from ddbench.contracts.analysis import Subject
+        from ddbench.analysis.runner import AnalysisContext
+        from ddbench.analysis.runner import run_analysis
 
         task = TinyClassification()
         view = task_view(task)
@@ -139,7 +140,7 @@ def test_register_tasks_hook_validates_tasks():
     manager.add(types.SimpleNamespace(ddbench_register_tasks=hookimpl(lambda register: register(TinyClassification))), "kit")
     assert manager.tasks.get("tiny-classification") is TinyClassification
     assert manager.plugins["kit"].registered["task"] == ["tiny-classification"]
-    with pytest.raises(PluginError, match="plugin 'wrong' registered task 'constant' \\(Constant\\), which is not a subclass of ddbench.interfaces.Task"):
+    with pytest.raises(PluginError, match="plugin 'wrong' registered task 'constant' \\(Constant\\), which is not a subclass of ddbench.contracts.interfaces.Task"):
         manager.add(types.SimpleNamespace(ddbench_register_tasks=hookimpl(lambda register: register(Constant))), "wrong")
 
 
@@ -147,7 +148,7 @@ def test_register_learners_hook_validates_learners():
     manager = PluginManager()
     manager.add(types.SimpleNamespace(ddbench_register_learners=hookimpl(lambda register: register(Constant))), "const")
     assert manager.learners.get("constant") is Constant
-    with pytest.raises(PluginError, match="registered learner 'tiny-classification' \\(TinyClassification\\), which is not a subclass of ddbench.interfaces.Learner"):
+    with pytest.raises(PluginError, match="registered learner 'tiny-classification' \\(TinyClassification\\), which is not a subclass of ddbench.contracts.interfaces.Learner"):
         manager.add(types.SimpleNamespace(ddbench_register_learners=hookimpl(lambda register: register(TinyClassification))), "w")
     assert "w" not in manager.plugins
 
@@ -199,7 +200,7 @@ def command(name: str, code: int = 0) -> Command:
 
 
 @pytest.mark.parametrize("registered, message", [
-    (lambda register: register("not a command"), "registered 'not a command' as a command: register a ddbench.hookspecs.Command"),
+    (lambda register: register("not a command"), "registered 'not a command' as a command: register a ddbench.contracts.hookspecs.Command"),
     (lambda register: register(command("Bad Name")), "a command named 'Bad Name': use lower-case letters"),
     (lambda register: [register(command("twice")), register(command("twice"))], "command 'twice', already registered by plugin 'p'"),
     (lambda register: 1 / 0, "plugin 'p' raised while registering commands: ZeroDivisionError"),

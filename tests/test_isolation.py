@@ -9,10 +9,14 @@ from __future__ import annotations
 import adversarial
 import pytest
 
-from ddbench import Budget, worker
-from ddbench.harness import Cell, Harness
+from ddbench import Budget
+
+from ddbench.run import worker
+from ddbench.run.harness import Harness
+from ddbench.results.records import Cell
 from ddbench.plugins import PluginManager
-from ddbench.suite import DistillerEntry, Suite, TaskEntry, parse_named
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
+from ddbench.plugins import parse_named
 
 
 @pytest.fixture(scope="module")

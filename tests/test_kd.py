@@ -13,10 +13,11 @@ from scipy.stats import chisquare
 from torch import nn
 
 from ddbench import Artifact, Recipe
-from ddbench.labels import crop_views, padded_views
+from ddbench.ops.augment import crop_views
+from ddbench.ops.augment import padded_views
 from ddbench.ops.augment import PadCrop, crop_padding
 from ddbench.ops.training import draw_seed, shuffles, train_classifier
-from ddbench.recipe import KD_PROTOCOL, crop_protocol
+from ddbench.contracts.recipe import KD_PROTOCOL, crop_protocol
 
 
 def padded_crops(image: torch.Tensor, pad: int, fill: torch.Tensor) -> list[torch.Tensor]:

@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from ddbench import Artifact, Budget
-from ddbench.artifact import admission_problems, admit
-from ddbench.labels import (BANK_LOGITS, BANK_VIEWS, build_teacher, crop_views, data_scalars, kd_loss, random_views, regime,
-                            skeleton, teacher_tensors)
+from ddbench.budget.artifact import admission_problems, admit
+from ddbench.budget.labels import BANK_LOGITS, BANK_VIEWS, build_teacher, data_scalars, kd_loss, regime, skeleton, teacher_tensors
+from ddbench.ops.augment import crop_views
+from ddbench.ops.augment import random_views
 from ddbench.ops.training import train_classifier
 from ddbench.plugins import instantiate
-from ddbench.recipe import Recipe
+from ddbench.contracts.recipe import Recipe
 from ddbench.results.leaderboard import TEACHER_ROW, write
 from ddbench.results.store import read_results
-from ddbench.suite import DistillerEntry, Suite, TaskEntry
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 
 SPEC = "convnet:width=8,depth=2,norm=batchnorm"  # a small BatchNorm teacher: fast on CPU
 TEACHER_OPTIONS = {"labels": "teacher", "teacher": SPEC, "squeeze_epochs": 20, "squeeze_augment": "none"}
@@ -84,7 +85,7 @@ def test_a_teacher_that_is_not_stored_whole_cannot_be_expressed(view, teacher, c
 
 
 def test_a_learner_without_the_regime_refuses_the_artifact(view, teacher, manager):
-    from ddbench.interfaces import Learner
+    from ddbench.contracts.interfaces import Learner
 
     class HardOnly(convnet()):
         label_regimes = ("hard",)

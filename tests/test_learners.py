@@ -93,14 +93,3 @@ def test_ridge_survives_a_rank_deficient_gram():
     assert torch.isfinite(a).all() and torch.allclose(phi @ a, torch.ones(3, dtype=torch.float64), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["training", "ensemble"])
-def test_the_old_learner_modules_warn_and_still_work(monkeypatch, name):
-    import importlib
-    import sys
-
-    monkeypatch.delitem(sys.modules, f"ddbench_learners.{name}", raising=False)
-    with pytest.warns(DeprecationWarning, match=f"ddbench_learners.{name} is deprecated: import ddbench.ops.{name}"):
-        old = importlib.import_module(f"ddbench_learners.{name}")
-    new = importlib.import_module(f"ddbench.ops.{name}")
-    public = [n for n in vars(new) if not n.startswith("_") and getattr(new.__dict__[n], "__module__", None) == new.__name__]
-    assert public and all(getattr(old, n) is getattr(new, n) for n in public)

@@ -12,10 +12,12 @@ from ddbench_mgdd.distiller import META_IPC, MGDD
 from ddbench_mgdd.objective import as_distribution, solve
 from ddbench_tasks.images import Digits
 
-from ddbench import Budget, suite
-from ddbench.deviations import doc_block
+from ddbench import Budget
+
+from ddbench.run import suite
+from ddbench.contracts.deviations import doc_block
 from ddbench.errors import BudgetError, TaskDataError
-from ddbench.interfaces import RunContext, Split, TaskData, TaskView
+from ddbench.contracts.interfaces import RunContext, Split, TaskData, TaskView
 from ddbench.plugins import instantiate
 from ddbench.testing import check_distiller
 from ddbench.testing.tasks import registered_task

@@ -9,7 +9,7 @@ import torch
 
 from ddbench import Budget, RunContext
 from ddbench.ops.augment import DSA
-from ddbench.harness import Cell
+from ddbench.results.records import Cell
 from ddbench.plugins import instantiate
 from ddbench_learners.convnet import ConvNet
 from ddbench_mtt.distiller import DivergenceError

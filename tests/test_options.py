@@ -1,9 +1,9 @@
-"""Option values are checked one way (ddbench.options) and reach the user as one-line errors."""
+"""Option values are checked one way (ddbench.contracts.options) and reach the user as one-line errors."""
 from __future__ import annotations
 
 import pytest
 
-from ddbench import options
+from ddbench.contracts import options
 from ddbench.errors import SuiteError
 from ddbench.plugins import instantiate
 

@@ -56,7 +56,7 @@ def test_invalid_registration_names_the_plugin():
     class NotADistiller:
         name = "broken"
 
-    with pytest.raises(PluginError, match="plugin 'bad'.*'broken'.*not a subclass of ddbench.interfaces.Distiller"):
+    with pytest.raises(PluginError, match="plugin 'bad'.*'broken'.*not a subclass of ddbench.contracts.interfaces.Distiller"):
         pm.add(plugin_with(ddbench_register_distillers=lambda register: register(NotADistiller)), "bad")
     assert "bad" not in pm.plugins  # nothing half-registered is left behind
     with pytest.raises(PluginError, match="not a class"):
@@ -125,13 +125,13 @@ def test_a_duck_typed_class_is_refused_at_registration():
             return None
 
     pm = PluginManager()
-    with pytest.raises(PluginError, match="'duck' .*not a subclass of ddbench.interfaces.Distiller.*subclass it"):
+    with pytest.raises(PluginError, match="'duck' .*not a subclass of ddbench.contracts.interfaces.Distiller.*subclass it"):
         pm.add(plugin_with(ddbench_register_distillers=lambda register: register(Duck)), "ducks")
     assert "duck" not in pm.distillers
 
 
 def test_missing_abstract_methods_and_default_learner_are_named():
-    from ddbench.interfaces import Task
+    from ddbench.contracts.interfaces import Task
 
     class Half(Distiller):
         name = "half"
@@ -153,26 +153,12 @@ def test_missing_abstract_methods_and_default_learner_are_named():
 
 
 def test_typed_registries(manager):
-    from ddbench.interfaces import Learner, Task
+    from ddbench.contracts.interfaces import Learner, Task
 
-    with pytest.warns(DeprecationWarning, match=r"manager.get\('distiller', name\) is deprecated: use manager.distillers.get\(name\)"):
-        assert manager.get("distiller", "random") is manager.distillers.get("random")
     assert issubclass(manager.tasks.get("digits"), Task) and issubclass(manager.learners.get("mlp"), Learner)
     assert "dc" in manager.distillers and "dc" not in manager.learners
     with pytest.raises(UnknownNameError, match="unknown learner 'mpl'.*mlp"):
         manager.learners.get("mpl")
-
-
-def test_old_one_argument_supports_still_works_with_a_deprecation():
-    from ddbench.interfaces import supports
-
-    class Old(Echo):
-        def supports(self, task):
-            return "old style"
-
-    with pytest.warns(DeprecationWarning, match="supports\\(self, task, learner\\)"):
-        assert supports(Old(), None, None) == "old style"
-    assert supports(Echo(), None, None) is None
 
 
 def test_hooks_are_called_through_pluggy_and_can_be_traced(monkeypatch, capsys):

@@ -8,17 +8,21 @@ import types
 
 import pytest
 
-from ddbench import Artifact, Budget, Distiller, hookimpl, worker
+from ddbench import Artifact, Budget, Distiller, hookimpl
+
+from ddbench.run import worker
 from ddbench.cli import main
 from ddbench.errors import StoreError, SuiteError
-from ddbench.harness import Harness
-from ddbench.interfaces import Recipe, Task
+from ddbench.run.harness import Harness
+from ddbench.contracts.interfaces import Recipe, Task
 from ddbench.plugins import PluginManager, instantiate
-from ddbench.recipe import PROTOCOL_FIELDS, evaluation_recipe, protocol_part
+from ddbench.contracts.recipe import evaluation_recipe
+from ddbench.vocab import protocol_part
+from ddbench.vocab import PROTOCOL_FIELDS
 from ddbench.results.leaderboard import TRAINED, markdown, pages, write
 from ddbench.results.records import Cell, CellResult, aggregate, check_record, result_to_dict
 from ddbench.results.store import read_results
-from ddbench.suite import DistillerEntry, Suite, TaskEntry, default_suite, expand_suite, has_common_protocol, parse_suite
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry, default_suite, expand_suite, has_common_protocol, parse_suite
 from ddbench.testing import TinyClassification
 
 STRATEGY = "color_crop_cutout_scale_rotate"
@@ -211,7 +215,7 @@ def test_each_cell_trains_with_its_protocols_recipe(ran):
 def test_the_evaluation_nets_parameter_count_is_recorded(ran, pm):
     results, _ = ran
     task = TinyCommon()
-    from ddbench.harness import task_view
+    from ddbench.run.suite import task_view
 
     view = task_view(task, task.load(), "cpu")
     model = instantiate(pm.learners.get("convnet"), {}, "quick").build(view, 0)

@@ -10,7 +10,7 @@ import pytest
 
 from ddbench.cli import main
 from ddbench.plugins import PluginManager
-from ddbench.scaffold import PluginNames, ScaffoldError, write_plugin
+from ddbench.testing.scaffold import PluginNames, ScaffoldError, write_plugin
 from ddbench.testing import check_distiller
 
 if sys.version_info >= (3, 11):

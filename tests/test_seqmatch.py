@@ -22,7 +22,7 @@ from ddbench_mtt.seqmatch import (
 from ddbench_mtt.unroll import draw_schedule
 
 from ddbench import Budget, RunContext
-from ddbench.deviations import doc_block
+from ddbench.contracts.deviations import doc_block
 from ddbench.errors import SuiteError
 from ddbench.plugins import instantiate
 from ddbench.testing import check_distiller

@@ -1,14 +1,15 @@
-"""Staged artifacts (ddbench.stages): validation, counting, and how every learner's fit trains them."""
+"""Staged artifacts (ddbench.budget.stages): validation, counting, and how every learner's fit trains them."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ddbench.artifact import admission_problems, count_storage, with_labels
-from ddbench.interfaces import Artifact, Budget, Recipe
+from ddbench.budget.artifact import admission_problems, count_storage, with_labels
+from ddbench.contracts.interfaces import Artifact, Recipe
+from ddbench.vocab import Budget
 from ddbench.ops.training import train_classifier
 from ddbench.plugins import instantiate
-from ddbench.stages import stage_tensors
+from ddbench.budget.stages import stage_tensors
 from ddbench.testing.tasks import TinyClassification, task_view
 
 VIEW = task_view(TinyClassification())  # 3 classes, (1, 8, 8) inputs

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ddbench import Artifact, Budget
-from ddbench.artifact import load, save
+from ddbench.budget.artifact import load, save
 from ddbench.errors import ArtifactError
 from ddbench.results.records import Cell, CellResult, result_from_dict, result_to_dict
 from ddbench.results.store import ResultStore
@@ -138,7 +138,7 @@ def test_artifacts_are_safetensors_with_a_hashed_sidecar(tmp_path):
 
 
 def test_provenance_commit_can_be_named_by_the_environment(monkeypatch):
-    from ddbench.provenance import git_commit, provenance
+    from ddbench.results.provenance import git_commit, provenance
 
     git_commit.cache_clear()
     monkeypatch.setenv("DDBENCH_COMMIT", "abc123def456")

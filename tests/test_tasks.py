@@ -66,7 +66,7 @@ def test_image_tasks_declare_a_published_common_protocol(manager, name, augment,
 
 @pytest.mark.parametrize("name, options", [("mnist1d", {}), ("multi-index", {"d": 8, "r": 1})])
 def test_tasks_without_a_common_protocol(manager, name, options):
-    from ddbench.suite import has_common_protocol
+    from ddbench.run.suite import has_common_protocol
 
     cls = manager.tasks.get(name)
     assert not has_common_protocol(cls) and instantiate(cls, options).common_recipe("full") is None

@@ -14,7 +14,7 @@ import torch
 
 import ddbench.testing
 from ddbench import Artifact, Budget, Distiller, hookimpl
-from ddbench.artifact import admission_problems, admit
+from ddbench.budget.artifact import admission_problems, admit
 from ddbench.errors import ArtifactError, BudgetError, NotApplicable
 from ddbench.testing import (
     RULES, ConformanceError, TinyClassification, TinyRegression, check_distiller, check_registered, conformance,
@@ -190,7 +190,7 @@ def test_interface_and_supports_rules():
         name = "no-distill"
 
     assert conformance(NoDistill).rules_broken == ["interface"]
-    assert "which is not a subclass of ddbench.interfaces.Distiller" in str(conformance(NoDistill).failures[0])
+    assert "which is not a subclass of ddbench.contracts.interfaces.Distiller" in str(conformance(NoDistill).failures[0])
     assert conformance(BadSupports, tasks=[tiny_regression()]).failures[0].detail == "supports() returned False."
     report = conformance(ImagesOnly, tasks=[tiny_regression()])
     assert report.rules_broken == ["supports"] and "tiny-regression: needs images" in report.failures[0].detail
@@ -279,7 +279,7 @@ def test_every_rule_is_documented():
 
 
 def test_the_kit_reports_every_problem_admit_refuses_under_its_rule():
-    """One home for the artifact checks: ddbench.artifact finds the problems, the harness raises
+    """One home for the artifact checks: ddbench.budget.artifact finds the problems, the harness raises
     the first (one line), the kit reports each under its rule with the same message."""
     view, budget = task_view(TinyClassification()), Budget.parse("ipc=1")
     x = torch.zeros(5, 1, 8, 8)  # what OverSeedNan returns: 5 rows, one NaN, over the 195 scalars of ipc=1
@@ -299,7 +299,7 @@ def test_the_kit_reports_every_problem_admit_refuses_under_its_rule():
 
 def test_the_pytest_plugin_imports_nothing_heavy():
     """pytest loads the kit's plugin in every run where ddbench is installed: no torch until a fixture is used."""
-    code = "import ddbench.testing.pytest_plugin, sys; print('torch' in sys.modules, 'numpy' in sys.modules, 'ddbench.interfaces' in sys.modules)"
+    code = "import ddbench.testing.pytest_plugin, sys; print('torch' in sys.modules, 'numpy' in sys.modules, 'ddbench.contracts.interfaces' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "False"]
     (entry,) = [e for e in metadata.entry_points(group="pytest11") if e.name == "ddbench"]

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from ddbench import Artifact, Budget, RunContext
-from ddbench.deviations import applicable, doc_block
-from ddbench.harness import Cell
+from ddbench.contracts.deviations import applicable, doc_block
+from ddbench.results.records import Cell
 from ddbench.plugins import instantiate
-from ddbench.suite import DistillerEntry, Suite, TaskEntry
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 from ddbench_theory.two_layer import TwoLayer, TwoLayerLearner, first_layer_step, reinit_biases
 from ddbench_theory.baselines import RandomFeatures
 from ddbench_theory.distiller import TwoStage, artifact_size, resolve_size

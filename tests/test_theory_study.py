@@ -168,8 +168,8 @@ def test_the_student_head_on_s2_is_fp64_where_lower_precision_breaks_it():
     system ill-conditioned (condition number ~1e8 here, ~1e10 in the failed cell), and the head amplifies the
     precision of the S2 features: rounded as TF32 rounds its inputs, the student collapses. The learner computes
     them in fp64, so its student matches the fp64 head, which its fp32 features did not (0.589 against 0.596)."""
-    from ddbench.interfaces import RunContext
-    from ddbench.suite import task_view
+    from ddbench.contracts.interfaces import RunContext
+    from ddbench.run.suite import task_view
     from ddbench_theory.distiller import TwoStage
     from ddbench_theory.two_layer import TwoLayerLearner, feature_moments, ridge_from_moments
 

@@ -12,9 +12,9 @@ from ddbench_tasks.zca import Zca
 
 from ddbench.cli import main
 from ddbench.errors import SuiteError
-from ddbench.interfaces import Split
+from ddbench.contracts.interfaces import Split
 from ddbench.plugins import instantiate
-from ddbench.suite import parse_named
+from ddbench.plugins import parse_named
 
 
 class Correlated(ImageTask):

@@ -22,20 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+from ddbench.contracts.recipe import FAMILIES, parse_strategy
+
 SCALE = 1.2  # sx, sy ~ U(1/1.2, 1.2)
 ROTATE_DEG = 15.0  # angle ~ U(-15, 15) degrees
 CROP_RATIO = 0.125  # shift s = int(0.125 H + 0.5)
 CUTOUT_RATIO = 0.5  # side = int(0.5 H + 0.5)
-
-
-def parse_strategy(strategy: str) -> tuple[str, ...]:
-    """``'color_crop_cutout_flip_scale_rotate'`` -> its families; unknown ones are an error."""
-    families = tuple(s for s in strategy.split("_") if s)
-    bad = [f for f in families if f not in FAMILIES]
-    if bad or not families:
-        raise ValueError(f"unknown DSA families {bad} in strategy {strategy!r}: use '_'-joined names from {FAMILIES}.")
-    return families
 
 
 @dataclass
@@ -349,3 +341,52 @@ class Mixup:
         lam = float(self.rng.beta(self.alpha, self.alpha))
         perm = torch.randperm(len(x), generator=self.gen, device=x.device)
         return lam * x + (1 - lam) * x[perm]
+
+
+# -- stored views: a soft-label bank's crops (ddbench.budget.labels) ---------------------------------
+CROP_SCALE = (0.08, 1.0)  # area fraction of a resized view's crop (RandomResizedCrop's default range: SRe2L's ImageNet relabel)
+
+
+def padded_views(n: int, views: int, side: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """(n, views, 5) padded random crops of images of ``side`` pixels: shifts by whole pixels uniform on
+    -p..p along each axis (p = :func:`~ddbench.ops.augment.crop_padding`), as torchvision's
+    ``RandomCrop(side, padding=p)``, and a flip with probability 1/2 where ``flip``."""
+    device, pad = generator.device, crop_padding(side)
+    offsets = torch.randint(-pad, pad + 1, (n, views, 2), generator=generator, device=device).float() / side
+    mirror = (torch.rand(n, views, generator=generator, device=device) < 0.5).float() * float(flip)
+    ones = torch.ones(n, views, device=device)
+    return torch.stack([offsets[..., 0], offsets[..., 1], ones, ones, mirror], -1)
+
+
+def random_views(n: int, views: int, generator: torch.Generator, scale: tuple[float, float] = CROP_SCALE) -> Tensor:
+    """(n, views, 5) random resized crops (area fraction in ``scale``, aspect ratio 3/4..4/3, inside the
+    image) and flips, as torchvision's ``RandomResizedCrop`` and ``RandomHorizontalFlip``."""
+    device = generator.device
+    area = torch.empty(n, views, device=device).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(n, views, device=device).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
+    ratio = log_ratio.exp()
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    w = (area * ratio).sqrt().clamp(max=1.0)
+    top = torch.rand(n, views, generator=generator, device=device) * (1 - h)
+    left = torch.rand(n, views, generator=generator, device=device) * (1 - w)
+    flip = (torch.rand(n, views, generator=generator, device=device) < 0.5).float()
+    return torch.stack([top, left, h, w, flip], -1)
+
+
+def crop_views(x: Tensor, views: Tensor, fill: tuple[float, ...] = ()) -> Tensor:
+    """Each image of ``x`` (B, C, H, W) cropped to its view (B, 5) and flipped where flagged: a
+    whole-size view shifted by whole pixels, what it uncovers filled with ``fill`` per channel (a
+    recipe's ``crop_fill``; default 0);
+    a smaller view resized back to H x W (bilinear)."""
+    top, left, h, w, flip = views.unbind(-1)
+    theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = w
+    theta[:, 0, 2] = 2 * left + w - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * top + h - 1
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    resized = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    dy, dx = (top * x.shape[-2]).round().long(), (left * x.shape[-1]).round().long()
+    shifted = shift(x, dy, dx, fill_values(fill, x))
+    out = torch.where(((h == 1) & (w == 1)).view(-1, 1, 1, 1), shifted, resized)
+    return torch.where(flip.bool().view(-1, 1, 1, 1), out.flip(-1), out)

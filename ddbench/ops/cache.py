@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ddbench.interfaces import Split
+from ddbench.contracts.interfaces import Split
 
 
 def fingerprint(split: Split) -> str:

@@ -1,6 +1,6 @@
 """A base for classifier learners trained with the evaluation recipe (docs/methods.md §3).
 
-A subclass sets ``name`` and implements :meth:`~ddbench.interfaces.Learner.build`; training (one
+A subclass sets ``name`` and implements :meth:`~ddbench.contracts.interfaces.Learner.build`; training (one
 net, or the K evaluation nets together as a vmapped ensemble) and the feature embedding come from
 here. Its models end in a ``classifier`` layer after ``features`` (:class:`FeaturesClassifier`).
 """
@@ -12,8 +12,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ddbench.interfaces import Artifact, Learner, Recipe
-from ddbench.labels import REGIMES
+from ddbench.contracts.interfaces import Artifact, Learner, Recipe
+from ddbench.vocab import REGIMES
 from ddbench.ops.ensemble import LayerChain, fit_classifiers
 from ddbench.ops.training import train_classifier
 

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ddbench import labels
+from ddbench.budget import labels
 from ddbench.ops.augment import DSA, DCAugment, PadCrop, Transform, apply
-from ddbench.interfaces import Artifact, Recipe
+from ddbench.contracts.interfaces import Artifact, Recipe
 from ddbench.ops.training import augmenter, cosine_lr, draw_seed, epoch_blocks, mixer, shuffles, stage_parts, train_classifier
 
 Params = dict[str, Tensor]
@@ -219,7 +219,7 @@ def _step(base: nn.Module, names: list[str], temperature: float = 1.0, t2: bool 
     """Per-model gradients of the mean cross-entropy for stacked parameters and (K, B, ...) batches:
     grouped ops for a plain chain of layers (fewest kernels), else ``vmap`` over ``functional_call``.
     With ``temperature`` T the logits are divided by T and (with ``t2``) the loss multiplied by T^2:
-    against a teacher's softened prediction that is the gradient of :func:`ddbench.labels.kd_loss`."""
+    against a teacher's softened prediction that is the gradient of :func:`ddbench.budget.labels.kd_loss`."""
     t = temperature
     scale = t * t if t2 else 1.0
     layers = grouped_layers(base)

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from ddbench.errors import BudgetError
-from ddbench.interfaces import Artifact, Budget, TaskView
+from ddbench.contracts.interfaces import Artifact, TaskView
+from ddbench.vocab import Budget
 
 
 def random_subset(task: TaskView, budget: Budget, generator: torch.Generator) -> Tensor:

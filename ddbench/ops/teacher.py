@@ -6,7 +6,7 @@ The cache folder ``<cache_dir>/teachers/<key>`` holds ``teacher.safetensors`` (t
 ``info.json``; ``key`` hashes the task (name, options, a fingerprint of its train split), the
 teacher spec, the training recipe, the seed and how training draws its randomness (``DRAWS``).
 The teacher never reaches a student from here: a distiller stores it in its artifact
-(:func:`ddbench.labels.teacher_tensors`), where the harness counts it.
+(:func:`ddbench.budget.labels.teacher_tensors`), where the harness counts it.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ddbench.interfaces import Artifact, Recipe, RunContext, TaskView
-from ddbench.labels import installed, logits, skeleton, teacher_learner
+from ddbench.contracts.interfaces import Artifact, Recipe, RunContext, TaskView
+from ddbench.budget.labels import installed, logits, skeleton, teacher_learner
 from ddbench.ops.cache import cache_key, fingerprint
 from ddbench.ops.training import DRAWS
-from ddbench.recipe import crop_protocol
+from ddbench.contracts.recipe import crop_protocol
 
 CACHE_FOLDER = "teachers"
 TEACHER = "resnet:depth=18,width=64"  # the published teacher: ResNet-18 in CIFAR form
@@ -40,7 +40,7 @@ TEACHER_SEED = 2_000_000  # the teacher is built and trained from this seed (apa
 def squeeze_recipe(task: TaskView, epochs: int, augment: str) -> Recipe:
     """How a teacher trains (docs/labels.md §5): the official ``squeeze_cifar.py`` recipe, SGD lr 0.1,
     momentum 0.9, weight decay 5e-4, cosine schedule, batch 128, for ``epochs`` E, augmented by
-    ``augment``: ``crop`` (the official padded random crop and flip, :func:`ddbench.recipe.crop_protocol`),
+    ``augment``: ``crop`` (the official padded random crop and flip, :func:`ddbench.contracts.recipe.crop_protocol`),
     ``dsa`` with the task's strategy, or ``none``."""
     strategy = task.info.get("dsa_strategy") or "color_crop_cutout_flip_scale_rotate"
     fields = crop_protocol(task.info, task.input_shape) if augment == "crop" else {"augment": augment}

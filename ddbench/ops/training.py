@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddbench import labels, stages
-from ddbench.ops.augment import DSA, DCAugment, Mixup, PadCrop, apply
-from ddbench.ops import generator
-from ddbench.interfaces import Artifact, Recipe, TaskView
+from ddbench.budget import labels, stages
+from ddbench.ops.augment import DSA, DCAugment, Mixup, PadCrop, apply, crop_views
+from ddbench.budget import generator
+from ddbench.contracts.interfaces import Artifact, Recipe, TaskView
 
 
 def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
@@ -83,10 +83,10 @@ def learning_rate(artifact: Artifact, recipe: Recipe) -> float:
 
 
 def stage_parts(artifact: Artifact, recipe: Recipe) -> list[tuple[Artifact, float]]:
-    """What training runs, in order: (rows, lr) per stage of a staged artifact (:mod:`ddbench.stages`:
+    """What training runs, in order: (rows, lr) per stage of a staged artifact (:mod:`ddbench.budget.stages`:
     stage k on the first ``stage.end[k]`` rows at ``stage.lr[k]``), else the whole artifact at
     :func:`learning_rate`. Every learner that trains stages loops over this, and nothing else. An
-    artifact that stores a generator (:mod:`ddbench.ops.generator`) is decoded first."""
+    artifact that stores a generator (:mod:`ddbench.budget.generator`) is decoded first."""
     artifact = generator.decoded(artifact)
     if stages.is_staged(artifact.tensors):
         return stages.stage_parts(artifact)
@@ -108,12 +108,12 @@ def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
 def batch_loss(model: nn.Module, artifact: Artifact, recipe: Recipe, kind: str, idx: Tensor, xb: Tensor, epoch: int,
                teacher: nn.Module | None = None) -> Tensor:
     """The loss of one batch in label regime ``kind`` (docs/labels.md): cross-entropy on hard or soft
-    labels; KL to ``teacher`` (the artifact's, :func:`~ddbench.labels.distilling_teacher`) on the same
+    labels; KL to ``teacher`` (the artifact's, :func:`~ddbench.budget.labels.distilling_teacher`) on the same
     augmented (and mixed) view; KL to the bank's logits of this epoch's view."""
     if kind == "teacher":
         if teacher is None:
             raise ValueError("the teacher regime needs the teacher the harness rebuilds from the artifact "
-                             "(ddbench.labels.with_teacher)")
+                             "(ddbench.budget.labels.with_teacher)")
         with torch.no_grad():
             target = teacher(xb)
         return labels.kd_loss(model(xb), target, recipe.temperature, recipe.kd_t2)
@@ -170,7 +170,7 @@ def train_once(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: 
                 idx = perms[e, j * bs : (j + 1) * bs]
                 if kind == "soft-bank":
                     views = artifact.tensors[labels.BANK_VIEWS]
-                    xb = labels.crop_views(x[idx], views[idx, epoch % views.shape[1]], recipe.crop_fill)
+                    xb = crop_views(x[idx], views[idx, epoch % views.shape[1]], recipe.crop_fill)
                 else:
                     xb = augment_step(e * steps + j, x[idx])
                     xb = xb if mix is None else mix(xb)

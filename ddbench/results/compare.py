@@ -82,11 +82,6 @@ class Rule:
             return (new - old) / abs(old) * 100 if old else math.inf * (1 if new > old else -1 if new < old else 0)
         return new - old
 
-    def regressed(self, old: float, new: float) -> bool:
-        if self.metric in TIME_METRICS and abs(new - old) < TIME_FLOOR_S:
-            return False
-        return self.past(self.change(old, new))
-
     def past(self, change: float) -> bool:
         """Whether ``change`` (in the rule's units) goes beyond the limit in the bad direction."""
         return change < self.delta if self.higher_is_better else change > self.delta

@@ -28,10 +28,13 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ddbench.deviations import footnote
-from ddbench.executors import shared_timing_note
-from ddbench.recipe import PROTOCOL_FIELDS, PROTOCOLS, protocol_part
-from ddbench.results.records import COLUMNS, FULL, Row, aggregate, breakdown, common_settings, fmt
+from ddbench.results.records import footnote
+from ddbench.results.records import shared_timing_note
+from ddbench.vocab import protocol_part
+from ddbench.vocab import PROTOCOL_FIELDS
+from ddbench.vocab import PROTOCOLS
+from ddbench.results.records import COLUMNS, Row, aggregate, breakdown, common_settings, fmt
+from ddbench.vocab import FULL
 
 CSV_FIELDS = ["task", "distiller", "budget", "metric", "mean", "std", "nets", "seeds", "stored_params", "metric_per_kparam",
               "gain_vs_random", "compression", "distill_s", "eval_s", "peak_mb", "model_params", "device", "status", "label",

@@ -18,17 +18,17 @@ import math
 import re
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from ddbench.errors import StoreError
-from ddbench.recipe import PROTOCOLS
+from ddbench.vocab import FULL, PROTOCOLS
 
 if TYPE_CHECKING:  # the budget type lives with the interfaces (torch); records only need its text
     import pandas as pd
 
-    from ddbench.interfaces import Budget
+    from ddbench.vocab import Budget
 
 RESULTS_VERSION = 1
 """Bumped when a change to ddbench changes results; part of every cell key, so a store never
@@ -36,12 +36,9 @@ passes off a result of another version as current (0: results stored before keys
 LABEL_COLUMNS = ("teacher_free",)
 """Extras the harness records for artifacts outside the hard label regime and shows on every board:
 the same inputs trained from the hard labels their teacher, soft labels or bank imply (docs/labels.md)."""
-REGIMES = ("hard", "soft", "teacher", "soft-bank")  # ddbench.labels.REGIMES, here without torch
 RUN_LENGTH_META = ("iterations", "stopped_early")
 """Keys of ``Artifact.meta`` kept in the results: how long a distiller ran (a time limit may cut it short).
 They are board columns of every task (no direction: they describe a run, they do not rank it)."""
-FULL = "full"
-"""The budget label of budget-exempt rows (the whole train split): a reference, never ranked."""
 Status = Literal["ok", "failed", "skipped"]
 IDENTITY = ("task", "distiller", "budget", "seed")
 """Config keys that name a row; every other key of a cell's config is a setting that keeps rows apart."""
@@ -176,9 +173,9 @@ class CellResult:
     model_params: int = 0  # parameters of one evaluation net (what storing a trained net costs); 0: not recorded
     higher_is_better: dict[str, bool] = field(default_factory=dict)  # the task's metric directions (Task.higher_is_better)
     leaderboard_columns: list[str] = field(default_factory=list)  # extras the task shows on boards (Task.leaderboard_columns)
-    regime: str = "hard"  # the artifact's label regime (ddbench.labels.regime); "hard" for records older than regimes
+    regime: str = "hard"  # the artifact's label regime (ddbench.budget.labels.regime); "hard" for records older than regimes
     reference_regime: str = "hard"  # the regime random_ref was trained in (the artifact's teacher, or hard labels)
-    deviations: list[dict[str, str]] = field(default_factory=list)  # the method's departures from its official code in this cell (ddbench.deviations)
+    deviations: list[dict[str, str]] = field(default_factory=list)  # the method's departures from its official code in this cell (ddbench.contracts.deviations)
 
     @property
     def mean(self) -> float:
@@ -217,8 +214,8 @@ def normalised(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_from_dict(data: dict[str, Any]) -> CellResult:
-    """The :class:`CellResult` of a record (its budget parsed into a :class:`~ddbench.interfaces.Budget`)."""
-    from ddbench.interfaces import Budget  # the one typed field that needs the interfaces
+    """The :class:`CellResult` of a record (its budget parsed into a :class:`~ddbench.vocab.Budget`)."""
+    from ddbench.vocab import Budget
 
     config = dict(normalised(data)["config"])
     config["budget"] = Budget.parse(config["budget"]) if config.get("budget") else None
@@ -297,7 +294,7 @@ class Row:
     reference_regime: str = "hard"  # the regime its gain vs random was measured in
     per_cell: dict[str, list[float]] = field(default_factory=dict)  # MEDIAN_COLUMNS of each finished cell (empty: unknown, e.g. a CSV)
     by_tensor: dict[str, float] = field(default_factory=dict)  # stored params per tensor group (tensor_groups), mean over cells, by name
-    deviations: list[dict[str, str]] = field(default_factory=list)  # its method's departures from the official code (ddbench.deviations)
+    deviations: list[dict[str, str]] = field(default_factory=list)  # its method's departures from the official code (ddbench.contracts.deviations)
 
     @property
     def ok(self) -> bool:
@@ -514,3 +511,41 @@ def label_rows(rows: Sequence[Row]) -> None:
             flat = _flat(r.config)
             differs = ", ".join(f"{k}: {flat.get(k, 'unset')}" for k in sorted({*flat, *common}) if flat.get(k) != common.get(k))
             r.label = r.distiller + (f" ({options})" if options else "") + (f" [{differs}]" if differs else "")
+
+
+def footnote(records: Iterable[Mapping[str, str]]) -> str:
+    """Recorded departures as one line of text: ``aspect: official X; here Y (why)``, joined by '; '."""
+    return "; ".join(f"{r['aspect']}: official {r['official']}; here {r['ours']} ({r['why']})" for r in records)
+
+
+def shared_timing_note(records: Sequence[dict[str, Any]]) -> str:
+    """A board's line on timing when some of ``records`` ran where other cells could share their
+    device (an executor's ``shared_device`` provenance), else ''."""
+    shared = [r for r in records if (r.get("provenance") or {}).get("executor", {}).get("shared_device")]
+    if not shared:
+        return ""
+    most = max(int(r["provenance"]["executor"].get("cells_per_device", 2)) for r in shared)
+    return (f"- Timing: {len(shared)} of these {len(records)} cells ran where up to {most} cells at once shared a device "
+            "(the ray executor with a fraction of a GPU or several cells per machine): their distill s, eval s and peak MB "
+            "are not timed as on a dedicated device (docs/executors.md).")
+
+
+@dataclass
+class AnalysisRow:
+    """One analysis of one artifact, as the store keeps it."""
+
+    key: str
+    analysis: str
+    spec: str
+    version: str
+    task: str
+    distiller: str
+    label: str
+    status: str = "failed"
+    metrics: dict[str, float | bool] = field(default_factory=dict)
+    declared: dict[str, dict[str, Any]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    tensors_path: str = ""
+    seconds: float = 0.0
+    error: str = ""
+    traceback: str = ""

@@ -25,10 +25,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ddbench.deviations import footnote
+from ddbench.results.records import footnote
 from ddbench.results.leaderboard import (REGIME_TEXT, TEACHER_ROW, TRAINED, board_columns, boards, budget_key, direction, record_protocol,
                                          table_line, tiers)
-from ddbench.results.records import COLUMNS, FULL, Row, aggregate, settings
+from ddbench.results.records import COLUMNS, Row, aggregate, settings
+from ddbench.vocab import FULL
 
 ASSETS = ("site.js", "site.css")
 FILTERS = ("distiller", "protocol", "regime", "budget")
@@ -208,7 +209,7 @@ def _inline(text: str) -> str:
 
 
 def markdown_html(markdown: str) -> list[str]:
-    """The HTML of the Markdown that :mod:`ddbench.analysis_pages` writes: headings, pipe tables,
+    """The HTML of the Markdown that :mod:`ddbench.analysis.pages` writes: headings, pipe tables,
     images, list items and paragraphs (nothing else occurs there)."""
     out: list[str] = []
     table: list[list[str]] = []
@@ -238,7 +239,7 @@ def write_site(records: Sequence[dict[str, Any]], site: Path, analysis_pages: Se
                artifacts: Sequence[Path] = ()) -> list[Path]:
     """Write the site of ``records`` into ``site``: ``index.html``, ``<task>.html`` per task, the
     assets, and ``analyses.html`` from the analysis pages (``.md`` files that
-    :func:`ddbench.analysis_pages.write_pages` wrote into ``site/analyses``, beside their PNGs).
+    :func:`ddbench.analysis.pages.write_pages` wrote into ``site/analyses``, beside their PNGs).
     ``artifacts``: folders ``ddbench run --save-artifacts`` saved into (rows link to their files there)."""
     site.mkdir(parents=True, exist_ok=True)
     records = list(records)

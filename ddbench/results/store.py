@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ddbench.analysis import AnalysisRow
+from ddbench.results.records import AnalysisRow
 from ddbench.errors import StoreError
-from ddbench.provenance import provenance
+from ddbench.results.provenance import provenance
 from ddbench.results.records import Cell, CellResult, Row, aggregate, check_record, label_rows, result_to_dict
 
 DEFAULT_PATH = ".ddbench/results.sqlite"
@@ -124,7 +124,7 @@ class ResultStore:
 
     def put(self, result: CellResult, suite: str = "", executor: dict[str, Any] | None = None) -> None:
         """Commit one finished cell (replacing an earlier result of the same cell); ``executor``: how
-        it ran, kept in its provenance (:meth:`ddbench.executors.Executor.provenance`)."""
+        it ran, kept in its provenance (:meth:`ddbench.contracts.executor.Executor.provenance`)."""
         c = result.cell
         prov = {**self._provenance, "device": result.device, **({"executor": executor} if executor else {})}
         row = (c.key(), suite, c.task, c.distiller, str(c.budget) if c.budget else "", c.seed, result.status,

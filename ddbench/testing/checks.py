@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddbench import labels
-from ddbench.artifact import admission_problems, content_hash, count_storage, with_labels
+from ddbench.budget import labels
+from ddbench.budget.artifact import admission_problems, content_hash, count_storage, with_labels
 from ddbench.errors import BudgetError, DDBenchError, NotApplicable, PluginError
-from ddbench.harness import resolve_device
-from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Progress, RunContext, Split, TaskView, supports
+from ddbench.ops.device import resolve_device
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Progress, RunContext, Split, TaskView
+from ddbench.vocab import DISTILLATION_REGIMES, Budget
 from ddbench.plugins import PluginManager, Registry, get_plugin_manager, instantiate
-from ddbench.results.records import FULL
-from ddbench.suite import parse_named
+from ddbench.vocab import FULL
+from ddbench.plugins import parse_named
 from ddbench.testing.report import Case, ConformanceError, ConformanceReport, Failure
 from ddbench.testing.tasks import KitTask, task_view, tiny_classification, tiny_regression
 
@@ -39,7 +40,7 @@ FIXES: dict[str, str] = {
     "within-budget": "size the artifact from the budget (budget.ipc(task), budget.examples(task), budget.scalars(task)); "
                      "every tensor counts, labels and learned scalars included.",
 }
-"""How to fix each rule that :func:`ddbench.artifact.admission_problems` reports a problem under."""
+"""How to fix each rule that :func:`ddbench.budget.artifact.admission_problems` reports a problem under."""
 
 
 def check_distiller(distiller: type[Distiller], options: dict[str, Any] | None = None, *,
@@ -167,7 +168,7 @@ class _Runner:
     def check_task(self, kit_task: KitTask) -> None:
         view = task_view(kit_task.task, self.device)
         learner = self.build_learner(kit_task)
-        reason = supports(self.method, view, learner)
+        reason = self.method.supports(view, learner)
         if reason is not None and not isinstance(reason, str):
             self.fail("supports", view.name, f"supports() returned {reason!r}.",
                       "return None when the method applies to the task and learner, else a one-line reason string.")
@@ -222,7 +223,7 @@ class _Runner:
 
     def check_artifact(self, view: TaskView, budget: Budget | None, learner: Learner, artifact: Any, case: Case, where: str) -> bool:
         """Check one artifact against returns-artifact and on-device, then against finite, valid and
-        within-budget as the harness admits it (:func:`ddbench.artifact.admission_problems`)."""
+        within-budget as the harness admits it (:func:`ddbench.budget.artifact.admission_problems`)."""
         if not isinstance(artifact, Artifact) or not all(isinstance(t, torch.Tensor) for t in getattr(artifact, "tensors", {}).values()):
             self.fail("returns-artifact", where, f"distill() returned {type(artifact).__name__}, not an Artifact of tensors.",
                       FIXES["returns-artifact"])
@@ -266,7 +267,7 @@ class _Runner:
         try:
             kind = labels.regime(artifact.tensors, artifact.recipe)
             task = kit_task.task
-            recipe = (task.teacher_recipe(self.profile) if kind in labels.DISTILLATION_REGIMES else task.recipe(self.profile))
+            recipe = (task.teacher_recipe(self.profile) if kind in DISTILLATION_REGIMES else task.recipe(self.profile))
             recipe = recipe.updated(artifact.recipe)
             recipe = dataclasses.replace(recipe, epochs=min(recipe.epochs, TRAIN_EPOCHS))
             model = learner.build(view, 0).to(self.device)

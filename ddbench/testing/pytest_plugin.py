@@ -15,7 +15,7 @@ import pytest
 if TYPE_CHECKING:
     import torch
 
-    from ddbench.interfaces import RunContext, TaskView
+    from ddbench.contracts.interfaces import RunContext, TaskView
     from ddbench.testing.report import ConformanceReport
 
 
@@ -28,7 +28,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def ddbench_device(request: pytest.FixtureRequest) -> torch.device:
     """The device of ``--ddbench-device`` (cpu unless given)."""
-    from ddbench.harness import resolve_device
+    from ddbench.ops.device import resolve_device
 
     return resolve_device(request.config.getoption("ddbench_device"))
 
@@ -46,7 +46,7 @@ def ddbench_context(ddbench_device: torch.device, tmp_path: Path) -> RunContext:
     """A fresh quick-profile :class:`~ddbench.RunContext` (seed 0) for an author's own unit tests."""
     import torch
 
-    from ddbench.interfaces import Progress, RunContext
+    from ddbench.contracts.interfaces import Progress, RunContext
 
     return RunContext(ddbench_device, 0, torch.Generator(ddbench_device).manual_seed(0), Progress(), "quick",
                       None, tmp_path / "ddbench-cache")

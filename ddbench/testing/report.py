@@ -13,7 +13,7 @@ RULES: dict[str, str] = {
     "returns-artifact": "distill() returns a ddbench.Artifact of torch.Tensors",
     "on-device": "every artifact tensor is on context.device",
     "finite": "no artifact tensor holds NaN or infinite values",
-    "valid": "ddbench.artifact.admit accepts the artifact: its tensors validate and its recipe declares only choices",
+    "valid": "ddbench.budget.artifact.admit accepts the artifact: its tensors validate and its recipe declares only choices",
     "within-budget": "the artifact stores no more scalars than the budget allows",
     "seeded": "the same seed gives the same artifact (bitwise on CPU), whatever the global RNG state",
     "progress": "distill() reports progress through context.progress.update() at least once",

@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
-from ddbench import harness
-from ddbench.interfaces import Budget, Learner, Recipe, Split, Task, TaskData, TaskView
+from ddbench.contracts.interfaces import Learner, Recipe, Split, Task, TaskData, TaskView
+from ddbench.vocab import Budget
 from ddbench.plugins import get_plugin_manager, instantiate
-from ddbench.suite import parse_named
+from ddbench.run import suite
+from ddbench.plugins import parse_named
 
 
 class TinyClassification(Task):
@@ -117,4 +118,4 @@ def _budget(text: str | None) -> Budget | None:
 
 def task_view(task: Task, device: torch.device | str = "cpu") -> TaskView:
     """What a distiller sees of ``task`` (train and validation on ``device``), as the harness builds it."""
-    return harness.task_view(task, task.load(), device)
+    return suite.task_view(task, task.load(), device)

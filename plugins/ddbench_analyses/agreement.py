@@ -7,8 +7,9 @@ import statistics
 
 import torch
 
-from ddbench.analyze import labelled
-from ddbench.analysis import Analysis, AnalysisContext, Metric, Outcome, Subject, check_size_protocol
+from ddbench.analysis.runner import labelled
+from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject, check_size_protocol
+from ddbench.analysis.runner import AnalysisContext
 from ddbench.ops.hessian import hessian_trace, module_loss
 from ddbench.ops.probe import agreement, class_draw, example_losses, fit_protocol, fit_weighted, train_steps
 

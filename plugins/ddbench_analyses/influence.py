@@ -6,9 +6,10 @@ import math
 
 import torch
 
-from ddbench.analyze import labelled
-from ddbench.analysis import Analysis, AnalysisContext, Metric, Outcome, Subject, check_size_protocol
-from ddbench.interfaces import Artifact
+from ddbench.analysis.runner import labelled
+from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject, check_size_protocol
+from ddbench.analysis.runner import AnalysisContext
+from ddbench.contracts.interfaces import Artifact
 from ddbench.ops.probe import copies, example_losses, fit_weighted
 
 INIT_SEED = 51_000

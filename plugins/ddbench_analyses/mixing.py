@@ -6,11 +6,13 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from ddbench.analyze import labelled
-from ddbench.analysis import Analysis, AnalysisContext, Metric, Outcome, Subject, check_size_protocol
+from ddbench.analysis.runner import labelled
+from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject, check_size_protocol
+from ddbench.analysis.runner import AnalysisContext
 from ddbench.ops.probe import class_draw, combine, fit_protocol
 from ddbench.ops.subsets import random_subset
-from ddbench.interfaces import Artifact, Budget
+from ddbench.contracts.interfaces import Artifact
+from ddbench.vocab import Budget
 
 K_GRID = {"ci": (0, 2, 10, 50), "paper": (0, 2, 10, 50, 250)}
 REAL_SEED = 31_000  # the nested real draws R_k: the same for every artifact of a task (ours)

@@ -9,20 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddbench.analysis import (
-    Analysis,
-    AnalysisContext,
-    Metric,
-    Outcome,
-    Subject,
-    check_size_protocol,
-)
-from ddbench.analyze import labelled
-from ddbench.interfaces import RunContext
-from ddbench.labels import installed, logits, skeleton, teacher_learner
+from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject, check_size_protocol
+from ddbench.analysis.runner import AnalysisContext
+from ddbench.analysis.runner import labelled
+from ddbench.contracts.interfaces import RunContext
+from ddbench.budget.labels import installed, logits, skeleton, teacher_learner
 from ddbench.ops.probe import PAPER_LR, PAPER_MOMENTUM, train_steps
 from ddbench.ops.teacher import squeeze_teacher
-from ddbench.recipe import Recipe
+from ddbench.contracts.recipe import Recipe
 
 OFFICIAL, OURS = "official", "ours"
 RECIPES = (OFFICIAL, OURS)

@@ -6,10 +6,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddbench import options
-from ddbench.deviations import Deviation
-from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Recipe, RunContext, TaskView
-from ddbench.labels import teacher_tensors
+from ddbench.contracts import options
+from ddbench.contracts.deviations import Deviation
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Recipe, RunContext, TaskView
+from ddbench.vocab import Budget
+from ddbench.budget.labels import teacher_tensors
 from ddbench.ops.subsets import random_subset
 from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_AUGMENTS, SQUEEZE_EPOCHS, TEACHER, teacher_for
 

@@ -4,7 +4,7 @@ which alone writes the store.
 
 A task gets the cells of one distillation (its native and common cells, which share it, as under
 the local executor) and runs them with a harness of its own: the same :meth:`Harness.run_cell`,
-so each distillation still runs in a fresh cell worker (:mod:`ddbench.worker`) that never sees the
+so each distillation still runs in a fresh cell worker (:mod:`ddbench.run.worker`) that never sees the
 test split, and the evaluation trains the harness's own learners. The task gets the driver's
 registries (the plugin classes, sent by reference: every node imports them from its own install),
 the device type, the cache and artifact folders as absolute paths (shared by every node on a
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ddbench.errors import SuiteError, one_line
-from ddbench.executors import CellRunner, Executor
-from ddbench.harness import Harness, capped
-from ddbench.options import non_negative, positive
+from ddbench.contracts.executor import CellRunner, Executor
+from ddbench.run.harness import Harness, capped
+from ddbench.contracts.options import non_negative, positive
 from ddbench.plugins import PluginManager
 from ddbench.results.records import Cell, CellResult
 
@@ -208,7 +208,7 @@ def run_cells(setup: dict[str, Any], cells: list[Cell]) -> tuple[list[CellResult
     import ray
     import torch
 
-    from ddbench import worker
+    from ddbench.run import worker
 
     if _harness is None or _harness[0] != setup["run"]:
         torch.set_num_threads(setup["threads"])

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ddbench import options
-from ddbench.interfaces import Deviation, Learner, Progress, TaskView
+from ddbench.contracts import options
+from ddbench.contracts.interfaces import Deviation, Learner, Progress, TaskView
 from ddbench.ops.training import draw_seed
 from ddbench_gradmatch.sampling import INITS
 
@@ -27,7 +27,7 @@ SIAMESE_SEEDS = Deviation("random seeds", "the global generator reseeded from th
 
 
 def check_values(momentum_img: float, init: str, **counts: float | None) -> None:
-    """Reject option values the methods cannot use (:mod:`ddbench.options`)."""
+    """Reject option values the methods cannot use (:mod:`ddbench.contracts.options`)."""
     options.positive(**counts)
     options.within("momentum_img", momentum_img, 0, 1)
     options.one_of("init", init, INITS)

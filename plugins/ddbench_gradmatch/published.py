@@ -3,7 +3,7 @@ baseline of DC's Table 1 beside each, for ``ddbench reproduce``. Test accuracy i
 the papers evaluate the final set over 100 nets (DM: 25)."""
 from __future__ import annotations
 
-from ddbench.interfaces import Published
+from ddbench.contracts.interfaces import Published
 
 RANDOM = {  # DC paper, Table 1 (CIFAR-10 means as quoted by later papers; docs/methods.md §11)
     "mnist": {1: (64.9, 3.5), 10: (95.1, 0.9), 50: (97.9, 0.2)},

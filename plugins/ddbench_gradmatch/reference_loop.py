@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddbench.interfaces import Budget, Learner, RunContext, TaskView
+from ddbench.contracts.interfaces import Learner, RunContext, TaskView
+from ddbench.vocab import Budget
 from ddbench.ops.augment import DSA, Transform, apply
 from ddbench_gradmatch.common import FreshNetworks, HostSeeds, has_batchnorm
 from ddbench_gradmatch.dc import DCDistiller, freeze_batchnorm, loops_for_ipc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddbench.interfaces import TaskView
+from ddbench.contracts.interfaces import TaskView
 
 INITS = ("real", "noise")
 

@@ -6,7 +6,7 @@ those of the benchmark's reference loop (the published per-class loop, reference
 Each (method, ipc) runs one warm-up iteration (allocator, oneDNN/cuDNN kernels; the reference's
 too), then ``--repeats`` timed runs of ``--iterations`` outer iterations each (``--dm-iterations``
 for dm), with a device synchronisation at the end of each run only, under the malloc settings of
-``ddbench run``'s workers (:func:`ddbench.worker.warm_allocator`). With ``--reference`` the
+``ddbench run``'s workers (:func:`ddbench.run.worker.warm_allocator`). With ``--reference`` the
 reference's runs alternate with ddbench's (ABBA order), so load that other processes put on the
 machine falls on both alike. Prints a Markdown table of the medians: seconds per outer iteration,
 the peak memory a run adds (CUDA: the peak allocation; CPU: the peak resident set above the one
@@ -20,18 +20,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
 import torch
 
-from ddbench.harness import resolve_device
-from ddbench.hookspecs import Command
-from ddbench.interfaces import Budget, Distiller, Learner, RunContext, TaskView
+from ddbench.ops.device import resolve_device
+from ddbench.contracts.hookspecs import Command
+from ddbench.contracts.interfaces import Distiller, Learner, RunContext, TaskView
+from ddbench.vocab import Budget
 from ddbench.plugins import PluginManager, get_plugin_manager, instantiate, options_of
-from ddbench.suite import load_task
-from ddbench.worker import warm_allocator
+from ddbench.run.suite import load_task
+from ddbench.run.worker import warm_allocator
 from ddbench_gradmatch.dc import DCDistiller
 from ddbench_gradmatch.reference_loop import reference_distill
 
@@ -151,8 +151,3 @@ def run(args: argparse.Namespace) -> int:
 COMMAND = Command("gradmatch-timing", "seconds per outer iteration and peak memory of dc, dsa and dm (and the reference loop)",
                   run, arguments, __doc__.split("\n\n")[0])
 
-
-if __name__ == "__main__":  # the former script: the same as `ddbench gradmatch-timing ...`
-    from ddbench.cli import main
-
-    sys.exit(main(["gradmatch-timing", *sys.argv[1:]]))

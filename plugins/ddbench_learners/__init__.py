@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ddbench import hookimpl
-from ddbench.hookspecs import Command
+from ddbench.contracts.hookspecs import Command
 from ddbench_learners.convnet import ConvNetLearner
 from ddbench_learners.mlp import MLPLearner
 from ddbench_learners.resnet import ResNetLearner

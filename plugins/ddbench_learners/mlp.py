@@ -5,8 +5,8 @@ import math
 
 from torch import nn
 
-from ddbench import options
-from ddbench.interfaces import TaskView
+from ddbench.contracts import options
+from ddbench.contracts.interfaces import TaskView
 from ddbench.ops.classifier import ClassifierLearner, FeaturesClassifier
 from ddbench.ops.training import require_classification, seeded
 

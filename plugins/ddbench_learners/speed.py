@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
@@ -28,12 +27,12 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from ddbench import Artifact, Recipe
-from ddbench.harness import resolve_device
-from ddbench.hookspecs import Command
+from ddbench.ops.device import resolve_device
+from ddbench.contracts.hookspecs import Command
 from ddbench.ops.ensemble import train_ensemble
 from ddbench.ops.training import seeded, train_classifier
 from ddbench.plugins import get_plugin_manager
-from ddbench.suite import load_task
+from ddbench.run.suite import load_task
 from ddbench_learners.convnet import ConvNet
 
 DSA = "color_crop_cutout_flip_scale_rotate"
@@ -188,8 +187,3 @@ def run(args: argparse.Namespace) -> int:
 COMMAND = Command("ensemble-speed", "speed of the vmapped evaluation ensemble against sequential training, and bf16",
                   run, arguments, __doc__.split("\n\n")[0])
 
-
-if __name__ == "__main__":
-    from ddbench.cli import main
-
-    sys.exit(main(["ensemble-speed", *sys.argv[1:]]))

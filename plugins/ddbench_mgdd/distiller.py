@@ -18,7 +18,7 @@ cached (ddbench.ops.cache) and shared by every distillation seed.
 Two accounting forms, one row each (``form``):
 
 - ``outputs``: the generated images ``x`` and their least-squares labels ``y`` (N, C);
-- ``regenerate``: the adapted generator's weights ``gen.*`` (ddbench.ops.generator), its
+- ``regenerate``: the adapted generator's weights ``gen.*`` (ddbench.budget.generator), its
   conditioning inputs ``x`` and the labels ``y``; the learner regenerates the images before training.
   The weights share the budget with the inputs, so this form holds fewer images per class.
 
@@ -35,21 +35,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ddbench import options
+from ddbench.contracts import options
 from ddbench.errors import BudgetError, TaskDataError
-from ddbench.interfaces import (
-    Artifact,
-    Budget,
-    Deviation,
-    Distiller,
-    Learner,
-    Progress,
-    RunContext,
-    TaskView,
-)
+from ddbench.contracts.interfaces import Artifact, Deviation, Distiller, Learner, Progress, RunContext, TaskView
+from ddbench.vocab import Budget
 from ddbench.ops.augment import DSA, apply
 from ddbench.ops.cache import cache_key, fingerprint
-from ddbench.ops.generator import ConditionalGenerator, generator_tensors
+from ddbench.budget.generator import ConditionalGenerator, generator_tensors
 from ddbench.ops.subsets import random_subset
 from ddbench.ops.training import draw_seed
 from ddbench_mgdd.objective import as_distribution, solve
@@ -196,9 +188,9 @@ class MGDD(Distiller):
 
     def source_view(self, task: TaskView, context: RunContext) -> TaskView:
         """The source's view: the target's own for ``self``, else the named task's train and
-        validation splits (its test split is dropped before anything moves: ddbench.suite.load_view)."""
+        validation splits (its test split is dropped before anything moves: ddbench.run.suite.load_view)."""
         from ddbench.plugins import get_plugin_manager
-        from ddbench.suite import load_view
+        from ddbench.run.suite import load_view
 
         name = self.source_name(task)
         if name == SELF:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ddbench import hookimpl
-from ddbench.hookspecs import Command
+from ddbench.contracts.hookspecs import Command
 from ddbench_mtt.distiller import MTT
 from ddbench_mtt.seqmatch import SeqMatch
 

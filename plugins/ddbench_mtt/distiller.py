@@ -20,17 +20,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ddbench import options
+from ddbench.contracts import options
 from ddbench.errors import DDBenchError
-from ddbench.interfaces import (
-    Artifact,
-    Budget,
-    Deviation,
-    Distiller,
-    Learner,
-    RunContext,
-    TaskView,
-)
+from ddbench.contracts.interfaces import Artifact, Deviation, Distiller, Learner, RunContext, TaskView
+from ddbench.vocab import Budget
 from ddbench.ops.augment import DSA
 from ddbench.ops.subsets import random_subset
 from ddbench_mtt.experts import ExpertRecipe, StartFn, expert_buffer

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.func import vmap
 
-from ddbench.interfaces import Learner, Recipe, Split, TaskView
+from ddbench.contracts.interfaces import Learner, Recipe, Split, TaskView
 from ddbench.ops.ensemble import flat_parameters, stack_parameters, train_ensemble
 from ddbench.ops.cache import cache_key, fingerprint
 from ddbench.ops.training import DRAWS

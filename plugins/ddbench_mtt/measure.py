@@ -12,7 +12,6 @@ through ``ddbench_register_commands``)::
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,10 +21,10 @@ import torch
 from torch import Tensor
 
 from ddbench.ops.augment import DSA
-from ddbench.harness import resolve_device
-from ddbench.hookspecs import Command
+from ddbench.ops.device import resolve_device
+from ddbench.contracts.hookspecs import Command
 from ddbench.plugins import get_plugin_manager, instantiate
-from ddbench.suite import load_task
+from ddbench.run.suite import load_task
 from ddbench_mtt.flat import FlatModel
 from ddbench_mtt.unroll import EXACT_MODES, MODES, Gradients, draw_schedule, gradient_fn
 
@@ -140,8 +139,3 @@ def run(args: argparse.Namespace) -> int:
 COMMAND = Command("mtt-memory", "seconds per iteration and memory of the MTT gradient modes against syn_steps", run, arguments,
                   __doc__.split("\n\n")[0].replace("\n", " "))
 
-
-if __name__ == "__main__":  # the former script: the same as `ddbench mtt-memory ...`
-    from ddbench.cli import main
-
-    sys.exit(main(["mtt-memory", *sys.argv[1:]]))

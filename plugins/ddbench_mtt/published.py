@@ -5,7 +5,7 @@ CIFAR-10 ipc 1 and 10 rows were made on ZCA-whitened inputs (``zca``); the MNIST
 rows (FRePo's re-runs, whose preprocessing was not checked) are taken as unwhitened."""
 from __future__ import annotations
 
-from ddbench.interfaces import Published
+from ddbench.contracts.interfaces import Published
 
 SOURCE = "MNIST/FashionMNIST: FRePo's re-run; CIFAR-10: MTT paper; random: DC Table 1 (docs/methods.md §11)"
 ROWS = {  # dataset: ipc -> (MTT mean, std, random mean, random std)

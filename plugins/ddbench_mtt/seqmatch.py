@@ -10,7 +10,7 @@ Each subset runs as its stage of the official run.sh: start epochs uniform on [s
 its interval, experts trained to epoch end - 1, alpha_k starting from the subset's own alpha_0, and
 student minibatches of classes x ipc_k rows from permutations of the frozen subsets and the new one.
 
-The artifact is staged (ddbench.stages): ``x`` holds the subsets in order (each class-balanced),
+The artifact is staged (ddbench.budget.stages): ``x`` holds the subsets in order (each class-balanced),
 ``stage.end`` the cumulative row counts and ``stage.lr`` the learned alphas, so evaluation trains
 on S1 at alpha_1, then on S1 ∪ S2 at alpha_2, and so on, and the harness counts all of it.
 """
@@ -26,21 +26,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ddbench import options
-from ddbench.artifact import content_hash, with_labels
+from ddbench.contracts import options
+from ddbench.budget.artifact import content_hash, with_labels
 from ddbench.errors import NotApplicable
-from ddbench.interfaces import (
-    Artifact,
-    Budget,
-    Deviation,
-    Learner,
-    Recipe,
-    RunContext,
-    TaskView,
-)
+from ddbench.contracts.interfaces import Artifact, Deviation, Learner, Recipe, RunContext, TaskView
+from ddbench.vocab import Budget
 from ddbench.ops.ensemble import fit_classifiers
 from ddbench.ops.subsets import random_subset
-from ddbench.stages import stage_tensors
+from ddbench.budget.stages import stage_tensors
 from ddbench_mtt.distiller import EXPERT_ARCH_SEED, MTT
 from ddbench_mtt.flat import FlatModel
 from ddbench_mtt.presets import CIFAR10, CIFAR100

@@ -15,12 +15,16 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ddbench import options
-from ddbench.interfaces import Artifact, Budget, Deviation, Distiller, Learner, RunContext, TaskView
-from ddbench.labels import BANK_LOGITS, BANK_VIEWS, VIEW_KINDS, crop_views, logits, padded_views, random_views, teacher_tensors
+from ddbench.contracts import options
+from ddbench.contracts.interfaces import Artifact, Deviation, Distiller, Learner, RunContext, TaskView
+from ddbench.vocab import Budget
+from ddbench.budget.labels import BANK_LOGITS, BANK_VIEWS, VIEW_KINDS, logits, teacher_tensors
+from ddbench.ops.augment import crop_views
+from ddbench.ops.augment import random_views
+from ddbench.ops.augment import padded_views
 from ddbench.ops.subsets import random_subset
 from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_AUGMENTS, SQUEEZE_EPOCHS, TEACHER, teacher_for
-from ddbench.recipe import crop_protocol
+from ddbench.contracts.recipe import crop_protocol
 from ddbench_sre.recover import Perturb, RecoverRecipe, directed_perturbation, recover
 
 SRE2L_CODE = ("VILA-Lab/SRe2L @ 8d00cba: SRe2L/*small_dataset/squeeze_cifar.py, recover_cifar.py, recover_cifar.sh, "
@@ -195,7 +199,7 @@ def interleaved(y: Tensor, num_classes: int) -> Tensor:
 def relabel(teacher: nn.Module, x: Tensor, y: Tensor, form: str, views: int, view_kind: str, spec: str, task: TaskView,
             context: RunContext) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The artifact's tensors and declared recipe for relabelling form ``form`` (x is class-ordered);
-    a bank's ``views`` views are drawn as ``view_kind`` (:data:`ddbench.labels.VIEW_KINDS`)."""
+    a bank's ``views`` views are drawn as ``view_kind`` (:data:`ddbench.budget.labels.VIEW_KINDS`)."""
     recipe = {"labels": "class-balanced"}
     if form == "teacher":
         return {"x": x, **teacher_tensors(teacher)}, {**recipe, "teacher": spec}

@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ddbench import options
+from ddbench.contracts import options
 from ddbench.errors import TaskDataError
-from ddbench.interfaces import Recipe, Split, Task, TaskData
+from ddbench.contracts.interfaces import Recipe, Split, Task, TaskData
 from ddbench_tasks.splits import stratified_split
 from ddbench_tasks.zca import EPS as ZCA_EPS
 from ddbench_tasks.zca import Zca

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddbench.interfaces import Split
+from ddbench.contracts.interfaces import Split
 
 
 def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ddbench import hookimpl
-from ddbench.hookspecs import Command
+from ddbench.contracts.hookspecs import Command
 from ddbench_theory.baselines import RandomFeatures
 from ddbench_theory.distiller import TwoStage
 from ddbench_theory.task import MultiIndex

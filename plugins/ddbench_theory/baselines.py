@@ -6,8 +6,9 @@ random-features reference: no first-layer step.
 """
 from __future__ import annotations
 
-from ddbench.deviations import Deviation
-from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.deviations import Deviation
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.vocab import Budget
 from ddbench_theory.distiller import NO_CODE
 
 

@@ -332,7 +332,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 def write(results: list[dict[str, Any]] | dict[str, Any], out: Path, elapsed: float | None = None) -> list[Path]:
     """Write the board's Markdown, CSV, plot and JSON under ``out``; ``results`` is the study's list or a saved JSON."""
-    from ddbench.provenance import provenance
+    from ddbench.results.provenance import provenance
 
     payload = results if isinstance(results, dict) else {"results": results, "wall_s": elapsed, "provenance": provenance()}
     out.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddbench import options
-from ddbench.deviations import Deviation
+from ddbench.contracts import options
+from ddbench.contracts.deviations import Deviation
 from ddbench.errors import BudgetError
-from ddbench.interfaces import Artifact, Budget, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.vocab import Budget
 from ddbench_theory.stage1 import INIT_MODES, INITS, LABEL_MODES, LOSSES, Stage1Result, match_gradients
 from ddbench_theory.stage2 import LABEL_STARTS, OBJECTIVES, fit_head_points
 from ddbench_theory.two_layer import (

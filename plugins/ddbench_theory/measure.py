@@ -36,9 +36,9 @@ from typing import Any
 import torch
 
 from ddbench.errors import SuiteError
-from ddbench.harness import resolve_device
-from ddbench.hookspecs import Command
-from ddbench.interfaces import Recipe, RunContext
+from ddbench.ops.device import resolve_device
+from ddbench.contracts.hookspecs import Command
+from ddbench.contracts.interfaces import Recipe, RunContext
 from ddbench_theory.distiller import FirstStage, TwoStage, artifact_size, resolve_size
 from ddbench_theory.stage1 import match_gradients
 from ddbench_theory.streaming import (

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ddbench.artifact import count_storage
-from ddbench.interfaces import Artifact, Recipe, Split
+from ddbench.budget.artifact import count_storage
+from ddbench.contracts.interfaces import Artifact, Recipe, Split
 from ddbench_theory.two_layer import (
     TwoLayer,
     TwoLayerLearner,

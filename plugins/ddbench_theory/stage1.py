@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ddbench.interfaces import RunContext
+from ddbench.contracts.interfaces import RunContext
 from ddbench_theory.two_layer import first_layer_grad, symmetric_init
 
 LOSSES = ("cos-signed", "cos", "fro", "dc-cos")

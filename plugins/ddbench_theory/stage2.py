@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ddbench.interfaces import RunContext
+from ddbench.contracts.interfaces import RunContext
 from ddbench_theory.two_layer import grid_positions, ridge_from_moments
 
 OBJECTIVES = ("perf-match", "param-match")

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ddbench import options
+from ddbench.contracts import options
 from ddbench_theory.task import LINKS, link_fn, subspace
 from ddbench_theory.two_layer import TwoLayer, ridge_from_moments
 

@@ -8,7 +8,7 @@ configuration and seed, so a rerun evaluates only what is missing. The per-seed 
 ``multi-index.json``, from which :mod:`ddbench_theory.board` writes the board.
 
 The student is the ``two-stage`` distiller's artifact trained by the ``two-layer`` learner in
-artifact mode and scored on the test split, its budget counted by :func:`ddbench.artifact.count_storage`,
+artifact mode and scored on the test split, its budget counted by :func:`ddbench.budget.artifact.count_storage`,
 exactly as the harness does it; stage 1 (and the feature moments) run once per (seed, M1).
 """
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from ddbench.artifact import count_storage
+from ddbench.budget.artifact import count_storage
 from ddbench.errors import DDBenchError
-from ddbench.hookspecs import Command
-from ddbench.interfaces import RunContext, TaskView
-from ddbench.suite import task_view
+from ddbench.contracts.hookspecs import Command
+from ddbench.contracts.interfaces import RunContext, TaskView
+from ddbench.run.suite import task_view
 from ddbench_theory.distiller import FirstStage, TwoStage
 from ddbench_theory.references import teacher, tuned_subset
 from ddbench_theory.search import m1_values, search

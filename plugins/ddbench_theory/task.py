@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddbench import options
-from ddbench.interfaces import Artifact, Recipe, Split, Task, TaskData
+from ddbench.contracts import options
+from ddbench.contracts.interfaces import Artifact, Recipe, Split, Task, TaskData
 from ddbench_theory.references import Truth, references, student_metrics
 from ddbench_theory.two_layer import (
     TwoLayer,

@@ -54,7 +54,7 @@ def test_baseline_distillation(benchmark, manager, setup, name):
 def test_worker_round_trip(benchmark, harness, digits):
     """One distillation in a fresh cell worker and back (``random``, digits ipc=1): the isolation's
     cost per cell, on top of the distillation itself."""
-    from ddbench.suite import DistillerEntry, Suite, TaskEntry
+    from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 
     _, view, _ = digits
     suite = Suite("bench", [TaskEntry("digits", [Budget.parse("ipc=1")])], [DistillerEntry("random")], "quick", 1, [0])

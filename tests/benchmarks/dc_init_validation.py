@@ -11,11 +11,12 @@ import statistics
 
 import torch
 
-from ddbench.artifact import with_labels
-from ddbench.interfaces import Budget, RunContext
+from ddbench.budget.artifact import with_labels
+from ddbench.contracts.interfaces import RunContext
+from ddbench.vocab import Budget
 from ddbench.plugins import get_plugin_manager, instantiate
-from ddbench.recipe import evaluation_recipe
-from ddbench.suite import load_task
+from ddbench.contracts.recipe import evaluation_recipe
+from ddbench.run.suite import load_task
 
 SETTINGS = {"dc, init noise": ("dc", {"init": "noise"}), "dc, init real": ("dc", {"init": "real"}), "random": ("random", {})}
 

@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 
-from ddbench.artifact import with_labels
-from ddbench.interfaces import Artifact, Budget, RunContext
-from ddbench.labels import teacher_tensors, with_teacher
+from ddbench.budget.artifact import with_labels
+from ddbench.contracts.interfaces import Artifact, RunContext
+from ddbench.vocab import Budget
+from ddbench.budget.labels import teacher_tensors, with_teacher
 from ddbench.ops.subsets import random_artifact
 from ddbench.ops.teacher import squeeze_recipe, squeeze_teacher
 from ddbench.plugins import get_plugin_manager, instantiate
-from ddbench.suite import load_view
+from ddbench.run.suite import load_view
 
 TEACHER = "resnet:depth=18,width=16"
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {  # name: (the teacher's augmentation, changes to the official recipe)

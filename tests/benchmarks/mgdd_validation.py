@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from ddbench.artifact import with_labels
-from ddbench.interfaces import Budget, RunContext
+from ddbench.budget.artifact import with_labels
+from ddbench.contracts.interfaces import RunContext
+from ddbench.vocab import Budget
 from ddbench.plugins import get_plugin_manager, instantiate
-from ddbench.recipe import evaluation_recipe
-from ddbench.suite import load_view
+from ddbench.contracts.recipe import evaluation_recipe
+from ddbench.run.suite import load_view
 
 SETTINGS: dict[str, dict[str, Any]] = {  # meta_steps: generator steps (Reptile: outer steps x inner_steps)
     "no meta-training, adapt 10": {"meta_steps": 0, "adapt_steps": 10},

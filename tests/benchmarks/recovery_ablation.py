@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from ddbench.artifact import with_labels
-from ddbench.interfaces import Budget, RunContext
-from ddbench.labels import with_teacher
+from ddbench.budget.artifact import with_labels
+from ddbench.contracts.interfaces import RunContext
+from ddbench.vocab import Budget
+from ddbench.budget.labels import with_teacher
 from ddbench.plugins import get_plugin_manager, instantiate
-from ddbench.suite import load_view
+from ddbench.run.suite import load_view
 
 ROWS: dict[str, dict[str, Any]] = {
     "the real images (1 step at lr 1e-6)": {"steps": 1, "lr": 1e-6},

@@ -22,7 +22,6 @@ and in the by-tensor breakdown; boards rank each regime apart.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,15 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from ddbench.interfaces import Artifact, Learner, TaskView
+    from ddbench.contracts.interfaces import Artifact, Learner, TaskView
     from ddbench.plugins import Registry
 
-from ddbench.ops.augment import crop_padding, fill_values, shift  # noqa: E402
-from ddbench.results.records import REGIMES  # noqa: E402,F401 - defined with the records, which boards read without torch
-
-DISTILLATION_REGIMES = ("teacher", "soft-bank")
-"""Regimes whose students train by distillation, with the task's
-:meth:`~ddbench.interfaces.Task.teacher_recipe`, and need no ``y`` (the teacher or the bank gives the targets)."""
 TEACHER_PREFIX = "teacher."
 BANK_LOGITS, BANK_VIEWS = "bank.logits", "bank.views"
 LABEL_PREFIXES = (TEACHER_PREFIX, "bank.")  # the names of a teacher's and a bank's tensors begin so
@@ -48,7 +41,6 @@ VIEW_FIELDS = 5
 flip flag (0 or 1). A crop of the image's own size (height and width 1) is a shift by whole pixels
 that may reach past the border (a padded random crop: what lies outside is the padding's fill);
 a smaller crop lies inside the image and is resized back to its size."""
-CROP_SCALE = (0.08, 1.0)  # area fraction of a resized view's crop (RandomResizedCrop's default range: SRe2L's ImageNet relabel)
 VIEW_KINDS = ("crop", "resized")
 """How a bank draws its views: ``crop``, the CIFAR student protocol's padded random crop and flip
 (:func:`ddbench.ops.augment.crop_padding`); ``resized``, the ImageNet relabel's RandomResizedCrop and flip."""
@@ -109,7 +101,7 @@ def installed(learners: Registry[Any] | None) -> Registry[Any]:
 def teacher_learner(spec: str, learners: Registry[Any]) -> Learner:
     """The learner a teacher spec names, built with exactly the spec's options (no profile defaults)."""
     from ddbench.plugins import instantiate
-    from ddbench.suite import parse_named
+    from ddbench.plugins import parse_named
 
     name, options = parse_named(spec)
     return instantiate(learners.get(name), options, "full")
@@ -129,7 +121,7 @@ def teacher_problem(tensors: Mapping[str, Tensor], recipe: Mapping[str, Any], ta
                 "teacher='<learner spec>' naming their architecture, or drop them.")
     if not state:
         return (f"it declares teacher {spec!r} but stores none of its weights: store the teacher's whole state_dict "
-                "as tensors 'teacher.<name>' (ddbench.labels.teacher_tensors(model)); a teacher is read from the artifact only.")
+                "as tensors 'teacher.<name>' (ddbench.budget.labels.teacher_tensors(model)); a teacher is read from the artifact only.")
     if BANK_LOGITS in tensors or BANK_VIEWS in tensors:
         return "it stores both a teacher and a soft-label bank: one label regime per artifact."
     try:
@@ -163,7 +155,7 @@ def build_teacher(tensors: Mapping[str, Tensor], spec: str, task: TaskView, lear
 def with_teacher(artifact: Artifact, task: TaskView, learners: Registry[Any] | None, device: torch.device | str) -> Artifact:
     """``artifact`` with its ``teacher`` rebuilt from its own tensors when it is in the teacher
     regime (:func:`build_teacher`; ``learners`` defaults to the installed plugins'), else as it is."""
-    from ddbench.interfaces import Artifact
+    from ddbench.contracts.interfaces import Artifact
 
     if regime(artifact.tensors, artifact.recipe) != "teacher":
         return artifact
@@ -197,51 +189,6 @@ def bank_problem(tensors: Mapping[str, Tensor], num_classes: int | None) -> str 
         return ("every bank view must be a crop inside the image, or a whole-size shift by less than the side "
                 "(fractions), with a flip flag of 0 or 1.")
     return None
-
-
-def padded_views(n: int, views: int, side: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """(n, views, 5) padded random crops of images of ``side`` pixels: shifts by whole pixels uniform on
-    -p..p along each axis (p = :func:`~ddbench.ops.augment.crop_padding`), as torchvision's
-    ``RandomCrop(side, padding=p)``, and a flip with probability 1/2 where ``flip``."""
-    device, pad = generator.device, crop_padding(side)
-    offsets = torch.randint(-pad, pad + 1, (n, views, 2), generator=generator, device=device).float() / side
-    mirror = (torch.rand(n, views, generator=generator, device=device) < 0.5).float() * float(flip)
-    ones = torch.ones(n, views, device=device)
-    return torch.stack([offsets[..., 0], offsets[..., 1], ones, ones, mirror], -1)
-
-
-def random_views(n: int, views: int, generator: torch.Generator, scale: tuple[float, float] = CROP_SCALE) -> Tensor:
-    """(n, views, 5) random resized crops (area fraction in ``scale``, aspect ratio 3/4..4/3, inside the
-    image) and flips, as torchvision's ``RandomResizedCrop`` and ``RandomHorizontalFlip``."""
-    device = generator.device
-    area = torch.empty(n, views, device=device).uniform_(*scale, generator=generator)
-    log_ratio = torch.empty(n, views, device=device).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
-    ratio = log_ratio.exp()
-    h = (area / ratio).sqrt().clamp(max=1.0)
-    w = (area * ratio).sqrt().clamp(max=1.0)
-    top = torch.rand(n, views, generator=generator, device=device) * (1 - h)
-    left = torch.rand(n, views, generator=generator, device=device) * (1 - w)
-    flip = (torch.rand(n, views, generator=generator, device=device) < 0.5).float()
-    return torch.stack([top, left, h, w, flip], -1)
-
-
-def crop_views(x: Tensor, views: Tensor, fill: tuple[float, ...] = ()) -> Tensor:
-    """Each image of ``x`` (B, C, H, W) cropped to its view (B, 5) and flipped where flagged: a
-    whole-size view shifted by whole pixels, what it uncovers filled with ``fill`` per channel (a
-    recipe's ``crop_fill``; default 0);
-    a smaller view resized back to H x W (bilinear)."""
-    top, left, h, w, flip = views.unbind(-1)
-    theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = w
-    theta[:, 0, 2] = 2 * left + w - 1
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = 2 * top + h - 1
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    resized = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    dy, dx = (top * x.shape[-2]).round().long(), (left * x.shape[-1]).round().long()
-    shifted = shift(x, dy, dx, fill_values(fill, x))
-    out = torch.where(((h == 1) & (w == 1)).view(-1, 1, 1, 1), shifted, resized)
-    return torch.where(flip.bool().view(-1, 1, 1, 1), out.flip(-1), out)
 
 
 # -- losses and the teacher-free view ----------------------------------------------------------

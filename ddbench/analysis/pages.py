@@ -7,8 +7,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ddbench.analysis import AnalysisRow
-from ddbench.analyze import spec_slug
+from ddbench.results.records import AnalysisRow
+from ddbench.analysis.runner import spec_slug
 
 COLUMNS = {  # the metrics each built-in analysis shows in its table (others: every metric it returned)
     "early_agreement": ("acc_distilled", "agreement_early", "agreement_subset", "agreement_gap", "matched_step_mean",

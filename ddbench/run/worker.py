@@ -43,14 +43,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddbench import labels
-from ddbench.artifact import check_boundary, from_bytes, to_bytes
+from ddbench.budget import labels
+from ddbench.budget.artifact import check_boundary, from_bytes, to_bytes
 from ddbench.errors import DDBenchError, NotApplicable, one_line
-from ddbench.interfaces import Budget, Progress, RunContext, Split, TaskView, supports
+from ddbench.contracts.interfaces import Progress, RunContext, Split, TaskView
+from ddbench.vocab import Budget
 
 ProgressCallback = Callable[[int, "int | None", "dict[str, float]"], None]
 
-PRELOAD = ("ddbench.worker", "torch._dynamo")
+PRELOAD = ("ddbench.run.worker", "torch._dynamo")
 """Imported once by the fork server, beside the plugins. ``torch._dynamo`` is what torch.optim
 imports on its first step (about a second, with sympy): paid there, not in every worker."""
 PROGRESS_EVERY_S = 0.2  # seconds between a child's progress messages (the last one always goes)
@@ -379,7 +380,7 @@ def _run(request: DistillRequest, channel: _Channel) -> tuple[dict[str, Any], by
     view = read_view(request.view, device)
     distiller = instantiate(request.distiller, request.distiller_options, request.profile)
     learner = instantiate(request.learner, request.learner_options, request.profile)
-    reason = supports(distiller, view, learner)
+    reason = distiller.supports(view, learner)
     if reason is not None:
         return {"status": "skipped", "error": str(reason)}, None
     generator = torch.Generator(device).manual_seed(request.seed)

@@ -6,10 +6,8 @@ declare ``quick = {...}``: option values used by the ``quick`` profile unless th
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,9 +17,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from ddbench.deviations import Deviation
-from ddbench.errors import BudgetError
-from ddbench.recipe import KD_EPOCHS, KD_PROTOCOL, QUICK_KD_BATCH, Recipe, crop_protocol
+from ddbench.contracts.deviations import Deviation
+from ddbench.vocab import Budget
+from ddbench.contracts.recipe import KD_EPOCHS, KD_PROTOCOL, QUICK_KD_BATCH, Recipe, crop_protocol
 
 Kind = Literal["classification", "regression"]
 
@@ -96,7 +94,7 @@ class Artifact:
     epochs, ``lr_from_artifact``); plain values only, never data.
     ``meta``: provenance and logs (loss curves, seeds). Learners must not train from it.
     ``teacher``: the teacher network the harness rebuilt from the artifact's own ``teacher.*``
-    tensors (:func:`ddbench.labels.build_teacher`), for learners training in the ``teacher`` label
+    tensors (:func:`ddbench.budget.labels.build_teacher`), for learners training in the ``teacher`` label
     regime. Only tensors cross from a distiller's worker: a distiller cannot set it.
     """
 
@@ -116,53 +114,6 @@ class Artifact:
     def to(self, device: torch.device | str) -> "Artifact":
         teacher = None if self.teacher is None else self.teacher.to(device)
         return Artifact({k: v.to(device) for k, v in self.tensors.items()}, dict(self.recipe), dict(self.meta), teacher)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A storage budget: images per class (``ipc=10``) or stored scalars (``params=50000``).
-
-    ``ipc`` converts to scalars as ipc x classes x (input size + 1): one input and one hard label
-    per stored example (``docs/design.md`` §3, "The artifact and the budget").
-    """
-
-    kind: Literal["ipc", "params"]
-    value: int
-
-    @classmethod
-    def parse(cls, text: str) -> "Budget":
-        kind, sep, value = str(text).partition("=")
-        kind = kind.strip()
-        if not sep or kind not in ("ipc", "params") or not value.strip().isdigit() or int(value) <= 0:
-            raise BudgetError(f"malformed budget {text!r}: write ipc=N or params=N with a positive integer N.")
-        return cls(kind, int(value))  # type: ignore[arg-type]
-
-    def __str__(self) -> str:
-        return f"{self.kind}={self.value}"
-
-    def scalars(self, task: TaskView) -> int:
-        """The budget in stored scalars for ``task``."""
-        if self.kind == "params":
-            return self.value
-        if task.num_classes is None:
-            raise BudgetError(f"budget {self} needs a classification task, but {task.name!r} is regression: use params=N.")
-        return self.value * task.num_classes * (task.input_size + 1)
-
-    def examples(self, task: TaskView) -> int:
-        """How many (input, label) pairs fit in the budget."""
-        return self.scalars(task) // (task.input_size + 1)
-
-    def ipc(self, task: TaskView) -> int:
-        """Examples per class that fit (classification), at least 1 or a :class:`BudgetError`."""
-        if task.num_classes is None:
-            raise BudgetError(f"task {task.name!r} has no classes: images per class do not apply; use params=N.")
-        n = self.value if self.kind == "ipc" else self.examples(task) // task.num_classes
-        if n < 1:
-            raise BudgetError(
-                f"budget {self} is below one example per class on {task.name!r} "
-                f"(needs {task.num_classes * (task.input_size + 1)} scalars): raise it."
-            )
-        return n
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +230,7 @@ class Task(Component, ABC):
 
     def common_recipe(self, profile: str) -> Recipe | None:
         """The one recipe every row of the task's ``common`` board trains with under ``profile``:
-        its :data:`~ddbench.recipe.PROTOCOL_FIELDS` replace what an artifact declares
+        its :data:`~ddbench.vocab.PROTOCOL_FIELDS` replace what an artifact declares
         (docs/design.md §4). ``None``, the default: the task has no common protocol, only
         ``native``; a task class that does not override this method gets no ``common`` cells."""
         return None
@@ -287,10 +238,10 @@ class Task(Component, ABC):
     def teacher_recipe(self, profile: str) -> Recipe:
         """The student recipe of artifacts in the ``teacher`` and ``soft-bank`` label regimes
         (docs/labels.md §3): :meth:`recipe` with the distillation protocol's optimiser, schedule,
-        rates, temperature, batch and mixup (:data:`ddbench.recipe.KD_PROTOCOL`), and 400 epochs in
+        rates, temperature, batch and mixup (:data:`ddbench.contracts.recipe.KD_PROTOCOL`), and 400 epochs in
         the full profile (the quick profile keeps :meth:`recipe`'s epochs and trains on batches of
-        :data:`~ddbench.recipe.QUICK_KD_BATCH`), and on images the protocol's padded random crop and
-        flip (:func:`ddbench.recipe.crop_protocol`)."""
+        :data:`~ddbench.contracts.recipe.QUICK_KD_BATCH`), and on images the protocol's padded random crop and
+        flip (:func:`ddbench.contracts.recipe.crop_protocol`)."""
         base = self.recipe(profile)
         return base.updated({**KD_PROTOCOL, "epochs": KD_EPOCHS if profile == "full" else base.epochs,
                              **({"batch_size": QUICK_KD_BATCH} if profile == "quick" else {}),
@@ -339,9 +290,9 @@ class Learner(Component, ABC):
     input_tensors: ClassVar[tuple[str, ...]] = ("x",)
     supports_embedding: ClassVar[bool] = False
     label_regimes: ClassVar[tuple[str, ...]] = ("hard", "soft")
-    """The label regimes (:data:`ddbench.labels.REGIMES`) whose artifacts it can train from."""
+    """The label regimes (:data:`ddbench.vocab.REGIMES`) whose artifacts it can train from."""
     trains_stages: ClassVar[bool] = False
-    """Whether :meth:`fit` trains a staged artifact stage by stage (:mod:`ddbench.stages`); the
+    """Whether :meth:`fit` trains a staged artifact stage by stage (:mod:`ddbench.budget.stages`); the
     harness refuses a staged artifact for a learner that does not."""
 
     @abstractmethod
@@ -388,7 +339,7 @@ class Distiller(Component, ABC):
     """What the method was compared with: its official repository at a commit and the files read
     (or why there is none); shown above its :attr:`deviations` in docs/methods.md."""
     deviations: ClassVar[tuple[Deviation, ...]] = ()
-    """Every place the method departs from that official code (:class:`~ddbench.deviations.Deviation`);
+    """Every place the method departs from that official code (:class:`~ddbench.contracts.deviations.Deviation`);
     the harness records those that apply to a cell, and boards footnote the cell's row with them."""
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
@@ -401,21 +352,6 @@ class Distiller(Component, ABC):
 
         ``budget`` is ``None`` for ``budget_exempt`` distillers.
         """
-
-
-def supports(distiller: Distiller, task: TaskView, learner: Learner) -> str | None:
-    """Ask ``distiller`` whether it applies, accepting the old one-argument ``supports(task)`` of
-    plugins written before the learner was passed (with a :class:`DeprecationWarning`)."""
-    try:
-        params = inspect.signature(distiller.supports).parameters
-    except (TypeError, ValueError):
-        params = {}
-    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) == 1 and not any(p.kind is p.VAR_POSITIONAL for p in params.values()):
-        warnings.warn(f"{type(distiller).__qualname__}.supports(task) takes one argument: define supports(self, task, learner) "
-                      "(ddbench now passes the learner the cell trains).", DeprecationWarning, stacklevel=2)
-        return distiller.supports(task)  # type: ignore[call-arg]
-    return distiller.supports(task, learner)
 
 
 INTERFACES: dict[str, type] = {"task": Task, "learner": Learner, "distiller": Distiller}

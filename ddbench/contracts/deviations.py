@@ -1,7 +1,7 @@
 """Where a built-in method departs from its authors' official code, as data (docs/methods.md).
 
-A distiller declares its departures in one place, :attr:`ddbench.interfaces.Distiller.deviations`
-(and what it was compared with in :attr:`~ddbench.interfaces.Distiller.official_code`). The
+A distiller declares its departures in one place, :attr:`ddbench.contracts.interfaces.Distiller.deviations`
+(and what it was compared with in :attr:`~ddbench.contracts.interfaces.Distiller.official_code`). The
 harness records those that apply to a cell (its options and profile) with the cell's result, so a
 board footnotes every row with the departures it was trained under, and docs/methods.md shows each
 method's whole list as a table (``ddbench ls deviations`` prints them; a test keeps the two equal).
@@ -102,8 +102,3 @@ def doc_block(name: str, official_code: str, deviations: Iterable[Deviation]) ->
     body = table(deviations) if deviations else "None: ddbench runs the official code's settings in every aspect it implements."
     return "\n".join([DOC_START.format(name=name), f"Departures of `{name}` from the official code ({official_code}):", "",
                       body, DOC_END])
-
-
-def footnote(records: Iterable[Mapping[str, str]]) -> str:
-    """Recorded departures as one line of text: ``aspect: official X; here Y (why)``, joined by '; '."""
-    return "; ".join(f"{r['aspect']}: official {r['official']}; here {r['ours']} ({r['why']})" for r in records)

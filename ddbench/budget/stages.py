@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from ddbench.interfaces import Artifact
+    from ddbench.contracts.interfaces import Artifact
 
 PREFIX = "stage."
 END, LR = "stage.end", "stage.lr"
@@ -74,7 +74,7 @@ def class_balanced_labels(ends: list[int], num_classes: int, device: torch.devic
 def stage_parts(artifact: Artifact) -> list[tuple[Artifact, float]]:
     """The artifact's stages in training order: (the prefix of rows stage k trains on, its step
     size). ``stage.*`` tensors are left out of the prefixes; the recipe, meta and teacher are kept."""
-    from ddbench.interfaces import Artifact
+    from ddbench.contracts.interfaces import Artifact
 
     tensors = artifact.tensors
     ends, rates = tensors[END].tolist(), tensors[LR].tolist()

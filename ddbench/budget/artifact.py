@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ddbench import labels, stages
+from ddbench.budget import labels, stages
 from ddbench.errors import ArtifactError, BudgetError, DDBenchError
-from ddbench.interfaces import Artifact, Budget, Learner, TaskView
-from ddbench.ops import generator
-from ddbench.recipe import declared_recipe
+from ddbench.contracts.interfaces import Artifact, Learner, TaskView
+from ddbench.vocab import DISTILLATION_REGIMES, Budget
+from ddbench.budget import generator
+from ddbench.contracts.recipe import declared_recipe
 
 if TYPE_CHECKING:
     from ddbench.plugins import Registry
@@ -146,7 +147,7 @@ def problems(artifact: Artifact, task: TaskView, budget: Budget | None, distille
     """Every reason :func:`validate` refuses ``artifact``, in the order it checks them (empty when
     it is valid): the boundary (:func:`check_boundary`; past a problem there nothing else is
     checked), an input tensor, finite values, inputs and labels with their label regime
-    (:mod:`ddbench.labels`), and the budget (of the data, the regime's label tensors on top)."""
+    (:mod:`ddbench.budget.labels`), and the budget (of the data, the regime's label tensors on top)."""
     problem = boundary_problem(artifact, distiller)
     if problem is not None:
         return [problem]
@@ -181,7 +182,7 @@ def problems(artifact: Artifact, task: TaskView, budget: Budget | None, distille
 
 
 def _regime_problem(artifact: Artifact, task: TaskView, distiller: str, learners: Registry[Any] | None) -> Problem | None:
-    """The teacher or soft-label bank of an artifact, checked (:mod:`ddbench.labels`)."""
+    """The teacher or soft-label bank of an artifact, checked (:mod:`ddbench.budget.labels`)."""
     kind = labels.regime(artifact.tensors, artifact.recipe)
     message = None
     if kind == "teacher":
@@ -194,7 +195,7 @@ def _regime_problem(artifact: Artifact, task: TaskView, distiller: str, learners
 def admit(artifact: Artifact, task: TaskView, budget: Budget | None, distiller: str,
           learner: type[Learner], learners: Registry[Any] | None = None) -> tuple[Artifact, Storage]:
     """The artifact ``learner`` may train from: the declared recipe checked
-    (:func:`~ddbench.recipe.declared_recipe`), the tensors validated and counted (:func:`validate`),
+    (:func:`~ddbench.contracts.recipe.declared_recipe`), the tensors validated and counted (:func:`validate`),
     and the meta left behind. Used by the harness and by the conformance kit alike (through
     :func:`admission_problems`); raises the first of :func:`admission_problems`."""
     found = admission_problems(artifact, task, budget, distiller, learner, learners)
@@ -240,7 +241,7 @@ def _inputs_and_labels_problem(artifact: Artifact, task: TaskView, distiller: st
         return Problem("valid", f"artifact 'x' from {distiller!r} is {str(x.dtype).removeprefix('torch.')}: inputs must be float32, "
                                 "the learners' dtype (x.float()).")
     y = artifact.tensors.get("y")
-    if y is None and labels.regime(artifact.tensors, artifact.recipe) in labels.DISTILLATION_REGIMES:
+    if y is None and labels.regime(artifact.tensors, artifact.recipe) in DISTILLATION_REGIMES:
         return None  # the teacher or the bank gives the targets
     if y is None and artifact.recipe.get("labels") == "class-balanced":
         if task.num_classes is None or len(x) % task.num_classes:
@@ -274,7 +275,7 @@ def with_labels(artifact: Artifact, num_classes: int | None) -> Artifact:
     if "y" in artifact.tensors or artifact.recipe.get("labels") != "class-balanced" or num_classes is None:
         return artifact
     x = artifact.tensors["x"]
-    if stages.is_staged(artifact.tensors):  # class-balanced within each stage (ddbench.stages)
+    if stages.is_staged(artifact.tensors):  # class-balanced within each stage (ddbench.budget.stages)
         y = stages.class_balanced_labels(artifact.tensors[stages.END].tolist(), num_classes, x.device)
     else:
         y = torch.arange(num_classes, device=x.device).repeat_interleave(len(x) // num_classes)

@@ -1,13 +1,13 @@
 """``ddbench reproduce METHOD``: run a method's published configuration and write a certificate page.
 
-A distiller declares its published accuracies (:attr:`ddbench.interfaces.Distiller.published`,
+A distiller declares its published accuracies (:attr:`ddbench.contracts.interfaces.Distiller.published`,
 docs/methods.md §11) and a task the dataset its numbers compare with
-(:attr:`~ddbench.interfaces.Task.reference_dataset`). The command picks the first dataset whose
+(:attr:`~ddbench.contracts.interfaces.Task.reference_dataset`). The command picks the first dataset whose
 task loads (the full dataset where its files are present, else a task that holds part of it, such
 as ``mnist5k`` for MNIST), runs the method at the published ipcs with the full profile (the
 published hyperparameters and evaluation recipe), and writes a page: the published accuracy and
 gap over random beside the measured ones, the iterations run, the device, the time and a verdict.
-A published row made on ZCA-whitened inputs (:attr:`~ddbench.interfaces.Published.zca`) runs on
+A published row made on ZCA-whitened inputs (:attr:`~ddbench.contracts.interfaces.Published.zca`) runs on
 the task with option ``zca=true`` where the task has it, and the page says which rows did.
 On a CPU the distillation is cut to ``--iterations`` and only ipc 1 runs unless ``--ipc`` says
 otherwise (the page says so); on a GPU it runs at ipc 1 and 10 at the published length.
@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ddbench.errors import DDBenchError, SuiteError, TaskDataError
-from ddbench.interfaces import Budget, Published
+from ddbench.contracts.interfaces import Published
+from ddbench.vocab import Budget
 from ddbench.plugins import PluginManager, options_of
-from ddbench.provenance import provenance
-from ddbench.suite import DistillerEntry, Suite, TaskEntry, load_task
+from ddbench.results.provenance import provenance
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry, load_task
 
 CPU_ITERATIONS = 5
 """Outer iterations of a reproduction on a CPU unless ``--iterations`` says otherwise: enough to
@@ -219,8 +220,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, manager: PluginManager, execute: Any) -> int:
     """The ``reproduce`` subcommand; ``execute(suite, store, device)`` runs a suite into a store and
     returns the records of its cells (the command line's own run loop)."""
-    from ddbench.harness import resolve_device
-    from ddbench.suite import check_eval_seeds, check_seed
+    from ddbench.ops.device import resolve_device
+    from ddbench.run.suite import check_eval_seeds, check_seed
 
     check_eval_seeds(args.eval_seeds, "--eval-seeds")
     check_seed(args.seed, "--seed")

@@ -1,4 +1,4 @@
-"""Running analyses (:mod:`ddbench.analysis`) on saved artifacts: ``ddbench analyze`` and a suite's
+"""Running analyses (:mod:`ddbench.contracts.analysis`) on saved artifacts: ``ddbench analyze`` and a suite's
 ``analyses`` (``docs/analyses.md``). A failing analysis is a failed row; the others go on."""
 from __future__ import annotations
 
@@ -12,14 +12,55 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from torch import Tensor
 
-from ddbench import artifact as artifacts
-from ddbench import labels
-from ddbench.analysis import Analysis, AnalysisContext, AnalysisRow, Outcome, Subject
+from ddbench.budget import artifact as artifacts
+from ddbench.budget import labels
+from ddbench.contracts.analysis import Analysis, Outcome, Subject
+from ddbench.results.records import AnalysisRow
 from ddbench.errors import SuiteError, one_line
-from ddbench.interfaces import Artifact
-from ddbench.recipe import Recipe
+from ddbench.contracts.interfaces import Artifact
+from ddbench.contracts.recipe import Recipe
+from ddbench.ops.cache import cache_key, fingerprint
+
+ANALYSIS_CACHE = "analyses"  # <cache_dir>/analyses/<key>.safetensors: the shared state analyses build once
+
+
+class AnalysisContext:
+    """The device, the cache of expensive shared state, and the progress callback of one analyze run."""
+
+    def __init__(self, device: torch.device, cache_dir: Path | str = ".ddbench/cache",
+                 progress: Callable[[str, int, int], None] | None = None):
+        self.device = device
+        self.cache_dir = Path(cache_dir)
+        self.hits = 0
+        self.misses = 0
+        self._progress = progress
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress(what, done, total)
+
+    def cached(self, subject: Subject, what: str, config: dict[str, Any],
+               build: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Tensors ``build()`` returns, cached under (task and its train data, learner, ``what``,
+        ``config``: the recipe, seeds and the analysis version), shared by every artifact of the task."""
+        full = {"task": subject.view.name, "task_options": subject.view.options, "train": fingerprint(subject.view.train),
+                "learner": subject.learner_spec, "what": what, **config}
+        _, key = cache_key(full)
+        path = self.cache_dir / ANALYSIS_CACHE / f"{what}-{key}.safetensors"
+        if path.is_file():
+            self.hits += 1
+            return {k: v.to(self.device) for k, v in load_file(str(path)).items()}
+        self.misses += 1
+        tensors = build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        tmp.replace(path)
+        return tensors
+
 
 
 def labelled(subject: Subject) -> Artifact:
@@ -30,7 +71,7 @@ def labelled(subject: Subject) -> Artifact:
 def check_outcome(analysis: Analysis, outcome: Any) -> dict[str, dict[str, Any]]:
     """The declaration of each returned metric; an undeclared or non-finite metric is an error."""
     if not isinstance(outcome, Outcome):
-        raise TypeError(f"analysis {analysis.name!r} returned {type(outcome).__name__}, not a ddbench.analysis.Outcome")
+        raise TypeError(f"analysis {analysis.name!r} returned {type(outcome).__name__}, not a ddbench.contracts.analysis.Outcome")
     declared = {}
     for key, value in outcome.metrics.items():
         metric = next((m for m in analysis.metrics if m.covers(key)), None)
@@ -108,7 +149,7 @@ def build_analyses(manager: Any, specs: list[str], size: str | None = None, prot
     """(canonical spec, instance) for each spec; ``size``/``protocol`` apply where a spec does not set
     them. Unknown names and bad options are one-line errors before anything runs."""
     from ddbench.plugins import instantiate
-    from ddbench.suite import parse_named
+    from ddbench.plugins import parse_named
 
     built = []
     for spec in specs:
@@ -130,9 +171,9 @@ class SubjectLoader:
         self._tasks: dict[str, Any] = {}
 
     def load(self, path: Path) -> Subject:
-        from ddbench import artifact as artifacts
+        from ddbench.budget import artifact as artifacts
         from ddbench.plugins import instantiate
-        from ddbench.suite import load_task
+        from ddbench.run.suite import load_task
 
         info = json.loads(path.with_suffix(".json").read_text()).get("info", {}) if path.with_suffix(".json").is_file() else {}
         cell = info.get("cell")
@@ -183,7 +224,7 @@ def analyze_command(paths: list[str], analyses: str, store_path: str | None, siz
     them on the artifacts with a progress bar, print one line per row; exit 1 if any row failed."""
     from tqdm import tqdm
 
-    from ddbench.harness import resolve_device
+    from ddbench.ops.device import resolve_device
     from ddbench.plugins import get_plugin_manager
     from ddbench.results.store import ResultStore
 

@@ -4,7 +4,7 @@ The harness expands a suite into cells, leaves out those already finished, and h
 an executor, which yields every cell's result as soon as it is final; ``ddbench run`` commits each
 one to the store at once, so the store is written by the driver alone. :class:`LocalExecutor`
 (``local``, the default) runs the cells one after the other in this process, each distillation in
-a fresh cell worker (:mod:`ddbench.worker`). The ``ray`` executor (plugin ``executors``, extra
+a fresh cell worker (:mod:`ddbench.run.worker`). The ``ray`` executor (plugin ``executors``, extra
 ``ray``) spreads them over a machine's devices or a Ray cluster (docs/executors.md).
 
 What an executor says about how a cell ran goes into the cell's provenance (:meth:`Executor.provenance`);
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class CellRunner(Protocol):
-    """What an executor is handed: a :class:`ddbench.harness.Harness` (named by what executors use)."""
+    """What an executor is handed: a :class:`ddbench.run.harness.Harness` (named by what executors use)."""
 
     manager: Any  # the ddbench.plugins.PluginManager whose classes the cells name
     device: Any  # the torch.device the cells run on
@@ -73,15 +73,3 @@ class LocalExecutor(Executor):
         distilled: dict[str, list[Any]] = {}  # the last distillation, for its cell under the other protocol
         for i, cell in enumerate(cells):
             yield harness.run_cell(cell, f"[{i + 1}/{len(cells)}]", distilled)
-
-
-def shared_timing_note(records: Sequence[dict[str, Any]]) -> str:
-    """A board's line on timing when some of ``records`` ran where other cells could share their
-    device (an executor's ``shared_device`` provenance), else ''."""
-    shared = [r for r in records if (r.get("provenance") or {}).get("executor", {}).get("shared_device")]
-    if not shared:
-        return ""
-    most = max(int(r["provenance"]["executor"].get("cells_per_device", 2)) for r in shared)
-    return (f"- Timing: {len(shared)} of these {len(records)} cells ran where up to {most} cells at once shared a device "
-            "(the ray executor with a fraction of a GPU or several cells per machine): their distill s, eval s and peak MB "
-            "are not timed as on a dedicated device (docs/executors.md).")

@@ -2,10 +2,10 @@
 process, admit the artifact at the boundary, train the task's learner on it K times with explicit
 seeds, and score on the test split.
 
-The distiller runs in a cell worker (:mod:`ddbench.worker`) that holds the task's train and
+The distiller runs in a cell worker (:mod:`ddbench.run.worker`) that holds the task's train and
 validation splits only; what crosses back is the artifact's tensors (safetensors bytes) and its
 declared recipe and meta (JSON). The harness counts and validates those tensors, checks the
-declared recipe (:func:`ddbench.artifact.admit`), and trains its own learner instance,
+declared recipe (:func:`ddbench.budget.artifact.admit`), and trains its own learner instance,
 which the distiller never saw, on them; ``meta`` is recorded but never reaches the learner.
 A failing cell (a plugin that raises, exits, crashes or overruns its time limit; an over-budget or
 NaN artifact) is recorded with its error and a capped traceback; the run goes on.
@@ -32,32 +32,28 @@ from typing import Any
 
 import torch
 
-from ddbench import deviations, labels, worker
-from ddbench.artifact import admit, compression, content_hash, save, with_labels
-from ddbench.errors import BudgetError, SuiteError, one_line
-from ddbench.executors import Executor, LocalExecutor
-from ddbench.interfaces import Artifact, Budget, Learner, Task, TaskView
+from ddbench.contracts import deviations
+
+from ddbench.budget import labels
+
+from ddbench.run import worker
+from ddbench.budget.artifact import admit, compression, content_hash, save, with_labels
+from ddbench.errors import BudgetError, one_line
+from ddbench.contracts.executor import Executor, LocalExecutor
+from ddbench.contracts.interfaces import Artifact, Learner, Task, TaskView
+from ddbench.vocab import DISTILLATION_REGIMES, Budget
 from ddbench.ops.subsets import random_artifact
+from ddbench.ops.device import resolve_device
 from ddbench.plugins import PluginManager, instantiate
-from ddbench.provenance import provenance
-from ddbench.recipe import PROTOCOL_FIELDS, Recipe, evaluation_recipe
-from ddbench.results.records import RESULTS_VERSION, RUN_LENGTH_META, Cell, CellResult  # noqa: F401 - ddbench.harness.Cell stays importable
-from ddbench.suite import Suite, expand_suite, load_task, task_view  # noqa: F401 - ddbench.harness.task_view too
+from ddbench.results.provenance import provenance
+from ddbench.contracts.recipe import Recipe, evaluation_recipe
+from ddbench.vocab import PROTOCOL_FIELDS
+from ddbench.results.records import RUN_LENGTH_META, Cell, CellResult
+from ddbench.run.suite import Suite, expand_suite, load_task
 
 
 TRACEBACK_CHARS = 8000  # a stored traceback keeps its first and last lines up to this size
 HEADER_BYTES = 1 << 20  # room for the safetensors header beyond 8 bytes per budgeted scalar
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SuiteError("--device cuda was requested but no CUDA device is available: use --device auto or cpu.")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise SuiteError(f"unknown device {device!r}: use auto, cpu or cuda[:N].")
-    return torch.device(device)
 
 
 def capped(text: str, limit: int = TRACEBACK_CHARS) -> str:
@@ -71,7 +67,7 @@ def capped(text: str, limit: int = TRACEBACK_CHARS) -> str:
 class Harness:
     """Runs suites of cells with the plugins of ``manager`` on ``device``.
 
-    Distillations run in worker processes (:mod:`ddbench.worker`), which import the main module
+    Distillations run in worker processes (:mod:`ddbench.run.worker`), which import the main module
     of the program, as multiprocessing does: a script that drives a harness itself guards its
     entry point with ``if __name__ == "__main__":``.
     """
@@ -111,7 +107,7 @@ class Harness:
         return self._views[key]
 
     def cells(self, suite: Suite) -> Iterator[Cell]:
-        """Expand a suite into cells, validating every name up front (:func:`ddbench.suite.expand_suite`)."""
+        """Expand a suite into cells, validating every name up front (:func:`ddbench.run.suite.expand_suite`)."""
         return expand_suite(self.manager, suite, self.device.type)
 
     # -- running -----------------------------------------------------------------------------
@@ -122,7 +118,7 @@ class Harness:
     def run(self, suite: Suite, on_result: Callable[[CellResult], None] | None = None,
             skip: Callable[[Cell], bool] | None = None, executor: Executor | None = None) -> list[CellResult]:
         """Run every cell of ``suite`` but those ``skip`` accepts with ``executor`` (default: the
-        :class:`~ddbench.executors.LocalExecutor`); ``on_result`` sees each result as soon as it is final."""
+        :class:`~ddbench.contracts.executor.LocalExecutor`); ``on_result`` sees each result as soon as it is final."""
         cells = [cell for cell in self.cells(suite) if skip is None or not skip(cell)]
         results = []
         self._evaluations.clear()  # reuse within a run only: a second run trains its nets again
@@ -166,7 +162,7 @@ class Harness:
                 memo[1] = (labels.with_teacher(admitted, view, self.manager.learners, self.device), storage)  # from its tensors alone
             artifact, storage = memo[1]
             result.regime = labels.regime(artifact.tensors, artifact.recipe)
-            if cell.protocol == "common" and result.regime in labels.DISTILLATION_REGIMES:  # a common board states one recipe
+            if cell.protocol == "common" and result.regime in DISTILLATION_REGIMES:  # a common board states one recipe
                 result.status = "skipped"
                 result.error = (f"the artifact is in the {result.regime} label regime, whose students train by distillation with the "
                                 "task's teacher recipe, not the common one: its row is on the native board (docs/labels.md)")
@@ -175,7 +171,7 @@ class Harness:
             result.by_tensor, result.by_dtype = dict(storage.by_tensor), dict(storage.by_dtype)
             result.compression = compression(view, storage)
             hard_base = base
-            if result.regime in labels.DISTILLATION_REGIMES:
+            if result.regime in DISTILLATION_REGIMES:
                 base = task.teacher_recipe(cell.profile)  # native only (above)
             recipe = evaluation_recipe(base, artifact.recipe, cell.protocol)
             result.recipe = recipe.as_dict()
@@ -211,7 +207,7 @@ class Harness:
 
     def _distill(self, distiller: type, options: dict[str, Any], cell: Cell, view: TaskView, budget: Budget | None,
                  time_limit_s: float | None, tag: str) -> worker.DistillReply:
-        """One distillation in a fresh worker (:func:`ddbench.worker.distill`)."""
+        """One distillation in a fresh worker (:func:`ddbench.run.worker.distill`)."""
         def report(step: int, total: int | None, metrics: dict[str, float]) -> None:
             if self.on_progress is not None and tag:
                 self.on_progress(f"{tag} {cell.label}", step, total, metrics)
@@ -252,7 +248,7 @@ class Harness:
                           hard_base: Recipe, cell: Cell) -> dict[str, float]:
         """What an artifact outside the hard regime is worth without its labels' extra storage
         (docs/labels.md): ``teacher_free``, the mean metric of the same inputs with the hard labels
-        its teacher, soft labels or bank imply (:func:`ddbench.labels.hard_labels`), trained with the
+        its teacher, soft labels or bank imply (:func:`ddbench.budget.labels.hard_labels`), trained with the
         hard-label recipe; and in the teacher regime the teacher alone (``teacher_accuracy``, the
         "store the teacher" reference, at ``teacher_params``)."""
         kind = labels.regime(artifact.tensors, artifact.recipe)

@@ -39,9 +39,10 @@ from typing import Any
 import torch
 
 from ddbench.errors import BudgetError, DDBenchWarning, SuiteError, close_names
-from ddbench.interfaces import Budget, Split, Task, TaskData, TaskView
+from ddbench.contracts.interfaces import Split, Task, TaskData, TaskView
+from ddbench.vocab import Budget
 from ddbench.plugins import PluginManager, instantiate
-from ddbench.recipe import PROTOCOLS
+from ddbench.vocab import PROTOCOLS
 from ddbench.results.records import Cell
 
 if sys.version_info >= (3, 11):
@@ -146,7 +147,7 @@ def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
 
 
 def check_protocols(protocols: list[Any], where: str) -> list[str]:
-    """``protocols`` if it is a non-empty list of distinct :data:`~ddbench.recipe.PROTOCOLS`, else a one-line error."""
+    """``protocols`` if it is a non-empty list of distinct :data:`~ddbench.vocab.PROTOCOLS`, else a one-line error."""
     if not protocols:
         raise SuiteError(f"{where} needs at least one protocol: {' or '.join(PROTOCOLS)}.")
     for name in protocols:
@@ -186,7 +187,7 @@ def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite TOML file."""
     path = Path(path)
     if not path.is_file():
-        raise SuiteError(f"suite file {str(path)!r} not found: pass an existing .toml file (see ddbench/suites/default.toml).")
+        raise SuiteError(f"suite file {str(path)!r} not found: pass an existing .toml file (see ddbench/run/default.toml).")
     try:
         data = tomllib.loads(path.read_text())
     except UnicodeDecodeError as exc:
@@ -198,23 +199,8 @@ def load_suite(path: str | Path) -> Suite:
 
 def default_suite() -> Suite:
     """The quick suite ``ddbench run`` uses with no arguments (ships inside the package)."""
-    text = resources.files("ddbench").joinpath("suites/default.toml").read_text()
+    text = resources.files("ddbench").joinpath("run/default.toml").read_text()
     return parse_suite(tomllib.loads(text), "default.toml")
-
-
-def parse_named(text: str) -> tuple[str, dict[str, Any]]:
-    """``'multi-index:d=64,r=3,link=he2'`` -> ``('multi-index', {'d': 64, 'r': 3, 'link': 'he2'})``."""
-    name, _, rest = text.partition(":")
-    options: dict[str, Any] = {}
-    for part in filter(None, rest.split(",")):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise SuiteError(f"malformed option {part!r} in {text!r}: write NAME:key=value,key=value.")
-        try:
-            options[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            options[key.strip()] = value.strip()
-    return name.strip(), options
 
 
 def expand_suite(manager: PluginManager, suite: Suite, device_type: str = "cpu") -> Iterator[Cell]:

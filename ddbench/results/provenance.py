@@ -1,14 +1,14 @@
-"""Where a result came from: package and plugin versions, git commit, Python and torch."""
+"""Where a result came from: package and plugin versions, git commit, Python and torch (read from
+package metadata, so that records and boards import no torch)."""
 from __future__ import annotations
 
 import functools
 import os
 import platform
 import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import ddbench
 
@@ -29,9 +29,13 @@ def git_commit() -> str | None:
 
 
 def provenance(manager: Any = None) -> dict[str, Any]:
-    """Versions of ddbench, its plugins' distributions, torch and Python, and the git commit."""
-    from ddbench.plugins import get_plugin_manager
-
-    plugins = {name: info.version for name, info in (manager or get_plugin_manager()).plugins.items()}
-    return {"ddbench": ddbench.__version__, "commit": git_commit(), "torch": torch.__version__,
+    """Versions of ddbench, of the plugins' distributions (those of ``manager``, a
+    :class:`~ddbench.plugins.PluginManager`, else every installed ``ddbench`` entry point), torch
+    and Python, and the git commit."""
+    if manager is not None:
+        plugins = {name: info.version for name, info in manager.plugins.items()}
+    else:
+        plugins = {ep.name: ep.dist.version if ep.dist is not None else "?"
+                   for ep in sorted(metadata.entry_points(group="ddbench"), key=lambda e: e.name)}
+    return {"ddbench": ddbench.__version__, "commit": git_commit(), "torch": metadata.version("torch"),
             "python": platform.python_version(), "plugins": plugins}

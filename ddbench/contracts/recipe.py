@@ -1,6 +1,6 @@
 """The evaluation recipe, and the rules for the part of it an artifact may declare.
 
-A task gives the default recipe of its protocol (:meth:`ddbench.interfaces.Task.recipe`). An
+A task gives the default recipe of its protocol (:meth:`ddbench.contracts.interfaces.Task.recipe`). An
 artifact may override the protocol's *choices* (how many epochs, which augmentation, whether its
 labels are implied by order, which learner mode) but never a real number: a value a method learned
 or tuned, such as a step size, must travel as a tensor, where the harness counts it.
@@ -16,26 +16,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ddbench.errors import ArtifactError, SuiteError, close_names
+from ddbench.vocab import PROTOCOL_FIELDS, PROTOCOLS
 
 if TYPE_CHECKING:  # annotations only: boards and records import this module without torch
     from torch import Tensor
 
 AUGMENTS = ("none", "dsa", "dc", "crop", "crop_flip")
 LABELS = ("stored", "class-balanced")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("step", "cosine")
 PROTOCOL_ONLY = ("lr", "momentum", "weight_decay", "temperature", "optimizer", "schedule", "mixup", "crop_fill", "teacher_mode",
                  "kd_t2")
 """Recipe fields set by the task's protocol, never declared by an artifact: the real-valued ones,
 the optimiser and its schedule, which those real values belong to, and how a student distils."""
-PROTOCOLS = ("native", "common")
-"""How a board's rows train (docs/design.md §4): ``native``, each method's declared recipe over the
-task's :meth:`~ddbench.interfaces.Task.recipe` (what papers report); ``common``, the task's
-:meth:`~ddbench.interfaces.Task.common_recipe` for every row."""
-PROTOCOL_FIELDS = ("epochs", "batch_size", "augment", "dsa_strategy")
-"""The fields that make up a board's protocol: under ``common`` they come from the task's common
-recipe and an artifact's declarations of them are set aside; its other declarations (a learned lr,
-implied labels, learner options) still apply, since they are part of the artifact."""
+FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+"""The DSA augmentation families a ``dsa_strategy`` joins with ``_`` (docs/methods.md §4)."""
 TEACHER_SPEC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(:[A-Za-z0-9_]+=[A-Za-z0-9_.'\"-]+(,[A-Za-z0-9_]+=[A-Za-z0-9_.'\"-]+)*)?$")
 KD_PROTOCOL = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine", "temperature": 30.0,
                "batch_size": 128, "mixup": 0.8, "teacher_mode": "train", "kd_t2": False}
@@ -43,7 +36,7 @@ KD_PROTOCOL = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule
 ``validation_cifar.py``, docs/labels.md §3): AdamW, lr 1e-3, weight decay 0.01, cosine schedule, KL
 at temperature 30 (not multiplied by T^2), batch 128, mixup with lambda ~ Beta(0.8, 0.8) relabelled
 by the teacher, which is left in train mode; image tasks add their padded random crop and flip
-(:meth:`ddbench.interfaces.Task.teacher_recipe`)."""
+(:meth:`ddbench.contracts.interfaces.Task.teacher_recipe`)."""
 QUICK_KD_BATCH = 16
 """The student batch of that recipe in the quick profile [ours, chosen on digits' validation split,
 docs/labels.md §3]: at ipc 10 the official 128 is one step an epoch, too few in 100-150 quick epochs."""
@@ -65,7 +58,7 @@ class Recipe:
     then class 1, ...): the artifact may then omit ``y`` and the harness derives it, so a method
     that also stores a learned scalar still fits an ``ipc`` budget.
     ``options`` carries learner-specific public settings (the two-layer learner's step size); the
-    learner lists the ones it reads in :attr:`~ddbench.interfaces.Learner.recipe_options`.
+    learner lists the ones it reads in :attr:`~ddbench.contracts.interfaces.Learner.recipe_options`.
     ``augment``: ``dsa`` (per sample, ``dsa_strategy``), ``dc`` (DC's MNIST augmentation), ``crop``
     (a random crop after zero-padding by :func:`~ddbench.ops.augment.crop_padding` pixels, the padding filled with
     ``crop_fill`` per channel, torchvision's ``RandomCrop(side, padding)``) or ``crop_flip`` (that and
@@ -75,8 +68,8 @@ class Recipe:
     (``mixup``: the Beta parameter of a per-batch mixup relabelled by the teacher, 0 for none;
     ``teacher_mode``: the teacher's BatchNorm in ``train`` mode on each batch, as the official CIFAR
     code leaves it, or in ``eval`` mode; ``kd_t2``: the KL multiplied by T^2) come from the task's protocol:
-    its hard-label :meth:`~ddbench.interfaces.Task.recipe` or, for artifacts that train from a
-    teacher or a soft-label bank, its :meth:`~ddbench.interfaces.Task.teacher_recipe`
+    its hard-label :meth:`~ddbench.contracts.interfaces.Task.recipe` or, for artifacts that train from a
+    teacher or a soft-label bank, its :meth:`~ddbench.contracts.interfaces.Task.teacher_recipe`
     (docs/labels.md). ``teacher`` names the architecture of the teacher stored in the artifact's
     ``teacher.*`` tensors, as a learner spec (``resnet:depth=18,width=16``).
     """
@@ -143,9 +136,13 @@ def evaluation_recipe(base: Recipe, declared: Mapping[str, Any], protocol: str =
     return base.updated(dict(declared))
 
 
-def protocol_part(recipe: Mapping[str, Any]) -> dict[str, Any]:
-    """The :data:`PROTOCOL_FIELDS` of a recipe's dictionary form (those it has)."""
-    return {k: recipe[k] for k in PROTOCOL_FIELDS if k in recipe}
+def parse_strategy(strategy: str) -> tuple[str, ...]:
+    """``'color_crop_cutout_flip_scale_rotate'`` -> its families; unknown ones are an error."""
+    families = tuple(s for s in strategy.split("_") if s)
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families:
+        raise ValueError(f"unknown DSA families {bad} in strategy {strategy!r}: use '_'-joined names from {FAMILIES}.")
+    return families
 
 
 def declared_recipe(overrides: Any, tensors: Mapping[str, Tensor], option_types: Mapping[str, type],
@@ -190,7 +187,6 @@ def _choice(choices: tuple[str, ...]) -> Any:
 
 
 def _strategy(value: Any, tensors: Mapping[str, Tensor], option_types: Mapping[str, type], where: str) -> str:
-    from ddbench.ops.augment import FAMILIES, parse_strategy
 
     try:
         parse_strategy(value if isinstance(value, str) else "")

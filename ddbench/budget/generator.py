@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ddbench.interfaces import Artifact
+from ddbench.contracts.interfaces import Artifact
 
 PREFIX = "gen."
 
@@ -60,7 +60,7 @@ def from_tensors(tensors: Mapping[str, Tensor]) -> ConditionalGenerator:
         generator = ConditionalGenerator(channels, classes, width, depth).to(state["inp.weight"].device)
         generator.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"the artifact's gen.* tensors are not a ddbench.ops.generator.ConditionalGenerator ({str(exc).splitlines()[0]})") from None
+        raise ValueError(f"the artifact's gen.* tensors are not a ddbench.budget.generator.ConditionalGenerator ({str(exc).splitlines()[0]})") from None
     return generator
 
 

@@ -7,7 +7,7 @@ through the ``ddbench`` entry-point group::
     my_plugin = "my_package.plugin"
 
 Each registration hook receives a ``register`` callback. ``register(cls)`` validates ``cls``
-against its interface (see :mod:`ddbench.interfaces`) at once and rejects duplicate names, so a
+against its interface (see :mod:`ddbench.contracts.interfaces`) at once and rejects duplicate names, so a
 broken plugin fails at load time with an error that names it, not halfway through a run.
 
 Two more hooks extend the tools around a run: ``ddbench_register_commands`` adds ``ddbench``
@@ -62,7 +62,7 @@ class Report:
 
 @hookspec
 def ddbench_register_tasks(register: Callable[[type], None]) -> None:
-    """Register task classes (subclasses of :class:`ddbench.interfaces.Task`).
+    """Register task classes (subclasses of :class:`ddbench.contracts.interfaces.Task`).
 
     Called once, when the plugin manager loads plugins.
 
@@ -73,7 +73,7 @@ def ddbench_register_tasks(register: Callable[[type], None]) -> None:
 
 @hookspec
 def ddbench_register_learners(register: Callable[[type], None]) -> None:
-    """Register learner classes (subclasses of :class:`ddbench.interfaces.Learner`).
+    """Register learner classes (subclasses of :class:`ddbench.contracts.interfaces.Learner`).
 
     Called once, when the plugin manager loads plugins.
 
@@ -84,7 +84,7 @@ def ddbench_register_learners(register: Callable[[type], None]) -> None:
 
 @hookspec
 def ddbench_register_distillers(register: Callable[[type], None]) -> None:
-    """Register distiller classes (subclasses of :class:`ddbench.interfaces.Distiller`).
+    """Register distiller classes (subclasses of :class:`ddbench.contracts.interfaces.Distiller`).
 
     Called once, when the plugin manager loads plugins.
 
@@ -96,7 +96,7 @@ def ddbench_register_distillers(register: Callable[[type], None]) -> None:
 
 @hookspec
 def ddbench_register_analyses(register: Callable[[type], None]) -> None:
-    """Register analysis classes (subclasses of :class:`ddbench.analysis.Analysis`).
+    """Register analysis classes (subclasses of :class:`ddbench.contracts.analysis.Analysis`).
 
     Called once, when the plugin manager loads plugins.
 
@@ -109,7 +109,7 @@ def ddbench_register_analyses(register: Callable[[type], None]) -> None:
 
 @hookspec
 def ddbench_register_executors(register: Callable[[type], None]) -> None:
-    """Register executor classes (subclasses of :class:`ddbench.executors.Executor`).
+    """Register executor classes (subclasses of :class:`ddbench.contracts.executor.Executor`).
 
     Called once, when the plugin manager loads plugins.
 
