@@ -1,10 +1,10 @@
 """The cell worker: every distillation runs in a fresh process that holds only what it may see.
 
-Each distillation (a cell's, and the harness's random reference) runs in a new child process,
-forked from a server process that has torch and the plugins imported (multiprocessing's
-``forkserver``; ``spawn`` where there is none), so a start costs milliseconds and the child
-inherits nothing of the harness: not the test split, not the evaluation learner, not an earlier
-cell's tensors or global torch settings. The child is given
+Each cell's distillation runs in a new child process, forked from a server process that has
+torch and the plugins imported (multiprocessing's ``forkserver``; ``spawn`` where there is none),
+so a start costs milliseconds and the child inherits nothing of the harness: not the test split,
+not the evaluation learner, not an earlier cell's tensors or global torch settings. The child is
+given
 
 - the task's train and validation splits, read from a file the harness writes once per task
   (:func:`write_view`), and the task's public description (name, kind, classes, input shape,
@@ -19,7 +19,9 @@ child cannot make the harness run code. The harness measures the distillation ti
 (between the child's "started" and "finished" messages) and reads the child's peak resident
 memory from ``/proc`` (CUDA: the child's own peak allocation). The time limit is a soft signal
 (``context.should_stop()``) plus a hard kill :func:`grace_s` seconds after it; a child that exits,
-is killed or crashes fails its cell only. See docs/threat-model.md.
+is killed or crashes fails its cell only. The random reference of "gain vs random" is no
+distillation: the harness draws that subset itself from the split it holds
+(:func:`ddbench.ops.subsets.random_artifact`). See docs/threat-model.md.
 """
 from __future__ import annotations
 
