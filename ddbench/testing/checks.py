@@ -24,7 +24,7 @@ from ddbench.harness import resolve_device
 from ddbench.interfaces import Artifact, Budget, Distiller, Learner, Progress, RunContext, Split, TaskView, supports
 from ddbench.plugins import PluginManager, Registry, get_plugin_manager, instantiate
 from ddbench.results.records import FULL
-from ddbench.suite import parse_named
+from ddbench.suite import parse_named, view_opener
 from ddbench.testing.report import Case, ConformanceError, ConformanceReport, Failure
 from ddbench.testing.tasks import KitTask, task_view, tiny_classification, tiny_regression
 
@@ -148,7 +148,8 @@ class _Runner:
 
     def make_context(self, cache_dir: Path | None = None) -> RunContext:
         generator = torch.Generator(self.device).manual_seed(self.seed)
-        return RunContext(self.device, self.seed, generator, Progress(), self.profile, None, cache_dir or self.cache_dir)
+        return RunContext(self.device, self.seed, generator, Progress(), self.profile, None, cache_dir or self.cache_dir,
+                          open_view=view_opener(get_plugin_manager(), self.profile, self.device))
 
     def distill(self, view: TaskView, budget: Budget | None, learner: Learner, global_seed: int,
                 cache_dir: Path | None = None) -> tuple[Artifact, RunContext, bool]:

@@ -20,7 +20,7 @@ from ddbench.artifact import with_labels
 from ddbench.interfaces import Budget, RunContext
 from ddbench.plugins import get_plugin_manager, instantiate
 from ddbench.recipe import evaluation_recipe
-from ddbench.suite import load_view
+from ddbench.suite import load_view, view_opener
 
 SETTINGS: dict[str, dict[str, Any]] = {  # meta_steps: generator steps (Reptile: outer steps x inner_steps)
     "no meta-training, adapt 10": {"meta_steps": 0, "adapt_steps": 10},
@@ -56,7 +56,7 @@ def main() -> None:
                 for seed in (0, 1, 2):
                     distiller = instantiate(manager.distillers.get("mgdd"), options, "quick")
                     context = RunContext(torch.device("cpu"), seed, torch.Generator().manual_seed(seed), profile="quick",
-                                         cache_dir=Path(cache))
+                                         cache_dir=Path(cache), open_view=view_opener(manager, "quick", "cpu"))
                     artifact = distiller.distill(view, Budget.parse(f"ipc={ipc}"), learner, context)
                     if not artifact.meta["meta_cached"]:
                         meta_s = artifact.meta["meta_s"]
