@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    from ddbench.harness import Distilled
     from ddbench.results.records import Cell, CellResult
 
 
@@ -31,7 +30,7 @@ class CellRunner(Protocol):
     artifact_dir: Path | None
     on_status: Callable[[str], None] | None  # where an executor reports the state of the run, in one line
 
-    def run_cell(self, cell: Cell, tag: str = "", distilled: dict[str, Distilled] | None = None) -> CellResult: ...
+    def run_cell(self, cell: Cell, tag: str = "", distilled: dict[str, Any] | None = None) -> CellResult: ...  # Distilled records
 
     def start_workers(self) -> None: ...
 
@@ -71,7 +70,7 @@ class LocalExecutor(Executor):
 
     def run(self, harness: CellRunner, cells: Sequence[Cell]) -> Iterator[CellResult]:
         harness.start_workers()
-        distilled: dict[str, Distilled] = {}  # the last distillation, for its cell under the other protocol
+        distilled: dict[str, Any] = {}  # the last distillation (ddbench.harness.Distilled), for its cell under the other protocol
         for i, cell in enumerate(cells):
             yield harness.run_cell(cell, f"[{i + 1}/{len(cells)}]", distilled)
 
