@@ -18,7 +18,7 @@ from ddbench import artifact as artifacts
 from ddbench import labels
 from ddbench.analysis import Analysis, AnalysisContext, AnalysisRow, Outcome, Subject
 from ddbench.errors import SuiteError, one_line
-from ddbench.interfaces import Artifact
+from ddbench.interfaces import Artifact, Split, Task, TaskView
 from ddbench.recipe import Recipe
 
 
@@ -127,7 +127,7 @@ class SubjectLoader:
 
     def __init__(self, manager: Any, device: torch.device):
         self.manager, self.device = manager, device
-        self._tasks: dict[str, Any] = {}
+        self._tasks: dict[str, tuple[Task, TaskView, Split]] = {}
 
     def load(self, path: Path) -> Subject:
         from ddbench import artifact as artifacts
