@@ -172,11 +172,18 @@ def reachable_test_split() -> str:
 
 
 class Hunter(Distiller):
-    """Looks for the test split in its own process, and fails the cell when it finds it."""
+    """Looks for the test split in its own process, having read the view of task ``source`` first
+    if one is named (:meth:`RunContext.source_view`), and fails the cell when it finds it."""
 
     name = "test-hunter"
 
+    def __init__(self, source: str = ""):
+        self.source = source
+
     def distill(self, task, budget, learner, context):
+        source = context.source_view(self.source) if self.source else None
+        if source is not None and (type(source).__name__ != "TaskView" or hasattr(source, "test")):
+            raise RuntimeError(f"the view of {self.source!r} is a {type(source).__name__} with a test split")
         found = reachable_test_split()
         if found:
             raise RuntimeError(f"the test split is reachable through {found}")

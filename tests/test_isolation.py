@@ -101,6 +101,21 @@ def test_the_test_split_is_not_in_the_distillers_process(harness, honest):
     assert adversarial.reachable_test_split() == "gc.get_objects()"  # it is in the harness's process
 
 
+def test_another_tasks_view_comes_from_the_harness_without_its_test_split(harness, honest):
+    (result,) = run(harness, "test-hunter:source=digits")  # the cell's own task: its test split is the one hunted
+    assert result.status == "ok", result.error
+    assert result.sources == ["digits"] and honest.sources == []
+
+
+def test_an_unknown_source_task_is_named_in_one_line(harness, honest, monkeypatch):
+    (result,) = run(harness, "test-hunter:source=mnst")
+    failed_with(result, "unknown task 'mnst'. Did you mean: mnist")
+    assert "ddbench ls tasks" in result.error and result.sources == []
+    monkeypatch.delitem(harness.manager.tasks.items, "mnist5k")  # the run's plugins decide, not the installed ones
+    (result,) = run(harness, "test-hunter:source=mnist5k")
+    failed_with(result, "unknown task 'mnist5k'")
+
+
 # -- cells cannot affect each other -------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["inplace", "dtype", "nograd"])
 def test_a_vandal_cannot_damage_the_next_cell(harness, honest, mode):

@@ -13,12 +13,11 @@ from ddbench_mgdd.objective import as_distribution, solve
 from ddbench_tasks.images import Digits
 
 from ddbench import Budget
-
-from ddbench.run import suite
 from ddbench.contracts.deviations import doc_block
-from ddbench.errors import BudgetError, TaskDataError
 from ddbench.contracts.interfaces import RunContext, Split, TaskData, TaskView
+from ddbench.errors import BudgetError, DDBenchError, TaskDataError
 from ddbench.plugins import instantiate
+from ddbench.run.suite import view_opener
 from ddbench.testing import check_distiller
 from ddbench.testing.tasks import registered_task
 
@@ -65,8 +64,10 @@ def test_bad_options_are_named():
         MGDD(meta_lr=0)
 
 
-def context(cache: Path) -> RunContext:
-    return RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0), profile="quick", cache_dir=cache)
+def context(cache: Path, manager=None) -> RunContext:
+    """A quick-profile context; with ``manager``, its source_view reads that manager's tasks."""
+    return RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0), profile="quick", cache_dir=cache,
+                      open_view=None if manager is None else view_opener(manager, "quick", "cpu"))
 
 
 def convnet(manager):
@@ -105,9 +106,9 @@ def test_reptile_runs_the_targets_adaptation_as_its_inner_loop_and_steps_part_wa
     assert calls == []  # multi-task pretraining has no inner loop
 
 
-def test_the_source_is_read_without_its_test_split(digits, manager, tmp_path, monkeypatch):
-    """mgdd reads its source through suite.load_view: it gets a TaskView (no test split), and the
-    source task's test split is never moved, let alone handed over."""
+def test_the_source_is_read_through_the_run_context_without_its_test_split(digits, manager, tmp_path, monkeypatch):
+    """mgdd reads its source only through RunContext.source_view, which gives a TaskView (no test
+    split); the source task's test split is never moved, let alone handed over."""
     _, view, _ = digits
 
     class Untouchable(Split):
@@ -120,13 +121,14 @@ def test_the_source_is_read_without_its_test_split(digits, manager, tmp_path, mo
         data = loaded(self)
         return TaskData(data.train, data.val, Untouchable(data.test.x, data.test.y))
 
-    views = []
-    load_view = suite.load_view
     monkeypatch.setattr(Digits, "load", load)
-    monkeypatch.setattr(suite, "load_task", lambda *a, **k: pytest.fail("mgdd loaded its source with load_task"))
-    monkeypatch.setattr(suite, "load_view", lambda *a, **k: views.append(load_view(*a, **k)) or views[-1])
-    MGDD(source="digits", meta_steps=1, inner_steps=1, **TINY).meta_trained(view, convnet(manager), context(tmp_path))
+    ctx = context(tmp_path, manager)
+    views, opener = [], ctx.open_view
+    ctx.open_view = lambda spec: views.append(opener(spec)) or views[-1]
+    MGDD(source="digits", meta_steps=1, inner_steps=1, **TINY).meta_trained(view, convnet(manager), ctx)
     assert [type(v) for v in views] == [TaskView] and not hasattr(views[0], "test")
+    with pytest.raises(DDBenchError, match="reads no other task \\(asked for 'digits'\\).*view_opener"):
+        MGDD(source="digits", **TINY).meta_trained(view, convnet(manager), context(tmp_path))
 
 
 def test_a_source_whose_files_are_absent_is_a_one_line_error(digits, manager, tmp_path, monkeypatch):
@@ -134,7 +136,7 @@ def test_a_source_whose_files_are_absent_is_a_one_line_error(digits, manager, tm
     monkeypatch.setenv("DDBENCH_DATA_ROOT", str(tmp_path))
     monkeypatch.delenv("DDBENCH_DOWNLOAD", raising=False)
     with pytest.raises(TaskDataError, match="mgdd's source task 'mnist'.*source=self") as error:
-        MGDD(source="mnist", **TINY).meta_trained(view, convnet(manager), context(tmp_path))
+        MGDD(source="mnist", **TINY).meta_trained(view, convnet(manager), context(tmp_path, manager))
     assert "\n" not in str(error.value)
 
 

@@ -20,7 +20,7 @@ from ddbench.budget import labels
 from ddbench.contracts.analysis import Analysis, Outcome, Subject
 from ddbench.results.records import AnalysisRow
 from ddbench.errors import SuiteError, one_line
-from ddbench.contracts.interfaces import Artifact
+from ddbench.contracts.interfaces import Artifact, Split, Task, TaskView
 from ddbench.contracts.recipe import Recipe
 from ddbench.ops.cache import cache_key, fingerprint
 
@@ -60,7 +60,6 @@ class AnalysisContext:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         tmp.replace(path)
         return tensors
-
 
 
 def labelled(subject: Subject) -> Artifact:
@@ -168,7 +167,7 @@ class SubjectLoader:
 
     def __init__(self, manager: Any, device: torch.device):
         self.manager, self.device = manager, device
-        self._tasks: dict[str, Any] = {}
+        self._tasks: dict[str, tuple[Task, TaskView, Split]] = {}
 
     def load(self, path: Path) -> Subject:
         from ddbench.budget import artifact as artifacts

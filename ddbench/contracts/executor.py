@@ -30,7 +30,7 @@ class CellRunner(Protocol):
     artifact_dir: Path | None
     on_status: Callable[[str], None] | None  # where an executor reports the state of the run, in one line
 
-    def run_cell(self, cell: Cell, tag: str = "", distilled: dict[str, list[Any]] | None = None) -> CellResult: ...
+    def run_cell(self, cell: Cell, tag: str = "", distilled: dict[str, Any] | None = None) -> CellResult: ...  # Distilled records
 
     def start_workers(self) -> None: ...
 
@@ -70,6 +70,6 @@ class LocalExecutor(Executor):
 
     def run(self, harness: CellRunner, cells: Sequence[Cell]) -> Iterator[CellResult]:
         harness.start_workers()
-        distilled: dict[str, list[Any]] = {}  # the last distillation, for its cell under the other protocol
+        distilled: dict[str, Any] = {}  # the last distillation (ddbench.run.harness.Distilled), for its cell under the other protocol
         for i, cell in enumerate(cells):
             yield harness.run_cell(cell, f"[{i + 1}/{len(cells)}]", distilled)

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from ddbench.contracts.deviations import Deviation
-from ddbench.vocab import Budget
 from ddbench.contracts.recipe import KD_EPOCHS, KD_PROTOCOL, QUICK_KD_BATCH, Recipe, crop_protocol
+from ddbench.errors import DDBenchError
+from ddbench.vocab import Budget
 
 Kind = Literal["classification", "regression"]
 
@@ -142,6 +143,8 @@ class RunContext:
     number from it (or from generators seeded from it) so that a seed fixes the artifact.
     ``profile`` is ``quick`` (CPU-sized) or ``full`` (the spec's sizes). Long loops should call
     ``should_stop()`` and end early when it says so, recording that in ``Artifact.meta``.
+    ``open_view`` serves :meth:`source_view` (the harness's cell worker, or
+    :func:`ddbench.run.suite.view_opener` in a test); ``None``: this context reads no other task.
     """
 
     device: torch.device
@@ -152,9 +155,20 @@ class RunContext:
     time_limit_s: float | None = None
     cache_dir: Path = field(default_factory=lambda: Path(".ddbench/cache"))
     started: float = field(default_factory=time.perf_counter)
+    open_view: Callable[[str], TaskView] | None = field(default=None, repr=False)
 
     def should_stop(self) -> bool:
         return self.time_limit_s is not None and time.perf_counter() - self.started > self.time_limit_s
+
+    def source_view(self, spec: str) -> TaskView:
+        """The view of another task, e.g. a source to meta-train on: ``spec`` as on the command line
+        (``mnist5k``, ``multi-index:d=32``), loaded under this run's profile with the run's plugins.
+        Like the cell's own view it holds the train and validation splits only, never the test
+        split; the harness records every ``spec`` read in the cell's result (``sources``)."""
+        if self.open_view is None:
+            raise DDBenchError(f"this run context reads no other task (asked for {spec!r}): build it with "
+                               "open_view=ddbench.run.suite.view_opener(manager, profile, device).")
+        return self.open_view(spec)
 
     def fork(self, offset: int) -> torch.Generator:
         """A new generator on the device, seeded deterministically from this run's seed."""

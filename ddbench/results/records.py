@@ -176,6 +176,7 @@ class CellResult:
     regime: str = "hard"  # the artifact's label regime (ddbench.budget.labels.regime); "hard" for records older than regimes
     reference_regime: str = "hard"  # the regime random_ref was trained in (the artifact's teacher, or hard labels)
     deviations: list[dict[str, str]] = field(default_factory=list)  # the method's departures from its official code in this cell (ddbench.contracts.deviations)
+    sources: list[str] = field(default_factory=list)  # other tasks whose views the distiller read (RunContext.source_view), as asked for
 
     @property
     def mean(self) -> float:

@@ -26,34 +26,44 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ddbench.contracts import deviations
-
 from ddbench.budget import labels
-
-from ddbench.run import worker
-from ddbench.budget.artifact import admit, compression, content_hash, save, with_labels
-from ddbench.errors import BudgetError, one_line
+from ddbench.budget.artifact import Storage, admit, compression, content_hash, save, with_labels
+from ddbench.contracts import deviations
 from ddbench.contracts.executor import Executor, LocalExecutor
-from ddbench.contracts.interfaces import Artifact, Learner, Task, TaskView
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Split, Task, TaskView
+from ddbench.errors import BudgetError, one_line
+from ddbench.run import worker
 from ddbench.vocab import DISTILLATION_REGIMES, Budget
 from ddbench.ops.subsets import random_artifact
 from ddbench.ops.device import resolve_device
 from ddbench.plugins import PluginManager, instantiate
-from ddbench.results.provenance import provenance
 from ddbench.contracts.recipe import Recipe, evaluation_recipe
-from ddbench.vocab import PROTOCOL_FIELDS
+from ddbench.plugins import parse_named
+from ddbench.results.provenance import provenance
 from ddbench.results.records import RUN_LENGTH_META, Cell, CellResult
 from ddbench.run.suite import Suite, expand_suite, load_task
+from ddbench.vocab import PROTOCOL_FIELDS
 
 
 TRACEBACK_CHARS = 8000  # a stored traceback keeps its first and last lines up to this size
 HEADER_BYTES = 1 << 20  # room for the safetensors header beyond 8 bytes per budgeted scalar
+
+
+@dataclass(frozen=True)
+class Distilled:
+    """A cell's distillation, which the cell of the same distillation under the other protocol reuses
+    (:meth:`Cell.distillation`): the worker's reply and, once admitted, the artifact the learners
+    train from (its teacher rebuilt from its own tensors; no meta) and the storage the harness counted."""
+
+    reply: worker.DistillReply
+    artifact: Artifact | None = None
+    storage: Storage | None = None
 
 
 def capped(text: str, limit: int = TRACEBACK_CHARS) -> str:
@@ -81,29 +91,30 @@ class Harness:
         self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else None
         self.on_progress = on_progress
         self.on_status = on_status  # an executor's one-line state of the run (cells done, running, failed)
-        self._tasks: dict[str, tuple[Task, TaskView, Any]] = {}
+        self._tasks: dict[str, tuple[Task, TaskView, Split]] = {}
         self._views: dict[str, worker.ViewSpec] = {}
         self._view_dir: Path | None = None
         self._random_refs: dict[str, float] = {}
         self._evaluations: dict[str, tuple[list[dict[str, float]], str, int, float]] = {}  # _scores, within one run
 
     # -- building ----------------------------------------------------------------------------
-    def task(self, name: str, options: dict[str, Any], profile: str) -> tuple[Task, TaskView, Any]:
+    def task(self, name: str, options: dict[str, Any], profile: str) -> tuple[Task, TaskView, Split]:
         """The task, the view distillers get (train/val on the device) and the test split."""
         key = json.dumps([name, options, profile], sort_keys=True, default=str)
         if key not in self._tasks:
             self._tasks[key] = load_task(self.manager, name, options, profile, self.device)
         return self._tasks[key]
 
-    def _view_spec(self, cell: Cell, view: TaskView) -> worker.ViewSpec:
-        """The file a worker reads the view's train and validation splits from, written once per task."""
-        key = json.dumps([cell.task, cell.task_options, cell.profile], sort_keys=True, default=str)
+    def _view_spec(self, name: str, options: dict[str, Any], profile: str) -> worker.ViewSpec:
+        """The file a worker reads the view of task ``name`` from (its train and validation splits),
+        written once per task: the cell's own, or another that its distiller reads (:meth:`RunContext.source_view`)."""
+        key = json.dumps([name, options, profile], sort_keys=True, default=str)
         if key not in self._views:
             if self._view_dir is None:
                 self._view_dir = Path(tempfile.mkdtemp(prefix="ddbench-views-"))
                 weakref.finalize(self, shutil.rmtree, self._view_dir, True)
             path = self._view_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
-            self._views[key] = worker.write_view(view, path)
+            self._views[key] = worker.write_view(self.task(name, options, profile)[1], path)
         return self._views[key]
 
     def cells(self, suite: Suite) -> Iterator[Cell]:
@@ -128,77 +139,107 @@ class Harness:
                 on_result(result)
         return results
 
-    def run_cell(self, cell: Cell, tag: str = "", distilled: dict[str, list[Any]] | None = None) -> CellResult:
+    def run_cell(self, cell: Cell, tag: str = "", distilled: dict[str, Distilled] | None = None) -> CellResult:
         """Distil in a worker, admit the artifact, evaluate one cell; any failure becomes a failed result.
 
-        ``distilled`` (what :meth:`run` passes): the last distillation, reused by a cell of the same
-        distillation (:meth:`Cell.distillation`) under the other protocol, and replaced by this one's."""
+        ``distilled`` (what :meth:`run` passes): the last distillation by its :meth:`Cell.distillation`,
+        reused by the cell of the same distillation under the other protocol, and replaced by this one's."""
         result = CellResult(cell, "failed", device=self._device_name())
         try:
-            task, view, test = self.task(cell.task, cell.task_options, cell.profile)
-            base = task.recipe(cell.profile) if cell.protocol == "native" else task.common_recipe(cell.profile)
-            if base is None:
-                result.status = "skipped"
-                result.error = f"task {cell.task!r} has no common protocol (its common_recipe is None): only its native cells run"
-                return result
-            distiller = self.manager.distillers.get(cell.distiller)
-            result.deviations = deviations.applicable(distiller, cell.distiller_options, cell.profile)
-            budget = None if distiller.budget_exempt else cell.budget
-            memo = None if distilled is None else distilled.get(cell.distillation())
-            if memo is None:
-                memo = [self._distill(distiller, cell.distiller_options, cell, view, budget, cell.time_limit_s, tag), None]
-                if distilled is not None:
-                    distilled.clear()
-                    distilled[cell.distillation()] = memo
-            reply = memo[0]
-            result.distill_s, result.peak_mb = reply.distill_s, reply.peak_mb
-            if reply.status != "ok":
-                result.status, result.error, result.traceback = reply.status, reply.error[:1000], capped(reply.traceback)
-                return result
-            learner: Learner = instantiate(self.manager.learners.get(cell.learner), cell.learner_options, cell.profile)
-            if memo[1] is None:  # admitted once per distillation (a refused artifact is refused again, from the same reply)
-                admitted, storage = admit(Artifact(reply.tensors, reply.recipe), view, budget, cell.distiller, type(learner),
-                                          self.manager.learners)
-                memo[1] = (labels.with_teacher(admitted, view, self.manager.learners, self.device), storage)  # from its tensors alone
-            artifact, storage = memo[1]
-            result.regime = labels.regime(artifact.tensors, artifact.recipe)
-            if cell.protocol == "common" and result.regime in DISTILLATION_REGIMES:  # a common board states one recipe
-                result.status = "skipped"
-                result.error = (f"the artifact is in the {result.regime} label regime, whose students train by distillation with the "
-                                "task's teacher recipe, not the common one: its row is on the native board (docs/labels.md)")
-                return result
-            result.stored_params, result.stored_bytes = storage.scalars, storage.bytes
-            result.by_tensor, result.by_dtype = dict(storage.by_tensor), dict(storage.by_dtype)
-            result.compression = compression(view, storage)
-            hard_base = base
-            if result.regime in DISTILLATION_REGIMES:
-                base = task.teacher_recipe(cell.profile)  # native only (above)
-            recipe = evaluation_recipe(base, artifact.recipe, cell.protocol)
-            result.recipe = recipe.as_dict()
-            if self.artifact_dir is not None:
-                info = {"cell": cell.config(), "key": cell.key(), "provenance": provenance(self.manager),
-                        "recipe": result.recipe, "storage": asdict(storage), "label_regime": result.regime}
-                save(Artifact(artifact.tensors, artifact.recipe, reply.meta), self.artifact_dir / f"{cell.task}-{cell.distiller}-{cell.key()}", info)
-            scores, result.eval_mode, result.model_params, result.eval_s = self._scores(task, view, test, learner, artifact,
-                                                                                        recipe, cell)
-            result.metric = task.metric
-            result.higher_is_better, result.leaderboard_columns = dict(task.higher_is_better), list(task.leaderboard_columns)
-            result.values = [s[task.metric] for s in scores]
-            for key in scores[0]:
-                if key != task.metric:
-                    result.extra[key] = statistics.fmean(s[key] for s in scores)
-            result.extra.update(task.artifact_metrics(Artifact(artifact.tensors, artifact.recipe, reply.meta)))
-            result.extra.update(run_length(reply.meta))
-            if result.regime != "hard":
-                result.extra.update(self._label_references(task, view, test, learner, artifact, hard_base, cell))
-            result.status = "ok"
-            result.reference_regime = "teacher" if result.regime == "teacher" else "hard"
-            result.random_ref = self._random_reference(task, view, test, learner, cell, hard_base, recipe, result, artifact)
+            self._run_cell(result, tag, distilled)
         except Exception as exc:  # noqa: BLE001 - a failing cell never takes the run down
             result.status = "failed"
             result.error = one_line(exc)[:1000]
             result.traceback = capped(traceback.format_exc())
         return result
+
+    def _run_cell(self, result: CellResult, tag: str, distilled: dict[str, Distilled] | None) -> None:
+        """Fill ``result``: distil (or reuse the distillation), admit, evaluate; or say why the cell is skipped or failed."""
+        cell = result.cell
+        task, view, test = self.task(cell.task, cell.task_options, cell.profile)
+        base = task.recipe(cell.profile) if cell.protocol == "native" else task.common_recipe(cell.profile)
+        if base is None:
+            result.status = "skipped"
+            result.error = f"task {cell.task!r} has no common protocol (its common_recipe is None): only its native cells run"
+            return
+        distiller = self.manager.distillers.get(cell.distiller)
+        result.deviations = deviations.applicable(distiller, cell.distiller_options, cell.profile)
+        budget = None if distiller.budget_exempt else cell.budget
+        done = self._distillation(cell, distiller, view, budget, tag, distilled)
+        reply = done.reply
+        result.distill_s, result.peak_mb, result.sources = reply.distill_s, reply.peak_mb, list(reply.sources)
+        if reply.status != "ok":
+            result.status = "skipped" if reply.status == "skipped" else "failed"
+            result.error, result.traceback = reply.error[:1000], capped(reply.traceback)
+            return
+        learner: Learner = instantiate(self.manager.learners.get(cell.learner), cell.learner_options, cell.profile)
+        artifact, storage = self._admitted(cell, done, view, budget, type(learner), distilled)
+        result.regime = labels.regime(artifact.tensors, artifact.recipe)
+        if cell.protocol == "common" and result.regime in DISTILLATION_REGIMES:  # a common board states one recipe
+            result.status = "skipped"
+            result.error = (f"the artifact is in the {result.regime} label regime, whose students train by distillation with the "
+                            "task's teacher recipe, not the common one: its row is on the native board (docs/labels.md)")
+            return
+        result.stored_params, result.stored_bytes = storage.scalars, storage.bytes
+        result.by_tensor, result.by_dtype = dict(storage.by_tensor), dict(storage.by_dtype)
+        result.compression = compression(view, storage)
+        self._evaluate(result, task, view, test, learner, artifact, reply.meta, storage, base)
+
+    def _distillation(self, cell: Cell, distiller: type[Distiller], view: TaskView, budget: Budget | None, tag: str,
+                      distilled: dict[str, Distilled] | None) -> Distilled:
+        """The cell's distillation: the one in ``distilled`` when it is this cell's, else a new one (which replaces it)."""
+        key = cell.distillation()
+        if distilled is not None and key in distilled:
+            return distilled[key]
+        done = Distilled(self._distill(distiller, cell.distiller_options, cell, view, budget, cell.time_limit_s, tag))
+        if distilled is not None:
+            distilled.clear()
+            distilled[key] = done
+        return done
+
+    def _admitted(self, cell: Cell, done: Distilled, view: TaskView, budget: Budget | None, learner: type[Learner],
+                  distilled: dict[str, Distilled] | None) -> tuple[Artifact, Storage]:
+        """The distillation's artifact as the learners train from it, its teacher rebuilt from its own
+        tensors, and its storage: admitted once per distillation (a refused artifact is refused again,
+        from the same reply)."""
+        if done.artifact is not None and done.storage is not None:
+            return done.artifact, done.storage
+        admitted, storage = admit(Artifact(done.reply.tensors, done.reply.recipe), view, budget, cell.distiller, learner,
+                                  self.manager.learners)
+        artifact = labels.with_teacher(admitted, view, self.manager.learners, self.device)
+        if distilled is not None:
+            distilled[cell.distillation()] = replace(done, artifact=artifact, storage=storage)
+        return artifact, storage
+
+    def _evaluate(self, result: CellResult, task: Task, view: TaskView, test: Split, learner: Learner, artifact: Artifact,
+                  meta: dict[str, Any], storage: Storage, base: Recipe) -> None:
+        """Save the artifact with its ``meta`` if asked, train and score the evaluation nets on it (``meta``
+        only reaches the task's diagnostics and the run length), then the label and random references."""
+        cell = result.cell
+        hard_base = base
+        if result.regime in DISTILLATION_REGIMES:
+            base = task.teacher_recipe(cell.profile)  # native only (run_cell skips the common cell)
+        recipe = evaluation_recipe(base, artifact.recipe, cell.protocol)
+        result.recipe = recipe.as_dict()
+        if self.artifact_dir is not None:
+            info = {"cell": cell.config(), "key": cell.key(), "provenance": provenance(self.manager),
+                    "recipe": result.recipe, "storage": asdict(storage), "label_regime": result.regime}
+            save(Artifact(artifact.tensors, artifact.recipe, meta), self.artifact_dir / f"{cell.task}-{cell.distiller}-{cell.key()}", info)
+        scores, result.eval_mode, result.model_params, result.eval_s = self._scores(task, view, test, learner, artifact,
+                                                                                    recipe, cell)
+        result.metric = task.metric
+        result.higher_is_better, result.leaderboard_columns = dict(task.higher_is_better), list(task.leaderboard_columns)
+        result.values = [s[task.metric] for s in scores]
+        for key in scores[0]:
+            if key != task.metric:
+                result.extra[key] = statistics.fmean(s[key] for s in scores)
+        result.extra.update(task.artifact_metrics(Artifact(artifact.tensors, artifact.recipe, meta)))
+        result.extra.update(run_length(meta))
+        if result.regime != "hard":
+            result.extra.update(self._label_references(task, view, test, learner, artifact, hard_base, cell))
+        result.status = "ok"
+        result.reference_regime = "teacher" if result.regime == "teacher" else "hard"
+        result.random_ref = self._random_reference(task, view, test, learner, cell, hard_base, recipe, result, artifact)
 
     def _device_name(self) -> str:
         if self.device.type == "cuda":
@@ -212,13 +253,16 @@ class Harness:
             if self.on_progress is not None and tag:
                 self.on_progress(f"{tag} {cell.label}", step, total, metrics)
 
-        request = worker.DistillRequest(distiller, options, self.manager.learners.get(cell.learner), cell.learner_options,
-                                        cell.profile, self._view_spec(cell, view), budget, cell.seed, str(self.device),
-                                        time_limit_s, str(self.cache_dir), torch.get_num_threads())
-        max_bytes = None if budget is None else budget.scalars(view) * 8 + HEADER_BYTES
-        return worker.distill(request, report, max_bytes)
+        def open_view(spec: str) -> worker.ViewSpec:
+            return self._view_spec(*parse_named(spec), cell.profile)
 
-    def _scores(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact, recipe: Recipe,
+        request = worker.DistillRequest(distiller, options, self.manager.learners.get(cell.learner), cell.learner_options,
+                                        cell.profile, self._view_spec(cell.task, cell.task_options, cell.profile), budget,
+                                        cell.seed, str(self.device), time_limit_s, str(self.cache_dir), torch.get_num_threads())
+        max_bytes = None if budget is None else budget.scalars(view) * 8 + HEADER_BYTES
+        return worker.distill(request, report, max_bytes, open_view)
+
+    def _scores(self, task: Task, view: TaskView, test: Split, learner: Learner, artifact: Artifact, recipe: Recipe,
                 cell: Cell) -> tuple[list[dict[str, float]], str, int, float]:
         """Train a fresh learner per evaluation seed on the artifact (:meth:`Learner.fit_ensemble`: one
         by one, or together where the learner can); score each on test. Also returns how they trained,
@@ -244,7 +288,7 @@ class Harness:
         self._evaluations[key] = (scores, mode, params, time.perf_counter() - start)
         return scores, mode, params, self._evaluations[key][3]
 
-    def _label_references(self, task: Task, view: TaskView, test: Any, learner: Learner, artifact: Artifact,
+    def _label_references(self, task: Task, view: TaskView, test: Split, learner: Learner, artifact: Artifact,
                           hard_base: Recipe, cell: Cell) -> dict[str, float]:
         """What an artifact outside the hard regime is worth without its labels' extra storage
         (docs/labels.md): ``teacher_free``, the mean metric of the same inputs with the hard labels
@@ -264,7 +308,7 @@ class Harness:
             out["teacher_params"] = float(sum(t.numel() for t in labels.teacher_state(artifact.tensors).values()))
         return out
 
-    def _random_reference(self, task: Task, view: TaskView, test: Any, learner: Learner, cell: Cell, base: Recipe,
+    def _random_reference(self, task: Task, view: TaskView, test: Split, learner: Learner, cell: Cell, base: Recipe,
                           recipe: Recipe, result: CellResult, artifact: Artifact) -> float | None:
         """The random real subset at this cell's budget and seed (:func:`ddbench.ops.subsets.random_artifact`)
         in the cell's reference regime, trained with this cell's recipe: ``base`` (its protocol's

@@ -23,14 +23,15 @@ task are skipped with the reason).
 :func:`expand_suite` turns a suite into its cells with the plugins of a manager, and
 :func:`load_task` loads one task and its view: the harness, ``ddbench leaderboard --suite`` and
 the measurement commands of plugins use them, none of them building a harness to get there;
-:func:`load_view` gives only the view (no test split), for a distiller that reads a second task.
+:func:`load_view` gives only the view (no test split), which :func:`view_opener` serves to a
+distiller that reads a second task (:meth:`~ddbench.contracts.interfaces.RunContext.source_view`) outside the harness.
 """
 from __future__ import annotations
 
 import math
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -41,7 +42,7 @@ import torch
 from ddbench.errors import BudgetError, DDBenchWarning, SuiteError, close_names
 from ddbench.contracts.interfaces import Split, Task, TaskData, TaskView
 from ddbench.vocab import Budget
-from ddbench.plugins import PluginManager, instantiate
+from ddbench.plugins import PluginManager, instantiate, parse_named
 from ddbench.vocab import PROTOCOLS
 from ddbench.results.records import Cell
 
@@ -247,6 +248,12 @@ def load_view(manager: PluginManager, name: str, options: dict[str, Any], profil
     loads its three splits, and the test split is dropped here, before anything moves to ``device``."""
     task = instantiate(manager.tasks.get(name), options, profile)
     return task_view(task, task.load(), device, name, options)
+
+
+def view_opener(manager: PluginManager, profile: str, device: torch.device | str) -> Callable[[str], TaskView]:
+    """What :meth:`RunContext.source_view` calls outside the harness (in a test, the conformance
+    kit): a task spec (``name:key=value,...``) -> its :func:`load_view` with ``manager``'s plugins."""
+    return lambda spec: load_view(manager, *parse_named(spec), profile, device)
 
 
 def load_task(manager: PluginManager, name: str, options: dict[str, Any], profile: str,

@@ -13,6 +13,11 @@ given
   of an importable module), with their options and the profile: it builds fresh instances;
 - the budget, the seed, the device, the time limit and the cache folder.
 
+A distiller that reads another task (:meth:`~ddbench.contracts.interfaces.RunContext.source_view`) asks the
+harness for it by name: the harness loads the task with the run's plugins and answers with a file
+of its train and validation splits, written as the cell's own (:func:`write_view`), and records the
+name in the reply (``sources``).
+
 What comes back is the only channel from a distiller to the evaluation: the artifact's tensors as
 safetensors bytes, its declared recipe and meta as JSON. Messages are JSON, never pickle, so a
 child cannot make the harness run code. The harness measures the distillation time itself
@@ -47,11 +52,12 @@ from torch import Tensor
 
 from ddbench.budget import labels
 from ddbench.budget.artifact import check_boundary, from_bytes, to_bytes
-from ddbench.errors import DDBenchError, NotApplicable, one_line
 from ddbench.contracts.interfaces import Progress, RunContext, Split, TaskView
+from ddbench.errors import DDBenchError, NotApplicable, TaskDataError, one_line
 from ddbench.vocab import Budget
 
 ProgressCallback = Callable[[int, "int | None", "dict[str, float]"], None]
+ViewOpener = Callable[[str], "ViewSpec"]  # the harness's side of RunContext.source_view: a task spec -> its view's file
 
 PRELOAD = ("ddbench.run.worker", "torch._dynamo")
 """Imported once by the fork server, beside the plugins. ``torch._dynamo`` is what torch.optim
@@ -142,6 +148,7 @@ class DistillReply:
     meta: dict[str, Any] = field(default_factory=dict)
     distill_s: float = 0.0
     peak_mb: float = 0.0
+    sources: list[str] = field(default_factory=list)  # the other tasks' views the distiller read, as asked for
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,24 +193,25 @@ def mp_context(preload: Iterable[str] = ()) -> Any:
 
 
 def distill(request: DistillRequest, on_progress: ProgressCallback | None = None,
-            max_artifact_bytes: int | None = None) -> DistillReply:
+            max_artifact_bytes: int | None = None, open_view: ViewOpener | None = None) -> DistillReply:
     """Run one distillation in a fresh child and wait for it; never raises for what the child does.
 
     ``max_artifact_bytes`` bounds the artifact bytes the harness accepts (an over-budget artifact
-    is refused before it is read whole).
+    is refused before it is read whole). ``open_view`` serves the child's requests for other tasks'
+    views (``None``: it may read none).
     """
     unsendable = _unsendable(request)
     if unsendable:
         return DistillReply("failed", error=unsendable)
     ctx = mp_context()
-    receiver, sender = ctx.Pipe(duplex=False)
+    receiver, sender = ctx.Pipe()  # duplex: the child's requests for views are answered
     process = ctx.Process(target=_child, args=(request, sender), name=f"ddbench-worker-{request.distiller.name}")
     try:
         try:
             process.start()
         finally:
             sender.close()
-        return _receive(process, receiver, request, on_progress, max_artifact_bytes)
+        return _receive(process, receiver, request, on_progress, max_artifact_bytes, open_view)
     except BaseException:  # Ctrl-C in the harness: stop the child at once
         if process.is_alive():
             process.kill()
@@ -233,17 +241,19 @@ def _unsendable(request: DistillRequest) -> str:
 
 
 def _receive(process: Any, receiver: Connection, request: DistillRequest, on_progress: ProgressCallback | None,
-             max_artifact_bytes: int | None) -> DistillReply:
-    """Read the child's messages until its result, its death or the hard time limit."""
+             max_artifact_bytes: int | None, open_view: ViewOpener | None) -> DistillReply:
+    """Read the child's messages, answering its requests for views, until its result, its death or
+    the hard time limit."""
     limit = request.time_limit_s
     started = finished = None  # when the child said distill() started and returned (the harness's clock)
     peak_mb = 0.0
+    sources: list[str] = []
 
     def elapsed() -> float:
         return 0.0 if started is None else (finished or time.monotonic()) - started
 
     def failed(error: str) -> DistillReply:
-        return DistillReply("failed", error=error, distill_s=elapsed(), peak_mb=peak_mb)
+        return DistillReply("failed", error=error, distill_s=elapsed(), peak_mb=peak_mb, sources=sources)
 
     while True:
         deadline = None if limit is None or started is None or finished is not None else started + limit + grace_s(limit)
@@ -265,6 +275,8 @@ def _receive(process: Any, receiver: Connection, request: DistillRequest, on_pro
             if kind == "progress" and on_progress is not None:
                 on_progress(int(message["step"]), None if message["total"] is None else int(message["total"]),
                             {str(k): float(v) for k, v in message["metrics"].items()})
+            elif kind == "view":
+                receiver.send(_served_view(str(message["spec"]), open_view, sources))
             elif kind == "started":
                 started = time.monotonic()
             elif kind == "finished":
@@ -274,7 +286,7 @@ def _receive(process: Any, receiver: Connection, request: DistillRequest, on_pro
                     peak_mb = float(message["cuda_peak_mb"])
             elif kind == "result":
                 reply = _result(message, receiver, request, max_artifact_bytes)
-                reply.distill_s, reply.peak_mb = elapsed(), peak_mb
+                reply.distill_s, reply.peak_mb, reply.sources = elapsed(), peak_mb, sources
                 return reply
         except EOFError:
             break
@@ -282,6 +294,22 @@ def _receive(process: Any, receiver: Connection, request: DistillRequest, on_pro
             return failed(f"the cell worker sent a malformed message ({type(exc).__name__}: {exc})")
     process.join(JOIN_S)
     return failed(_exit_reason(process.exitcode))
+
+
+def _served_view(spec: str, open_view: ViewOpener | None, sources: list[str]) -> ViewSpec | DDBenchError:
+    """The answer to a child's request for task ``spec``'s view: its file (``spec`` is recorded in
+    ``sources``), or the one-line error that refused it, which the child raises. Pickled to the
+    child: the harness's messages may be, a child's never are."""
+    try:
+        if open_view is None:
+            raise DDBenchError(f"this distillation may read no other task (it asked for {spec!r})")
+        view = open_view(spec)
+    except DDBenchError as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - a task that fails to load fails the asking cell, not the run
+        return TaskDataError(f"task {spec!r} could not be loaded: {one_line(exc)}")
+    sources.append(spec)
+    return view
 
 
 def _result(header: dict[str, Any], receiver: Connection, request: DistillRequest, max_artifact_bytes: int | None) -> DistillReply:
@@ -343,6 +371,14 @@ class _Channel:
     def send(self, message: dict[str, Any]) -> None:
         self.conn.send_bytes(json.dumps(message).encode())
 
+    def view(self, spec: str, device: torch.device) -> TaskView:
+        """Task ``spec``'s view, asked of the harness (:func:`_served_view`) and read from its file."""
+        self.send({"kind": "view", "spec": str(spec)})
+        answer = self.conn.recv()
+        if isinstance(answer, DDBenchError):
+            raise answer
+        return read_view(answer, device)
+
     def progress(self, step: int, total: int | None, metrics: dict[str, float]) -> None:
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_S or (total is not None and step >= total):
@@ -387,7 +423,7 @@ def _run(request: DistillRequest, channel: _Channel) -> tuple[dict[str, Any], by
         return {"status": "skipped", "error": str(reason)}, None
     generator = torch.Generator(device).manual_seed(request.seed)
     context = RunContext(device, request.seed, generator, Progress(channel.progress), request.profile,
-                         request.time_limit_s, Path(request.cache_dir))
+                         request.time_limit_s, Path(request.cache_dir), open_view=lambda spec: channel.view(spec, device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     channel.send({"kind": "started"})

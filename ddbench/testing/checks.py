@@ -24,8 +24,9 @@ from ddbench.ops.device import resolve_device
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Progress, RunContext, Split, TaskView
 from ddbench.vocab import DISTILLATION_REGIMES, Budget
 from ddbench.plugins import PluginManager, Registry, get_plugin_manager, instantiate
-from ddbench.vocab import FULL
 from ddbench.plugins import parse_named
+from ddbench.run.suite import view_opener
+from ddbench.vocab import FULL
 from ddbench.testing.report import Case, ConformanceError, ConformanceReport, Failure
 from ddbench.testing.tasks import KitTask, task_view, tiny_classification, tiny_regression
 
@@ -149,7 +150,8 @@ class _Runner:
 
     def make_context(self, cache_dir: Path | None = None) -> RunContext:
         generator = torch.Generator(self.device).manual_seed(self.seed)
-        return RunContext(self.device, self.seed, generator, Progress(), self.profile, None, cache_dir or self.cache_dir)
+        return RunContext(self.device, self.seed, generator, Progress(), self.profile, None, cache_dir or self.cache_dir,
+                          open_view=view_opener(get_plugin_manager(), self.profile, self.device))
 
     def distill(self, view: TaskView, budget: Budget | None, learner: Learner, global_seed: int,
                 cache_dir: Path | None = None) -> tuple[Artifact, RunContext, bool]:

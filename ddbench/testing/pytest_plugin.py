@@ -43,13 +43,16 @@ def ddbench_check(ddbench_device: torch.device, tmp_path: Path) -> Callable[...,
 
 @pytest.fixture
 def ddbench_context(ddbench_device: torch.device, tmp_path: Path) -> RunContext:
-    """A fresh quick-profile :class:`~ddbench.RunContext` (seed 0) for an author's own unit tests."""
+    """A fresh quick-profile :class:`~ddbench.RunContext` (seed 0) for an author's own unit tests; its
+    ``source_view`` reads the installed plugins' tasks."""
     import torch
 
     from ddbench.contracts.interfaces import Progress, RunContext
+    from ddbench.plugins import get_plugin_manager
+    from ddbench.run.suite import view_opener
 
     return RunContext(ddbench_device, 0, torch.Generator(ddbench_device).manual_seed(0), Progress(), "quick",
-                      None, tmp_path / "ddbench-cache")
+                      None, tmp_path / "ddbench-cache", open_view=view_opener(get_plugin_manager(), "quick", ddbench_device))
 
 
 @pytest.fixture

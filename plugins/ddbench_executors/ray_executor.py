@@ -24,8 +24,8 @@ from typing import Any
 
 from ddbench.errors import SuiteError, one_line
 from ddbench.contracts.executor import CellRunner, Executor
-from ddbench.run.harness import Harness, capped
 from ddbench.contracts.options import non_negative, positive
+from ddbench.run.harness import Distilled, Harness, capped
 from ddbench.plugins import PluginManager
 from ddbench.results.records import Cell, CellResult
 
@@ -218,6 +218,6 @@ def run_cells(setup: dict[str, Any], cells: list[Cell]) -> tuple[list[CellResult
         harness.start_workers()
         _harness = (setup["run"], harness)
     harness = _harness[1]
-    distilled: dict[str, list[Any]] = {}
+    distilled: dict[str, Distilled] = {}
     results = [harness.run_cell(cell, "", distilled) for cell in cells]
     return results, ray.get_runtime_context().get_node_id()

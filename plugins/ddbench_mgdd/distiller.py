@@ -188,15 +188,12 @@ class MGDD(Distiller):
 
     def source_view(self, task: TaskView, context: RunContext) -> TaskView:
         """The source's view: the target's own for ``self``, else the named task's train and
-        validation splits (its test split is dropped before anything moves: ddbench.run.suite.load_view)."""
-        from ddbench.plugins import get_plugin_manager
-        from ddbench.run.suite import load_view
-
+        validation splits (:meth:`RunContext.source_view`: no test split)."""
         name = self.source_name(task)
         if name == SELF:
             return task
         try:
-            source = load_view(get_plugin_manager(), name, {}, context.profile, context.device)
+            source = context.source_view(name)
         except TaskDataError as exc:
             raise TaskDataError(f"mgdd's source task {name!r}: {exc} Or pass source=self (the target's own train split).") from exc
         if source.input_shape[0] != task.input_shape[0] or source.num_classes != task.num_classes or len(source.input_shape) != 3:

@@ -21,7 +21,7 @@ from ddbench.contracts.interfaces import RunContext
 from ddbench.vocab import Budget
 from ddbench.plugins import get_plugin_manager, instantiate
 from ddbench.contracts.recipe import evaluation_recipe
-from ddbench.run.suite import load_view
+from ddbench.run.suite import load_view, view_opener
 
 SETTINGS: dict[str, dict[str, Any]] = {  # meta_steps: generator steps (Reptile: outer steps x inner_steps)
     "no meta-training, adapt 10": {"meta_steps": 0, "adapt_steps": 10},
@@ -57,7 +57,7 @@ def main() -> None:
                 for seed in (0, 1, 2):
                     distiller = instantiate(manager.distillers.get("mgdd"), options, "quick")
                     context = RunContext(torch.device("cpu"), seed, torch.Generator().manual_seed(seed), profile="quick",
-                                         cache_dir=Path(cache))
+                                         cache_dir=Path(cache), open_view=view_opener(manager, "quick", "cpu"))
                     artifact = distiller.distill(view, Budget.parse(f"ipc={ipc}"), learner, context)
                     if not artifact.meta["meta_cached"]:
                         meta_s = artifact.meta["meta_s"]
