@@ -56,7 +56,7 @@ class Noisy(Distiller):
 class Images(Distiller):
     name = "images-only"
 
-    def supports(self, task):
+    def supports(self, task, learner):
         return None if len(task.input_shape) == 3 else "needs images"
 
     def distill(self, task, budget, learner, context):
