@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ddbench import hookimpl
-from ddbench.hookspecs import Command
+from ddbench.hookspecs import Command, Report
 from ddbench_theory.baselines import RandomFeatures
 from ddbench_theory.distiller import TwoStage
 from ddbench_theory.task import MultiIndex
@@ -43,3 +43,10 @@ def ddbench_register_commands(register: Callable[[Command], None]) -> None:
 
     register(study.COMMAND)
     register(measure.COMMAND)
+
+
+@hookimpl
+def ddbench_register_reports(register: Callable[[Report], None]) -> None:
+    from ddbench_theory import board
+
+    register(board.REPORT)
