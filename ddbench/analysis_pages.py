@@ -159,7 +159,7 @@ def _pointwise_influence(ok: list[AnalysisRow], path: Path) -> bool:
 
 PLOTS: dict[str, Callable[[list[AnalysisRow], Path], bool]] = {
     "mixing": _mixing, "recognition": _recognition, "early_agreement": _early_agreement, "pointwise_influence": _pointwise_influence}
-"""The figure of each built-in analysis (``False``: none drawn, its tensors are gone)."""
+"""The figure of each built-in analysis, by its name."""
 
 
 def plot(rows: list[AnalysisRow], path: Path) -> bool:

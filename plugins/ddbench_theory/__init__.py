@@ -7,7 +7,8 @@ no-feature-learning reference row, :mod:`ddbench_theory.baselines`), and two com
 theory-study``, the memory study of docs/theory.md §7 (:mod:`ddbench_theory.study`, which searches
 B* with :mod:`ddbench_theory.search`, fits it with :mod:`ddbench_theory.fits` and writes the board
 with :mod:`ddbench_theory.board`), and ``ddbench theory-measure``, one cell at GPU scale with the
-real data streamed (:mod:`ddbench_theory.measure`, :mod:`ddbench_theory.streaming`).
+real data streamed (:mod:`ddbench_theory.measure`, :mod:`ddbench_theory.streaming`); and the
+study's board as the report ``theory-study``, which ``ddbench leaderboard`` rewrites from its JSON.
 """
 from __future__ import annotations
 
