@@ -235,7 +235,7 @@ def test_every_subcommand_has_help(capsys, command):
 
 def test_plugins_lists_commands_and_reports(capsys):
     code, out, _ = run(capsys, "plugins")
-    assert code == 0 and "commands: theory-measure, theory-study" in out and "commands: mtt-memory" in out
+    assert code == 0 and "commands: theory-measure, theory-study; reports: theory-study" in out and "commands: mtt-memory" in out
 
 
 def stored_result(store, distiller: str, accuracy: float, budget: str | None = "ipc=1"):

@@ -13,7 +13,7 @@ import pytest
 from ddbench.cli import main
 from ddbench.results.leaderboard import pages
 from ddbench.results.records import aggregate
-from ddbench.results.site import board_lines, markdown_html, write_site
+from ddbench.results.site import board_lines, markdown_html, task_boards, write_site
 from ddbench.results.store import read_results
 from test_leaderboard import RECORDS, directed
 
@@ -33,7 +33,7 @@ def test_the_site_shows_the_markdown_numbers(tmp_path):
     assert sorted(p.name for p in written) == ["digits.html", "index.html", "site.css", "site.js"]
     html = (tmp_path / "digits.html").read_text()
     rows = aggregate(RECORDS)
-    assert len(body_rows(html)) == len(board_lines("digits", rows)) == 4  # herding, random at ipc 1 and 10, full once
+    assert len(body_rows(html)) == len(board_lines(task_boards(rows, RECORDS)["digits"])) == 4  # herding, random at ipc 1 and 10, full once
     markdown = pages(rows, RECORDS, "regenerate")["digits.md"]
     for line in markdown.splitlines():
         if line.startswith("| ") and "±" in line and "± std" not in line:  # every Markdown row's rank, label and numbers are on the site
@@ -129,7 +129,7 @@ def sort_values(page, column: int) -> list[str]:
 def test_the_default_board_in_a_browser(browser, tmp_path):
     records = read_results(ROOT / "leaderboards" / "default" / "results.json").records
     write_site(records, tmp_path / "site")
-    expected = board_lines("digits", aggregate(records))
+    expected = board_lines(task_boards(aggregate(records), records)["digits"])
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))

@@ -144,6 +144,9 @@ def test_board_is_written_and_rewritten_from_its_json(tiny, tmp_path):
         assert section in md
     assert main(["theory-study", "--board-only", "--out", str(tmp_path / "lb")]) == 0
     assert (tmp_path / "lb" / "multi-index.md").read_text() == md
+    records = [{"config": {"task": "digits"}}]  # the report's input is the study's JSON in OUT, not the suite records
+    assert board.REPORT.write(records, tmp_path / "lb") == paths and (tmp_path / "lb" / "multi-index.md").read_text() == md
+    assert board.REPORT.write(records, tmp_path / "elsewhere") == [] and not (tmp_path / "elsewhere").exists()
     assert "not reached within n(d+1)" in board.markdown({"results": [dict(results[0], b_star={
         e: dict(b, random_budget=None) for e, b in results[0]["b_star"].items()})]})
 

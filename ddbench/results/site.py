@@ -3,8 +3,8 @@ Markdown boards, for any static host or the file system (no server, no network).
 
 ``index.html`` lists the tasks with their budgets, protocols and label regimes; ``<task>.html``
 holds one table of every board of the task (both protocols, every budget tier and label regime),
-with the ranks, numbers and reference rows of :func:`ddbench.results.leaderboard.tiers` (so the
-site and the Markdown show the same numbers, formatted alike), a column of per-row provenance
+with the ranks, numbers and reference rows of each board's facts (:func:`ddbench.results.board.board`,
+so the site and the Markdown show the same numbers, formatted alike), a column of per-row provenance
 (commit, torch, device, seeds, recipe, cell keys) and links to saved artifacts when they exist;
 ``analyses.html`` renders the analysis pages when analyses ran. ``site.js`` (sorting, filtering
 and the SVG plot of the metric against stored parameters with the Pareto front) and ``site.css``
@@ -25,10 +25,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ddbench.results.records import footnote
-from ddbench.results.leaderboard import (REGIME_TEXT, TEACHER_ROW, TRAINED, board_columns, boards, budget_key, direction, record_protocol,
-                                         table_line, tiers)
-from ddbench.results.records import COLUMNS, Row, aggregate, settings
+from ddbench.results.board import (REGIME_TEXT, TEACHER_ROW, TRAINED, Board, all_boards, board_columns, budget_key, finished, ranked_by,
+                                   record_protocol, regimes_of)
+from ddbench.results.leaderboard import table_line
+from ddbench.results.records import COLUMNS, Row, aggregate, footnote, settings
 from ddbench.vocab import FULL
 
 ASSETS = ("site.js", "site.css")
@@ -92,115 +92,136 @@ def _provenance(records: list[dict[str, Any]], row: Row, artifacts: Sequence[Pat
     return f"<details><summary>{len(records)} cell{'s' if len(records) != 1 else ''}</summary><dl>{items}</dl></details>"
 
 
-def board_lines(task: str, rows: list[Row]) -> list[tuple[str, Row]]:
+def task_boards(rows: Sequence[Row], records: Sequence[dict[str, Any]]) -> dict[str, list[Board]]:
+    """The boards of each task (a page each), by task."""
+    out: dict[str, list[Board]] = {}
+    for b in all_boards(rows, records):
+        out.setdefault(b.task, []).append(b)
+    return out
+
+
+def board_lines(boards: Sequence[Board]) -> list[tuple[str, Row]]:
     """Every line of a task's site table: the tiers of each of its boards, a reference row once."""
     lines, seen = [], set()
-    for task_, protocol in boards(rows):
-        if task_ != task:
-            continue
-        board = [r for r in rows if r.task == task and r.protocol == protocol]
-        declared = direction(board)
-        for _, _, ranked in tiers(board, True if declared is None else declared):
-            for rank, row in ranked:
-                if id(row) not in seen:
-                    seen.add(id(row))
-                    lines.append((rank, row))
+    for tier in (tier for b in boards for tier in b.tiers):
+        for rank, row in tier.lines:
+            if id(row) not in seen:
+                seen.add(id(row))
+                lines.append((rank, row))
     return lines
 
 
-def task_page(task: str, rows: list[Row], records: list[dict[str, Any]], artifacts: Sequence[Path], site: Path, analyses: bool) -> str:
-    """The page of one task: facts, filters, the sortable table and the plot."""
-    task_rows = [r for r in rows if r.task == task]
-    lines = board_lines(task, rows)
-    metric = next((r.metric for r in task_rows if r.metric), "metric")
-    declared = direction(task_rows)
+TEXT_COLUMNS = {"distiller", "protocol", "regime", "budget", "status", "provenance"}
+"""The columns of a board's table that hold text (the others are numbers)."""
+
+
+def _sort_key(key: Any) -> str:
+    return "" if key is None else (f"{key:.10g}" if isinstance(key, float) else str(key))
+
+
+def table_row(index: int, rank: str, r: Row, extras: list[str], headers: list[str], provenance: str) -> str:
+    """A line of a task's table: the Markdown's texts, each cell with the value it sorts by."""
+    shown = table_line(rank, r, extras)  # rank, label, mean ± std, nets, columns..., extras..., status
+    texts = [shown[0], shown[1], r.protocol, r.regime, r.budget, *shown[2:], provenance]
+    sort_keys = [rank if rank.isdigit() else "", r.label or r.distiller, r.protocol, r.regime, r.budget,
+                 _number(r.mean), r.nets, *[_number(getattr(r, c.name)) for c in COLUMNS],
+                 *[_number(r.extra.get(k, math.nan)) for k in extras], r.status, ""]
+    cells = "".join(f'<td class="{"text" if h in TEXT_COLUMNS else "num"}" data-sort="{escape(_sort_key(key))}">'
+                    f'{text if h == "provenance" else escape(text)}</td>' for h, text, key in zip(headers, texts, sort_keys))
+    kind = "ref" if rank == "ref" else "failed" if not r.ok else "ranked"
+    attrs = "".join(f' data-{k}="{escape(getattr(r, k) if k != "distiller" else r.distiller)}"' for k in FILTERS)
+    return f'<tr class="{kind}" data-index="{index}"{attrs}>{cells}</tr>'
+
+
+def plot_point(index: int, rank: str, r: Row) -> dict[str, Any]:
+    """What the plot of ``site.js`` knows of a table line."""
+    return {"index": index, "rank": rank, "label": r.label or r.distiller, "distiller": r.distiller, "protocol": r.protocol,
+            "regime": r.regime, "budget": r.budget, "mean": _number(r.mean) if r.ok else None, "std": _number(r.std),
+            "nets": r.nets, "stored_params": _number(r.stored_params), "ref": rank == "ref"}
+
+
+def filters(lines: list[tuple[str, Row]]) -> str:
+    """The selects that filter a task's table by :data:`FILTERS`."""
+    out = []
+    for key in FILTERS:
+        options = sorted({getattr(r, key) for _, r in lines}, key=budget_key if key == "budget" else str)
+        choices = "".join(f'<option value="{escape(o)}">{escape(o)}</option>' for o in options)
+        out.append(f'<label>{key} <select data-filter="{key}"><option value="">all</option>{choices}</select></label>')
+    return '<div class="filters">' + "".join(out) + '<span id="row-count" class="count"></span></div>'
+
+
+def task_facts(boards: Sequence[Board], lines: list[tuple[str, Row]], analyses: bool) -> str:
+    """The facts above a task's table: its cells, how it ranks, its references and regimes, how to read it."""
+    recs = [r for b in boards for r in b.records]
+    commits = sorted({str(r["provenance"].get("commit") or "unknown") for r in recs})
+    protocols = sorted({record_protocol(r) for r in recs})
+    references = sorted({r.label or r.distiller for rank, r in lines if rank == "ref"})
+    facts = [f"{finished(recs)}; commit {', '.join(commits)}; protocols: {', '.join(protocols)}.",
+             ranked_by(boards[0].metric, boards[0].better, "each protocol, budget and label regime") + " "
+             + (" and ".join(f"<code>{escape(name)}</code>" for name in references) + " (rank ref): references, not ranked. "
+                if references else "") + "Label regimes: "
+             + "; ".join(f"<code>{g}</code>: {escape(REGIME_TEXT[g])}" for g in regimes_of([r for _, r in lines])) + ".",
+             "Click a column header to sort; the plot shows the rows the filters keep, with each protocol's Pareto front "
+             "(hover a point for its details). The Markdown boards: " + ", ".join(f"<code>{escape(b.name)}.md</code>" for b in boards) + "."]
+    if analyses:
+        facts.append('Analyses of the distilled data: <a href="analyses.html">analyses.html</a>.')
+    return '<ul class="facts">' + "".join(f"<li>{f}</li>" for f in facts) + "</ul>"
+
+
+def task_page(boards: Sequence[Board], records: list[dict[str, Any]], artifacts: Sequence[Path], site: Path, analyses: bool) -> str:
+    """The page of one task (its ``boards``, one per protocol): facts, filters, the sortable table and the plot."""
+    task, metric = boards[0].task, boards[0].metric
+    lines = board_lines(boards)
     extras = board_columns([r for _, r in lines])
     by_row: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for rec in records:
         if rec["config"]["task"] == task:
             by_row.setdefault(_signature(rec), []).append(rec)
-    recs = [r for r in records if r["config"]["task"] == task and r["status"] != "skipped"]
-    finished = sorted(r["finished_at"] for r in recs)
-    commits = sorted({str(r["provenance"].get("commit") or "unknown") for r in recs})
-    protocols = sorted({record_protocol(r) for r in recs})
     headers = ["rank", "distiller", "protocol", "regime", "budget", f"{metric} ± std", "nets",
                *[c.header.format(metric=metric) for c in COLUMNS], *extras, "status", "provenance"]
-    text_columns = {"distiller", "protocol", "regime", "budget", "status", "provenance"}
-    head = "".join(f'<th class="{"text" if h in text_columns else "num"}">{escape(h)}</th>' for h in headers)
-    body, data = [], []
-    for index, (rank, r) in enumerate(lines):
-        shown = table_line(rank, r, extras)  # rank, label, mean ± std, nets, columns..., extras..., status
-        sort_keys = [rank if rank.isdigit() else "", r.label or r.distiller, r.protocol, r.regime, r.budget,
-                     _number(r.mean), r.nets, *[_number(getattr(r, c.name)) for c in COLUMNS],
-                     *[_number(r.extra.get(k, math.nan)) for k in extras], r.status, ""]
-        texts = [shown[0], shown[1], r.protocol, r.regime, r.budget, *shown[2:]]
-        prov = _provenance(_records_of(r, by_row), r, artifacts, site)
-        cells = []
-        for h, text, key in zip(headers, [*texts, ""], sort_keys):
-            css = "text" if h in text_columns else "num"
-            sort = "" if key is None else (f"{key:.10g}" if isinstance(key, float) else str(key))
-            cells.append(f'<td class="{css}" data-sort="{escape(sort)}">{prov if h == "provenance" else escape(text)}</td>')
-        kind = "ref" if rank == "ref" else "failed" if not r.ok else "ranked"
-        attrs = "".join(f' data-{k}="{escape(getattr(r, k) if k != "distiller" else r.distiller)}"' for k in FILTERS)
-        body.append(f'<tr class="{kind}" data-index="{index}"{attrs}>{"".join(cells)}</tr>')
-        data.append({"index": index, "rank": rank, "label": r.label or r.distiller, "distiller": r.distiller, "protocol": r.protocol,
-                     "regime": r.regime, "budget": r.budget, "mean": _number(r.mean) if r.ok else None, "std": _number(r.std),
-                     "nets": r.nets, "stored_params": _number(r.stored_params), "ref": rank == "ref"})
-    filters = []
-    for key in FILTERS:
-        options = sorted({getattr(r, key) for _, r in lines}, key=budget_key if key == "budget" else str)
-        choices = "".join(f'<option value="{escape(o)}">{escape(o)}</option>' for o in options)
-        filters.append(f'<label>{key} <select data-filter="{key}"><option value="">all</option>{choices}</select></label>')
-    payload = {"metric": metric, "higher": True if declared is None else declared,
-               "distillers": sorted({r.distiller for _, r in lines}), "rows": data}
-    how = "higher" if declared in (True, None) else "lower"
-    references = sorted({r.label or r.distiller for rank, r in lines if rank == "ref"})
-    facts = [f"{len(recs)} cells finished {finished[0] if finished else '?'} to {finished[-1] if finished else '?'}; "
-             f"commit {', '.join(commits)}; protocols: {', '.join(protocols)}.",
-             f"Ranked by mean {metric} ({how} is better) within each protocol, budget and label regime; ± is the std over "
-             "all evaluation nets of all distillation seeds. "
-             + (" and ".join(f"<code>{escape(name)}</code>" for name in references) + " (rank ref): references, not ranked. "
-                if references else "") + "Label regimes: "
-             + "; ".join(f"<code>{g}</code>: {escape(REGIME_TEXT[g])}" for g in REGIME_TEXT if any(r.regime == g for _, r in lines)) + ".",
-             "Click a column header to sort; the plot shows the rows the filters keep, with each protocol's Pareto front "
-             "(hover a point for its details). The Markdown boards: "
-             + ", ".join(f'<code>{escape(t if p == "native" else f"{t}-{p}")}.md</code>' for t, p in boards(task_rows)) + "."]
-    if analyses:
-        facts.append('Analyses of the distilled data: <a href="analyses.html">analyses.html</a>.')
+    head = "".join(f'<th class="{"text" if h in TEXT_COLUMNS else "num"}">{escape(h)}</th>' for h in headers)
+    body = [table_row(i, rank, r, extras, headers, _provenance(_records_of(r, by_row), r, artifacts, site))
+            for i, (rank, r) in enumerate(lines)]
+    payload = {"metric": metric, "higher": boards[0].higher, "distillers": sorted({r.distiller for _, r in lines}),
+               "rows": [plot_point(i, rank, r) for i, (rank, r) in enumerate(lines)]}
     json_text = json.dumps(payload, sort_keys=True).replace("</", "<\\/")
-    return _page(f"ddbench: {task}", [
-        '<p><a href="index.html">&larr; all tasks</a></p>', f"<h1>ddbench leaderboard: {escape(task)}</h1>",
-        '<ul class="facts">' + "".join(f"<li>{f}</li>" for f in facts) + "</ul>",
-        '<div class="filters">' + "".join(filters) + '<span id="row-count" class="count"></span></div>',
-        f'<svg id="plot" class="plot" viewBox="0 0 760 420" width="760" height="420" role="img" '
-        f'aria-label="{escape(metric)} against stored parameters"></svg>', '<div id="legend" class="legend"></div>',
-        f'<div class="scroll"><table id="board" class="board"><thead><tr>{head}</tr></thead><tbody>',
-        *body, "</tbody></table></div>",
-        f'<script type="application/json" id="board-data">{json_text}</script>'])
+    sections = [
+        ("back", '<p><a href="index.html">&larr; all tasks</a></p>'),
+        ("title", f"<h1>ddbench leaderboard: {escape(task)}</h1>"),
+        ("facts", task_facts(boards, lines, analyses)),
+        ("filters", filters(lines)),
+        ("plot", f'<svg id="plot" class="plot" viewBox="0 0 760 420" width="760" height="420" role="img" '
+                 f'aria-label="{escape(metric)} against stored parameters"></svg>\n<div id="legend" class="legend"></div>'),
+        ("table", "\n".join([f'<div class="scroll"><table id="board" class="board"><thead><tr>{head}</tr></thead><tbody>',
+                             *body, "</tbody></table></div>"])),
+        ("data", f'<script type="application/json" id="board-data">{json_text}</script>'),
+    ]
+    return _page(f"ddbench: {task}", [html for _, html in sections])
 
 
-def index_page(rows: list[Row], records: list[dict[str, Any]], analyses: bool) -> str:
+def index_page(by_task: dict[str, list[Board]], records: list[dict[str, Any]], analyses: bool) -> str:
     """The index: a line per task with its budgets, protocols, regimes and row count."""
     items = []
-    for task in sorted({r.task for r in rows}):
-        task_rows = [r for r in rows if r.task == task]
+    for task, boards in sorted(by_task.items()):
+        task_rows = [r for b in boards for r in b.rows]
         budgets = sorted({r.budget for r in task_rows}, key=budget_key)
         cells = sum(1 for r in records if r["config"]["task"] == task and r["status"] != "skipped")
         items.append(f'<tr><td class="text"><a href="{escape(task)}.html">{escape(task)}</a></td>'
                      f'<td class="text">{escape(", ".join(budgets))}</td>'
                      f'<td class="text">{escape(", ".join(sorted({r.protocol for r in task_rows})))}</td>'
-                     f'<td class="text">{escape(", ".join(g for g in REGIME_TEXT if any(r.regime == g for r in task_rows)))}</td>'
-                     f'<td class="num">{len(board_lines(task, rows))}</td><td class="num">{cells}</td></tr>')
+                     f'<td class="text">{escape(", ".join(regimes_of(task_rows)))}</td>'
+                     f'<td class="num">{len(board_lines(boards))}</td><td class="num">{cells}</td></tr>')
     commits = sorted({str(r["provenance"].get("commit") or "unknown") for r in records})
-    body = ["<h1>ddbench leaderboards</h1>",
-            f'<ul class="facts"><li>{len(records)} stored cells from commit {escape(", ".join(commits))}; accuracy (or the task\'s '
-            "metric) per stored parameter, final-epoch test numbers, nothing selected on test.</li></ul>",
-            '<table class="board" id="tasks"><thead><tr><th class="text">task</th><th class="text">budgets</th>'
-            '<th class="text">protocols</th><th class="text">label regimes</th><th class="num">rows</th><th class="num">cells</th>'
-            "</tr></thead><tbody>", *items, "</tbody></table>"]
-    if analyses:
-        body.append('<p>Analyses of the distilled data: <a href="analyses.html">analyses.html</a>.</p>')
-    return _page("ddbench leaderboards", body)
+    sections = [
+        ("title", "<h1>ddbench leaderboards</h1>"),
+        ("facts", f'<ul class="facts"><li>{len(records)} stored cells from commit {escape(", ".join(commits))}; accuracy (or the '
+                  "task's metric) per stored parameter, final-epoch test numbers, nothing selected on test.</li></ul>"),
+        ("tasks", "\n".join(['<table class="board" id="tasks"><thead><tr><th class="text">task</th><th class="text">budgets</th>'
+                             '<th class="text">protocols</th><th class="text">label regimes</th><th class="num">rows</th>'
+                             '<th class="num">cells</th></tr></thead><tbody>', *items, "</tbody></table>"])),
+        ("analyses", '<p>Analyses of the distilled data: <a href="analyses.html">analyses.html</a>.</p>' if analyses else ""),
+    ]
+    return _page("ddbench leaderboards", [html for _, html in sections if html])
 
 
 def _inline(text: str) -> str:
@@ -251,12 +272,13 @@ def write_site(records: Sequence[dict[str, Any]], site: Path, analysis_pages: Se
         with resources.as_file(resources.files("ddbench.results").joinpath("site_assets", name)) as source:
             shutil.copyfile(source, target)
         written.append(target)
+    by_task = task_boards(rows, records)
     index = site / "index.html"
-    index.write_text(index_page(rows, records, bool(pages)))
+    index.write_text(index_page(by_task, records, bool(pages)))
     written.append(index)
-    for task in sorted({r.task for r in rows}):
+    for task, boards in sorted(by_task.items()):
         page = site / f"{task}.html"
-        page.write_text(task_page(task, rows, records, artifacts, site, bool(pages)))
+        page.write_text(task_page(boards, records, artifacts, site, bool(pages)))
         written.append(page)
     if pages:
         body = ['<p><a href="index.html">&larr; all tasks</a></p>']

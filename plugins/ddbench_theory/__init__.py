@@ -7,14 +7,15 @@ no-feature-learning reference row, :mod:`ddbench_theory.baselines`), and two com
 theory-study``, the memory study of docs/theory.md §7 (:mod:`ddbench_theory.study`, which searches
 B* with :mod:`ddbench_theory.search`, fits it with :mod:`ddbench_theory.fits` and writes the board
 with :mod:`ddbench_theory.board`), and ``ddbench theory-measure``, one cell at GPU scale with the
-real data streamed (:mod:`ddbench_theory.measure`, :mod:`ddbench_theory.streaming`).
+real data streamed (:mod:`ddbench_theory.measure`, :mod:`ddbench_theory.streaming`); and the
+study's board as the report ``theory-study``, which ``ddbench leaderboard`` rewrites from its JSON.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from ddbench import hookimpl
-from ddbench.contracts.hookspecs import Command
+from ddbench.contracts.hookspecs import Command, Report
 from ddbench_theory.baselines import RandomFeatures
 from ddbench_theory.distiller import TwoStage
 from ddbench_theory.task import MultiIndex
@@ -43,3 +44,10 @@ def ddbench_register_commands(register: Callable[[Command], None]) -> None:
 
     register(study.COMMAND)
     register(measure.COMMAND)
+
+
+@hookimpl
+def ddbench_register_reports(register: Callable[[Report], None]) -> None:
+    from ddbench_theory import board
+
+    register(board.REPORT)

@@ -1,7 +1,8 @@
 """The board of the multi-index memory study: ``multi-index.md``, ``.csv``, ``.png`` and ``.json`` (docs/theory.md §7).
 
 Written by ``ddbench theory-study`` from the per-seed results of :mod:`ddbench_theory.study`;
-``--board-only`` rewrites it from the JSON alone.
+``--board-only`` rewrites it from the JSON alone, and so does ``ddbench leaderboard``, whose report
+``theory-study`` (:data:`REPORT`) it is.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from typing import Any
 from tabulate import tabulate
 
 import ddbench_theory.fits as fits
+from ddbench.contracts.hookspecs import Report
+from ddbench.results.leaderboard import section
+from ddbench.results.plotting import figure
 from ddbench_theory.fits import Key
 
 NAME = "multi-index"
@@ -233,9 +237,7 @@ def markdown(payload: dict[str, Any]) -> str:
     devices = sorted({r["device"] for r in results})
     tiers = sorted({r["tier"] for r in results})
     settings = results[0]["settings"] if results else {}
-    lines = [
-        "# ddbench leaderboard: multi-index (the memory of two-stage distillation, B* by search)",
-        "",
+    facts = [
         f"- Provenance: ddbench {prov.get('ddbench', '?')} (commit {prov.get('commit') or 'unknown'}), torch "
         f"{prov.get('torch', '?')}; device: {', '.join(devices)}; tier {', '.join(tiers)} "
         f"(n = 4 d^2 r capped at {settings.get('n_cap')}, n_test {settings.get('n_test')}, K1 = {settings.get('steps1')}, "
@@ -253,22 +255,21 @@ def markdown(payload: dict[str, Any]) -> str:
         "**Grid B*** is the old answer from the grid alone.",
         "- Random reference: the first m points of one seeded permutation of the train split, trained by the same learner with "
         "its ridge lambda chosen on the validation split (never test), bisected over m to 5 %; its budget is m(d+1).",
-        "",
-        "## B* per configuration (medians over seeds)",
-        "",
-        tabulate(config_table(results), headers=HEADERS, tablefmt="github", disable_numparse=True),
-        "",
-        "## Fits at eps = 0.05 (link he2)",
-        "",
     ]
     fit05, info = fit_lines(results, EPS)
-    lines += fit05
-    lines += ["", "## Sensitivity: the same fits at eps = 0.02 (link he2)", ""]
-    lines += fit_lines(results, SENSITIVITY)[0]
-    lines += ["", "## Is R^2 monotone in M2? (what the bisection assumes)", "", *monotonicity(results), "",
-              "## The failure cell of the earlier board", "", FAILURE_CELL, "",
-              f"![B* against r^2 d + L]({NAME}.png)", "", "## Closing note", "", closing_note(info, results), ""]
-    return "\n".join(lines)
+    sections = [
+        ("title", "# ddbench leaderboard: multi-index (the memory of two-stage distillation, B* by search)"),
+        ("facts", "\n".join(facts)),
+        ("configurations", section("## B* per configuration (medians over seeds)",
+                                   tabulate(config_table(results), headers=HEADERS, tablefmt="github", disable_numparse=True))),
+        ("fits", section("## Fits at eps = 0.05 (link he2)", "\n".join(fit05))),
+        ("sensitivity", section("## Sensitivity: the same fits at eps = 0.02 (link he2)", "\n".join(fit_lines(results, SENSITIVITY)[0]))),
+        ("monotonicity", section("## Is R^2 monotone in M2? (what the bisection assumes)", "\n".join(monotonicity(results)))),
+        ("failure cell", section("## The failure cell of the earlier board", FAILURE_CELL)),
+        ("plot", f"![B* against r^2 d + L]({NAME}.png)"),
+        ("closing note", section("## Closing note", closing_note(info, results))),
+    ]
+    return "\n\n".join(text for _, text in sections) + "\n"
 
 
 def to_csv(results: list[dict[str, Any]]) -> str:
@@ -290,44 +291,36 @@ def to_csv(results: list[dict[str, Any]]) -> str:
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     """B* (median, bars: seed range) against r^2 d + L, log-log, with the random subset's budget and n(d+1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
     markers = {"he2": "o", "he2+he3": "s", "degenerate": "^"}
     colors = {64: "tab:blue", 256: "tab:orange", 1024: "tab:green", 4096: "tab:red", 8192: "tab:purple"}
     g = groups(results, EPS)
     rand = groups(results, EPS, "random_budget")
     seen: set[str] = set()
-    for key, values in sorted(g.items(), key=lambda kv: (kv[0].link, kv[0].width)):
-        med = fits.median(values)
-        x = key.r**2 * key.d + key.width
-        label = f"{key.link}, L={key.width}"
-        if med is not None:
-            reached = [v for v in values if v is not None]
-            ax.errorbar([x], [med], yerr=[[med - min(reached)], [max(reached) - med]], fmt=markers.get(key.link, "o"),
-                        color=colors.get(key.width, "k"), capsize=2, label=None if label in seen else label)
-            seen.add(label)
-        rmed = fits.median(rand[key])
-        if rmed is not None:
-            ax.plot([x], [rmed], markers.get(key.link, "o"), mfc="none", color=colors.get(key.width, "k"), alpha=0.6,
-                    label=None if "random" in seen else "random subset (hollow)")
-            seen.add("random")
-    xs = sorted({k.r**2 * k.d + k.width for k in g})
-    if xs:
-        ax.plot(xs, xs, "k--", lw=0.8, label="B* = r^2 d + L")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("r^2 d + L")
-    ax.set_ylabel("stored scalars to reach R^2(teacher) - 0.05")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("ddbench multi-index: B* (median, bars = seed range) and the random subset", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 110, figsize=(7.5, 5.5)) as (_, ax):
+        for key, values in sorted(g.items(), key=lambda kv: (kv[0].link, kv[0].width)):
+            med = fits.median(values)
+            x = key.r**2 * key.d + key.width
+            label = f"{key.link}, L={key.width}"
+            if med is not None:
+                reached = [v for v in values if v is not None]
+                ax.errorbar([x], [med], yerr=[[med - min(reached)], [max(reached) - med]], fmt=markers.get(key.link, "o"),
+                            color=colors.get(key.width, "k"), capsize=2, label=None if label in seen else label)
+                seen.add(label)
+            rmed = fits.median(rand[key])
+            if rmed is not None:
+                ax.plot([x], [rmed], markers.get(key.link, "o"), mfc="none", color=colors.get(key.width, "k"), alpha=0.6,
+                        label=None if "random" in seen else "random subset (hollow)")
+                seen.add("random")
+        xs = sorted({k.r**2 * k.d + k.width for k in g})
+        if xs:
+            ax.plot(xs, xs, "k--", lw=0.8, label="B* = r^2 d + L")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("r^2 d + L")
+        ax.set_ylabel("stored scalars to reach R^2(teacher) - 0.05")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title("ddbench multi-index: B* (median, bars = seed range) and the random subset", fontsize=10)
 
 
 def write(results: list[dict[str, Any]] | dict[str, Any], out: Path, elapsed: float | None = None) -> list[Path]:
@@ -342,3 +335,13 @@ def write(results: list[dict[str, Any]] | dict[str, Any], out: Path, elapsed: fl
     plot(payload["results"], paths[2])
     paths[3].write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     return paths
+
+
+def rewrite(records: list[dict[str, Any]], out: Path) -> list[Path]:
+    """The ``theory-study`` report of ``ddbench leaderboard``: the board rewritten from the study's results
+    saved in ``out`` (``multi-index.json``); nothing where ``out`` holds none. The suite records are not its input."""
+    path = out / f"{NAME}.json"
+    return write(json.loads(path.read_text()), out) if path.is_file() else []
+
+
+REPORT = Report("theory-study", rewrite, f"the multi-index memory study's board, rewritten from OUT/{NAME}.json (docs/theory.md §7)")
