@@ -92,3 +92,13 @@ def test_the_toolkit_is_documented():
     for path in sorted((ROOT / "ddbench" / "ops").glob("*.py")):
         if path.stem != "__init__":
             assert f"ddbench.ops.{path.stem}" in doc, f"document ddbench.ops.{path.stem} in docs/toolkit.md"
+
+
+def test_the_training_engines_share_only_the_steps():
+    """The sequential engine (ops.training) and the vmapped one (ops.ensemble) import nothing from
+    each other, and what they share (ops.steps) imports neither: an evaluation's walk goes down."""
+    engines = {"ddbench.ops.training", "ddbench.ops.ensemble", "ddbench.ops.classifier"}
+    edges = graph()
+    crossing = sorted(f"{name} imports {m}" for name in engines | {"ddbench.ops.steps"} for m in edges[name]
+                      if m in engines and name != "ddbench.ops.classifier")
+    assert not crossing, f"{crossing}: move what both engines need into ddbench.ops.steps (docs/toolkit.md)."

@@ -7,7 +7,7 @@ import torch
 from ddbench.artifact import admission_problems
 from ddbench.interfaces import Artifact
 from ddbench.ops.generator import ConditionalGenerator, decoded, from_tensors, generator_tensors
-from ddbench.ops.training import stage_parts
+from ddbench.ops.steps import stage_parts
 from ddbench.interfaces import Recipe
 from ddbench.testing.tasks import TinyClassification, task_view
 

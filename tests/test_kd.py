@@ -15,7 +15,8 @@ from torch import nn
 from ddbench import Artifact, Recipe
 from ddbench.labels import crop_views, padded_views
 from ddbench.ops.augment import PadCrop, crop_padding
-from ddbench.ops.training import draw_seed, shuffles, train_classifier
+from ddbench.ops.steps import draw_seed, shuffles
+from ddbench.ops.training import train_classifier
 from ddbench.recipe import KD_PROTOCOL, crop_protocol
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from ddbench.interfaces import Artifact, Recipe, RunContext, TaskView
 from ddbench.labels import installed, logits, skeleton, teacher_learner
 from ddbench.ops.cache import cache_key, fingerprint
-from ddbench.ops.training import DRAWS
+from ddbench.ops.steps import DRAWS
 from ddbench.recipe import crop_protocol
 
 CACHE_FOLDER = "teachers"

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ddbench import options
 from ddbench.interfaces import Deviation, Learner, Progress, TaskView
-from ddbench.ops.training import draw_seed
+from ddbench.ops.steps import draw_seed
 from ddbench_gradmatch.sampling import INITS
 
 MNIST_TASKS = ("mnist", "mnist5k")  # DC evaluates MNIST with DC-augment and E = 1000 (§3)

@@ -31,7 +31,8 @@ from ddbench import Artifact, Recipe
 from ddbench.harness import resolve_device
 from ddbench.hookspecs import Command
 from ddbench.ops.ensemble import train_ensemble
-from ddbench.ops.training import seeded, train_classifier
+from ddbench.ops.steps import seeded
+from ddbench.ops.training import train_classifier
 from ddbench.plugins import get_plugin_manager
 from ddbench.suite import load_task
 from ddbench_learners.convnet import ConvNet

@@ -51,7 +51,7 @@ from ddbench.ops.augment import DSA, apply
 from ddbench.ops.cache import cache_key, fingerprint
 from ddbench.ops.generator import ConditionalGenerator, generator_tensors
 from ddbench.ops.subsets import random_subset
-from ddbench.ops.training import draw_seed
+from ddbench.ops.steps import draw_seed
 from ddbench_mgdd.objective import as_distribution, solve
 
 FORMS = ("outputs", "regenerate")

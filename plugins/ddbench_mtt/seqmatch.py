@@ -38,7 +38,7 @@ from ddbench.interfaces import (
     RunContext,
     TaskView,
 )
-from ddbench.ops.ensemble import fit_classifiers
+from ddbench.ops.classifier import fit_classifiers
 from ddbench.ops.subsets import random_subset
 from ddbench.stages import stage_tensors
 from ddbench_mtt.distiller import EXPERT_ARCH_SEED, MTT
