@@ -175,3 +175,13 @@ def test_the_readme_layout_names_every_package_and_plugin():
     missing = [e for e in entries if e != "__init__.py" and f"{e}/`" not in layout and f"{e}`" not in layout]
     missing += [p for p in PLUGINS if p not in layout]
     assert not missing, f"{missing}: add them to the README's Layout table"
+
+
+def test_the_training_engines_share_only_the_steps():
+    """The sequential engine (ops.training) and the vmapped one (ops.ensemble) import nothing from
+    each other, and what they share (ops.steps) imports neither: an evaluation's walk goes down."""
+    engines = {"ddbench.ops.training", "ddbench.ops.ensemble", "ddbench.ops.classifier"}
+    edges = graph()
+    crossing = sorted(f"{name} imports {m}" for name in engines | {"ddbench.ops.steps"} for m in edges[name]
+                      if m in engines and name != "ddbench.ops.classifier")
+    assert not crossing, f"{crossing}: move what both engines need into ddbench.ops.steps (docs/toolkit.md)."

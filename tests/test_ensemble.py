@@ -13,9 +13,10 @@ from ddbench.run.harness import Harness
 from ddbench.results.records import CellResult
 from ddbench.plugins import PluginManager, instantiate
 from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
-from ddbench.ops.ensemble import adamw_step, flat_parameters, grouped_layers, sgd_step, train_ensemble, vmap_unsupported
-from ddbench.ops import training
-from ddbench.ops.training import seeded, shuffles, train_classifier
+from ddbench.ops import steps
+from ddbench.ops.ensemble import flat_parameters, grouped_layers, train_ensemble, vmap_unsupported
+from ddbench.ops.steps import adamw_step, seeded, sgd_step, shuffles
+from ddbench.ops.training import train_classifier
 
 SEEDS = (0, 1, 2)
 STRATEGY = "color_crop_cutout_flip_scale_rotate"  # every DSA family, flip included
@@ -71,8 +72,8 @@ def test_ensemble_equals_sequential_per_model(manager, small, name, augment):
 def test_draws_made_in_several_blocks_still_match(manager, small, monkeypatch):
     """Shuffles and DSA plans drawn a block of epochs at a time (here 3 epochs a block, 3 blocks):
     both paths cut the same blocks, so they still agree; the blocks cover every epoch once."""
-    monkeypatch.setattr(training, "BLOCK_DRAWS", 300)
-    assert [list(b) for b in training.epoch_blocks(6, 100)] == [[0, 1, 2], [3, 4, 5], [6]]
+    monkeypatch.setattr(steps, "BLOCK_DRAWS", 300)
+    assert [list(b) for b in steps.epoch_blocks(6, 100)] == [[0, 1, 2], [3, 4, 5], [6]]
     view, test, x, y = small
     lrn = learner(manager)
     recipe = Recipe(epochs=6, lr=0.01, batch_size=32, augment="dsa", dsa_strategy=STRATEGY)
@@ -83,9 +84,9 @@ def test_draws_made_in_several_blocks_still_match(manager, small, monkeypatch):
 
 
 def test_shuffles_are_permutations_drawn_from_the_generator():
-    perms = training.shuffles(torch.Generator().manual_seed(0), 50, 4, torch.device("cpu"))
+    perms = steps.shuffles(torch.Generator().manual_seed(0), 50, 4, torch.device("cpu"))
     assert all(sorted(p.tolist()) == list(range(50)) for p in perms) and not torch.equal(perms[0], perms[1])
-    assert torch.equal(perms, training.shuffles(torch.Generator().manual_seed(0), 50, 4, torch.device("cpu")))
+    assert torch.equal(perms, steps.shuffles(torch.Generator().manual_seed(0), 50, 4, torch.device("cpu")))
 
 
 def test_a_step_launches_the_same_kernels_for_any_number_of_models():

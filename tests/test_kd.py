@@ -16,7 +16,8 @@ from ddbench import Artifact, Recipe
 from ddbench.ops.augment import crop_views
 from ddbench.ops.augment import padded_views
 from ddbench.ops.augment import PadCrop, crop_padding
-from ddbench.ops.training import draw_seed, shuffles, train_classifier
+from ddbench.ops.steps import draw_seed, shuffles
+from ddbench.ops.training import train_classifier
 from ddbench.contracts.recipe import KD_PROTOCOL, crop_protocol
 
 

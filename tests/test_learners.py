@@ -77,7 +77,7 @@ def test_training_decays_lr_once_after_epoch_e_half_plus_one(manager, monkeypatc
 
 
 def test_learned_lr_is_read_from_the_artifact(manager):
-    from ddbench.ops.training import learning_rate
+    from ddbench.ops.steps import learning_rate
 
     art = Artifact({"lr": torch.tensor(0.03)})
     assert learning_rate(art, Recipe(lr_from_artifact="lr")) == pytest.approx(0.03)

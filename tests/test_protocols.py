@@ -14,7 +14,8 @@ from ddbench.run import worker
 from ddbench.cli import main
 from ddbench.errors import StoreError, SuiteError
 from ddbench.run.harness import Harness
-from ddbench.contracts.interfaces import Recipe, Task
+from ddbench.contracts.interfaces import Task
+from ddbench.contracts.recipe import Recipe
 from ddbench.plugins import PluginManager, instantiate
 from ddbench.contracts.recipe import evaluation_recipe
 from ddbench.vocab import protocol_part

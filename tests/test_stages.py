@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ddbench.budget.artifact import admission_problems, count_storage, with_labels
-from ddbench.contracts.interfaces import Artifact, Recipe
+from ddbench.contracts.interfaces import Artifact
+from ddbench.contracts.recipe import Recipe
 from ddbench.vocab import Budget
 from ddbench.ops.training import train_classifier
 from ddbench.plugins import instantiate

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ddbench.cli import main
-from ddbench.contracts.interfaces import Artifact, Recipe, RunContext
+from ddbench.contracts.interfaces import Artifact, RunContext
+from ddbench.contracts.recipe import Recipe
 from ddbench_theory.measure import gradient_flop, gram_flop
 from ddbench_theory.stage1 import match_gradients
 from ddbench_theory.streaming import (

@@ -3,6 +3,10 @@
 A subclass sets ``name`` and implements :meth:`~ddbench.contracts.interfaces.Learner.build`; training (one
 net, or the K evaluation nets together as a vmapped ensemble) and the feature embedding come from
 here. Its models end in a ``classifier`` layer after ``features`` (:class:`FeaturesClassifier`).
+
+This is where the two training engines meet: :func:`fit_classifiers` trains the K nets with the
+vmapped engine (:mod:`ddbench.ops.ensemble`) where it can, else one by one with the sequential
+engine (:mod:`ddbench.ops.training`). Neither engine imports the other or this module.
 """
 from __future__ import annotations
 
@@ -12,10 +16,41 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ddbench.contracts.interfaces import Artifact, Learner, Recipe
+from ddbench.budget import labels
 from ddbench.vocab import REGIMES
-from ddbench.ops.ensemble import LayerChain, fit_classifiers
+from ddbench.contracts.interfaces import Artifact, Learner, TaskView
+from ddbench.contracts.recipe import Recipe
+from ddbench.ops.ensemble import LayerChain, train_ensemble, vmap_unsupported
+from ddbench.ops.steps import stage_parts
 from ddbench.ops.training import train_classifier
+
+
+def require_classification(task: TaskView, learner: str) -> int:
+    """The task's number of classes; a one-line error naming ``learner`` when the task is a regression."""
+    if task.num_classes is None:
+        raise ValueError(f"learner {learner!r} is a classifier; task {task.name!r} is regression: use a regression learner (see `ddbench ls learners`).")
+    return task.num_classes
+
+
+def fit_classifiers(models: Sequence[nn.Module], artifact: Artifact, recipe: Recipe,
+                    generators: Sequence[torch.Generator], *, ensemble: bool = True, bf16: bool = False) -> str:
+    """Train ``models`` on the artifact as ``train_classifier`` would one by one, as one vmapped
+    ensemble where possible; returns how they were trained, e.g. ``"ensemble"`` or
+    ``"sequential: BatchNorm2d ..."`` (the reason for the fallback)."""
+    device = artifact.x.device
+    note = " (bf16 ignored on cpu)" if bf16 and device.type != "cuda" else (" bf16" if bf16 else "")
+    kind = labels.regime(artifact.tensors, artifact.recipe)
+    reason = ("ensemble=False" if not ensemble else "soft-bank label regime" if kind == "soft-bank"
+              else f"{recipe.optimizer} {recipe.schedule}" if recipe.optimizer not in ("sgd", "adamw") or recipe.schedule not in ("step", "cosine")
+              else vmap_unsupported(models))
+    if reason is not None:
+        for model, generator in zip(models, generators, strict=True):
+            train_classifier(model, artifact, recipe, generator, bf16=bf16)
+        return f"sequential: {reason}{note}"
+    for part, lr in stage_parts(artifact, recipe):  # one part unless the artifact is staged
+        train_ensemble(models, part.x, None if kind == "teacher" else part.y, recipe, generators, lr=lr, bf16=bf16,
+                       teacher=part.teacher if kind == "teacher" else None)
+    return f"ensemble{note}"
 
 
 class FeaturesClassifier(LayerChain):

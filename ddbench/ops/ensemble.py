@@ -5,17 +5,20 @@ and one backward per step for all K instead of K small, launch-bound ones. Model
 a plain chain of layers (:class:`LayerChain`: ConvNet-3, the MLP) run as grouped
 convolutions and batched matmuls (:func:`grouped_forward`, the fewest kernels); any other
 vmappable model runs through ``torch.func.vmap(grad_and_value(...))`` over ``functional_call``. Each model keeps everything
-sequential training (:func:`~ddbench.ops.training.train_classifier`) gives it: its own
+the sequential engine (:func:`~ddbench.ops.training.train_classifier`) gives it: its own
 initialisation, its own generator for the shuffle, and its own augmentation stream drawn in the
 same order, so model k ends where sequential training with the same seed ends, to floating-point
-tolerance (the vmapped convolutions sum in a different order).
+tolerance (the vmapped convolutions sum in a different order). The two engines share their seeds,
+draws, schedule and optimiser arithmetic through :mod:`ddbench.ops.steps` and import nothing from
+each other; :func:`~ddbench.ops.classifier.fit_classifiers` chooses between them.
 
 Per-sample DSA (§4): each model draws a family and magnitudes for its own batch from its own
 stream, a block of epochs at a time (a plan per model, :meth:`~ddbench.ops.augment.DSA.plan`, as
 ``train_classifier`` draws them); a step augments all K batches in one vectorised call whatever
 families they drew. Shuffles are drawn a block at a time too, so a step launches no per-model
 kernels at all. SGD with momentum and weight decay, or AdamW, is applied to the stacked tensors
-with the same ``torch._foreach`` arithmetic as ``torch.optim.SGD`` / ``torch.optim.AdamW``, under
+with the same ``torch._foreach`` arithmetic as ``torch.optim.SGD`` / ``torch.optim.AdamW``
+(:func:`~ddbench.ops.steps.sgd_step`, :func:`~ddbench.ops.steps.adamw_step`), under
 the recipe's step or cosine schedule. In the teacher label regime each model's augmented batch goes
 through the shared teacher and the loss is the KL to its softened prediction, as sequentially.
 
@@ -36,8 +39,8 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ddbench.budget import labels
 from ddbench.ops.augment import DSA, DCAugment, PadCrop, Transform, apply
-from ddbench.contracts.interfaces import Artifact, Recipe
-from ddbench.ops.training import augmenter, cosine_lr, draw_seed, epoch_blocks, mixer, shuffles, stage_parts, train_classifier
+from ddbench.contracts.recipe import Recipe
+from ddbench.ops.steps import adamw_step, augmenter, cosine_lr, draw_seed, epoch_blocks, mixer, sgd_step, shuffles
 
 Params = dict[str, Tensor]
 EpochCallback = Callable[[int, Params], None]
@@ -146,45 +149,6 @@ def write_back(params: Params, models: Sequence[nn.Module]) -> None:
                 p.copy_(params[name][k])
 
 
-def sgd_step(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None, lr: float,
-             momentum: float, weight_decay: float) -> list[Tensor] | None:
-    """One ``torch.optim.SGD`` step (dampening 0, no Nesterov) on stacked tensors, in place.
-
-    Returns the momentum buffers (``None`` before the first step, as the optimiser's fresh state).
-    """
-    if weight_decay != 0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    if momentum != 0:
-        if buffers is None:
-            buffers = [g.clone() for g in grads]
-        else:
-            torch._foreach_mul_(buffers, momentum)
-            torch._foreach_add_(buffers, grads)
-        grads = buffers
-    torch._foreach_add_(params, grads, alpha=-lr)
-    return buffers
-
-
-def adamw_step(params: list[Tensor], grads: list[Tensor], state: tuple[list[Tensor], list[Tensor], int] | None, lr: float,
-               weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
-               ) -> tuple[list[Tensor], list[Tensor], int]:
-    """One ``torch.optim.AdamW`` step (no amsgrad) on stacked tensors, in place; returns the state
-    (first and second moments, step count), ``None`` before the first step."""
-    beta1, beta2 = betas
-    m, v, t = state if state is not None else ([torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params], 0)
-    t += 1
-    if weight_decay != 0:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
-    torch._foreach_lerp_(m, grads, 1 - beta1)
-    torch._foreach_mul_(v, beta2)
-    torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
-    denom = torch._foreach_sqrt(v)
-    torch._foreach_div_(denom, math.sqrt(1 - beta2 ** t))
-    torch._foreach_add_(denom, eps)
-    torch._foreach_addcdiv_(params, m, denom, value=-lr / (1 - beta1 ** t))
-    return m, v, t
-
-
 class _Augmenter:
     """The K per-model augmentation streams of a recipe (and mixups, in the teacher regime), seeded
     as ``train_classifier`` seeds them."""
@@ -254,7 +218,7 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor | None, rec
     (``y`` unused), the KL to the teacher's prediction on the same augmented batch at the recipe's
     temperature; batches of ``recipe.batch_size`` from a fresh permutation per epoch, epoch indices
     0..``recipe.epochs``; schedule ``cosine`` (each epoch's rate by
-    :func:`~ddbench.ops.training.cosine_lr`) or ``step`` (with ``lr_decay``: lr x 0.1 once after
+    :func:`~ddbench.ops.steps.cosine_lr`) or ``step`` (with ``lr_decay``: lr x 0.1 once after
     epoch index E//2 + 1, the optimiser's state reset). Model k draws its shuffle and augmentation
     from ``generators[k]`` exactly as sequential training would.
 
@@ -318,23 +282,3 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor | None, rec
     write_back(params, models)
     return models
 
-
-def fit_classifiers(models: Sequence[nn.Module], artifact: Artifact, recipe: Recipe,
-                    generators: Sequence[torch.Generator], *, ensemble: bool = True, bf16: bool = False) -> str:
-    """Train ``models`` on the artifact as ``train_classifier`` would one by one, as one vmapped
-    ensemble where possible; returns how they were trained, e.g. ``"ensemble"`` or
-    ``"sequential: BatchNorm2d ..."`` (the reason for the fallback)."""
-    device = artifact.x.device
-    note = " (bf16 ignored on cpu)" if bf16 and device.type != "cuda" else (" bf16" if bf16 else "")
-    kind = labels.regime(artifact.tensors, artifact.recipe)
-    reason = ("ensemble=False" if not ensemble else "soft-bank label regime" if kind == "soft-bank"
-              else f"{recipe.optimizer} {recipe.schedule}" if recipe.optimizer not in ("sgd", "adamw") or recipe.schedule not in ("step", "cosine")
-              else vmap_unsupported(models))
-    if reason is not None:
-        for model, generator in zip(models, generators, strict=True):
-            train_classifier(model, artifact, recipe, generator, bf16=bf16)
-        return f"sequential: {reason}{note}"
-    for part, lr in stage_parts(artifact, recipe):  # one part unless the artifact is staged
-        train_ensemble(models, part.x, None if kind == "teacher" else part.y, recipe, generators, lr=lr, bf16=bf16,
-                       teacher=part.teacher if kind == "teacher" else None)
-    return f"ensemble{note}"

@@ -20,10 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ddbench.contracts.interfaces import Artifact, Recipe, RunContext, TaskView
+from ddbench.contracts.interfaces import Artifact, RunContext, TaskView
+from ddbench.contracts.recipe import Recipe
 from ddbench.budget.labels import installed, logits, skeleton, teacher_learner
 from ddbench.ops.cache import cache_key, fingerprint
-from ddbench.ops.training import DRAWS
+from ddbench.ops.steps import DRAWS
 from ddbench.contracts.recipe import crop_protocol
 
 CACHE_FOLDER = "teachers"

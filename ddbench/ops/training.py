@@ -1,4 +1,8 @@
-"""The evaluation training loop shared by the classifier learners (``docs/methods.md`` §3)."""
+"""The sequential evaluation engine: one net trained on an artifact with the recipe (``docs/methods.md`` §3).
+
+Its seeds, draws, schedule and optimiser come from :mod:`ddbench.ops.steps`, which the vmapped
+engine (:mod:`ddbench.ops.ensemble`) shares; the two engines import nothing from each other.
+"""
 from __future__ import annotations
 
 import math
@@ -8,60 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddbench.budget import labels, stages
-from ddbench.ops.augment import DSA, DCAugment, Mixup, PadCrop, apply, crop_views
-from ddbench.budget import generator
-from ddbench.contracts.interfaces import Artifact, Recipe, TaskView
-
-
-def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
-    """Build a module with PyTorch's default initialisation drawn from ``seed`` alone (on CPU,
-    so an init is identical on every device), leaving the global RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
-def draw_seed(generator: torch.Generator) -> int:
-    """A 62-bit seed drawn from ``generator`` (on its own device): how a stream seeds the streams it spawns."""
-    return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-
-
-BLOCK_DRAWS = 1 << 14  # shuffles and DSA transforms for about this many samples are drawn at once
-DRAWS = "blocked-v2"  # how training draws its shuffles and augmentation: part of cache keys of trained weights
-
-
-def augmenter(recipe: Recipe, seed: int, device: torch.device) -> DSA | DCAugment | PadCrop | None:
-    """The per-sample augmentation a recipe declares (DSA, DC's MNIST augmentation, a padded crop
-    with or without a flip, or none)."""
-    if recipe.augment == "dsa":
-        return DSA(recipe.dsa_strategy, seed, device)
-    if recipe.augment == "dc":
-        return DCAugment(seed, device)
-    if recipe.augment in ("crop", "crop_flip"):
-        return PadCrop(recipe.crop_fill, recipe.augment == "crop_flip", seed, device)
-    return None
-
-
-def mixer(recipe: Recipe, kind: str, generator: torch.Generator, device: torch.device) -> Mixup | None:
-    """The recipe's mixup, drawn after the augmentation's seed from the same ``generator``, in the
-    teacher regime only (the teacher labels each mixed batch; fixed labels would need mixing too)."""
-    if recipe.mixup <= 0 or kind != "teacher":
-        return None
-    return Mixup(recipe.mixup, draw_seed(generator), device)
-
-
-def epoch_blocks(epochs: int, n: int) -> list[range]:
-    """Epoch indices 0..``epochs`` in blocks whose shuffles and augmentation draws are made at once
-    (about :data:`BLOCK_DRAWS` samples a block): a few draws per run instead of a few per step."""
-    size = max(1, BLOCK_DRAWS // n)
-    return [range(start, min(start + size, epochs + 1)) for start in range(0, epochs + 1, size)]
-
-
-def shuffles(generator: torch.Generator, n: int, count: int, device: torch.device) -> Tensor:
-    """``count`` independent uniform permutations of ``range(n)``, (count, n), in one draw (argsort
-    of float64 uniforms, where ties have probability about n^2 / 2^54)."""
-    return torch.rand(count, n, generator=generator, device=device, dtype=torch.float64).argsort(dim=1)
+from ddbench.budget import labels
+from ddbench.ops.augment import DSA, DCAugment, PadCrop, apply, crop_views
+from ddbench.ops.steps import augmenter, cosine_lr, draw_seed, epoch_blocks, mixer, optimizer, shuffles, stage_parts
+from ddbench.contracts.interfaces import Artifact
+from ddbench.contracts.recipe import Recipe
 
 
 def block_augmenter(augment: DSA | DCAugment | PadCrop | None, steps: int, batch: int, size: int) -> Callable[[int, Tensor], Tensor]:
@@ -73,36 +28,6 @@ def block_augmenter(augment: DSA | DCAugment | PadCrop | None, steps: int, batch
         plan = augment.plan(steps, batch, size)
         return lambda step, x: apply(x, plan[step, : len(x)])
     return lambda step, x: augment(x)
-
-
-def learning_rate(artifact: Artifact, recipe: Recipe) -> float:
-    """The recipe's lr, or the learned lr stored in the artifact (MTT) when the recipe names one."""
-    if recipe.lr_from_artifact is None:
-        return recipe.lr
-    return float(artifact.tensors[recipe.lr_from_artifact].detach().reshape(-1)[0])
-
-
-def stage_parts(artifact: Artifact, recipe: Recipe) -> list[tuple[Artifact, float]]:
-    """What training runs, in order: (rows, lr) per stage of a staged artifact (:mod:`ddbench.budget.stages`:
-    stage k on the first ``stage.end[k]`` rows at ``stage.lr[k]``), else the whole artifact at
-    :func:`learning_rate`. Every learner that trains stages loops over this, and nothing else. An
-    artifact that stores a generator (:mod:`ddbench.budget.generator`) is decoded first."""
-    artifact = generator.decoded(artifact)
-    if stages.is_staged(artifact.tensors):
-        return stages.stage_parts(artifact)
-    return [(artifact, learning_rate(artifact, recipe))]
-
-
-def optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float) -> torch.optim.Optimizer:
-    """The recipe's optimiser at ``lr``: SGD with its momentum and weight decay, or AdamW with its weight decay."""
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-
-
-def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
-    """The cosine schedule's rate for epoch index ``epoch`` of 0..``epochs`` (``epochs`` + 1 epochs), from ``lr`` towards 0."""
-    return 0.5 * lr * (1 + math.cos(math.pi * epoch / (epochs + 1)))
 
 
 def batch_loss(model: nn.Module, artifact: Artifact, recipe: Recipe, kind: str, idx: Tensor, xb: Tensor, epoch: int,
@@ -184,8 +109,3 @@ def train_once(model: nn.Module, artifact: Artifact, recipe: Recipe, generator: 
                 opt = optimizer(params, recipe, lr)
     return model
 
-
-def require_classification(task: TaskView, learner: str) -> int:
-    if task.num_classes is None:
-        raise ValueError(f"learner {learner!r} is a classifier; task {task.name!r} is regression: use a regression learner (see `ddbench ls learners`).")
-    return task.num_classes

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from ddbench.contracts.interfaces import Learner, Recipe, Split, Task, TaskData, TaskView
+from ddbench.contracts.interfaces import Learner, Split, Task, TaskData, TaskView
+from ddbench.contracts.recipe import Recipe
 from ddbench.vocab import Budget
 from ddbench.plugins import get_plugin_manager, instantiate
 from ddbench.run import suite

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from ddbench.contracts import options
 from ddbench.contracts.deviations import Deviation
-from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Recipe, RunContext, TaskView
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.recipe import Recipe
 from ddbench.vocab import Budget
 from ddbench.budget.labels import teacher_tensors
 from ddbench.ops.subsets import random_subset

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from ddbench.contracts import options
-from ddbench.contracts.interfaces import Deviation, Learner, Progress, TaskView
-from ddbench.ops.training import draw_seed
+from ddbench.contracts.interfaces import Learner, Progress, TaskView
+from ddbench.contracts.deviations import Deviation
+from ddbench.ops.steps import draw_seed
 from ddbench_gradmatch.sampling import INITS
 
 MNIST_TASKS = ("mnist", "mnist5k")  # DC evaluates MNIST with DC-augment and E = 1000 (§3)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddbench.ops.augment import DSA, apply
-from ddbench.contracts.interfaces import Artifact, Deviation, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.deviations import Deviation
 from ddbench.vocab import Budget
 from ddbench_gradmatch.common import (
     MNIST_TASKS, QUICK_EPOCHS, QUICK_WHY, QUICK_WIDTH, SIAMESE_SEEDS, FreshNetworks, HostSeeds, LossLog, check_values,

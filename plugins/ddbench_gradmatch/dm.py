@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from ddbench.ops.augment import DSA
-from ddbench.contracts.interfaces import Artifact, Deviation, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.deviations import Deviation
 from ddbench.vocab import Budget
 from ddbench_gradmatch.common import (
     QUICK_EPOCHS, QUICK_WHY, QUICK_WIDTH, SIAMESE_SEEDS, FreshNetworks, HostSeeds, LossLog, check_values, dsa_strategy, eval_recipe,

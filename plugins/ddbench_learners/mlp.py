@@ -7,8 +7,8 @@ from torch import nn
 
 from ddbench.contracts import options
 from ddbench.contracts.interfaces import TaskView
-from ddbench.ops.classifier import ClassifierLearner, FeaturesClassifier
-from ddbench.ops.training import require_classification, seeded
+from ddbench.ops.classifier import ClassifierLearner, FeaturesClassifier, require_classification
+from ddbench.ops.steps import seeded
 
 
 class MLP(FeaturesClassifier):

@@ -30,7 +30,8 @@ from ddbench import Artifact, Recipe
 from ddbench.ops.device import resolve_device
 from ddbench.contracts.hookspecs import Command
 from ddbench.ops.ensemble import train_ensemble
-from ddbench.ops.training import seeded, train_classifier
+from ddbench.ops.steps import seeded
+from ddbench.ops.training import train_classifier
 from ddbench.plugins import get_plugin_manager
 from ddbench.run.suite import load_task
 from ddbench_learners.convnet import ConvNet

@@ -37,13 +37,14 @@ from torch import Tensor
 
 from ddbench.contracts import options
 from ddbench.errors import BudgetError, TaskDataError
-from ddbench.contracts.interfaces import Artifact, Deviation, Distiller, Learner, Progress, RunContext, TaskView
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Progress, RunContext, TaskView
+from ddbench.contracts.deviations import Deviation
 from ddbench.vocab import Budget
 from ddbench.ops.augment import DSA, apply
 from ddbench.ops.cache import cache_key, fingerprint
 from ddbench.budget.generator import ConditionalGenerator, generator_tensors
 from ddbench.ops.subsets import random_subset
-from ddbench.ops.training import draw_seed
+from ddbench.ops.steps import draw_seed
 from ddbench_mgdd.objective import as_distribution, solve
 
 FORMS = ("outputs", "regenerate")

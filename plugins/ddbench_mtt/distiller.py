@@ -22,7 +22,8 @@ from torch import Tensor
 
 from ddbench.contracts import options
 from ddbench.errors import DDBenchError
-from ddbench.contracts.interfaces import Artifact, Deviation, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.deviations import Deviation
 from ddbench.vocab import Budget
 from ddbench.ops.augment import DSA
 from ddbench.ops.subsets import random_subset

@@ -26,10 +26,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.func import vmap
 
-from ddbench.contracts.interfaces import Learner, Recipe, Split, TaskView
+from ddbench.contracts.interfaces import Learner, Split, TaskView
+from ddbench.contracts.recipe import Recipe
 from ddbench.ops.ensemble import flat_parameters, stack_parameters, train_ensemble
 from ddbench.ops.cache import cache_key, fingerprint
-from ddbench.ops.training import DRAWS
+from ddbench.ops.steps import DRAWS
 from ddbench_mtt.flat import FlatModel
 
 EXPERT_SEED = 1_000_000  # expert i is built and shuffled from seed EXPERT_SEED + i (apart from eval seeds)

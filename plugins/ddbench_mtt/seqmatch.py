@@ -29,9 +29,11 @@ from torch import Tensor, nn
 from ddbench.contracts import options
 from ddbench.budget.artifact import content_hash, with_labels
 from ddbench.errors import NotApplicable
-from ddbench.contracts.interfaces import Artifact, Deviation, Learner, Recipe, RunContext, TaskView
+from ddbench.contracts.interfaces import Artifact, Learner, RunContext, TaskView
+from ddbench.contracts.recipe import Recipe
+from ddbench.contracts.deviations import Deviation
 from ddbench.vocab import Budget
-from ddbench.ops.ensemble import fit_classifiers
+from ddbench.ops.classifier import fit_classifiers
 from ddbench.ops.subsets import random_subset
 from ddbench.budget.stages import stage_tensors
 from ddbench_mtt.distiller import EXPERT_ARCH_SEED, MTT

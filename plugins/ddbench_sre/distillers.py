@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ddbench.contracts import options
-from ddbench.contracts.interfaces import Artifact, Deviation, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.deviations import Deviation
 from ddbench.vocab import Budget
 from ddbench.budget.labels import BANK_LOGITS, BANK_VIEWS, VIEW_KINDS, logits, teacher_tensors
 from ddbench.ops.augment import crop_views

@@ -15,7 +15,8 @@ import torch
 
 from ddbench.contracts import options
 from ddbench.errors import TaskDataError
-from ddbench.contracts.interfaces import Recipe, Split, Task, TaskData
+from ddbench.contracts.interfaces import Split, Task, TaskData
+from ddbench.contracts.recipe import Recipe
 from ddbench_tasks.splits import stratified_split
 from ddbench_tasks.zca import EPS as ZCA_EPS
 from ddbench_tasks.zca import Zca

@@ -38,7 +38,8 @@ import torch
 from ddbench.errors import SuiteError
 from ddbench.ops.device import resolve_device
 from ddbench.contracts.hookspecs import Command
-from ddbench.contracts.interfaces import Recipe, RunContext
+from ddbench.contracts.interfaces import RunContext
+from ddbench.contracts.recipe import Recipe
 from ddbench_theory.distiller import FirstStage, TwoStage, artifact_size, resolve_size
 from ddbench_theory.stage1 import match_gradients
 from ddbench_theory.streaming import (

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from ddbench.budget.artifact import count_storage
-from ddbench.contracts.interfaces import Artifact, Recipe, Split
+from ddbench.contracts.interfaces import Artifact, Split
+from ddbench.contracts.recipe import Recipe
 from ddbench_theory.two_layer import (
     TwoLayer,
     TwoLayerLearner,

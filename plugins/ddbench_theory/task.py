@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from ddbench.contracts import options
-from ddbench.contracts.interfaces import Artifact, Recipe, Split, Task, TaskData
+from ddbench.contracts.interfaces import Artifact, Split, Task, TaskData
+from ddbench.contracts.recipe import Recipe
 from ddbench_theory.references import Truth, references, student_metrics
 from ddbench_theory.two_layer import (
     TwoLayer,

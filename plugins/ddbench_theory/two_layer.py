@@ -34,7 +34,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ddbench.contracts.interfaces import Artifact, Learner, Recipe, TaskView
+from ddbench.contracts.interfaces import Artifact, Learner, TaskView
+from ddbench.contracts.recipe import Recipe
 
 CHUNK = 32768
 REINIT_STREAM = 1 << 32  # bias re-initialisation seed = init seed + 2^32 (a stream apart from theta0's)
