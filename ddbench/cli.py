@@ -22,7 +22,7 @@ from ddbench.vocab import Budget
 from ddbench.plugins import PluginManager, get_plugin_manager, instantiate, options_of, plural
 from ddbench.results.leaderboard import BOARDS
 from ddbench.results.records import CellResult
-from ddbench.results.report import table
+from ddbench.results.report import summary
 from ddbench.results.store import DEFAULT_PATH, ResultStore, default_store_path, read_all, read_results
 from ddbench.run.suite import (
     DistillerEntry,
@@ -185,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     records = execute(suite, args.store, args.device, args.force, artifacts, executor_from_args(args))
     if records is None:
         return 130
-    print(table(records))
+    print(summary(records, args.store or default_store_path()))
     failed = min(sum(r["status"] == "failed" for r in records), 100)
     if suite.analyses:
         from ddbench.analysis.runner import analyze_command
@@ -247,9 +247,10 @@ def execute(suite: Suite, store_path: str | None, device: str, force: bool = Fal
     def on_result(result: CellResult) -> None:
         store.put(result, suite.name, executor.provenance(result))
         bar.update(1)
-        c = result.cell
+        if result.status == "skipped":  # the summary lists the skipped cells by reason
+            return
         what = f"{result.metric} {result.mean:.4f} ± {result.std:.4f}" if result.status == "ok" else f"{result.status}: {result.error}"
-        tqdm.write(f"{c.label}: {what} ({result.distill_s + result.eval_s:.1f} s)", file=sys.stderr)
+        tqdm.write(f"{result.cell.label}: {what} ({result.distill_s + result.eval_s:.1f} s)", file=sys.stderr)
 
     start = time.perf_counter()
     try:
@@ -265,7 +266,7 @@ def execute(suite: Suite, store_path: str | None, device: str, force: bool = Fal
     bar.close()
     failed = sum(r["status"] == "failed" for r in records)
     print(f"\n{len(new)} cells run in {time.perf_counter() - start:.1f} s on {harness.device} ({len(done)} reused); "
-          f"{failed} failed. Results in {store.path}.", file=sys.stderr)
+          f"{failed} failed.", file=sys.stderr)
     return records
 
 

@@ -69,13 +69,27 @@ def test_listings(capsys):
     assert code == 0 and "baselines" in out and "distillers: random, herding, full" in out
 
 
-def test_run_prints_table_and_counts_failed_cells(capsys, tmp_path):
-    code, out, err = run(capsys, "run", "--store", str(tmp_path / "r.sqlite"), "--task", "digits", "--budget", "ipc=1", "--budget", "params=100",
+def test_run_prints_ranked_tables_and_counts_failed_cells(capsys, tmp_path):
+    store = tmp_path / "r.sqlite"
+    code, out, err = run(capsys, "run", "--store", str(store), "--task", "digits", "--budget", "ipc=1", "--budget", "params=100",
                          "--distiller", "random", "--seeds", "1", "--device", "cpu")
     assert code == 1  # params=100 cannot hold one example per class
-    assert any(l.startswith("| digits | random") and "ipc=1" in l and "| ok" in l for l in out.splitlines())
-    assert "failed: budget params=100 is below one example per class" in out
+    ipc1 = out.split("digits, budget ipc=1: ranked by accuracy under the native protocol\n")[1]
+    assert ipc1.splitlines()[0].split() == ["rank", "distiller", "accuracy", "±", "std", "params", "per", "kparam", "vs", "random"]
+    assert ipc1.splitlines()[2].split()[:2] == ["1", "random"]
+    assert "1 cells failed (their tracebacks are in the store):\n  digits / random / params=100 / seed 0 / native: budget params=100 is below" in out
+    assert f"Results: 2 cells (1 ok, 0 skipped, 1 failed) in {store}. Next:" in out
+    assert f"ddbench leaderboard --store {store} --out BOARD_DIR --site SITE_DIR" in out and f"ddbench compare OLD.sqlite|results.json {store}" in out
     assert "2 cells" in err and "1 failed" in err
+    assert max(len(line) for line in out.splitlines() if str(store) not in line) <= 100  # it fits a terminal
+
+
+def test_run_summarises_skipped_cells_by_reason(capsys, tmp_path):
+    code, out, err = run(capsys, "run", "--store", str(tmp_path / "r.sqlite"), "--task", "multi-index", "--budget", "params=800",
+                         "--distiller", "dc", "--distiller", "dm", "--distiller", "herding", "--device", "cpu")
+    assert code == 0 and ": skipped:" not in err  # not a line per cell on the way
+    assert "3 cells skipped, by reason:\n  2 (dc, dm on multi-index): matches per class; task 'multi-index' is regression\n" in out
+    assert "  1 (herding on multi-index): selects per class" in out and "ranked by" not in out
 
 
 # -- bad stores, results files and folders: one line, exit 2, nothing changed -----------------------
@@ -276,15 +290,19 @@ def test_leaderboard_refuses_a_board_csv_as_records(capsys, tmp_path):
     assert code == 2 and "is a leaderboard CSV: it holds aggregated rows, not cell records" in error_line(err)
 
 
-def test_run_table_labels_budget_exempt_rows_full(tmp_path):
-    from ddbench.results.report import table
+def test_run_summary_ranks_as_the_board_and_shows_budget_exempt_rows_as_references(tmp_path):
+    from ddbench.results.report import summary
     from ddbench.results.store import ResultStore
 
     with ResultStore(tmp_path / "r.sqlite") as store:
+        stored_result(store, "random", 60.0)
+        stored_result(store, "herding", 70.0)
         stored_result(store, "full", 98.0, budget=None)
         records = store.records()
-    (line,) = [l for l in table(records).splitlines() if l.startswith("| digits")]
-    assert [c.strip() for c in line.split("|")[1:4]] == ["digits", "full", "full"] and "(none)" not in line
+    text = summary(records, tmp_path / "r.sqlite")
+    table = text.split("digits, budget ipc=1: ranked by accuracy under the native protocol\n")[1].split("\n\n")[0]
+    assert [l.split()[:2] for l in table.splitlines()[2:]] == [["1", "herding"], ["2", "random"], ["ref", "full"]]
+    assert "(none)" not in text and "ref: a reference, not ranked" in " ".join(text.split()) and "common" not in text
 
 
 def test_results_modules_import_neither_torch_nor_the_harness():

@@ -312,9 +312,17 @@ def test_task_common_recipe_defaults_to_none():
     assert Task.common_recipe(TinyClassification(), "quick") is None
 
 
-def test_the_run_table_names_each_cells_protocol(ran):
-    from ddbench.results.report import table
+def test_the_run_summary_ranks_native_and_shows_common_beside(ran):
+    from ddbench.results.report import summary
 
     results, _ = ran
-    lines = [[c.strip() for c in l.split("|")[1:5]] for l in table(results).splitlines() if l.startswith("| tiny-common")]
-    assert lines[:2] == [["tiny-common", "declaring", "ipc=1", "native"], ["tiny-common", "declaring", "ipc=1", "common"]]
+    text = summary(results, "r.sqlite")
+    table = text.split("tiny-common, budget ipc=1: ranked by accuracy under the native protocol\n")[1].split("\n\n")[0]
+    header, _, *lines = table.splitlines()
+    assert header.split()[-1] == "common" and "common: the metric under the common protocol" in " ".join(text.split())
+    native = {r.cell.distiller: r for r in results if r.cell.protocol == "native" and r.cell.budget}
+    common = {r.cell.distiller: r for r in results if r.cell.protocol == "common" and r.cell.budget}
+    for line in lines:
+        rank, name, *_, beside = line.split()
+        if rank != "ref":
+            assert beside == f"{common[name].mean:.2f}" and f"{native[name].mean:.2f} ±" in line
