@@ -17,18 +17,7 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
 
 if TYPE_CHECKING:
     from ddbench.contracts.deviations import Deviation
-    from ddbench.contracts.interfaces import (
-        Artifact,
-        Distiller,
-        Learner,
-        Progress,
-        Published,
-        RunContext,
-        Split,
-        Task,
-        TaskData,
-        TaskView,
-    )
+    from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Progress, Published, RunContext, Split, Task, TaskData, TaskView
     from ddbench.contracts.recipe import Recipe
     from ddbench.vocab import Budget
 
@@ -36,7 +25,9 @@ _HOMES = {"Budget": "ddbench.vocab", "Deviation": "ddbench.contracts.deviations"
           **dict.fromkeys(("Artifact", "Distiller", "Learner", "Progress", "Published", "RunContext", "Split", "Task", "TaskData",
                            "TaskView"), "ddbench.contracts.interfaces")}
 
-__all__ = [*sorted(_HOMES), "hookimpl", "__version__"]
+# Written out (not computed from _HOMES) so that linters and type checkers see the public names.
+__all__ = ["Artifact", "Budget", "Deviation", "Distiller", "Learner", "Progress", "Published", "Recipe", "RunContext", "Split", "Task",
+           "TaskData", "TaskView", "__version__", "hookimpl"]
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,7 @@ class BudgetError(DDBenchError):
     """A malformed budget, or an artifact that exceeds its budget."""
 
 
-class NotApplicable(DDBenchError):
+class NotApplicable(DDBenchError):  # noqa: N818 - a skip, not an error; the public name plugins raise
     """Raised by ``Distiller.distill`` when the method does not apply at the cell's budget, which
     ``supports`` cannot see (e.g. one image per class cannot be split into stages): the cell is
     skipped with this message, not failed."""

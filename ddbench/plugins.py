@@ -21,9 +21,9 @@ else:  # pragma: no cover - Python 3.10
 
 from ddbench.contracts import hookspecs
 from ddbench.contracts.analysis import Analysis
-from ddbench.errors import DDBenchWarning, PluginError, SuiteError, close_names, unknown
 from ddbench.contracts.executor import Executor
 from ddbench.contracts.interfaces import INTERFACES, Distiller, Learner, Task
+from ddbench.errors import DDBenchWarning, PluginError, SuiteError, close_names, unknown
 
 ENTRY_POINT_GROUP = "ddbench"
 DISABLE_ENV = "DDBENCH_DISABLE_PLUGINS"
@@ -51,7 +51,7 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str, base: type[T] | None = None):
         self.kind = kind
-        self.base: type = base if base is not None else INTERFACES[kind]
+        self.base: type[T] = base if base is not None else INTERFACES[kind]
         self.items: dict[str, type[T]] = {}
         self.owner: dict[str, str] = {}
 
@@ -94,7 +94,7 @@ class Registry(Generic[T]):
         return name in self.items
 
 
-def options_of(cls: type) -> dict[str, Any]:
+def options_of(cls: type[Any]) -> dict[str, Any]:
     """The constructor options of a component class and their defaults."""
     if cls.__init__ is object.__init__:  # no options (and no slow signature parse of a builtin)
         return {}
@@ -103,7 +103,7 @@ def options_of(cls: type) -> dict[str, Any]:
     return {p.name: (None if p.default is p.empty else p.default) for p in params if p.kind in kinds}
 
 
-def check_options(cls: type, options: dict[str, Any]) -> None:
+def check_options(cls: type[Any], options: dict[str, Any]) -> None:
     """Reject option names the component's constructor does not take, suggesting close ones."""
     allowed = options_of(cls)
     for key in options:
@@ -129,7 +129,7 @@ def parse_named(text: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), options
 
 
-def instantiate(cls: type, options: dict[str, Any], profile: str = "full") -> Any:
+def instantiate(cls: type[Any], options: dict[str, Any], profile: str = "full") -> Any:
     """Build a component from user ``options`` over the ``quick`` profile's values."""
     check_options(cls, options)
     merged = {**(getattr(cls, "quick", {}) if profile == "quick" else {}), **options}
@@ -173,7 +173,7 @@ class PluginManager:
                 continue
             try:
                 module = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import failure becomes a named error
+            except Exception as exc:  # any import failure becomes a named error
                 raise PluginError(
                     f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}. "
                     f"Fix or uninstall it, or set {DISABLE_ENV}={ep.name}."
@@ -200,7 +200,8 @@ class PluginManager:
         except pluggy.PluginValidationError as exc:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
-            raise PluginError(f"plugin {name!r} has an invalid hook: {exc}. Hooks must be named ddbench_* (see ddbench.contracts.hookspecs).") from exc
+            raise PluginError(f"plugin {name!r} has an invalid hook: {exc}. "
+                              "Hooks must be named ddbench_* (see ddbench.contracts.hookspecs).") from exc
         info = PluginInfo(name, version, source)
         self.plugins[name] = info
         hooks = {"task": "ddbench_register_tasks", "learner": "ddbench_register_learners",
@@ -215,7 +216,7 @@ class PluginManager:
             except PluginError:
                 self._forget(name)
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # any failure while registering becomes a named error
                 self._forget(name)
                 raise PluginError(f"plugin {name!r} raised while registering {plural(kind)}: {type(exc).__name__}: {exc}") from exc
 
@@ -254,7 +255,7 @@ class PluginManager:
         """``(plugin, report)`` for every report the plugins register, by report name."""
         return self._gather("ddbench_register_reports", hookspecs.Report, "report")
 
-    def _gather(self, hook: str, cls: type, what: str) -> list[tuple[str, Any]]:
+    def _gather(self, hook: str, cls: type[Any], what: str) -> list[tuple[str, Any]]:
         """Call ``hook`` once per plugin with a ``register`` that checks each object and its name."""
         found: dict[str, tuple[str, Any]] = {}
         for name in list(self.plugins):
@@ -265,13 +266,14 @@ class PluginManager:
                 if not isinstance(item.name, str) or not NAME_RE.match(item.name):
                     raise PluginError(f"{said} a {what} named {item.name!r}: use lower-case letters, digits, '-', '_'.")
                 if item.name in found:
-                    raise PluginError(f"{said} {what} {item.name!r}, already registered by plugin {found[item.name][0]!r}: rename one of them.")
+                    raise PluginError(f"{said} {what} {item.name!r}, already registered by plugin {found[item.name][0]!r}: "
+                                      "rename one of them.")
                 found[item.name] = (_plugin, item)
             try:
                 self.hook_of(self.pm.get_plugin(name), hook)(register=register)
             except PluginError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure becomes a named error
+            except Exception as exc:  # any failure becomes a named error
                 raise PluginError(f"plugin {name!r} raised while registering {what}s: {type(exc).__name__}: {exc}") from exc
         return [found[k] for k in sorted(found)]
 
@@ -284,7 +286,7 @@ def plural(kind: str) -> str:
 class _Namespace(types.SimpleNamespace):
     """A ``SimpleNamespace`` plugin, hashable by identity."""
 
-    __hash__ = object.__hash__
+    __hash__ = object.__hash__  # type: ignore[assignment]  # typeshed types SimpleNamespace as unhashable (None)
 
 
 _default: PluginManager | None = None

@@ -34,9 +34,13 @@ def protocol_part(recipe: Mapping[str, Any]) -> dict[str, Any]:
 class Sized(Protocol):
     """What a budget needs to know of a task (a :class:`~ddbench.contracts.interfaces.TaskView` has it)."""
 
-    name: str
-    num_classes: int | None
-    input_size: int
+    # Read-only (properties): a TaskView computes input_size, and a budget never sets them.
+    @property
+    def name(self) -> str: ...
+    @property
+    def num_classes(self) -> int | None: ...
+    @property
+    def input_size(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class Budget:
         kind = kind.strip()
         if not sep or kind not in ("ipc", "params") or not value.strip().isdigit() or int(value) <= 0:
             raise BudgetError(f"malformed budget {text!r}: write ipc=N or params=N with a positive integer N.")
-        return cls(kind, int(value))  # type: ignore[arg-type]
+        return cls(kind, int(value))  # type: ignore[arg-type]  # kind is "ipc" or "params", checked above
 
     def __str__(self) -> str:
         return f"{self.kind}={self.value}"

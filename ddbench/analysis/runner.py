@@ -18,11 +18,11 @@ from torch import Tensor
 from ddbench.budget import artifact as artifacts
 from ddbench.budget import labels
 from ddbench.contracts.analysis import Analysis, Outcome, Subject
-from ddbench.results.records import AnalysisRow
-from ddbench.errors import SuiteError, one_line
 from ddbench.contracts.interfaces import Artifact, Split, Task, TaskView
 from ddbench.contracts.recipe import Recipe
+from ddbench.errors import SuiteError, one_line
 from ddbench.ops.cache import cache_key, fingerprint
+from ddbench.results.records import AnalysisRow
 
 ANALYSIS_CACHE = "analyses"  # <cache_dir>/analyses/<key>.safetensors: the shared state analyses build once
 
@@ -90,7 +90,8 @@ def run_analysis(analysis: Analysis, spec: str, subject: Subject, context: Analy
     try:
         regime = labels.regime(subject.artifact.tensors, subject.artifact.recipe)
         if regime not in analysis.regimes:
-            row.status, row.error = "skipped", f"analysis {analysis.name!r} reads {'/'.join(analysis.regimes)} labels; the artifact is in the {regime} regime"
+            row.status, row.error = "skipped", (f"analysis {analysis.name!r} reads {'/'.join(analysis.regimes)} labels; "
+                                                f"the artifact is in the {regime} regime")
             return row
         outcome = analysis.analyze(subject, context)
         row.declared = check_outcome(analysis, outcome)
@@ -115,7 +116,7 @@ def spec_slug(spec: str) -> str:
 
 def parse_analyses(text: str | list[str]) -> list[str]:
     """``'mixing,recognition'`` or a list -> analysis specs (``name`` or ``name:key=value;...``)."""
-    items = text if isinstance(text, list) else [t for t in text.split(",")]
+    items = text if isinstance(text, list) else text.split(",")
     specs = [t.strip() for t in items if isinstance(t, str) and t.strip()]
     if not specs or len(specs) != len(items):
         raise SuiteError(f"analyses must be analysis names such as mixing,recognition (got {text!r}): see `ddbench ls analyses`.")
@@ -147,8 +148,7 @@ def artifact_files(paths: list[Path]) -> list[Path]:
 def build_analyses(manager: Any, specs: list[str], size: str | None = None, protocol: str | None = None) -> list[tuple[str, Analysis]]:
     """(canonical spec, instance) for each spec; ``size``/``protocol`` apply where a spec does not set
     them. Unknown names and bad options are one-line errors before anything runs."""
-    from ddbench.plugins import instantiate
-    from ddbench.plugins import parse_named
+    from ddbench.plugins import instantiate, parse_named
 
     built = []
     for spec in specs:

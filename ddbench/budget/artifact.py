@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ddbench.budget import labels, stages
-from ddbench.errors import ArtifactError, BudgetError, DDBenchError
+from ddbench.budget import generator, labels, stages
 from ddbench.contracts.interfaces import Artifact, Learner, TaskView
-from ddbench.vocab import DISTILLATION_REGIMES, Budget
-from ddbench.budget import generator
 from ddbench.contracts.recipe import declared_recipe
+from ddbench.errors import ArtifactError, BudgetError, DDBenchError
+from ddbench.vocab import DISTILLATION_REGIMES, Budget
 
 if TYPE_CHECKING:
     from ddbench.plugins import Registry
@@ -91,7 +90,8 @@ def boundary_problem(artifact: Any, distiller: str) -> Problem | None:
     for name, tensor in artifact.tensors.items():
         where = f"artifact tensor {name!r} from {distiller!r}"
         if not isinstance(name, str) or not TENSOR_NAME.match(name):
-            return Problem("valid", f"artifact tensor name {name!r} from {distiller!r} is not a plain name: use letters, digits, '_', '.', '-'.")
+            return Problem("valid", f"artifact tensor name {name!r} from {distiller!r} is not a plain name: "
+                                    "use letters, digits, '_', '.', '-'.")
         if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
             what = "a torch.Tensor subclass" if isinstance(tensor, torch.Tensor) else "not a torch.Tensor"
             return Problem("valid", f"{where} is a {type(tensor).__name__} ({what}): return a plain tensor.")
@@ -123,7 +123,8 @@ def from_bytes(data: bytes, distiller: str) -> dict[str, Tensor]:
         raise ArtifactError(f"the artifact of {distiller!r} did not arrive as valid safetensors bytes ({exc}).") from exc
     for name, tensor in tensors.items():
         if not TENSOR_NAME.match(name) or tensor.dtype not in DTYPES:
-            raise ArtifactError(f"artifact tensor {name!r} from {distiller!r} ({tensor.dtype}) is not a plain named tensor of a real dtype.")
+            raise ArtifactError(f"artifact tensor {name!r} from {distiller!r} ({tensor.dtype}) "
+                                "is not a plain named tensor of a real dtype.")
     return {k: t.clone() for k, t in tensors.items()}
 
 
@@ -175,7 +176,7 @@ def problems(artifact: Artifact, task: TaskView, budget: Budget | None, distille
         data = labels.data_scalars(tensors, artifact.recipe) if "x" in tensors else storage.scalars
         if data > limit:
             parts = ", ".join(f"{k}={v}" for k, v in storage.by_tensor.items())
-            charged = "" if data == storage.scalars else f" of data (its label tensors charged on top, docs/labels.md)"
+            charged = "" if data == storage.scalars else " of data (its label tensors charged on top, docs/labels.md)"
             found.append(Problem("within-budget", f"artifact from {distiller!r} stores {data} scalars{charged}, over the budget "
                                                   f"{budget} = {limit} scalars ({parts}): store less."))
     return found
@@ -319,7 +320,8 @@ def load(path: str | Path) -> Artifact:
 
     path = Path(path)
     if path.suffix in PICKLE_SUFFIXES:
-        raise ArtifactError(f"refusing to load {path.name!r}: pickle files can run code when loaded; share artifacts as .safetensors + .json.")
+        raise ArtifactError(f"refusing to load {path.name!r}: pickle files can run code when loaded; "
+                            "share artifacts as .safetensors + .json.")
     if not path.is_file():
         raise ArtifactError(f"artifact file {str(path)!r} not found.")
     try:

@@ -13,6 +13,7 @@ its conditioning inputs as ``x`` (class by class, equal counts); :func:`decoded`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +33,7 @@ class ConditionalGenerator(nn.Module):
         self.hidden = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(depth - 1))
         self.out = nn.Conv2d(width, channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        nn.init.zeros_(cast(Tensor, self.out.bias))  # torch types a conv bias as optional; bias=True here
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         h = torch.relu(self.inp(x) + self.embed(c)[:, :, None, None])
@@ -60,7 +61,8 @@ def from_tensors(tensors: Mapping[str, Tensor]) -> ConditionalGenerator:
         generator = ConditionalGenerator(channels, classes, width, depth).to(state["inp.weight"].device)
         generator.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"the artifact's gen.* tensors are not a ddbench.budget.generator.ConditionalGenerator ({str(exc).splitlines()[0]})") from None
+        raise ValueError("the artifact's gen.* tensors are not a ddbench.budget.generator.ConditionalGenerator "
+                         f"({str(exc).splitlines()[0]})") from None
     return generator
 
 

@@ -100,8 +100,7 @@ def installed(learners: Registry[Any] | None) -> Registry[Any]:
 
 def teacher_learner(spec: str, learners: Registry[Any]) -> Learner:
     """The learner a teacher spec names, built with exactly the spec's options (no profile defaults)."""
-    from ddbench.plugins import instantiate
-    from ddbench.plugins import parse_named
+    from ddbench.plugins import instantiate, parse_named
 
     name, options = parse_named(spec)
     return instantiate(learners.get(name), options, "full")

@@ -10,6 +10,7 @@ With ``labels = "class-balanced"`` each stage's new rows are class-balanced in c
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -45,9 +46,10 @@ def stage_problem(tensors: Mapping[str, Tensor], recipe: Mapping[str, Any], num_
     if end.dtype != torch.int64 or end.dim() != 1 or len(end) == 0:
         return f"{END!r} is {str(end.dtype).removeprefix('torch.')} of shape {tuple(end.shape)}: store (K,) int64 cumulative row counts."
     if not lr.is_floating_point() or tuple(lr.shape) != tuple(end.shape):
-        return f"{LR!r} is {str(lr.dtype).removeprefix('torch.')} of shape {tuple(lr.shape)}: store one float step size per stage, ({len(end)},)."
+        return (f"{LR!r} is {str(lr.dtype).removeprefix('torch.')} of shape {tuple(lr.shape)}: "
+                f"store one float step size per stage, ({len(end)},).")
     ends = end.tolist()
-    if ends[0] < 1 or any(b <= a for a, b in zip(ends, ends[1:])) or ends[-1] != rows:
+    if ends[0] < 1 or any(b <= a for a, b in itertools.pairwise(ends)) or ends[-1] != rows:
         return f"{END!r} is {ends}: give strictly increasing counts from at least 1, the last equal to the {rows} rows of 'x'."
     rates = lr.tolist()
     if not all(math.isfinite(r) and r > 0 for r in rates):

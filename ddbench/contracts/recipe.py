@@ -93,7 +93,7 @@ class Recipe:
     teacher_mode: Literal["eval", "train"] = "train"
     kd_t2: bool = False
 
-    def updated(self, overrides: dict[str, Any]) -> "Recipe":
+    def updated(self, overrides: dict[str, Any]) -> Recipe:
         """A copy with ``overrides`` applied; unknown keys are an error naming the fix."""
         names = field_names()
         for key in overrides:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddbench.errors import BudgetError
 from ddbench.contracts.interfaces import Artifact, TaskView
+from ddbench.errors import BudgetError
 from ddbench.vocab import Budget
 
 

@@ -39,8 +39,17 @@ TIME_METRICS = ("distill_s", "eval_s")
 DEFAULT_FAIL_ON = ("accuracy:-1.0", "r2:-0.02")
 """The rules ``ddbench compare`` applies without ``--fail-on``, to those of these metrics the results have."""
 
-__all__ = ["DEFAULT_FAIL_ON", "HARNESS_DIRECTIONS", "Change", "Rule", "TIME_FLOOR_S", "check_significance", "compare",
-           "default_rules", "welch"]
+__all__ = [
+    "DEFAULT_FAIL_ON",
+    "HARNESS_DIRECTIONS",
+    "TIME_FLOOR_S",
+    "Change",
+    "Rule",
+    "check_significance",
+    "compare",
+    "default_rules",
+    "welch",
+]
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ class Rule:
     higher_is_better: bool = True
 
     @classmethod
-    def parse(cls, text: str, directions: Mapping[str, bool] = HARNESS_DIRECTIONS) -> "Rule":
+    def parse(cls, text: str, directions: Mapping[str, bool] = HARNESS_DIRECTIONS) -> Rule:
         """``METRIC:DELTA`` for a metric of ``directions`` (metric -> higher is better), e.g. those
         of :func:`ddbench.results.records.directions` over the rows compared."""
         metric, sep, delta = text.partition(":")
@@ -106,7 +115,7 @@ class Change:
             return "REGRESSION"
         return "REGRESSION" if rule.past(self.high if rule.higher_is_better else self.low) else "not significant"
 
-    def relative_to(self, before: float) -> "Change":
+    def relative_to(self, before: float) -> Change:
         """The change and its interval in percent of ``before``."""
         scale = 100 / abs(before) if before else math.nan
         low, high = (None, None) if self.low is None or self.high is None else (self.low * scale, self.high * scale)

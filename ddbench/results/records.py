@@ -18,7 +18,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -175,8 +175,10 @@ class CellResult:
     leaderboard_columns: list[str] = field(default_factory=list)  # extras the task shows on boards (Task.leaderboard_columns)
     regime: str = "hard"  # the artifact's label regime (ddbench.budget.labels.regime); "hard" for records older than regimes
     reference_regime: str = "hard"  # the regime random_ref was trained in (the artifact's teacher, or hard labels)
-    deviations: list[dict[str, str]] = field(default_factory=list)  # the method's departures from its official code in this cell (ddbench.contracts.deviations)
-    sources: list[str] = field(default_factory=list)  # other tasks whose views the distiller read (RunContext.source_view), as asked for
+    # the method's departures from its official code in this cell (ddbench.contracts.deviations)
+    deviations: list[dict[str, str]] = field(default_factory=list)
+    # other tasks whose views the distiller read (RunContext.source_view), as asked for
+    sources: list[str] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
@@ -295,7 +297,8 @@ class Row:
     reference_regime: str = "hard"  # the regime its gain vs random was measured in
     per_cell: dict[str, list[float]] = field(default_factory=dict)  # MEDIAN_COLUMNS of each finished cell (empty: unknown, e.g. a CSV)
     by_tensor: dict[str, float] = field(default_factory=dict)  # stored params per tensor group (tensor_groups), mean over cells, by name
-    deviations: list[dict[str, str]] = field(default_factory=list)  # its method's departures from the official code (ddbench.contracts.deviations)
+    # its method's departures from the official code (ddbench.contracts.deviations)
+    deviations: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -382,14 +385,14 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         c, ok = rec["config"], rec["status"] == "ok"
         values = list(rec["values"]) if ok else []
         cell_mean = mean(values)
-        number = (lambda k: math.nan if rec.get(k) is None else float(rec[k])) if ok else (lambda k: math.nan)
         lines.append({
             "task": c["task"], "distiller": c["distiller"], "budget": c["budget"] or FULL,
             "settings": json.dumps(settings(c), sort_keys=True, default=str), "config": settings(c),
             "status": rec["status"], "error": None if ok else rec.get("error", ""),
             "seed": c["seed"] if ok else None, "metric": rec["metric"] if ok else None, "values": values, "mean": cell_mean,
             "gain": gain(cell_mean, rec.get("random_ref")) if ok else None,
-            **{col: number(col) for col in ("stored_params", "compression", "distill_s", "eval_s", "peak_mb")},
+            **{col: math.nan if not ok or rec.get(col) is None else float(rec[col])
+               for col in ("stored_params", "compression", "distill_s", "eval_s", "peak_mb")},
             "model_params": float(rec.get("model_params") or math.nan) if ok else math.nan,
             "device": rec.get("device", "") if ok else None, "extra": dict(rec.get("extra", {})) if ok else None,
             "directions": dict(rec.get("higher_is_better", {})) if ok else None,

@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ddbench.results.records import AnalysisRow
 from ddbench.errors import StoreError
 from ddbench.results.provenance import provenance
-from ddbench.results.records import Cell, CellResult, Row, aggregate, check_record, label_rows, result_to_dict
+from ddbench.results.records import AnalysisRow, Cell, CellResult, Row, aggregate, check_record, label_rows, result_to_dict
 
 DEFAULT_PATH = ".ddbench/results.sqlite"
 SCHEMA = """
@@ -116,7 +115,7 @@ class ResultStore:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "ResultStore":
+    def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -166,7 +165,8 @@ class ResultStore:
             try:
                 record = {**json.loads(r), "key": k, "provenance": json.loads(p), "finished_at": t}
             except (TypeError, ValueError) as exc:
-                raise StoreError(f"results store {str(self.path)!r} has a corrupt row {k!r} ({exc}): delete it, or rerun with --force.") from exc
+                raise StoreError(f"results store {str(self.path)!r} has a corrupt row {k!r} ({exc}): "
+                                 "delete it, or rerun with --force.") from exc
             records.append(check_record(record, f"row {k!r} of {str(self.path)!r}"))
         return records
 
@@ -195,7 +195,7 @@ class Results:
                              "pass a results store (.sqlite) or a results.json.")
         return self.records
 
-    def __add__(self, other: "Results") -> "Results":
+    def __add__(self, other: Results) -> Results:
         """Both sources, a cell stored in both counted once (the one finished last)."""
         merged: dict[str, dict[str, Any]] = {}
         for i, rec in enumerate(self.records + other.records):
@@ -269,12 +269,14 @@ def _csv_rows(path: Path) -> list[Row]:
             reader = csv.DictReader(f)
             missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise StoreError(f"{str(path)!r} is not a leaderboard CSV (no column {', '.join(missing)}): pass one written by `ddbench leaderboard`.")
+                raise StoreError(f"{str(path)!r} is not a leaderboard CSV (no column {', '.join(missing)}): "
+                                 "pass one written by `ddbench leaderboard`.")
             for line, d in enumerate(reader, start=2):
                 try:
                     rows.append(_csv_row(d))
                 except (TypeError, ValueError) as exc:
-                    raise StoreError(f"{str(path)!r} line {line} is malformed ({exc}): pass a CSV written by `ddbench leaderboard`.") from exc
+                    raise StoreError(f"{str(path)!r} line {line} is malformed ({exc}): "
+                                     "pass a CSV written by `ddbench leaderboard`.") from exc
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise StoreError(f"{str(path)!r} is not a readable CSV ({exc}).") from exc
     label_rows([r for r in rows if not r.label])

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ddbench.errors import DDBenchError, SuiteError, TaskDataError
 from ddbench.contracts.interfaces import Published
-from ddbench.vocab import Budget
+from ddbench.errors import DDBenchError, SuiteError, TaskDataError
 from ddbench.plugins import PluginManager, options_of
 from ddbench.results.provenance import provenance
 from ddbench.run.suite import DistillerEntry, Suite, TaskEntry, load_task
+from ddbench.vocab import Budget
 
 CPU_ITERATIONS = 5
 """Outer iterations of a reproduction on a CPU unless ``--iterations`` says otherwise: enough to
@@ -190,8 +190,8 @@ def page(method: str, task: str, dataset: str, found: list[Line], records: Seque
     out.append("- Measured random: the harness's random real subset at the same budget, seed and evaluation recipe; "
                "gap = accuracy − random. Verdict: the measured mean within the published std of the published mean.")
     out.append(f"- Regenerate: `{command}`")
-    out += ["", "| ipc | published | published random | published gap | measured | measured random | measured gap "
-                "| nets | iterations | distill s | eval s | verdict |",
+    out += ["", ("| ipc | published | published random | published gap | measured | measured random | measured gap "
+                 "| nets | iterations | distill s | eval s | verdict |"),
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for ln in found:
         p = ln.published
@@ -208,7 +208,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="published ipc(s) to run (default: 1 and 10 on CUDA, 1 on CPU)")
     parser.add_argument("--iterations", type=int, metavar="N",
                         help=f"the distiller's iterations (default: published on CUDA, {CPU_ITERATIONS} on CPU)")
-    parser.add_argument("--eval-seeds", type=int, default=EVAL_SEEDS, metavar="K", help=f"evaluation nets per artifact (default {EVAL_SEEDS})")
+    parser.add_argument("--eval-seeds", type=int, default=EVAL_SEEDS, metavar="K",
+                        help=f"evaluation nets per artifact (default {EVAL_SEEDS})")
     parser.add_argument("--seed", type=int, default=0, help="the distillation seed (default 0)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     parser.add_argument("--store", help="results store (default .ddbench/reproduce.sqlite); finished cells are reused")

@@ -19,16 +19,14 @@ import torch
 
 from ddbench.budget import labels
 from ddbench.budget.artifact import admission_problems, content_hash, count_storage, with_labels
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Progress, RunContext, Split, TaskView
 from ddbench.errors import BudgetError, DDBenchError, NotApplicable, PluginError
 from ddbench.ops.device import resolve_device
-from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Progress, RunContext, Split, TaskView
-from ddbench.vocab import DISTILLATION_REGIMES, Budget
-from ddbench.plugins import PluginManager, Registry, get_plugin_manager, instantiate
-from ddbench.plugins import parse_named
+from ddbench.plugins import PluginManager, Registry, get_plugin_manager, instantiate, parse_named
 from ddbench.run.suite import view_opener
-from ddbench.vocab import FULL
 from ddbench.testing.report import Case, ConformanceError, ConformanceReport, Failure
 from ddbench.testing.tasks import KitTask, task_view, tiny_classification, tiny_regression
+from ddbench.vocab import DISTILLATION_REGIMES, FULL, Budget
 
 TRAIN_EPOCHS = 2  # the ``trainable`` rule checks compatibility, not accuracy
 SEEDED_RTOL = 1e-4  # off the CPU, kernels may be non-deterministic: compare with a tolerance
@@ -75,7 +73,8 @@ def conformance(distiller: type[Distiller], options: dict[str, Any] | None = Non
     try:
         pickle.dumps(distiller)
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
-        report.failures.append(Failure("importable", f"class {distiller.__qualname__}", f"the class cannot be sent to a cell worker ({exc}).",
+        report.failures.append(Failure("importable", f"class {distiller.__qualname__}",
+                                       f"the class cannot be sent to a cell worker ({exc}).",
                                        "define the distiller class at module level of an importable module (not inside a function)."))
     run = _Runner(method, report, device, profile, seed, Path(cache_dir) if cache_dir else Path(".ddbench/cache"))
     for kit_task in (tasks if tasks is not None else [tiny_classification(), tiny_regression()]):
@@ -158,7 +157,7 @@ class _Runner:
         """One run on a private copy of the view; also whether the run left that copy unchanged."""
         context, copy = self.make_context(cache_dir), _copy(view)
         with _global_rng(global_seed, self.device), _deterministic_kernels(self.device):
-            artifact = self.method.distill(copy, budget, learner, context)  # type: ignore[arg-type]
+            artifact = self.method.distill(copy, budget, learner, context)
         return artifact, context, _view_hash(copy) == _view_hash(view)
 
     def build_learner(self, kit_task: KitTask) -> Learner:

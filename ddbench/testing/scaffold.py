@@ -31,7 +31,7 @@ class PluginNames:
     cls: str  # distiller class, e.g. "MyMethod"
 
     @classmethod
-    def of(cls, name: str) -> "PluginNames":
+    def of(cls, name: str) -> PluginNames:
         if not PLUGIN_NAME_RE.match(name):
             raise ScaffoldError(
                 f"plugin name {name!r} is not valid: use lower-case letters and digits in words joined by '-', "

@@ -10,10 +10,9 @@ import torch
 
 from ddbench.contracts.interfaces import Learner, Split, Task, TaskData, TaskView
 from ddbench.contracts.recipe import Recipe
-from ddbench.vocab import Budget
-from ddbench.plugins import get_plugin_manager, instantiate
+from ddbench.plugins import get_plugin_manager, instantiate, parse_named
 from ddbench.run import suite
-from ddbench.plugins import parse_named
+from ddbench.vocab import Budget
 
 
 class TinyClassification(Task):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 import statistics
+from typing import Any
 
 import torch
 
-from ddbench.analysis.runner import labelled
+from ddbench.analysis.runner import AnalysisContext, labelled
 from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject, check_size_protocol
-from ddbench.analysis.runner import AnalysisContext
 from ddbench.ops.hessian import hessian_trace, module_loss
 from ddbench.ops.probe import agreement, class_draw, example_losses, fit_protocol, fit_weighted, train_steps
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     # runs, batch and epochs of the real probe runs; subset pool size, fraction range and accuracy band.
     # paper: 30 runs of one epoch at batch 256; 520 subset models on U(0.5 %, 5 %) of train, band 0.01.
     # ci (ours): fewer, shorter runs and a wider fraction range and band, so that small tasks match.

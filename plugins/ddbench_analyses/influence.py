@@ -6,9 +6,8 @@ import math
 
 import torch
 
-from ddbench.analysis.runner import labelled
+from ddbench.analysis.runner import AnalysisContext, labelled
 from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject, check_size_protocol
-from ddbench.analysis.runner import AnalysisContext
 from ddbench.contracts.interfaces import Artifact
 from ddbench.ops.probe import copies, example_losses, fit_weighted
 

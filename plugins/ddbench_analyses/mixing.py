@@ -1,17 +1,17 @@
 """``mixing``: add k real images per class to a distilled set (docs/analyses.md §3, paper section 3)."""
 from __future__ import annotations
 
+import itertools
 import statistics
 
 import torch
 import torch.nn.functional as F
 
-from ddbench.analysis.runner import labelled
+from ddbench.analysis.runner import AnalysisContext, labelled
 from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject, check_size_protocol
-from ddbench.analysis.runner import AnalysisContext
+from ddbench.contracts.interfaces import Artifact
 from ddbench.ops.probe import class_draw, combine, fit_protocol
 from ddbench.ops.subsets import random_subset
-from ddbench.contracts.interfaces import Artifact
 from ddbench.vocab import Budget
 
 K_GRID = {"ci": (0, 2, 10, 50), "paper": (0, 2, 10, 50, 250)}
@@ -75,7 +75,7 @@ class Mixing(Analysis):
             metrics[f"gap@{k}"] = acc[k] - acc_base[k]
             if k and 0 in acc:
                 metrics[f"harm@{k}"] = acc[0] - acc[k]
-        metrics["monotone"] = all(acc[a] <= acc[b] for a, b in zip(grid, grid[1:]))
+        metrics["monotone"] = all(acc[a] <= acc[b] for a, b in itertools.pairwise(grid))
         metrics["k_converge"] = next((k for k in grid if abs(acc[k] - acc_base[k]) <= 0.01), -1)
         metrics["pixel_w1"] = pixel_w1(d.x, train.x, view.info)
         curves = torch.tensor([[acc[k], acc_base[k], std[k]] for k in grid])

@@ -9,14 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject, check_size_protocol
-from ddbench.analysis.runner import AnalysisContext
-from ddbench.analysis.runner import labelled
-from ddbench.contracts.interfaces import RunContext
+from ddbench.analysis.runner import AnalysisContext, labelled
 from ddbench.budget.labels import installed, logits, skeleton, teacher_learner
+from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject, check_size_protocol
+from ddbench.contracts.interfaces import RunContext
+from ddbench.contracts.recipe import Recipe
 from ddbench.ops.probe import PAPER_LR, PAPER_MOMENTUM, train_steps
 from ddbench.ops.teacher import squeeze_teacher
-from ddbench.contracts.recipe import Recipe
 
 OFFICIAL, OURS = "official", "ours"
 RECIPES = (OFFICIAL, OURS)

@@ -1,20 +1,19 @@
 """Coreset baselines (``docs/methods.md`` §9): real examples chosen, not synthesised."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from ddbench.budget.labels import teacher_tensors
 from ddbench.contracts import options
 from ddbench.contracts.deviations import Deviation
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
 from ddbench.contracts.recipe import Recipe
-from ddbench.vocab import Budget
-from ddbench.budget.labels import teacher_tensors
 from ddbench.ops.subsets import random_subset
 from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_AUGMENTS, SQUEEZE_EPOCHS, TEACHER, teacher_for
-
+from ddbench.vocab import Budget
 
 LABEL_FORMS = ("hard", "teacher")
 DC_CODE = "VICO-UoE/DatasetCondensation @ 53f63a6"
@@ -28,7 +27,7 @@ class Coreset(Distiller):
     ``'teacher'`` stores the examples with a teacher (``teacher``, squeezed for ``squeeze_epochs``
     with ``squeeze_augment``, cached and shared with sre2l and dwa), which the student distils from."""
 
-    quick = dict(QUICK_TEACHER)
+    quick: ClassVar[dict[str, Any]] = dict(QUICK_TEACHER)
 
     def __init__(self, labels: str = "hard", teacher: str = TEACHER, squeeze_epochs: int = SQUEEZE_EPOCHS,
                  squeeze_augment: str = "crop"):
@@ -76,7 +75,7 @@ class Full(Distiller):
     name = "full"
     description = "the whole train split (reference row, not budget-limited)"
     budget_exempt = True
-    quick = {"epochs": 40}
+    quick: ClassVar[dict[str, Any]] = {"epochs": 40}
     official_code = "no method code: the whole train split, as the papers' full-data rows train on it"
     deviations = (
         Deviation("data", "the whole train split", "the train split less ddbench's stratified validation carve-out",
@@ -120,7 +119,7 @@ class Herding(Coreset):
 
     name = "herding"
     description = "greedy feature-mean matching (herding) coreset in the learner's embedding"
-    quick = {**Coreset.quick, "epochs": 5}
+    quick: ClassVar[dict[str, Any]] = {**Coreset.quick, "epochs": 5}
     official_code = (f"{DC_CODE} has no herding code (`CL_DM.py --method herding` loads precomputed sets); compared with "
                      "the DC paper's baseline as docs/methods.md §9 describes it")
     deviations = (
@@ -158,7 +157,7 @@ class Herding(Coreset):
         model.eval()
         with torch.no_grad():
             picks = []
-            for c in range(task.num_classes):  # type: ignore[arg-type]
+            for c in range(task.num_classes):  # type: ignore[arg-type]  # supports() admits classification tasks only
                 idx = task.class_index(c)
                 feats = torch.cat([learner.embed(model, task.train.x[idx[i : i + 1024]]) for i in range(0, len(idx), 1024)])
                 picks.append(idx[herding_select(feats, ipc)])

@@ -121,8 +121,9 @@ class FreshNetworks:
             generator = torch.cuda.default_generators[index] if cuda else torch.default_generator
             generator.manual_seed(seed)
             for module in self.net.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+                reset = getattr(module, "reset_parameters", None)  # not hasattr: mypy reads Module attributes as Tensor | Module
+                if reset is not None:
+                    reset()
         return self.net
 
     def _owned(self) -> set[int]:

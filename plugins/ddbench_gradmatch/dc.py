@@ -10,16 +10,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddbench.ops.augment import DSA, apply
-from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
 from ddbench.contracts.deviations import Deviation
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.ops.augment import DSA, apply
 from ddbench.vocab import Budget
 from ddbench_gradmatch.common import (
-    MNIST_TASKS, QUICK_EPOCHS, QUICK_WHY, QUICK_WIDTH, SIAMESE_SEEDS, FreshNetworks, HostSeeds, LossLog, check_values,
-    classification_reason, dsa_strategy, eval_recipe, has_batchnorm, image_reason,
+    MNIST_TASKS,
+    QUICK_EPOCHS,
+    QUICK_WHY,
+    QUICK_WIDTH,
+    SIAMESE_SEEDS,
+    FreshNetworks,
+    HostSeeds,
+    LossLog,
+    check_values,
+    classification_reason,
+    dsa_strategy,
+    eval_recipe,
+    has_batchnorm,
+    image_reason,
 )
 from ddbench_gradmatch.matching import (
-    CPU_BLOCK_BYTES, activation_bytes, check_distance, class_gradient, class_gradients, gradient_distance, per_sample,
+    CPU_BLOCK_BYTES,
+    activation_bytes,
+    check_distance,
+    class_gradient,
+    class_gradients,
+    gradient_distance,
+    per_sample,
 )
 from ddbench_gradmatch.published import published_rows
 from ddbench_gradmatch.sampling import ClassPools, initial_images

@@ -2,16 +2,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ddbench.ops.augment import DSA
-from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
 from ddbench.contracts.deviations import Deviation
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.ops.augment import DSA
 from ddbench.vocab import Budget
 from ddbench_gradmatch.common import (
-    QUICK_EPOCHS, QUICK_WHY, QUICK_WIDTH, SIAMESE_SEEDS, FreshNetworks, HostSeeds, LossLog, check_values, dsa_strategy, eval_recipe,
+    QUICK_EPOCHS,
+    QUICK_WHY,
+    QUICK_WIDTH,
+    SIAMESE_SEEDS,
+    FreshNetworks,
+    HostSeeds,
+    LossLog,
+    check_values,
+    dsa_strategy,
+    eval_recipe,
     image_reason,
 )
 from ddbench_gradmatch.published import published_rows
@@ -38,7 +47,7 @@ class DMDistiller(Distiller):
     name = "dm"
     published = published_rows("dm")
     description = "DM: per-class mean-embedding matching under random networks (Zhao & Bilen, WACV 2023)"
-    quick = {"iterations": 120, "batch_real": 32}  # CPU profile
+    quick: ClassVar[dict[str, Any]] = {"iterations": 120, "batch_real": 32}  # CPU profile
     official_code = "VICO-UoE/DatasetCondensation @ 53f63a6: main_DM.py, utils.py and the repository's README"
     deviations = (
         Deviation("set returned", "evaluates the set after 20,000 iterations, then saves the one after 20,001 (range(Iteration + 1))",

@@ -63,8 +63,8 @@ def gradient_distance(gs: Sequence[Tensor], gr: Sequence[Tensor], kind: str = "o
         raise ValueError(f"gradient_distance needs two equally long, non-empty gradient lists (got {len(gs)} and {len(gr)}).")
     if kind == "ours":
         total = gs[0].new_zeros(gs[0].shape[0])
-        for a, b in zip(gs, gr):
-            a, b = _output_rows(a), _output_rows(b)
+        for sg, rg in zip(gs, gr):
+            a, b = _output_rows(sg), _output_rows(rg)
             if a is None or b is None:
                 continue
             cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + EPS)

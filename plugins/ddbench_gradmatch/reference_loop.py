@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddbench.contracts.interfaces import Learner, RunContext, TaskView
-from ddbench.vocab import Budget
 from ddbench.ops.augment import DSA, Transform, apply
+from ddbench.vocab import Budget
 from ddbench_gradmatch.common import FreshNetworks, HostSeeds, has_batchnorm
 from ddbench_gradmatch.dc import DCDistiller, freeze_batchnorm, loops_for_ipc
 from ddbench_gradmatch.sampling import ClassPools, initial_images
@@ -78,8 +78,7 @@ def matching_loss(net: nn.Module, real: Tensor, syn: Tensor, distance: str = "ou
             img_syn = apply(img_syn, omegas[c : c + 1].repeat(len(img_syn)))
         lab_real = torch.full((len(img_real),), c, dtype=torch.long, device=real.device)
         lab_syn = torch.full((len(img_syn),), c, dtype=torch.long, device=real.device)
-        gw_real = torch.autograd.grad(F.cross_entropy(net(img_real), lab_real), params)
-        gw_real = [g.detach() for g in gw_real]
+        gw_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(img_real), lab_real), params)]
         gw_syn = torch.autograd.grad(F.cross_entropy(net(img_syn), lab_syn), params, create_graph=True)
         loss = loss + layer_distance(list(gw_syn), gw_real, distance)
     return loss

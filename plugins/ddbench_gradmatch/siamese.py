@@ -5,7 +5,6 @@ and applied identically to every real and every synthetic image of that class.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ddbench.ops.augment import DSA, Transform, apply

@@ -25,13 +25,13 @@ from collections.abc import Callable
 
 import torch
 
-from ddbench.ops.device import resolve_device
 from ddbench.contracts.hookspecs import Command
 from ddbench.contracts.interfaces import Distiller, Learner, RunContext, TaskView
-from ddbench.vocab import Budget
+from ddbench.ops.device import resolve_device
 from ddbench.plugins import PluginManager, get_plugin_manager, instantiate, options_of
 from ddbench.run.suite import load_task
 from ddbench.run.worker import warm_allocator
+from ddbench.vocab import Budget
 from ddbench_gradmatch.dc import DCDistiller
 from ddbench_gradmatch.reference_loop import reference_distill
 
@@ -58,6 +58,7 @@ def _reset_peak_rss() -> None:
 
 def timed(run: Callable[[], object], device: torch.device) -> tuple[float, float]:
     """(seconds, MiB of peak memory above the start) of one call of ``run`` on ``device``."""
+    base: float  # bytes on CUDA, MiB on the CPU
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

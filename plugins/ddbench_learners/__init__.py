@@ -1,4 +1,5 @@
-"""Built-in classifier learners: ConvNet-3 (``convnet``), ``mlp`` and ResNet-18/34 (``resnet``), on :class:`ddbench.ops.classifier.ClassifierLearner`."""
+"""Built-in classifier learners: ConvNet-3 (``convnet``), ``mlp`` and ResNet-18/34 (``resnet``), on
+:class:`ddbench.ops.classifier.ClassifierLearner`."""
 from __future__ import annotations
 
 from collections.abc import Callable

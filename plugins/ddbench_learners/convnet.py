@@ -2,6 +2,8 @@
 then one linear layer. Width, depth and the norm are options; the defaults are the paper's."""
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -24,12 +26,13 @@ def norm_layer(kind: str, width: int) -> nn.Module:
 class ConvNet(FeaturesClassifier):
     def __init__(self, in_shape: tuple[int, ...], num_classes: int, width: int = 128, depth: int = 3, norm: str = "instancenorm"):
         super().__init__()
-        channels, size = in_shape[0], in_shape[1]
+        channels = in_shape[0]
         layers: list[nn.Module] = []
         for i in range(depth):
             # 1-channel inputs: padding 3 in the first conv (28x28 -> 32x32), as the reference code.
             padding = 3 if (i == 0 and channels == 1) else 1
-            layers += [nn.Conv2d(channels if i == 0 else width, width, 3, padding=padding), norm_layer(norm, width), nn.ReLU(), nn.AvgPool2d(2, 2)]
+            layers += [nn.Conv2d(channels if i == 0 else width, width, 3, padding=padding), norm_layer(norm, width), nn.ReLU(),
+                       nn.AvgPool2d(2, 2)]
         self.features = nn.Sequential(*layers, nn.Flatten())
         with torch.no_grad():  # F from a dry forward pass (handles any input size)
             feat = self.features(torch.zeros(1, *in_shape)).shape[1]
@@ -45,7 +48,7 @@ class ConvNetLearner(ClassifierLearner):
 
     name = "convnet"
     description = "ConvNet-3 (128 channels, instance norm, avg pool) as in DC/DSA/DM/MTT"
-    quick = {"width": 32}  # CPU profile only; the spec's width 128 is the default everywhere else
+    quick: ClassVar[dict[str, Any]] = {"width": 32}  # CPU profile only; the spec's width 128 is the default everywhere else
 
     def __init__(self, width: int = 128, depth: int = 3, norm: str = "instancenorm", ensemble: bool = True, bf16: bool = False):
         options.one_of("norm", norm, NORMS)

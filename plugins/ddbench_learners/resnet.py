@@ -3,6 +3,8 @@ max-pool, four stages of basic residual blocks at widths w, 2w, 4w, 8w (strides 
 BatchNorm after every convolution, global average pooling, one linear layer."""
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from torch import Tensor, nn
 
 from ddbench.contracts import options
@@ -51,7 +53,7 @@ class ResNetLearner(ClassifierLearner):
 
     name = "resnet"
     description = "ResNet-18/34 in CIFAR form (3x3 stem, no max-pool, BatchNorm), 11.2M parameters at depth 18"
-    quick = {"width": 16}  # CPU profile only; the published width 64 is the default everywhere else
+    quick: ClassVar[dict[str, Any]] = {"width": 16}  # CPU profile only; the published width 64 is the default everywhere else
     ensemble = False  # BatchNorm: the vmapped ensemble does not apply
 
     def __init__(self, depth: int = 18, width: int = 64, bf16: bool = False):

@@ -21,14 +21,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from ddbench import Artifact, Recipe
-from ddbench.ops.device import resolve_device
 from ddbench.contracts.hookspecs import Command
+from ddbench.ops.device import resolve_device
 from ddbench.ops.ensemble import train_ensemble
 from ddbench.ops.steps import seeded
 from ddbench.ops.training import train_classifier
@@ -95,8 +96,8 @@ def speed(args: argparse.Namespace, device: torch.device) -> None:
     times = {}
     for name, run in runs.items():
         run(warm)
-        times[name] = timed(lambda: run(recipe), device)
-    steps = {name: ops_per_step(lambda r: run(r), device) for name, run in runs.items()}
+        times[name] = timed(partial(run, recipe), device)
+    steps = {name: ops_per_step(run, device) for name, run in runs.items()}
     print(f"\nspeed: K={args.k} ConvNet-3 width {args.width}, {args.shape} shape {shape}, ipc={args.ipc}, {args.epochs} epochs, DSA, "
           f"device {device_name(device)}")
     for name, t in times.items():
@@ -151,7 +152,8 @@ def accuracy(args: argparse.Namespace, device: torch.device) -> None:
     results["sequential fp32"] = (score(models), seconds)
     for name, bf16 in (("ensemble fp32", False), ("ensemble bf16", True)):
         models = build(ConvNet, view.input_shape, args.k, args.width, device)
-        seconds = timed(lambda: train_ensemble(models, x, y, recipe, generators(args.k, device), bf16=bf16), device)
+        seconds = timed(lambda: train_ensemble(models, x, y, recipe, generators(args.k, device), bf16=bf16),  # noqa: B023 - called at once
+                        device)
         results[name] = (score(models), seconds)
     print(f"\naccuracy: digits ipc={args.ipc}, K={args.k} ConvNet-3 width {args.width}, E={args.accuracy_epochs}, DSA"
           f"{' (bf16 is ignored on cpu)' if device.type == 'cpu' else ''}")

@@ -21,23 +21,17 @@ import torch
 from torch import Tensor
 
 from ddbench.contracts import options
-from ddbench.errors import DDBenchError
-from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
 from ddbench.contracts.deviations import Deviation
-from ddbench.vocab import Budget
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.errors import DDBenchError
 from ddbench.ops.augment import DSA
 from ddbench.ops.subsets import random_subset
+from ddbench.vocab import Budget
 from ddbench_mtt.experts import ExpertRecipe, StartFn, expert_buffer
 from ddbench_mtt.flat import FlatModel
 from ddbench_mtt.presets import preset
 from ddbench_mtt.published import PUBLISHED
-from ddbench_mtt.unroll import (
-    EXACT_MODES,
-    MODES,
-    draw_schedule,
-    draw_start,
-    gradient_fn,
-)
+from ddbench_mtt.unroll import EXACT_MODES, MODES, draw_schedule, draw_start, gradient_fn
 
 TUNED = ("syn_steps", "expert_epochs", "max_start_epoch", "lr_img", "lr_lr", "lr_init", "batch_syn")
 EXPERT_ARCH_SEED = 0  # the student's module only supplies the architecture; its weights are unused
@@ -115,7 +109,8 @@ class MTT(Distiller):
         """The hyperparameters for ``task`` at ``ipc``: the §7 row, with the user's options over it."""
         row, source = preset(task.name, ipc)
         values = {k: getattr(row, k) if self.overrides[k] is None else self.overrides[k] for k in TUNED}
-        values["batch_syn"] = min(values["batch_syn"] or ipc * task.num_classes, ipc * task.num_classes)  # type: ignore[operator]
+        n_syn = ipc * task.num_classes  # type: ignore[operator]  # supports() admits classification tasks only
+        values["batch_syn"] = min(values["batch_syn"] or n_syn, n_syn)
         return {**values, "preset": source, "user_options": sorted(k for k in TUNED if self.overrides[k] is not None)}
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
@@ -127,7 +122,8 @@ class MTT(Distiller):
         meta["experts_s"] = time.perf_counter() - started
 
         images = task.train.x[random_subset(task, budget, context.generator)].clone()  # real init, class by class
-        labels = torch.arange(task.num_classes, device=device).repeat_interleave(ipc)  # type: ignore[arg-type]
+        classes: int = task.num_classes  # type: ignore[assignment]  # supports() admits classification tasks only
+        labels = torch.arange(classes, device=device).repeat_interleave(ipc)
         images, alpha, run = self.match(task, cfg, model, buffer, images, labels, context)
         meta.update(cfg)
         meta.update(run)

@@ -28,8 +28,8 @@ from torch.func import vmap
 
 from ddbench.contracts.interfaces import Learner, Split, TaskView
 from ddbench.contracts.recipe import Recipe
-from ddbench.ops.ensemble import flat_parameters, stack_parameters, train_ensemble
 from ddbench.ops.cache import cache_key, fingerprint
+from ddbench.ops.ensemble import flat_parameters, stack_parameters, train_ensemble
 from ddbench.ops.steps import DRAWS
 from ddbench_mtt.flat import FlatModel
 
@@ -58,8 +58,7 @@ def train_experts(models: Sequence[nn.Module], train: Split, epochs: int, recipe
     device = train.x.device
     generators = [torch.Generator(device).manual_seed(s) for s in seeds]
     plan = Recipe(epochs=epochs - 1, lr=recipe.lr, momentum=0.0, weight_decay=0.0, batch_size=recipe.batch_size,
-                  augment="dsa" if recipe.dsa_strategy else "none",
-                  **({"dsa_strategy": recipe.dsa_strategy} if recipe.dsa_strategy else {}))
+                  augment="dsa" if recipe.dsa_strategy else "none", dsa_strategy=recipe.dsa_strategy or Recipe.dsa_strategy)
     snapshots = [flat_parameters(stack_parameters(models))]
 
     def keep(epoch: int, params: dict[str, Tensor]) -> None:
@@ -148,13 +147,13 @@ def expert_buffer(task: TaskView, learner: Learner, model: FlatModel, count: int
         if start is not None:
             start(models, batch)
         report = None if on_epoch is None else (
-            lambda epoch, done=first * epochs, n=len(batch): on_epoch(done + epoch * n, total))
+            lambda epoch, done=first * epochs, n=len(batch): on_epoch(done + epoch * n, total))  # noqa: B008 - binds this batch's numbers
         trajectories = train_experts(models, task.train, epochs, recipe, batch, report)
         val = accuracy(model, trajectories[:, -1], task.val).tolist()
         for s, trajectory, acc in zip(batch, trajectories, val):
             cache.save(s, trajectory, {"val_accuracy": acc})
             found[s] = trajectory
-    buffer = torch.stack([found[s].to(device) for s in seeds])  # type: ignore[union-attr]
+    buffer = torch.stack([found[s].to(device) for s in seeds])  # type: ignore[union-attr]  # every missing seed was trained above
     experts = cache.manifest()["experts"]
     val_acc = [experts[str(s)]["val_accuracy"] for s in seeds]
     return buffer, {"expert_cache": str(cache.folder), "experts_trained": len(missing), "experts": count,

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ddbench.contracts.hookspecs import Command
 from ddbench.ops.augment import DSA
 from ddbench.ops.device import resolve_device
-from ddbench.contracts.hookspecs import Command
 from ddbench.plugins import get_plugin_manager, instantiate
 from ddbench.run.suite import load_task
 from ddbench_mtt.flat import FlatModel
@@ -32,9 +32,9 @@ from ddbench_mtt.unroll import EXACT_MODES, MODES, Gradients, draw_schedule, gra
 class _Saved:
     """A tensor saved for backward; its bytes stay counted until autograd drops it."""
 
-    __slots__ = ("tensor", "nbytes", "meter")
+    __slots__ = ("meter", "nbytes", "tensor")
 
-    def __init__(self, tensor: Tensor, meter: "SavedTensorMeter"):
+    def __init__(self, tensor: Tensor, meter: SavedTensorMeter):
         self.tensor, self.nbytes, self.meter = tensor, tensor.numel() * tensor.element_size(), meter
         meter.live += self.nbytes
         meter.peak = max(meter.peak, meter.live)
@@ -52,7 +52,7 @@ class SavedTensorMeter:
         self.peak = 0
 
     @contextmanager
-    def watch(self) -> Iterator["SavedTensorMeter"]:
+    def watch(self) -> Iterator[SavedTensorMeter]:
         with torch.autograd.graph.saved_tensors_hooks(lambda t: _Saved(t, self), lambda s: s.tensor):
             yield self
 
@@ -74,7 +74,8 @@ def setup(task: str, ipc: int, device: torch.device, learner: str = "convnet", p
     _, view, _ = load_task(manager, task, {}, profile, device)
     net = instantiate(manager.learners.get(learner), {}, profile)
     model = FlatModel(net.build(view, seed).to(device))
-    idx = torch.cat([view.class_index(c)[:ipc] for c in range(view.num_classes)])  # type: ignore[arg-type]
+    classes: int = view.num_classes  # type: ignore[assignment]  # MTT runs on classification tasks only
+    idx = torch.cat([view.class_index(c)[:ipc] for c in range(classes)])
     start = model.flatten()
     g = torch.Generator(device).manual_seed(seed)
     target = start + 0.01 * torch.randn(start.shape, generator=g, device=device)

@@ -26,16 +26,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ddbench.contracts import options
 from ddbench.budget.artifact import content_hash, with_labels
-from ddbench.errors import NotApplicable
+from ddbench.budget.stages import stage_tensors
+from ddbench.contracts import options
+from ddbench.contracts.deviations import Deviation
 from ddbench.contracts.interfaces import Artifact, Learner, RunContext, TaskView
 from ddbench.contracts.recipe import Recipe
-from ddbench.contracts.deviations import Deviation
-from ddbench.vocab import Budget
+from ddbench.errors import NotApplicable
 from ddbench.ops.classifier import fit_classifiers
 from ddbench.ops.subsets import random_subset
-from ddbench.budget.stages import stage_tensors
+from ddbench.vocab import Budget
 from ddbench_mtt.distiller import EXPERT_ARCH_SEED, MTT
 from ddbench_mtt.flat import FlatModel
 from ddbench_mtt.presets import CIFAR10, CIFAR100
@@ -185,7 +185,7 @@ class SeqMatch(MTT):
         windows = parse_windows(example.get("windows", self.windows), self.subsets, m) or \
             [(0, cfg["max_start_epoch"] + m)] * self.subsets
         rates = parse_lr_inits(example.get("lr_inits", self.lr_inits), self.subsets) or [cfg["lr_init"]] * self.subsets
-        classes: int = task.num_classes  # type: ignore[assignment]
+        classes: int = task.num_classes  # type: ignore[assignment]  # supports() admits classification tasks only
         sizes = split_ipc(ipc, min(self.subsets, ipc))
         stages = [Stage(size, window, rate, int(self.overrides["batch_syn"] or classes * size))
                   for size, window, rate in zip(sizes, windows, rates)]
@@ -193,7 +193,7 @@ class SeqMatch(MTT):
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
         device, ipc = context.device, budget.ipc(task)
-        classes: int = task.num_classes  # type: ignore[assignment]
+        classes: int = task.num_classes  # type: ignore[assignment]  # supports() admits classification tasks only
         if ipc < 2:
             raise NotApplicable(f"{self.name} splits the images of each class into stages; at ipc {ipc} there is one stage, "
                                 "which is mtt's distillation: use mtt, or ipc >= 2.")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -139,5 +140,5 @@ def gradient_fn(mode: str) -> Callable[..., Gradients]:
     if mode == "exact-constant-memory":
         return adjoint_gradients
     if mode == "tesla-approx":
-        return lambda *args: adjoint_gradients(*args, exact=False)
+        return partial(adjoint_gradients, exact=False)
     raise ValueError(f"unknown gradient mode {mode!r}: use one of {', '.join(MODES)}.")

@@ -10,22 +10,20 @@ soft label per image) or ``hard`` (the teacher's argmax).
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ddbench.contracts import options
-from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
-from ddbench.contracts.deviations import Deviation
-from ddbench.vocab import Budget
 from ddbench.budget.labels import BANK_LOGITS, BANK_VIEWS, VIEW_KINDS, logits, teacher_tensors
-from ddbench.ops.augment import crop_views
-from ddbench.ops.augment import random_views
-from ddbench.ops.augment import padded_views
+from ddbench.contracts import options
+from ddbench.contracts.deviations import Deviation
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.contracts.recipe import crop_protocol
+from ddbench.ops.augment import crop_views, padded_views, random_views
 from ddbench.ops.subsets import random_subset
 from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_AUGMENTS, SQUEEZE_EPOCHS, TEACHER, teacher_for
-from ddbench.contracts.recipe import crop_protocol
+from ddbench.vocab import Budget
 from ddbench_sre.recover import Perturb, RecoverRecipe, directed_perturbation, recover
 
 SRE2L_CODE = ("VILA-Lab/SRe2L @ 8d00cba: SRe2L/*small_dataset/squeeze_cifar.py, recover_cifar.py, recover_cifar.sh, "
@@ -94,7 +92,7 @@ class SRe2L(Distiller):
 
     name = "sre2l"
     description = "SRe2L: squeeze a BatchNorm teacher, recover images by its statistics, relabel (stores the teacher)"
-    quick = {**QUICK_TEACHER, "steps": 100, "views": 20}
+    quick: ClassVar[dict[str, Any]] = {**QUICK_TEACHER, "steps": 100, "views": 20}
     official_code = SRE2L_CODE
     deviations: ClassVar[tuple[Deviation, ...]] = (
         Deviation("initialisation", "Gaussian noise (torch.randn)", "random real images of each class (option init=real)",
@@ -130,7 +128,7 @@ class SRe2L(Distiller):
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
         model, meta = teacher_for(task, self.teacher, self.squeeze_epochs, self.squeeze_augment, context)
-        classes: int = task.num_classes  # type: ignore[assignment]
+        classes: int = task.num_classes  # type: ignore[assignment]  # supports() admits classification tasks only
         index = random_subset(task, budget, context.generator)  # ipc per class, class by class
         y = task.train.y[index]
         x0 = task.train.x[index] if self.init == "real" else \
@@ -162,7 +160,7 @@ class DWA(SRe2L):
 
     name = "dwa"
     description = "DWA: SRe2L with directed weight adjustment of the teacher before each batch (stores the teacher)"
-    quick = dict(SRe2L.quick)
+    quick: ClassVar[dict[str, Any]] = dict(SRe2L.quick)
     official_code = DWA_CODE
     deviations: ClassVar[tuple[Deviation, ...]] = (
         Deviation("initialisation", "real images of each class", "Gaussian noise (option init=noise)", "SRe2L's initialisation",

@@ -115,7 +115,7 @@ def directed_perturbation(teacher: nn.Module, x: Tensor, y: Tensor, steps: int, 
     along the gradient of its cross-entropy on (``x``, ``y``), normalised over all parameters
     together (loss ascent), in eval mode (its BatchNorm running statistics are kept)."""
     model = copy.deepcopy(teacher).eval()
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     for p in params:
         p.requires_grad_(True)
     for _ in range(steps):

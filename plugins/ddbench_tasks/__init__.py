@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ddbench import hookimpl
-from ddbench_tasks.images import Digits, Mnist1d, Mnist5k, TORCHVISION_TASKS
+from ddbench_tasks.images import TORCHVISION_TASKS, Digits, Mnist1d, Mnist5k
 
 
 @hookimpl

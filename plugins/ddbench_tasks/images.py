@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from ddbench.contracts import options
-from ddbench.errors import TaskDataError
 from ddbench.contracts.interfaces import Split, Task, TaskData
 from ddbench.contracts.recipe import Recipe
+from ddbench.errors import TaskDataError
 from ddbench_tasks.splits import stratified_split
 from ddbench_tasks.zca import EPS as ZCA_EPS
 from ddbench_tasks.zca import Zca
@@ -107,7 +107,8 @@ class ImageTask(Task):
         return recipe if self.epochs is None else recipe.updated({"epochs": self.epochs})
 
     def info(self) -> dict[str, Any]:
-        stats = {"mean": [], "std": [], "zca": True, "zca_eps": ZCA_EPS} if self.zca else {"mean": list(self.mean), "std": list(self.std), "zca": False}
+        stats = ({"mean": [], "std": [], "zca": True, "zca_eps": ZCA_EPS} if self.zca
+                 else {"mean": list(self.mean), "std": list(self.std), "zca": False})
         return {**stats, "dsa_strategy": self.dsa_strategy, "data": "image" if len(self.input_shape) == 3 else "signal"}
 
 
@@ -195,19 +196,19 @@ class TorchvisionTask(ImageTask):
     def raw(self) -> tuple[Split, Split]:
         try:
             import torchvision.datasets as tvd
-        except Exception as exc:  # noqa: BLE001 - a torchvision built for another torch fails in odd ways
+        except Exception as exc:  # a torchvision built for another torch fails in odd ways
             raise TaskDataError(
                 f"task {self.name!r} needs torchvision matching your torch ({type(exc).__name__}: {exc}): pip install 'ddbench[vision]'."
             ) from exc
         cls = getattr(tvd, self.dataset)
         try:
-            parts = [cls(str(self.root), train=train, download=self.download) for train in (True, False)]
-        except Exception as exc:  # noqa: BLE001 - missing files, failed download
+            train, test = (cls(str(self.root), train=flag, download=self.download) for flag in (True, False))
+        except Exception as exc:  # missing files, failed download
             how = "the download failed" if self.download else "downloading is off"
             raise TaskDataError(
                 f"dataset {self.name!r} not found under {self.root} and {how} ({exc}): pass --data-root DIR holding it, or --download."
             ) from exc
-        return tuple(self._to_split(p) for p in parts)  # type: ignore[return-value]
+        return self._to_split(train), self._to_split(test)
 
     def _to_split(self, ds: Any) -> Split:
         x = torch.as_tensor(np.asarray(ds.data), dtype=torch.float32) / 255.0
@@ -237,7 +238,7 @@ class FashionMnist(TorchvisionTask):
 class Cifar10(TorchvisionTask):
     name, dataset = "cifar10", "CIFAR10"
     description = "CIFAR-10 via torchvision from --data-root"
-    reference_dataset = "cifar10"
+    reference_dataset: ClassVar[str | None] = "cifar10"  # CIFAR-100 sets None
     input_shape = (3, 32, 32)
     mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
     dsa_strategy = WITH_FLIP

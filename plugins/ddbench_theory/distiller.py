@@ -8,15 +8,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor
 
 from ddbench.contracts import options
 from ddbench.contracts.deviations import Deviation
-from ddbench.errors import BudgetError
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
+from ddbench.errors import BudgetError
 from ddbench.vocab import Budget
 from ddbench_theory.stage1 import INIT_MODES, INITS, LABEL_MODES, LOSSES, Stage1Result, match_gradients
 from ddbench_theory.stage2 import LABEL_STARTS, OBJECTIVES, fit_head_points
@@ -97,7 +97,7 @@ class TwoStage(Distiller):
 
     name = "two-stage"
     description = "two-layer multi-index DD: r^2 gradient-matched points + Theta(L) head points (docs/theory.md §4)"
-    quick = {"steps1": 500, "steps2": 200}  # docs/theory.md §8: CPU tier K1 <= 500, K2 <= 200
+    quick: ClassVar[dict[str, Any]] = {"steps1": 500, "steps2": 200}  # docs/theory.md §8: CPU tier K1 <= 500, K2 <= 200
     official_code = f"{NO_CODE}: its algorithm, docs/theory.md §3-5"
     deviations = (
         Deviation("stage-1 loss", "sign-free 1 − ⟨G̃, G⟩² / (‖G̃‖² ‖G‖²)", "signed 1 − ⟨G̃, G⟩ / (‖G̃‖ ‖G‖)",
@@ -121,8 +121,8 @@ class TwoStage(Distiller):
                  steps2: int = 1000, lr2: float = 1e-2, objective: str = "perf-match", labels2: str = "solve",
                  learn_v: bool = False, grid: float | None = None, head_data: str = "s2"):
         for what, value, allowed in (("loss", loss, LOSSES), ("init", init, INITS), ("labels", labels, LABEL_MODES),
-                                     ("init_mode", init_mode, INIT_MODES), ("objective", objective, OBJECTIVES), ("labels2", labels2, LABEL_STARTS),
-                                     ("head_data", head_data, HEAD_DATA)):
+                                     ("init_mode", init_mode, INIT_MODES), ("objective", objective, OBJECTIVES),
+                                     ("labels2", labels2, LABEL_STARTS), ("head_data", head_data, HEAD_DATA)):
             options.one_of(what, value, allowed)
         options.non_negative(steps1=steps1, steps2=steps2)
         options.positive(grid=grid)
@@ -148,8 +148,8 @@ class TwoStage(Distiller):
         r = int(task.info["r"])
         return resolve_size(self.m1, r, width, "m1"), resolve_size(self.m2, r, width, "m2")
 
-    def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
-        d, width = task.input_shape[0], learner.width
+    def distill(self, task: TaskView, budget: Budget | None, learner: Learner, context: RunContext) -> Artifact:
+        d, width = task.input_shape[0], cast(TwoLayerLearner, learner).width  # supports() admits the two-layer learner only
         m1, m2 = self.sizes(task, width)
         size = artifact_size(m1, m2, d, self.grid is not None)
         if budget is not None and size > budget.scalars(task):
@@ -160,7 +160,7 @@ class TwoStage(Distiller):
     def first_stage(self, task: TaskView, learner: Learner, context: RunContext, m1: int) -> FirstStage:
         """Stage 1 with M1 = ``m1`` and what stage 2 needs of it: the student's first layer, its biases and the
         real-data feature moments. Independent of M2, so a search over M2 runs it once."""
-        d, width, init_seed = task.input_shape[0], learner.width, context.seed
+        d, width, init_seed = task.input_shape[0], cast(TwoLayerLearner, learner).width, context.seed  # as in distill()
         eta = float(task.info["rho"]) * math.sqrt(d)
         x, y = task.train.x.float(), task.train.y.float()
         alpha, beta, y_pre = preprocess_labels(x, y)  # docs/theory.md §3 step 1, from the real data

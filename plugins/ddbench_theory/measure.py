@@ -35,11 +35,11 @@ from typing import Any
 
 import torch
 
-from ddbench.errors import SuiteError
-from ddbench.ops.device import resolve_device
 from ddbench.contracts.hookspecs import Command
 from ddbench.contracts.interfaces import RunContext
 from ddbench.contracts.recipe import Recipe
+from ddbench.errors import SuiteError
+from ddbench.ops.device import resolve_device
 from ddbench_theory.distiller import FirstStage, TwoStage, artifact_size, resolve_size
 from ddbench_theory.stage1 import match_gradients
 from ddbench_theory.streaming import (
@@ -128,7 +128,8 @@ def check(args: argparse.Namespace) -> tuple[torch.device, int, int]:
     if not 1 <= args.r <= args.d:
         raise _bad(f"--r {args.r} must lie in 1..--d ({args.d}): lower --r or raise --d.")
     if args.L < 2 or args.L % 2:
-        raise _bad(f"--L {args.L} must be even and >= 2 (symmetric initialisation pairs the neurons): give e.g. --L {max(2, args.L + args.L % 2)}.")
+        raise _bad(f"--L {args.L} must be even and >= 2 (symmetric initialisation pairs the neurons): "
+                   f"give e.g. --L {max(2, args.L + args.L % 2)}.")
     if args.link not in LINKS:
         raise _bad(f"--link {args.link!r} is unknown: use one of {', '.join(LINKS)}.")
     if args.link == "degenerate" and args.r < 3:

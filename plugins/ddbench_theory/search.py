@@ -112,8 +112,8 @@ def search(ev: Evaluator, r: int, d: int, width: int, n: int, teacher_r2: float,
             continue
         failing = [m2 for m2 in tried[m1] if m2 < hi and tried[m1][m2] < target]
         lo = max(failing, default=0)
-        lo, hi = bisect(lambda m2: r2_at(m1, m2) >= target, lo, hi,
-                        lambda lo, hi: size(m1, hi) - size(m1, lo) <= RESOLUTION * size(m1, hi))
+        lo, hi = bisect(lambda m2: r2_at(m1, m2) >= target, lo, hi,  # noqa: B023 - bisect() calls it at once
+                        lambda lo, hi: size(m1, hi) - size(m1, lo) <= RESOLUTION * size(m1, hi))  # noqa: B023 - bisect() calls it at once
         out.budget, out.m1, out.m2, out.r2 = size(m1, hi), m1, hi, tried[m1][hi]
         out.lower = size(m1, lo) if lo > 0 else None
     for m1, points in tried.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -62,7 +63,8 @@ class Stage1Result:
 
 def theta0(d: int, width: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """The learner's symmetric theta0 = (a, W0, b0) for ``seed`` on ``device``."""
-    return tuple(t.to(device) for t in symmetric_init(d, width, seed))  # type: ignore[return-value]
+    a, w0, b0 = symmetric_init(d, width, seed)
+    return a.to(device), w0.to(device), b0.to(device)
 
 
 def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m1: int, context: RunContext, *,
@@ -108,7 +110,8 @@ def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m
     elif labels != "free":
         raise ValueError(f"unknown stage-1 labels {labels!r}: use one of {LABEL_MODES}")
     x_syn, y_syn = x0.clone().requires_grad_(True), y0.requires_grad_(True)
-    opt = torch.optim.Adam([{"params": [x_syn], "weight_decay": weight_decay}, {"params": [y_syn]}], lr=lr)
+    groups: list[dict[str, Any]] = [{"params": [x_syn], "weight_decay": weight_decay}, {"params": [y_syn]}]
+    opt = torch.optim.Adam(groups, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     grad_of, loss_of = first_layer_grad, matching_loss
     if compile:
@@ -134,7 +137,7 @@ def match_gradients(x_real: Tensor, y_pre: Tensor, width: int, init_seed: int, m
                 y_syn.clamp_(min=0.0)
         if step % LOG_EVERY == 0 or step == steps:
             logged.append((step, dist.detach()))
-            context.progress.update(step, steps, loss=dist.detach(), stage=1)
+            context.progress.update(step, steps, loss=dist.item(), stage=1)
             if context.should_stop():
                 stopped = True
                 break

@@ -169,7 +169,7 @@ def fit_head_points(w1: Tensor, b: Tensor, x1: Tensor, moments: tuple[Tensor, Te
         sched.step()
         if step % LOG_EVERY == 0 or step == steps:
             logged.append((step, loss.detach()))
-            context.progress.update(step, steps, loss=loss.detach(), stage=2)
+            context.progress.update(step, steps, loss=loss.item(), stage=2)
             if context.should_stop():
                 stopped = True
                 break

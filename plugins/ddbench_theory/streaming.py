@@ -43,6 +43,7 @@ import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -122,9 +123,9 @@ class StreamedMultiIndex:
 
     def target(self, x: Tensor) -> Tensor:
         """The noise-free f*(x) = g(U^T x)."""
-        return link_fn(self.link, x @ self.U)
+        return link_fn(self.link, x @ cast(Tensor, self.U))  # __post_init__ sets U
 
-    def _block(self, j: int, test: bool) -> tuple[Tensor, Tensor]:
+    def _block(self, j: int, test: bool) -> tuple[Tensor, Tensor | None]:
         rows = min(self.block, self.rows(test) - j * self.block)
         g = torch.Generator(self.device).manual_seed(chunk_seed(self.seed, j, TEST if test else TRAIN))
         x = torch.randn(rows, self.d, generator=g, device=self.device)
@@ -141,11 +142,12 @@ class StreamedMultiIndex:
             x, noise = self._block(j, test)
             lo, hi = max(start - j * self.block, 0), min(stop - j * self.block, len(x))
             xs.append(x[lo:hi])
-            noises.append(None if noise is None else noise[lo:hi])
+            if noise is not None:  # all blocks or none: test rows and noise 0 have none
+                noises.append(noise[lo:hi])
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
         y = self.target(x)
-        if noises[0] is not None:
-            y = y + self.noise * (noises[0] if len(noises) == 1 else torch.cat(noises))  # type: ignore[arg-type]
+        if noises:
+            y = y + self.noise * (noises[0] if len(noises) == 1 else torch.cat(noises))
         return x, y
 
     def chunks(self, test: bool = False) -> Iterator[tuple[Tensor, Tensor]]:

@@ -21,15 +21,16 @@ import math
 import multiprocessing
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ddbench.budget.artifact import count_storage
-from ddbench.errors import DDBenchError
 from ddbench.contracts.hookspecs import Command
 from ddbench.contracts.interfaces import RunContext, TaskView
+from ddbench.errors import DDBenchError
 from ddbench.run.suite import task_view
 from ddbench_theory.distiller import FirstStage, TwoStage
 from ddbench_theory.references import teacher, tuned_subset
@@ -250,7 +251,7 @@ def run_study(tier: Tier, cache: Path, device: str = "cpu", workers: int = 1, on
 
     if workers <= 1:
         for config in configs:
-            finish(config, lambda: run_config(config, tier, cache, device, torch.get_num_threads()))
+            finish(config, partial(run_config, config, tier, cache, device, torch.get_num_threads()))
     else:
         threads = max(1, torch.get_num_threads() // workers)
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:

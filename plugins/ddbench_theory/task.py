@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -21,13 +21,7 @@ from ddbench.contracts import options
 from ddbench.contracts.interfaces import Artifact, Split, Task, TaskData
 from ddbench.contracts.recipe import Recipe
 from ddbench_theory.references import Truth, references, student_metrics
-from ddbench_theory.two_layer import (
-    TwoLayer,
-    feature_moments,
-    first_layer_step,
-    preprocess_labels,
-    ridge_from_moments,
-)
+from ddbench_theory.two_layer import TwoLayer, feature_moments, first_layer_step, preprocess_labels, ridge_from_moments
 
 LINKS = ("he2", "he2+he3", "degenerate")
 RIDGE_GRID = tuple(10.0**k for k in range(-6, 1))  # docs/theory.md §3: 1e-6 ... 1e0, log grid
@@ -84,12 +78,12 @@ class MultiIndex(Task):
     kind = "regression"
     metric = "r2"
     default_learner = "two-layer"
-    higher_is_better = {**Task.higher_is_better, "teacher_r2": True, "teacher_mse": False, "random_equal_r2": True,
-                        "random_features_r2": True, "oracle_head_r2": True, "alignment": True, "subspace_overlap": True,
-                        "w1_alignment": True, "stage1_mismatch": False}
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        **Task.higher_is_better, "teacher_r2": True, "teacher_mse": False, "random_equal_r2": True, "random_features_r2": True,
+        "oracle_head_r2": True, "alignment": True, "subspace_overlap": True, "w1_alignment": True, "stage1_mismatch": False}
     leaderboard_columns = ("mse", "teacher_r2", "random_equal_r2", "random_features_r2", "alignment", "subspace_overlap")
     num_classes = None
-    quick = {"n_test": 20000, "n_cap": 20000}
+    quick: ClassVar[dict[str, Any]] = {"n_test": 20000, "n_cap": 20000}
 
     def __init__(self, d: int = 32, r: int = 2, link: str = "he2", noise: float = 0.1, n: int | None = None,
                  n_cap: int = 1_000_000, n_test: int = 100_000, val_fraction: float = 0.1, seed: int = 0,
@@ -239,9 +233,9 @@ class MultiIndex(Task):
             if name in meta:
                 out[name] = float(meta[name])
         truth = self.truth(tensors["x1"].device)
-        key = (init_seed, width, str(tensors["x1"].device))
-        if key not in self._references:
-            self._references[key] = references(truth, init_seed, width)
-        out.update(self._references[key])
+        at = (init_seed, width, str(tensors["x1"].device))
+        if at not in self._references:
+            self._references[at] = references(truth, init_seed, width)
+        out.update(self._references[at])
         out.update(student_metrics(truth, artifact, init_seed, width))
         return out

@@ -30,6 +30,7 @@ Two ways to train (:meth:`TwoLayerLearner.fit`):
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +66,12 @@ def reinit_biases(width: int, seed: int) -> Tensor:
 
 class TwoLayer(nn.Module):
     """f(x) = alpha + beta^T x + sum_j a_j relu(w_j^T x + b_j), state held in buffers."""
+
+    a: Tensor  # the buffers, declared for type checkers
+    W: Tensor
+    b: Tensor
+    alpha: Tensor
+    beta: Tensor
 
     def __init__(self, d: int, width: int, seed: int):
         super().__init__()
@@ -166,7 +173,7 @@ class TwoLayerLearner(Learner):
 
     name = "two-layer"
     description = "width-L two-layer ReLU net: one big first-layer step, then ridge (theory task)"
-    recipe_options = {"rho": float, "ridge": float, "init_seed": int, "first_layer": str, "head_data": str}
+    recipe_options: ClassVar[dict[str, type]] = {"rho": float, "ridge": float, "init_seed": int, "first_layer": str, "head_data": str}
     input_tensors = ("x", "x1")
 
     def __init__(self, width: int = 256):
@@ -179,7 +186,7 @@ class TwoLayerLearner(Learner):
             raise ValueError(f"two-layer needs vector inputs; task {task.name!r} has shape {task.input_shape}.")
         return TwoLayer(task.input_shape[0], self.width, seed)
 
-    def fit(self, model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator) -> nn.Module:
+    def fit(self, model: nn.Module, artifact: Artifact, recipe: Recipe, generator: torch.Generator) -> TwoLayer:
         if not isinstance(model, TwoLayer):
             raise TypeError(f"two-layer fits TwoLayer models built by its build(), got {type(model).__name__}.")
         opts = recipe.options

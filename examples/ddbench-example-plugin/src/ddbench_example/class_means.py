@@ -23,7 +23,7 @@ class ClassMeans(Distiller):
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
         ipc = budget.ipc(task)  # raises BudgetError below one example per class
         xs, ys = [], []
-        for c in range(task.num_classes):  # type: ignore[arg-type]  (supports() rules out regression)
+        for c in range(task.num_classes):  # type: ignore[arg-type]  # supports() rules out regression
             members = task.class_index(c)
             groups = min(ipc, len(members))
             order = members[torch.randperm(len(members), generator=context.generator, device=context.device)]
