@@ -14,16 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ddbench import __version__
-
-from ddbench.run import reproduce, worker
-from ddbench.errors import DDBenchError, DDBenchWarning, PluginError, SuiteError, close_names
 from ddbench.contracts.executor import Executor, LocalExecutor
-from ddbench.vocab import Budget
-from ddbench.plugins import PluginManager, get_plugin_manager, instantiate, options_of, plural
+from ddbench.errors import DDBenchError, DDBenchWarning, PluginError, SuiteError, close_names
+from ddbench.plugins import PluginManager, get_plugin_manager, instantiate, options_of, parse_named, plural
 from ddbench.results.leaderboard import BOARDS
 from ddbench.results.records import CellResult
 from ddbench.results.report import summary
 from ddbench.results.store import DEFAULT_PATH, ResultStore, default_store_path, read_all, read_results
+from ddbench.run import reproduce, worker
 from ddbench.run.suite import (
     DistillerEntry,
     Suite,
@@ -36,7 +34,7 @@ from ddbench.run.suite import (
     expand_suite,
     load_suite,
 )
-from ddbench.plugins import parse_named
+from ddbench.vocab import Budget
 
 EXECUTOR_FLAGS = {"--ray-address": "address", "--gpus-per-cell": "gpus_per_cell", "--cpus-per-cell": "cpus_per_cell"}
 """The ``run`` flags that set executor options (the ray executor's), by option name."""
@@ -70,7 +68,8 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     run.add_argument("--force", action="store_true", help="recompute cells already finished in the store")
     run.add_argument("--save-artifacts", metavar="DIR", help="save every artifact as .safetensors + .json under DIR")
     run.add_argument("--executor", metavar="NAME[:k=v,...]", help="what runs the cells: local (default) or ray (docs/executors.md)")
-    run.add_argument("--ray-address", metavar="auto|HOST:PORT", help="ray: the Ray cluster to join (default: as ray.init() finds one, else a new one here)")
+    run.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                     help="ray: the Ray cluster to join (default: as ray.init() finds one, else a new one here)")
     run.add_argument("--gpus-per-cell", type=float, metavar="G", help="ray: GPUs each cell holds (a fraction shares a GPU, e.g. 0.25)")
     run.add_argument("--cpus-per-cell", type=float, metavar="N", help="ray: CPUs each cell holds, its torch threads (default 1)")
 
@@ -190,7 +189,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if suite.analyses:
         from ddbench.analysis.runner import analyze_command
 
-        files = [str(artifacts / f"{r['config']['task']}-{r['config']['distiller']}-{r['key']}.safetensors") for r in records if r["status"] == "ok"]
+        assert artifacts is not None  # set above whenever the suite names analyses
+        files = [str(artifacts / f"{r['config']['task']}-{r['config']['distiller']}-{r['key']}.safetensors")
+                 for r in records if r["status"] == "ok"]
         files = [f for f in files if Path(f).is_file()]
         if files:
             failed += analyze_command(files, ",".join(suite.analyses), args.store, None, None, args.device, ".ddbench/cache", args.force)
@@ -290,7 +291,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     out = None if args.site and args.out is None else folder(args.out or "leaderboards", "--out")
     site = folder(args.site, "--site") if args.site else None
     manager = get_plugin_manager()
-    reports = dict((report.name, report) for _, report in manager.reports())
+    reports = {report.name: report for _, report in manager.reports()}
     for name in args.report:
         if name != BOARDS and name not in reports:
             choices = [BOARDS, *reports]

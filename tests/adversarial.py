@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -46,7 +46,7 @@ class First(Distiller):
 class Liar(torch.Tensor):
     """A tensor subclass that reports one element, whatever it holds."""
 
-    def numel(self) -> int:  # type: ignore[override]
+    def numel(self) -> int:  # type: ignore[override]  # a lying tensor, on purpose
         return 1
 
 
@@ -250,7 +250,7 @@ class Spy(ConvNetLearner):
     """ConvNet-3 that records what reached its training (the evaluation runs in the harness process)."""
 
     name = "spy"
-    seen: list[dict[str, Any]] = []
+    seen: ClassVar[list[dict[str, Any]]] = []
 
     def fit_ensemble(self, models, artifact, recipe, generators):
         x = artifact.tensors["x"]

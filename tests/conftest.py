@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from ddbench.run.harness import Harness
 from ddbench.plugins import get_plugin_manager
+from ddbench.run.harness import Harness
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -8,7 +8,6 @@ import signal
 from pathlib import Path
 
 from adversarial import FAST, first_per_class
-
 from ddbench import Artifact, Distiller, hookimpl
 
 

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from ddbench import Artifact, hookimpl
-from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject
-from ddbench.analysis.runner import AnalysisContext
-from ddbench.analysis.runner import analyze, artifact_files, build_analyses, run_analysis
+from ddbench.analysis.runner import AnalysisContext, analyze, artifact_files, build_analyses, run_analysis
 from ddbench.budget.artifact import save
 from ddbench.cli import main
+from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject
 from ddbench.contracts.interfaces import Split
 from ddbench.ops.hessian import exact_trace, hessian_trace, hutchinson_trace, module_loss
 from ddbench.ops.probe import class_draw, fit_full_batch, fit_weighted

@@ -93,9 +93,9 @@ def test_no_import_circle():
         state[name] = 1
         for dep in sorted(edges[name]):
             if state.get(dep) == 1:
-                pytest.fail("import circle: " + " -> ".join(trail[trail.index(dep):] + [dep]) if dep in trail else dep)
+                pytest.fail("import circle: " + " -> ".join([*trail[trail.index(dep):], dep]) if dep in trail else dep)
             if dep not in state:
-                visit(dep, trail + [dep])
+                visit(dep, [*trail, dep])
         state[name] = 2
 
     for name in sorted(edges):

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddbench.ops.augment import DSA, apply, transforms
 from ddbench.contracts.recipe import FAMILIES
+from ddbench.ops.augment import DSA, apply, transforms
 
 SIZE = 16
 S = int(SIZE * 0.125 + 0.5)  # crop shift bound: 2
@@ -77,7 +77,7 @@ def test_integer_parameters_cover_exactly_their_range():
     cutout = transforms(torch.full((len(u),), FAMILIES.index("cutout")), u, 28)  # side 14 (even): centres 0..28
     first, size = cutout.hole_cols.argmax(1), cutout.hole_cols.sum(1)
     centres = torch.where(first > 0, first + 7, size.long() - 7)  # a clipped hole is measured from its far edge
-    assert set(centres.tolist()) == set(range(0, 29))
+    assert set(centres.tolist()) == set(range(29))
 
 
 def test_continuous_parameters_follow_the_spec_ranges():

@@ -54,7 +54,7 @@ def shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_the_recipe_runs_on_the_example_plugin(example_installed, tmp_path):  # noqa: F811
+def test_the_recipe_runs_on_the_example_plugin(example_installed, tmp_path):  # noqa: F811 - the fixture is imported under its own name
     repo = tmp_path / "repo"
     shutil.copytree(EXAMPLE / "ci", repo / "ci")
     steps = [c for c in recipe() if not c.startswith("python -m pip install")]
@@ -74,4 +74,4 @@ def test_the_recipe_runs_on_the_example_plugin(example_installed, tmp_path):  # 
     baseline.write_text(json.dumps(records))
     [compare] = [c for c in steps if c.startswith("ddbench compare")]
     done = shell(compare, repo)
-    assert done.returncode == 1 and [l for l in done.stdout.splitlines() if "REGRESSION" in l][0].startswith("| digits | class-means")
+    assert done.returncode == 1 and next(l for l in done.stdout.splitlines() if "REGRESSION" in l).startswith("| digits | class-means")

@@ -1,9 +1,9 @@
 """The command line: listings, one-line errors for bad input, exit status counts failed cells."""
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from ddbench.cli import main
 
@@ -222,7 +222,7 @@ def test_leaderboard_suite_filter_takes_the_suites_cells_from_any_device(capsys,
         for distiller, device in (("random", "cuda"), ("herding", "cpu")):
             cell = Cell("digits", {}, distiller, {}, Budget.parse("ipc=1"), 0, [0], "convnet", {}, "quick", device_type=device)
             store.put(CellResult(cell, "ok", "accuracy", [60.0], stored_params=650, device=device))
-    code, out, _ = run(capsys, "leaderboard", "--store", str(tmp_path / "r.sqlite"), "--suite", str(suite), "--out", str(tmp_path / "lb"))
+    code, _out, _ = run(capsys, "leaderboard", "--store", str(tmp_path / "r.sqlite"), "--suite", str(suite), "--out", str(tmp_path / "lb"))
     assert code == 0
     text = (tmp_path / "lb" / "digits.md").read_text()
     assert "| random" in text and "herding" not in text
@@ -270,11 +270,11 @@ def test_leaderboard_reads_several_stores_and_counts_a_cell_once(capsys, tmp_pat
         stored_result(a, "random", 60.0)
         stored_result(b, "random", 61.0)  # the same cell, finished later: it replaces the first
         stored_result(b, "herding", 70.0)
-    code, out, _ = run(capsys, "leaderboard", "--store", str(tmp_path / "a.sqlite"), "--store", str(tmp_path / "b.sqlite"),
+    code, _out, _ = run(capsys, "leaderboard", "--store", str(tmp_path / "a.sqlite"), "--store", str(tmp_path / "b.sqlite"),
                        "--out", str(tmp_path / "lb"), "--report", "boards")
     assert code == 0 and sorted(p.name for p in (tmp_path / "lb").iterdir()) == ["digits.csv", "digits.md", "digits.png", "results.json"]
     text = (tmp_path / "lb" / "digits.md").read_text()
-    lines = [[c.strip() for c in l.split("|")[1:5]] for l in text.splitlines() if l.startswith("| 1 ") or l.startswith("| 2 ")]
+    lines = [[c.strip() for c in l.split("|")[1:5]] for l in text.splitlines() if l.startswith(("| 1 ", "| 2 "))]
     assert lines == [["1", "herding", "70.00 ± 0.00", "1"], ["2", "random", "61.00 ± 0.00", "1"]]
 
 

@@ -11,14 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage, stats
 
-from ddbench.ops.augment import (
-    DC_FAMILIES,
-    DCAugment,
-    dc_rotate,
-    dc_scale,
-    shift,
-    spline_prefilter,
-)
+from ddbench.ops.augment import DC_FAMILIES, DCAugment, dc_rotate, dc_scale, shift, spline_prefilter
 
 
 # -- the official transform of one (C, H, W) image, by family -------------------------------------

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ddbench.contracts.deviations import Deviation, applicable, doc_block, resolved_options
-from ddbench.results.records import footnote
 from ddbench.plugins import get_plugin_manager
+from ddbench.results.records import footnote
 
 ROOT = Path(__file__).resolve().parents[1]
 MANAGER = get_plugin_manager()

@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from ddbench import Artifact, Budget, Distiller, Learner, Recipe, hookimpl
-from ddbench.run.harness import Harness
-from ddbench.results.records import CellResult
-from ddbench.plugins import PluginManager, instantiate
-from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 from ddbench.ops import steps
 from ddbench.ops.ensemble import flat_parameters, grouped_layers, train_ensemble, vmap_unsupported
 from ddbench.ops.steps import adamw_step, seeded, sgd_step, shuffles
 from ddbench.ops.training import train_classifier
+from ddbench.plugins import PluginManager, instantiate
+from ddbench.results.records import CellResult
+from ddbench.run.harness import Harness
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 
 SEEDS = (0, 1, 2)
 STRATEGY = "color_crop_cutout_flip_scale_rotate"  # every DSA family, flip included

@@ -13,14 +13,15 @@ import sys
 import time
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 
 from ddbench import Budget, hookimpl
 from ddbench.cli import main
-from ddbench.errors import PluginError, SuiteError
 from ddbench.contracts.executor import Executor, LocalExecutor
+from ddbench.errors import PluginError, SuiteError
 from ddbench.plugins import PluginManager
 from ddbench.results.records import Cell, CellResult
 from ddbench.results.store import ResultStore, read_results
@@ -39,7 +40,7 @@ class Recorder(Executor):
     """Yields a failed result per cell without running it, remembering what it was handed."""
 
     name = "recorder"
-    handed: list[Cell] = []
+    handed: ClassVar[list[Cell]] = []
 
     def run(self, harness, cells):
         Recorder.handed = list(cells)
@@ -219,7 +220,6 @@ def test_the_ray_executor_gives_the_local_executors_results(ray_instance, tmp_pa
 def test_a_killed_worker_is_retried_then_fails_its_cell_and_a_failing_cell_is_not_retried(ray_instance, tmp_path):
     import adversarial
     import executor_plugins
-
     from ddbench.run.harness import Harness
 
     manager = PluginManager()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from ddbench.budget.artifact import admission_problems
-from ddbench.contracts.interfaces import Artifact
 from ddbench.budget.generator import ConditionalGenerator, decoded, from_tensors, generator_tensors
-from ddbench.ops.steps import stage_parts
+from ddbench.contracts.interfaces import Artifact
 from ddbench.contracts.recipe import Recipe
+from ddbench.ops.steps import stage_parts
 from ddbench.testing.tasks import TinyClassification, task_view
 
 VIEW = task_view(TinyClassification())  # 3 classes, (1, 8, 8)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench import Artifact, Budget, Learner, Recipe, RunContext, Split, TaskView
-from ddbench.ops.augment import DSA, apply
 from ddbench.contracts.recipe import FAMILIES
+from ddbench.ops.augment import DSA, apply
 from ddbench.plugins import instantiate
 from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 from ddbench_gradmatch.common import FreshNetworks, HostSeeds
@@ -344,7 +344,7 @@ def test_reference_run_equals_ddbench_end_to_end(manager, monkeypatch, digits, c
 
 def test_declared_evaluation_recipes(manager, digits):
     _, view, _ = digits
-    recipe = lambda name, task, profile: instantiate(manager.distillers.get(name), {}).recipe(task, profile)  # noqa: E731
+    recipe = lambda name, task, profile: instantiate(manager.distillers.get(name), {}).recipe(task, profile)  # noqa: E731 - a one-line helper
     assert recipe("dc", view, "quick") == recipe("dc", view, "full") == {}  # no augmentation, the task's E
     mnist = dataclasses.replace(view, name="mnist5k")
     assert recipe("dc", mnist, "full") == {"augment": "dc", "epochs": 1000} and recipe("dc", mnist, "quick") == {"augment": "dc"}

@@ -9,8 +9,8 @@ import torch
 from ddbench import Artifact, Budget, Distiller, hookimpl
 from ddbench.budget.artifact import count_storage
 from ddbench.errors import BudgetError, NotApplicable, SuiteError
-from ddbench.run.harness import Harness
 from ddbench.plugins import PluginManager
+from ddbench.run.harness import Harness
 from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 from ddbench.testing import TinyRegression
 

@@ -15,9 +15,9 @@ import torch
 
 import ddbench.contracts.hookspecs
 from ddbench import Artifact, Learner, hookimpl
-from ddbench.errors import PluginError
 from ddbench.cli import build_parser, main
 from ddbench.contracts.hookspecs import Command, Report
+from ddbench.errors import PluginError
 from ddbench.plugins import PluginManager
 from ddbench.testing import TinyClassification, check_distiller, task_view
 
@@ -109,9 +109,8 @@ def test_documented_example_registers_through_its_hook(name, monkeypatch):
         model = learner.fit(learner.build(view, 0), artifact, TinyClassification().recipe("quick"), torch.Generator())
         assert learner.predict(model, view.val.x).shape == (len(view.val), 3)
     elif kind == "analysis":
+        from ddbench.analysis.runner import AnalysisContext, run_analysis
         from ddbench.contracts.analysis import Subject
-        from ddbench.analysis.runner import AnalysisContext
-        from ddbench.analysis.runner import run_analysis
 
         task = TinyClassification()
         view = task_view(task)
@@ -231,7 +230,7 @@ def test_a_plugin_command_runs_through_main_with_its_exit_status(monkeypatch):
 
 def test_register_reports_hook_validates_reports():
     manager = PluginManager()
-    write = lambda records, out: []  # noqa: E731
+    write = lambda records, out: []  # noqa: E731 - a one-line helper
     manager.add(types.SimpleNamespace(ddbench_register_reports=hookimpl(lambda register: register(Report("mine", write)))), "a")
     manager.add(types.SimpleNamespace(ddbench_register_reports=hookimpl(lambda register: register(Report("mine", write)))), "b")
     with pytest.raises(PluginError, match="plugin 'b' registered report 'mine', already registered by plugin 'a'"):

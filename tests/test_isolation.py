@@ -6,17 +6,15 @@ of every class), so where the attack is stopped its cell scores exactly what ``f
 """
 from __future__ import annotations
 
-import adversarial
 import pytest
 
+import adversarial
 from ddbench import Budget
-
+from ddbench.plugins import PluginManager, parse_named
+from ddbench.results.records import Cell
 from ddbench.run import worker
 from ddbench.run.harness import Harness
-from ddbench.results.records import Cell
-from ddbench.plugins import PluginManager
 from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
-from ddbench.plugins import parse_named
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +187,8 @@ def test_a_class_a_worker_cannot_import_fails_its_cell_clearly(harness):
 
 # -- keys ---------------------------------------------------------------------------------------
 def test_the_cell_key_covers_everything_that_defines_a_result():
-    base = dict(task="digits", task_options={}, distiller="dsa", distiller_options={}, budget=Budget.parse("ipc=1"), seed=0,
-                eval_seeds=[0, 1, 2], learner="convnet", learner_options={}, profile="quick")
+    base = {"task": "digits", "task_options": {}, "distiller": "dsa", "distiller_options": {}, "budget": Budget.parse("ipc=1"), "seed": 0,
+                "eval_seeds": [0, 1, 2], "learner": "convnet", "learner_options": {}, "profile": "quick"}
     keys = {Cell(**base).key()}
     for change in ({"time_limit_s": 30.0}, {"device_type": "cuda"}, {"results_version": 0}, {"distiller_options": {"lr_img": 10}},
                    {"learner_options": {"width": 64}}, {"task_options": {"seed": 1}}, {"eval_seeds": [0, 1]}, {"profile": "full"}):

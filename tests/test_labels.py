@@ -8,11 +8,10 @@ import torch
 from ddbench import Artifact, Budget
 from ddbench.budget.artifact import admission_problems, admit
 from ddbench.budget.labels import BANK_LOGITS, BANK_VIEWS, build_teacher, data_scalars, kd_loss, regime, skeleton, teacher_tensors
-from ddbench.ops.augment import crop_views
-from ddbench.ops.augment import random_views
+from ddbench.contracts.recipe import Recipe
+from ddbench.ops.augment import crop_views, random_views
 from ddbench.ops.training import train_classifier
 from ddbench.plugins import instantiate
-from ddbench.contracts.recipe import Recipe
 from ddbench.results.leaderboard import TEACHER_ROW, write
 from ddbench.results.store import read_results
 from ddbench.run.suite import DistillerEntry, Suite, TaskEntry

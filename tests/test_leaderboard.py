@@ -151,7 +151,7 @@ def test_rows_with_different_settings_stay_apart_and_say_how(tmp_path):
 
 def test_compare_never_compares_rows_of_different_settings(tmp_path, capsys):
     old = write_json(tmp_path / "old.json", SETTINGS)
-    changed = [configured("dsa", [80.0], {"lr_img": 1})] + SETTINGS[1:]  # the plain dsa row is gone
+    changed = [configured("dsa", [80.0], {"lr_img": 1}), *SETTINGS[1:]]  # the plain dsa row is gone
     assert main(["compare", old, write_json(tmp_path / "new.json", changed)]) == 1
     flagged = [[c.strip() for c in l.split("|")[1:-1]] for l in capsys.readouterr().out.splitlines() if "REGRESSION" in l]
     assert flagged == [["digits", "dsa", "ipc=1", "(cell)", "ok", "missing", "", "", "REGRESSION"]]

@@ -8,9 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from ddbench_mgdd.distiller import META_IPC, MGDD
-from ddbench_mgdd.objective import as_distribution, solve
-from ddbench_tasks.images import Digits
 
 from ddbench import Budget
 from ddbench.contracts.deviations import doc_block
@@ -20,6 +17,9 @@ from ddbench.plugins import instantiate
 from ddbench.run.suite import view_opener
 from ddbench.testing import check_distiller
 from ddbench.testing.tasks import registered_task
+from ddbench_mgdd.distiller import META_IPC, MGDD
+from ddbench_mgdd.objective import as_distribution, solve
+from ddbench_tasks.images import Digits
 
 TINY = {"width": 4, "batch_real": 16}
 

@@ -9,8 +9,8 @@ import torch
 
 from ddbench import Budget, RunContext
 from ddbench.ops.augment import DSA
-from ddbench.results.records import Cell
 from ddbench.plugins import instantiate
+from ddbench.results.records import Cell
 from ddbench_learners.convnet import ConvNet
 from ddbench_mtt.distiller import DivergenceError
 from ddbench_mtt.experts import EXPERT_SEED, ExpertRecipe, expert_buffer, train_experts
@@ -114,7 +114,7 @@ def test_unknown_mode_names_the_choices():
 
 
 def test_presets_follow_the_spec_table():
-    row, source = preset("cifar10", 10)
+    row, _source = preset("cifar10", 10)
     assert (row.syn_steps, row.expert_epochs, row.max_start_epoch, row.lr_lr, row.lr_init) == (30, 2, 20, 1e-5, 0.001)
     assert preset("cifar100", 50)[0].batch_syn == 125
     assert preset("mnist", 1)[0] == preset("cifar10", 1)[0] and "no published row" in preset("mnist", 1)[1]

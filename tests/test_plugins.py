@@ -7,9 +7,8 @@ from importlib import metadata
 import pytest
 
 from ddbench import Artifact, Distiller, hookimpl
-from ddbench.errors import PluginError, UnknownNameError
+from ddbench.errors import PluginError, SuiteError, UnknownNameError
 from ddbench.plugins import PluginManager, instantiate
-from ddbench.errors import SuiteError
 
 
 def plugin_with(**hooks) -> types.SimpleNamespace:

@@ -9,22 +9,19 @@ import types
 import pytest
 
 from ddbench import Artifact, Budget, Distiller, hookimpl
-
-from ddbench.run import worker
 from ddbench.cli import main
-from ddbench.errors import StoreError, SuiteError
-from ddbench.run.harness import Harness
 from ddbench.contracts.interfaces import Task
-from ddbench.contracts.recipe import Recipe
+from ddbench.contracts.recipe import Recipe, evaluation_recipe
+from ddbench.errors import StoreError, SuiteError
 from ddbench.plugins import PluginManager, instantiate
-from ddbench.contracts.recipe import evaluation_recipe
-from ddbench.vocab import protocol_part
-from ddbench.vocab import PROTOCOL_FIELDS
 from ddbench.results.leaderboard import TRAINED, markdown, pages, write
 from ddbench.results.records import Cell, CellResult, aggregate, check_record, result_to_dict
 from ddbench.results.store import read_results
+from ddbench.run import worker
+from ddbench.run.harness import Harness
 from ddbench.run.suite import DistillerEntry, Suite, TaskEntry, default_suite, expand_suite, has_common_protocol, parse_suite
 from ddbench.testing import TinyClassification
+from ddbench.vocab import PROTOCOL_FIELDS, protocol_part
 
 STRATEGY = "color_crop_cutout_scale_rotate"
 DECLARED = {"epochs": 3, "augment": "none", "batch_size": 8, "labels": "class-balanced"}

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from ddbench import Artifact, Distiller, Published, hookimpl
-from ddbench.run import reproduce
 from ddbench.cli import main
 from ddbench.errors import SuiteError
-from ddbench.run.harness import Harness
 from ddbench.plugins import PluginManager, get_plugin_manager
 from ddbench.results.store import ResultStore
+from ddbench.run import reproduce
+from ddbench.run.harness import Harness
 from ddbench.testing.tasks import TinyClassification
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from ddbench.cli import main
 from ddbench.plugins import PluginManager
-from ddbench.testing.scaffold import PluginNames, ScaffoldError, write_plugin
 from ddbench.testing import check_distiller
+from ddbench.testing.scaffold import PluginNames, ScaffoldError, write_plugin
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -10,16 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddbench_mtt import distiller as mtt_module
-from ddbench_mtt.distiller import MTT
-from ddbench_mtt.seqmatch import (
-    PUBLISHED_EXAMPLE,
-    SeqMatch,
-    Stage,
-    parse_windows,
-    split_ipc,
-)
-from ddbench_mtt.unroll import draw_schedule
 
 from ddbench import Budget, RunContext
 from ddbench.contracts.deviations import doc_block
@@ -27,6 +17,10 @@ from ddbench.errors import SuiteError
 from ddbench.plugins import instantiate
 from ddbench.testing import check_distiller
 from ddbench.testing.tasks import tiny_classification
+from ddbench_mtt import distiller as mtt_module
+from ddbench_mtt.distiller import MTT
+from ddbench_mtt.seqmatch import PUBLISHED_EXAMPLE, SeqMatch, Stage, parse_windows, split_ipc
+from ddbench_mtt.unroll import draw_schedule
 
 TINY = {"iterations": 3, "num_experts": 2, "expert_group": 2, "expert_batch": 16, "prefix_epochs": 2, "syn_steps": 3,
         "batch_syn": 6, "max_start_epoch": 1, "expert_epochs": 1, "eval_epochs": None}

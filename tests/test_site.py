@@ -37,7 +37,7 @@ def test_the_site_shows_the_markdown_numbers(tmp_path):
     markdown = pages(rows, RECORDS, "regenerate")["digits.md"]
     for line in markdown.splitlines():
         if line.startswith("| ") and "±" in line and "± std" not in line:  # every Markdown row's rank, label and numbers are on the site
-            rank, label, numbers = [c.strip() for c in line.split("|")[1:4]]
+            _rank, label, numbers = [c.strip() for c in line.split("|")[1:4]]
             assert f">{numbers}</td>" in html and f">{label}</td>" in html
     assert 'href="site.css"' in html and 'src="site.js"' in html and "http" not in html.replace("http://www.w3.org", "")
     assert '<a href="digits.html">digits</a>' in (tmp_path / "index.html").read_text()

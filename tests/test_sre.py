@@ -7,18 +7,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from ddbench_sre import distillers
-from ddbench_sre.recover import (
-    BatchNormStatistics,
-    RecoverRecipe,
-    directed_perturbation,
-    recover,
-    roll_jitter,
-)
 from torch import nn
 
 from ddbench import Budget, RunContext
 from ddbench.plugins import instantiate
+from ddbench_sre import distillers
+from ddbench_sre.recover import BatchNormStatistics, RecoverRecipe, directed_perturbation, recover, roll_jitter
 
 
 def tiny_teacher() -> nn.Module:
@@ -68,7 +62,7 @@ def test_the_jitter_rolls_by_zero_to_jitter_pixels_on_each_axis():
     seen = set()
     for _ in range(400):
         out = roll_jitter(x, 2, g)
-        rows, cols = [(r, c) for r in range(8) for c in range(8) if torch.equal(torch.roll(x, (r, c), (-2, -1)), out)][0]
+        rows, cols = next((r, c) for r in range(8) for c in range(8) if torch.equal(torch.roll(x, (r, c), (-2, -1)), out))
         seen.add((rows, cols))
     assert seen == {(r, c) for r in range(3) for c in range(3)}  # random.randint(0, 2) twice: non-negative, inclusive
 

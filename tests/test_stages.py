@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from ddbench.budget.artifact import admission_problems, count_storage, with_labels
+from ddbench.budget.stages import stage_tensors
 from ddbench.contracts.interfaces import Artifact
 from ddbench.contracts.recipe import Recipe
-from ddbench.vocab import Budget
 from ddbench.ops.training import train_classifier
 from ddbench.plugins import instantiate
-from ddbench.budget.stages import stage_tensors
 from ddbench.testing.tasks import TinyClassification, task_view
+from ddbench.vocab import Budget
 
 VIEW = task_view(TinyClassification())  # 3 classes, (1, 8, 8) inputs
 RECIPE = Recipe(epochs=3, batch_size=4, augment="dsa", dsa_strategy="crop_flip")

@@ -17,8 +17,17 @@ from ddbench import Artifact, Budget, Distiller, hookimpl
 from ddbench.budget.artifact import admission_problems, admit
 from ddbench.errors import ArtifactError, BudgetError, NotApplicable
 from ddbench.testing import (
-    RULES, ConformanceError, TinyClassification, TinyRegression, check_distiller, check_registered, conformance,
-    registered_task, task_view, tiny_classification, tiny_regression,
+    RULES,
+    ConformanceError,
+    TinyClassification,
+    TinyRegression,
+    check_distiller,
+    check_registered,
+    conformance,
+    registered_task,
+    task_view,
+    tiny_classification,
+    tiny_regression,
 )
 from ddbench_learners.convnet import ConvNetLearner
 
@@ -313,4 +322,4 @@ def test_the_package_exports_what_the_kit_module_did():
     assert set(ddbench.testing.__all__) == names and names <= set(dir(ddbench.testing))
     assert all(getattr(ddbench.testing, name) is not None for name in names)
     with pytest.raises(AttributeError, match="has no attribute 'missing'"):
-        ddbench.testing.missing  # noqa: B018
+        ddbench.testing.missing  # noqa: B018 - the attribute access is what raises

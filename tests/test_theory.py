@@ -8,14 +8,14 @@ import torch
 
 from ddbench import Artifact, Budget, RunContext
 from ddbench.contracts.deviations import applicable, doc_block
-from ddbench.results.records import Cell
 from ddbench.plugins import instantiate
+from ddbench.results.records import Cell
 from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
-from ddbench_theory.two_layer import TwoLayer, TwoLayerLearner, first_layer_step, reinit_biases
 from ddbench_theory.baselines import RandomFeatures
 from ddbench_theory.distiller import TwoStage, artifact_size, resolve_size
 from ddbench_theory.stage1 import matching_loss
 from ddbench_theory.stage2 import head_from_points, kink_positions
+from ddbench_theory.two_layer import TwoLayer, TwoLayerLearner, first_layer_step, reinit_biases
 
 SMALL = {"d": 16, "r": 1, "n": 2000, "n_test": 2000, "calib_width": 32}
 FAST = {"steps1": 20, "steps2": 5}

@@ -151,7 +151,7 @@ def test_streamed_teacher_equals_the_in_memory_learner(data):
     recipe = Recipe(epochs=0, batch_size=0, options={"rho": rho, "ridge": lam, "init_seed": seed})
     ref = TwoLayerLearner(WIDTH).fit(TwoLayer(D, WIDTH, 0), Artifact({"x": x, "y": y}), recipe, torch.Generator())
     assert rel(teacher.W, ref.W) < 1e-5 and torch.equal(teacher.b, ref.b)
-    xt, yt = src.materialise(test=True)
+    xt, _yt = src.materialise(test=True)
     with torch.no_grad():
         assert float((teacher(xt) - ref(xt)).abs().max()) < 1e-4
     r2 = streamed_r2(src, {"teacher": teacher, "ref": ref})
@@ -192,7 +192,7 @@ def test_stage1_compile_option_routes_the_step_through_torch_compile(monkeypatch
     monkeypatch.setattr(torch, "compile", fake_compile)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, D, generator=gen), torch.randn(64, generator=gen)
-    run = lambda flag: match_gradients(x, y, 16, 0, 4, RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0)),  # noqa: E731
+    run = lambda flag: match_gradients(x, y, 16, 0, 4, RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0)),  # noqa: E731 - a one-line helper
                                        steps=5, lr=1e-2, compile=flag)
     plain = run(False)
     assert compiled == []

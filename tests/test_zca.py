@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from ddbench.cli import main
+from ddbench.contracts.interfaces import Split
+from ddbench.errors import SuiteError
+from ddbench.plugins import instantiate, parse_named
 from ddbench_analyses.mixing import pixel_w1
 from ddbench_tasks import zca as zca_module
 from ddbench_tasks.images import ImageTask
 from ddbench_tasks.splits import stratified_split
 from ddbench_tasks.zca import Zca
-
-from ddbench.cli import main
-from ddbench.errors import SuiteError
-from ddbench.contracts.interfaces import Split
-from ddbench.plugins import instantiate
-from ddbench.plugins import parse_named
 
 
 class Correlated(ImageTask):

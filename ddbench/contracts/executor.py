@@ -52,7 +52,7 @@ class Executor(ABC):
         an interruption (``KeyboardInterrupt``) or a setup error (a
         :class:`~ddbench.errors.DDBenchError`, before any cell ran) ends the iteration early."""
 
-    def check(self, harness: CellRunner) -> None:
+    def check(self, harness: CellRunner) -> None:  # noqa: B027 - optional: an executor that can always run leaves it empty
         """Raise a one-line :class:`~ddbench.errors.DDBenchError` when this executor cannot run cells
         with ``harness`` (its device, say); ``ddbench run`` asks before it writes anything."""
 

@@ -38,10 +38,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         return Split(self.x.to(device), self.y.to(device))
 
-    def subset(self, index: Tensor) -> "Split":
+    def subset(self, index: Tensor) -> Split:
         return Split(self.x[index], self.y[index])
 
 
@@ -112,7 +112,7 @@ class Artifact:
     def y(self) -> Tensor:
         return self.tensors["y"]
 
-    def to(self, device: torch.device | str) -> "Artifact":
+    def to(self, device: torch.device | str) -> Artifact:
         teacher = None if self.teacher is None else self.teacher.to(device)
         return Artifact({k: v.to(device) for k, v in self.tensors.items()}, dict(self.recipe), dict(self.meta), teacher)
 
@@ -361,10 +361,10 @@ class Distiller(Component, ABC):
         return None
 
     @abstractmethod
-    def distill(self, task: TaskView, budget: Budget | None, learner: Learner, context: RunContext) -> Artifact:
+    def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
         """Build the artifact. Never touches test data (it is not in ``task``).
 
-        ``budget`` is ``None`` for ``budget_exempt`` distillers.
+        A ``budget_exempt`` distiller is passed ``None`` and declares ``budget: Budget | None``.
         """
 
 

@@ -17,18 +17,19 @@ import torch
 from torch import Tensor, nn
 
 from ddbench.budget import labels
-from ddbench.vocab import REGIMES
 from ddbench.contracts.interfaces import Artifact, Learner, TaskView
 from ddbench.contracts.recipe import Recipe
 from ddbench.ops.ensemble import LayerChain, train_ensemble, vmap_unsupported
 from ddbench.ops.steps import stage_parts
 from ddbench.ops.training import train_classifier
+from ddbench.vocab import REGIMES
 
 
 def require_classification(task: TaskView, learner: str) -> int:
     """The task's number of classes; a one-line error naming ``learner`` when the task is a regression."""
     if task.num_classes is None:
-        raise ValueError(f"learner {learner!r} is a classifier; task {task.name!r} is regression: use a regression learner (see `ddbench ls learners`).")
+        raise ValueError(f"learner {learner!r} is a classifier; task {task.name!r} is regression: "
+                         "use a regression learner (see `ddbench ls learners`).")
     return task.num_classes
 
 
@@ -41,7 +42,8 @@ def fit_classifiers(models: Sequence[nn.Module], artifact: Artifact, recipe: Rec
     note = " (bf16 ignored on cpu)" if bf16 and device.type != "cuda" else (" bf16" if bf16 else "")
     kind = labels.regime(artifact.tensors, artifact.recipe)
     reason = ("ensemble=False" if not ensemble else "soft-bank label regime" if kind == "soft-bank"
-              else f"{recipe.optimizer} {recipe.schedule}" if recipe.optimizer not in ("sgd", "adamw") or recipe.schedule not in ("step", "cosine")
+              else f"{recipe.optimizer} {recipe.schedule}"
+              if recipe.optimizer not in ("sgd", "adamw") or recipe.schedule not in ("step", "cosine")
               else vmap_unsupported(models))
     if reason is not None:
         for model, generator in zip(models, generators, strict=True):
@@ -91,4 +93,4 @@ class ClassifierLearner(Learner):
 
     def embed(self, model: nn.Module, x: Tensor) -> Tensor:
         """The flattened feature before the last linear layer (DM's embedding, herding's features)."""
-        return model.features(x)
+        return model.get_submodule("features")(x)

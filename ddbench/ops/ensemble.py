@@ -38,8 +38,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from ddbench.budget import labels
-from ddbench.ops.augment import DSA, DCAugment, PadCrop, Transform, apply
 from ddbench.contracts.recipe import Recipe
+from ddbench.ops.augment import DSA, DCAugment, PadCrop, Transform, apply
 from ddbench.ops.steps import adamw_step, augmenter, cosine_lr, draw_seed, epoch_blocks, mixer, sgd_step, shuffles
 
 Params = dict[str, Tensor]
@@ -264,7 +264,7 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor | None, rec
                 xb = augment(e * steps + j, x[idx])
                 with autocast:  # the teacher's forward too, as train_classifier's batch_loss runs it
                     if teacher is None:
-                        yb = y[idx]  # type: ignore[index]
+                        yb = y[idx]  # type: ignore[index]  # y is None only in the teacher regime
                     else:
                         with torch.no_grad():
                             out = torch.stack([teacher(b) for b in xb]) if per_batch else teacher(xb.flatten(0, 1))

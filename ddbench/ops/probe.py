@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ddbench.contracts.interfaces import Artifact, Learner, TaskView
+from ddbench.contracts.recipe import Recipe
 from ddbench.ops.ensemble import grouped_forward, grouped_layers, stack_parameters, vmap_unsupported, write_back
 from ddbench.ops.steps import sgd_step
-from ddbench.contracts.recipe import Recipe
 
 PAPER_STEPS = 300  # the paper's probe trainer: full batch, 300 SGD steps, lr 0.01, momentum 0.9, no weight decay
 PAPER_LR = 0.01

@@ -17,11 +17,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ddbench.budget import stages
-from ddbench.ops.augment import DSA, DCAugment, Mixup, PadCrop
-from ddbench.budget import generator
+from ddbench.budget import generator, stages
 from ddbench.contracts.interfaces import Artifact
 from ddbench.contracts.recipe import Recipe
+from ddbench.ops.augment import DSA, DCAugment, Mixup, PadCrop
 
 
 def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
@@ -111,7 +110,7 @@ def sgd_step(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | 
     Returns the momentum buffers (``None`` before the first step, as the optimiser's fresh state).
     """
     if weight_decay != 0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
     if momentum != 0:
         if buffers is None:
             buffers = [g.clone() for g in grads]

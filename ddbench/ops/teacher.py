@@ -20,12 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ddbench.contracts.interfaces import Artifact, RunContext, TaskView
-from ddbench.contracts.recipe import Recipe
 from ddbench.budget.labels import installed, logits, skeleton, teacher_learner
+from ddbench.contracts.interfaces import Artifact, RunContext, TaskView
+from ddbench.contracts.recipe import Recipe, crop_protocol
 from ddbench.ops.cache import cache_key, fingerprint
 from ddbench.ops.steps import DRAWS
-from ddbench.contracts.recipe import crop_protocol
 
 CACHE_FOLDER = "teachers"
 TEACHER = "resnet:depth=18,width=64"  # the published teacher: ResNet-18 in CIFAR form

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddbench.budget import labels
-from ddbench.ops.augment import DSA, DCAugment, PadCrop, apply, crop_views
-from ddbench.ops.steps import augmenter, cosine_lr, draw_seed, epoch_blocks, mixer, optimizer, shuffles, stage_parts
 from ddbench.contracts.interfaces import Artifact
 from ddbench.contracts.recipe import Recipe
+from ddbench.ops.augment import DSA, DCAugment, PadCrop, apply, crop_views
+from ddbench.ops.steps import augmenter, cosine_lr, draw_seed, epoch_blocks, mixer, optimizer, shuffles, stage_parts
 
 
 def block_augmenter(augment: DSA | DCAugment | PadCrop | None, steps: int, batch: int, size: int) -> Callable[[int, Tensor], Tensor]:

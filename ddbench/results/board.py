@@ -47,7 +47,8 @@ def board_name(task: str, protocol: str = "native") -> str:
 
 def boards(rows: Sequence[Row]) -> list[tuple[str, str]]:
     """The (task, protocol) boards of ``rows``, by task, native first."""
-    return sorted({(r.task, r.protocol) for r in rows}, key=lambda b: (b[0], PROTOCOLS.index(b[1]) if b[1] in PROTOCOLS else len(PROTOCOLS), b[1]))
+    order = {p: i for i, p in enumerate(PROTOCOLS)}
+    return sorted({(r.task, r.protocol) for r in rows}, key=lambda b: (b[0], order.get(b[1], len(PROTOCOLS)), b[1]))
 
 
 def record_protocol(record: dict[str, Any]) -> str:

@@ -29,8 +29,21 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ddbench.results.board import (REGIME_TEXT, TEACHER_ROW, TRAINED, Board, Tier, all_boards, board, board_name, budget_key,
-                                   finished, ranked_by, teacher_rows, trained_model)
+from ddbench.results.board import (
+    REGIME_TEXT,
+    TEACHER_ROW,
+    TRAINED,
+    Board,
+    Tier,
+    all_boards,
+    board,
+    board_name,
+    budget_key,
+    finished,
+    ranked_by,
+    teacher_rows,
+    trained_model,
+)
 from ddbench.results.plotting import figure
 from ddbench.results.records import COLUMNS, Row, aggregate, breakdown, common_settings, fmt, shared_timing_note
 from ddbench.vocab import FULL, PROTOCOL_FIELDS, PROTOCOLS, protocol_part
@@ -93,12 +106,12 @@ def facts(b: Board, regenerate: str, others: list[str]) -> str:
                     "of its network: what storing the trained model instead of data would cost (a reference, not ranked)."
                     if len(b.references) > len(full) else "")
     bullets = [
-        f"- Provenance: ddbench {prov.get('ddbench', '?')} (commit {prov.get('commit') or 'unknown'}), torch {prov.get('torch', '?')}, "
-        f"Python {prov.get('python', '?')}; device: {', '.join(devices) or '?'}.",
-        f"- {finished(recs)}; profile {', '.join(profiles)}; {', '.join(map(str, eval_seeds))} evaluation nets per artifact; "
-        f"final-epoch test {metric}, nothing selected on test.",
-        f"- {ranked_by(metric, how, 'each budget tier')} `{FULL}` is the whole train split (a reference, not ranked); gain vs "
-        f"random = metric minus a random real subset at the same budget, seed and evaluation recipe.{trained_note}",
+        (f"- Provenance: ddbench {prov.get('ddbench', '?')} (commit {prov.get('commit') or 'unknown'}), torch {prov.get('torch', '?')}, "
+        f"Python {prov.get('python', '?')}; device: {', '.join(devices) or '?'}."),
+        (f"- {finished(recs)}; profile {', '.join(profiles)}; {', '.join(map(str, eval_seeds))} evaluation nets per artifact; "
+        f"final-epoch test {metric}, nothing selected on test."),
+        (f"- {ranked_by(metric, how, 'each budget tier')} `{FULL}` is the whole train split (a reference, not ranked); gain vs "
+        f"random = metric minus a random real subset at the same budget, seed and evaluation recipe.{trained_note}"),
         _protocol_fact(b, others),
         f"- Settings: {common or 'none recorded'}; a row that differs says how, in brackets after its distiller.",
         _regimes_fact(b),
@@ -160,13 +173,14 @@ def side_by_side(task: str, rows: list[Row], metric: str) -> str:
     for key in sorted(pairs, key=lambda k: (k[1] == FULL, budget_key(k[1]) if k[1] != FULL else (0, 0),
                                             (pairs[k].get("native") or pairs[k]["common"]).label)):
         native, common = pairs[key].get("native"), pairs[key].get("common")
-        label = (native or common).label  # type: ignore[union-attr]
+        label = (native or common).label  # type: ignore[union-attr]  # every pair has one of the two
         change = common.mean - native.mean if native and common else math.nan
         table.append([label, key[1], fmt(native.mean, ".2f") if native else "", fmt(common.mean, ".2f") if common else "",
                       fmt(change, "+.2f")])
     headers = ["distiller", "budget", f"native {metric}", f"common {metric}", "common − native"]
     return section("## Native and common protocols side by side",
-                   f"Mean {metric} of each distiller and budget: native from [{board_name(task, 'native')}.md]({board_name(task, 'native')}.md), "
+                   f"Mean {metric} of each distiller and budget: native from "
+                   f"[{board_name(task, 'native')}.md]({board_name(task, 'native')}.md), "
                    f"common from [{board_name(task, 'common')}.md]({board_name(task, 'common')}.md).",
                    tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
 
@@ -226,7 +240,7 @@ def plot(b: Board, path: Path) -> None:
         for name in sorted({r.label for r in rows if r.budget != FULL}):
             series = [r for r in rows if r.label == name and r.budget != FULL]
             pts = sorted((r.stored_params, r.mean, r.std) for r in series)
-            style = dict(linestyle="--", color="gray") if series[0].distiller == "random" else {}
+            style = {"linestyle": "--", "color": "gray"} if series[0].distiller == "random" else {}
             regime = series[0].regime
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=MARKERS.get(regime, "o"), capsize=3,
                         label=name + ("" if regime == "hard" else f" [{regime}]"), **style)
@@ -280,4 +294,4 @@ def write(records: list[dict[str, Any]], out: Path, tasks: list[str] | None = No
         written += [md, csv_path, png]
     results = out / "results.json"
     results.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
-    return written + [results]
+    return [*written, results]

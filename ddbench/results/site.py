@@ -25,8 +25,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ddbench.results.board import (REGIME_TEXT, TEACHER_ROW, TRAINED, Board, all_boards, board_columns, budget_key, finished, ranked_by,
-                                   record_protocol, regimes_of)
+from ddbench.results.board import (
+    REGIME_TEXT,
+    TEACHER_ROW,
+    TRAINED,
+    Board,
+    all_boards,
+    board_columns,
+    budget_key,
+    finished,
+    ranked_by,
+    record_protocol,
+    regimes_of,
+)
 from ddbench.results.leaderboard import table_line
 from ddbench.results.records import COLUMNS, Row, aggregate, footnote, settings
 from ddbench.vocab import FULL
@@ -162,7 +173,8 @@ def task_facts(boards: Sequence[Board], lines: list[tuple[str, Row]], analyses: 
                 if references else "") + "Label regimes: "
              + "; ".join(f"<code>{g}</code>: {escape(REGIME_TEXT[g])}" for g in regimes_of([r for _, r in lines])) + ".",
              "Click a column header to sort; the plot shows the rows the filters keep, with each protocol's Pareto front "
-             "(hover a point for its details). The Markdown boards: " + ", ".join(f"<code>{escape(b.name)}.md</code>" for b in boards) + "."]
+             "(hover a point for its details). The Markdown boards: "
+             + ", ".join(f"<code>{escape(b.name)}.md</code>" for b in boards) + "."]
     if analyses:
         facts.append('Analyses of the distilled data: <a href="analyses.html">analyses.html</a>.')
     return '<ul class="facts">' + "".join(f"<li>{f}</li>" for f in facts) + "</ul>"
@@ -190,8 +202,8 @@ def task_page(boards: Sequence[Board], records: list[dict[str, Any]], artifacts:
         ("title", f"<h1>ddbench leaderboard: {escape(task)}</h1>"),
         ("facts", task_facts(boards, lines, analyses)),
         ("filters", filters(lines)),
-        ("plot", f'<svg id="plot" class="plot" viewBox="0 0 760 420" width="760" height="420" role="img" '
-                 f'aria-label="{escape(metric)} against stored parameters"></svg>\n<div id="legend" class="legend"></div>'),
+        ("plot", (f'<svg id="plot" class="plot" viewBox="0 0 760 420" width="760" height="420" role="img" '
+                 f'aria-label="{escape(metric)} against stored parameters"></svg>\n<div id="legend" class="legend"></div>')),
         ("table", "\n".join([f'<div class="scroll"><table id="board" class="board"><thead><tr>{head}</tr></thead><tbody>',
                              *body, "</tbody></table></div>"])),
         ("data", f'<script type="application/json" id="board-data">{json_text}</script>'),
@@ -214,11 +226,11 @@ def index_page(by_task: dict[str, list[Board]], records: list[dict[str, Any]], a
     commits = sorted({str(r["provenance"].get("commit") or "unknown") for r in records})
     sections = [
         ("title", "<h1>ddbench leaderboards</h1>"),
-        ("facts", f'<ul class="facts"><li>{len(records)} stored cells from commit {escape(", ".join(commits))}; accuracy (or the '
-                  "task's metric) per stored parameter, final-epoch test numbers, nothing selected on test.</li></ul>"),
-        ("tasks", "\n".join(['<table class="board" id="tasks"><thead><tr><th class="text">task</th><th class="text">budgets</th>'
+        ("facts", (f'<ul class="facts"><li>{len(records)} stored cells from commit {escape(", ".join(commits))}; accuracy (or the '
+                  "task's metric) per stored parameter, final-epoch test numbers, nothing selected on test.</li></ul>")),
+        ("tasks", "\n".join([('<table class="board" id="tasks"><thead><tr><th class="text">task</th><th class="text">budgets</th>'
                              '<th class="text">protocols</th><th class="text">label regimes</th><th class="num">rows</th>'
-                             '<th class="num">cells</th></tr></thead><tbody>', *items, "</tbody></table>"])),
+                             '<th class="num">cells</th></tr></thead><tbody>'), *items, "</tbody></table>"])),
         ("analyses", '<p>Analyses of the distilled data: <a href="analyses.html">analyses.html</a>.</p>' if analyses else ""),
     ]
     return _page("ddbench leaderboards", [html for _, html in sections if html])
@@ -269,7 +281,7 @@ def write_site(records: Sequence[dict[str, Any]], site: Path, analysis_pages: Se
     written = []
     for name in ASSETS:
         target = site / name
-        with resources.as_file(resources.files("ddbench.results").joinpath("site_assets", name)) as source:
+        with resources.as_file(resources.files("ddbench.results").joinpath("site_assets").joinpath(name)) as source:
             shutil.copyfile(source, target)
         written.append(target)
     by_task = task_boards(rows, records)

@@ -37,19 +37,16 @@ from ddbench.budget.artifact import Storage, admit, compression, content_hash, s
 from ddbench.contracts import deviations
 from ddbench.contracts.executor import Executor, LocalExecutor
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Split, Task, TaskView
-from ddbench.errors import BudgetError, one_line
-from ddbench.run import worker
-from ddbench.vocab import DISTILLATION_REGIMES, Budget
-from ddbench.ops.subsets import random_artifact
-from ddbench.ops.device import resolve_device
-from ddbench.plugins import PluginManager, instantiate
 from ddbench.contracts.recipe import Recipe, evaluation_recipe
-from ddbench.plugins import parse_named
+from ddbench.errors import BudgetError, one_line
+from ddbench.ops.device import resolve_device
+from ddbench.ops.subsets import random_artifact
+from ddbench.plugins import PluginManager, instantiate, parse_named
 from ddbench.results.provenance import provenance
 from ddbench.results.records import RUN_LENGTH_META, Cell, CellResult
+from ddbench.run import worker
 from ddbench.run.suite import Suite, expand_suite, load_task
-from ddbench.vocab import PROTOCOL_FIELDS
-
+from ddbench.vocab import DISTILLATION_REGIMES, PROTOCOL_FIELDS, Budget
 
 TRACEBACK_CHARS = 8000  # a stored traceback keeps its first and last lines up to this size
 HEADER_BYTES = 1 << 20  # room for the safetensors header beyond 8 bytes per budgeted scalar

@@ -39,12 +39,11 @@ from typing import Any
 
 import torch
 
-from ddbench.errors import BudgetError, DDBenchWarning, SuiteError, close_names
 from ddbench.contracts.interfaces import Split, Task, TaskData, TaskView
-from ddbench.vocab import Budget
+from ddbench.errors import BudgetError, DDBenchWarning, SuiteError, close_names
 from ddbench.plugins import PluginManager, instantiate, parse_named
-from ddbench.vocab import PROTOCOLS
 from ddbench.results.records import Cell
+from ddbench.vocab import PROTOCOLS, Budget
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,7 +93,7 @@ def _check_keys(where: str, table: dict[str, Any], allowed: set[str]) -> None:
 
 
 def _need(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise SuiteError(f"{where}: {what} (got {value!r}).")
     return value
 
@@ -105,7 +104,8 @@ def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
     profile = data.get("profile", "quick")
     if profile not in PROFILES:
         raise SuiteError(f"{source}: profile must be one of {PROFILES} (got {profile!r}).")
-    eval_seeds = check_eval_seeds(_need(source, data.get("eval_seeds", 3), int, "eval_seeds must be a positive integer"), f"{source}: eval_seeds")
+    eval_seeds = check_eval_seeds(_need(source, data.get("eval_seeds", 3), int, "eval_seeds must be a positive integer"),
+                                  f"{source}: eval_seeds")
     seeds = _need(source, data.get("distill_seeds", [0]), list, "distill_seeds must be a list of integers")
     for s in seeds:
         check_seed(_need(source, s, int, "distill_seeds must be a list of integers"), f"{source}: distill_seeds")
@@ -137,9 +137,10 @@ def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
                                              _need(where, d.get("options", {}), dict, "options must be a table")))
     limit = data.get("time_limit_s")
     if limit is not None:
-        limit = check_time_limit(_need(source, limit, (int, float), "time_limit_s must be a number of seconds"), f"{source}: time_limit_s")
-    protocols = check_protocols(_need(source, data.get("protocols", ["native"]), list, 'protocols must be a list such as ["native", "common"]'),
-                                f"{source}: protocols")
+        limit = check_time_limit(_need(source, limit, (int, float), "time_limit_s must be a number of seconds"),
+                                 f"{source}: time_limit_s")
+    protocols = check_protocols(_need(source, data.get("protocols", ["native"]), list,
+                                      'protocols must be a list such as ["native", "common"]'), f"{source}: protocols")
     analyses = data.get("analyses", [])
     if not isinstance(analyses, list) or not all(isinstance(a, str) and a.strip() for a in analyses):
         raise SuiteError(f"{source}: analyses must be a list of analysis names, e.g. [\"mixing\", \"recognition\"] (got {analyses!r}).")

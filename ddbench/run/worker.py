@@ -52,7 +52,7 @@ from torch import Tensor
 
 from ddbench.budget import labels
 from ddbench.budget.artifact import check_boundary, from_bytes, to_bytes
-from ddbench.contracts.interfaces import Progress, RunContext, Split, TaskView
+from ddbench.contracts.interfaces import Distiller, Progress, RunContext, Split, TaskView
 from ddbench.errors import DDBenchError, NotApplicable, TaskDataError, one_line
 from ddbench.vocab import Budget
 
@@ -112,8 +112,8 @@ def write_view(view: TaskView, path: Path) -> ViewSpec:
 def read_view(spec: ViewSpec, device: torch.device) -> TaskView:
     """The view a distiller gets, its tensors read from the file into this process and moved to ``device``."""
     tensors = from_bytes(Path(spec.path).read_bytes(), "the task view")
-    split = lambda part: Split(tensors[f"{part}.x"].to(device), tensors[f"{part}.y"].to(device))  # noqa: E731
-    return TaskView(spec.name, spec.kind, spec.num_classes, spec.input_shape, split("train"), split("val"),  # type: ignore[arg-type]
+    split = lambda part: Split(tensors[f"{part}.x"].to(device), tensors[f"{part}.y"].to(device))  # noqa: E731 - a one-line helper
+    return TaskView(spec.name, spec.kind, spec.num_classes, spec.input_shape, split("train"), split("val"),  # type: ignore[arg-type]  # kind is checked where the view is written
                     spec.info, spec.options)
 
 
@@ -121,7 +121,7 @@ def read_view(spec: ViewSpec, device: torch.device) -> TaskView:
 class DistillRequest:
     """Everything a child needs for one distillation (pickled to it: the classes by reference)."""
 
-    distiller: type
+    distiller: type[Distiller]
     distiller_options: dict[str, Any]
     learner: type
     learner_options: dict[str, Any]
@@ -256,7 +256,7 @@ def _receive(process: Any, receiver: Connection, request: DistillRequest, on_pro
         return DistillReply("failed", error=error, distill_s=elapsed(), peak_mb=peak_mb, sources=sources)
 
     while True:
-        deadline = None if limit is None or started is None or finished is not None else started + limit + grace_s(limit)
+        deadline: float | None = None if limit is None or started is None or finished is not None else started + limit + grace_s(limit)
         if deadline is not None and time.monotonic() > deadline:
             assert limit is not None
             peak_mb = _peak_rss_mb(process.pid) or peak_mb
@@ -429,7 +429,7 @@ def _run(request: DistillRequest, channel: _Channel) -> tuple[dict[str, Any], by
     channel.send({"kind": "started"})
     context.started = time.perf_counter()
     try:
-        artifact = distiller.distill(view, request.budget, learner, context)  # type: ignore[arg-type]
+        artifact = distiller.distill(view, request.budget, learner, context)  # None reaches budget_exempt ones only
     except NotApplicable as exc:
         return {"status": "skipped", "error": str(exc)}, None
     cuda_peak = None

@@ -22,12 +22,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ddbench.errors import SuiteError, one_line
 from ddbench.contracts.executor import CellRunner, Executor
 from ddbench.contracts.options import non_negative, positive
-from ddbench.run.harness import Distilled, Harness, capped
+from ddbench.errors import SuiteError, one_line
 from ddbench.plugins import PluginManager
 from ddbench.results.records import Cell, CellResult
+from ddbench.run.harness import Distilled, Harness, capped
 
 INSTALL = 'pip install -e ".[ray]"'
 WAIT_S = 0.5  # the longest the driver waits for Ray without looking at signals
@@ -104,7 +104,7 @@ class RayExecutor(Executor):
         setup = ray.put({"run": uuid.uuid4().hex, "components": components(harness.manager), "device": device,
                          "cache_dir": str(harness.cache_dir.resolve()), "threads": max(1, int(self.cpus_per_cell)),
                          "artifact_dir": None if harness.artifact_dir is None else str(harness.artifact_dir.resolve())})
-        waiting, pending = list(groups), {}
+        waiting, pending = list(groups), dict[Any, list[Cell]]()
         done = failed = 0
         total = sum(map(len, groups))
         try:

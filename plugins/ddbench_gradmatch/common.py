@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from ddbench.contracts import options
-from ddbench.contracts.interfaces import Learner, Progress, TaskView
 from ddbench.contracts.deviations import Deviation
+from ddbench.contracts.interfaces import Learner, Progress, TaskView
 from ddbench.ops.steps import draw_seed
 from ddbench_gradmatch.sampling import INITS
 

@@ -35,16 +35,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ddbench.budget.generator import ConditionalGenerator, generator_tensors
 from ddbench.contracts import options
-from ddbench.errors import BudgetError, TaskDataError
-from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Progress, RunContext, TaskView
 from ddbench.contracts.deviations import Deviation
-from ddbench.vocab import Budget
+from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Progress, RunContext, TaskView
+from ddbench.errors import BudgetError, TaskDataError
 from ddbench.ops.augment import DSA, apply
 from ddbench.ops.cache import cache_key, fingerprint
-from ddbench.budget.generator import ConditionalGenerator, generator_tensors
-from ddbench.ops.subsets import random_subset
 from ddbench.ops.steps import draw_seed
+from ddbench.ops.subsets import random_subset
+from ddbench.vocab import Budget
 from ddbench_mgdd.objective import as_distribution, solve
 
 FORMS = ("outputs", "regenerate")
@@ -91,8 +91,9 @@ class MGDD(Distiller):
         Deviation(aspect="meta-learning",
                   official="\"a meta-learning algorithm, where a meta generator is trained on a large dataset so that only a few steps "
                   "are required to adapt to a target dataset\"; the algorithm not stated",
-                  ours="first-order Reptile: per episode (10 real source inputs per class) the target's adaptation for `inner_steps` 10 "
-                  "steps from a fresh Adam, then the meta-weights moved `meta_lr` (1, annealed linearly to 0) of the way to the adapted ones",
+                  ours="first-order Reptile: per episode (10 real source inputs per class) the target's adaptation for "
+                  "`inner_steps` 10 steps from a fresh Adam, then the meta-weights moved `meta_lr` (1, annealed linearly to 0) "
+                  "of the way to the adapted ones",
                   why="ours: its inner loop is exactly the target's adaptation, with no second-order terms and no query loss; on digits "
                   "validation it matched pretraining and no meta-training within noise", when="meta=reptile"),
         Deviation(aspect="meta-learning", official="as above",

@@ -142,7 +142,7 @@ class SRe2L(Distiller):
         chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
         total = done = len(chunks) * recipe.steps
         for b, chunk in enumerate(chunks):
-            report = lambda step, loss, done=b * recipe.steps: context.progress.update(done + step, total, loss=loss)  # noqa: E731
+            report = lambda step, loss, done=b * recipe.steps: context.progress.update(done + step, total, loss=loss)  # noqa: E731 - a one-line helper
             x[chunk] = recover(model, x0[chunk], y[chunk], recipe, context.generator, bounds, report,
                                self.perturbation(model, y[chunk]))
             if context.should_stop() and b + 1 < len(chunks):  # the later batches stay at their initialisation

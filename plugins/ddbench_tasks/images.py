@@ -174,7 +174,7 @@ class Mnist1d(ImageTask):
             data = make_dataset(get_dataset_args())
         finally:
             np.random.set_state(state)
-        as_split = lambda x, y: Split(torch.tensor(x, dtype=torch.float32), torch.tensor(y))  # noqa: E731
+        as_split = lambda x, y: Split(torch.tensor(x, dtype=torch.float32), torch.tensor(y))  # noqa: E731 - a one-line helper
         return as_split(data["x"], data["y"]), as_split(data["x_test"], data["y_test"])
 
 

@@ -7,6 +7,7 @@ Written by ``ddbench theory-study`` from the per-seed results of :mod:`ddbench_t
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -63,7 +64,7 @@ def _range(values: list[float | None]) -> str:
     return text + (f" ({miss} of {len(values)} not reached)" if miss else "")
 
 
-def config_table(results: list[dict[str, Any]]) -> list[list[str]]:
+def config_table(results: list[dict[str, Any]]) -> list[list[Any]]:
     by: dict[Key, list[dict[str, Any]]] = {}
     for res in results:
         c = res["config"]
@@ -99,6 +100,11 @@ def _ci(samples: list[dict], name: str, spec: str = ".2f") -> str:
     return "—" if ci is None else f"[{ci[0]:{spec}}, {ci[1]:{spec}}]"
 
 
+def _slopes(points: dict[Key, float], axis: str) -> dict[str, float]:
+    """The measured slopes of log B* along ``axis``, keyed by text (what a bootstrap resample gives)."""
+    return {str(k): v for k, v in fits.slopes(points, axis).items()}
+
+
 def fit_lines(results: list[dict[str, Any]], eps: str) -> tuple[list[str], dict[str, Any]]:
     """The fits at ``eps`` (link he2), with intervals, as Markdown lines, and the point estimates."""
     g = {k: v for k, v in groups(results, eps).items() if k.link == "he2"}
@@ -106,22 +112,22 @@ def fit_lines(results: list[dict[str, Any]], eps: str) -> tuple[list[str], dict[
     power, two = fits.power_law(points), fits.two_term(points)
     nd = fits.one_term(points, lambda k: _full(results, k))
     theory = fits.one_term(points, lambda k: k.r**2 * k.d + k.width)
-    if not power or not two:
+    if not power or not two or not nd:
         return ["- Too few configurations reached the target for a fit."], {}
     boot_power = fits.bootstrap(g, lambda p: fits.power_law(p) or {})
     boot_two = fits.bootstrap(g, lambda p: fits.two_term(p) or {})
     inside = {"d": _contains(boot_power, "s_d", 1.0), "r": _contains(boot_power, "s_r", 2.0)}
     total_hits = total_groups = 0
     lines = [
-        f"- {len(points)} configurations with a median (of {len(g)}), medians over seeds; intervals: 95 % bootstrap over "
-        f"seeds ({fits.BOOTSTRAP} resamples).",
-        f"- Power law log B* = c + s_d log d + s_r log r + s_L log L: s_d = {power['s_d']:.2f} {_ci(boot_power, 's_d')}, "
+        (f"- {len(points)} configurations with a median (of {len(g)}), medians over seeds; intervals: 95 % bootstrap over "
+        f"seeds ({fits.BOOTSTRAP} resamples)."),
+        (f"- Power law log B* = c + s_d log d + s_r log r + s_L log L: s_d = {power['s_d']:.2f} {_ci(boot_power, 's_d')}, "
         f"s_r = {power['s_r']:.2f} {_ci(boot_power, 's_r')}, s_L = {power['s_L']:.2f} {_ci(boot_power, 's_L')}; "
         f"R^2 in log space {power['r2_log']:.3f}. The pure r^2 d term predicts s_d = 1 ({'inside' if inside['d'] else 'outside'} "
-        f"the interval) and s_r = 2 ({'inside' if inside['r'] else 'outside'}).",
-        f"- Two-term NNLS B* = c1 r^2 d + c2 L: c1 = {two['c1']:.3f} {_ci(boot_two, 'c1', '.3f')}, c2 = {two['c2']:.3f} "
+        f"the interval) and s_r = 2 ({'inside' if inside['r'] else 'outside'})."),
+        (f"- Two-term NNLS B* = c1 r^2 d + c2 L: c1 = {two['c1']:.3f} {_ci(boot_two, 'c1', '.3f')}, c2 = {two['c2']:.3f} "
         f"{_ci(boot_two, 'c2', '.3f')}; R^2 {two['r2']:.3f} {_ci(boot_two, 'r2', '.3f')}, largest relative error "
-        f"{two['max_rel_err']:.2f}.",
+        f"{two['max_rel_err']:.2f}."),
         f"- For contrast, one term: B* = c n(d+1) has R^2 {nd['r2']:.3f}" + (f"; B* = c (r^2 d + L) has c = {theory['c']:.3f}, "
                                                                             f"R^2 {theory['r2']:.3f}." if theory else "."),
     ]
@@ -129,7 +135,7 @@ def fit_lines(results: list[dict[str, Any]], eps: str) -> tuple[list[str], dict[
         lines += ["", f"Slope of log B* in {label}: measured with its interval, beside the slope that the fitted two-term "
                       "model has over the same configurations" + (" and the pure-term prediction." if axis != "width" else "."), ""]
         measured = fits.slopes(points, axis)
-        boot = fits.bootstrap(g, lambda p, axis=axis: {str(k): v for k, v in fits.slopes(p, axis).items()})
+        boot = fits.bootstrap(g, functools.partial(_slopes, axis=axis))
         rows = []
         hits = 0
         for grp, value in measured.items():
@@ -174,7 +180,7 @@ def monotonicity(results: list[dict[str, Any]]) -> list[str]:
     for eps in (EPS, SENSITIVITY):
         cells = [(r, v) for r in results for v in r["b_star"][eps]["violations"]]
         pairs = {(json.dumps(r["config"], sort_keys=True), v["m1"]) for r, v in cells}
-        searched = sum(len(set(m1 for m1 in r["stage1"] if r["stage1"][m1] is not None)) for r in results)
+        searched = sum(len({m1 for m1 in r["stage1"] if r["stage1"][m1] is not None}) for r in results)
         worst = max(cells, key=lambda rv: rv[1]["r2_pass"] - rv[1]["r2_fail"], default=None)  # the largest drop
         text = (f"- eps = {eps}: {len(pairs)} of {searched} (configuration, seed, M1) searches have a pair M2 < M2' where M2 "
                 f"reaches the target and M2' does not ({len(cells)} pairs)")
@@ -238,23 +244,23 @@ def markdown(payload: dict[str, Any]) -> str:
     tiers = sorted({r["tier"] for r in results})
     settings = results[0]["settings"] if results else {}
     facts = [
-        f"- Provenance: ddbench {prov.get('ddbench', '?')} (commit {prov.get('commit') or 'unknown'}), torch "
+        (f"- Provenance: ddbench {prov.get('ddbench', '?')} (commit {prov.get('commit') or 'unknown'}), torch "
         f"{prov.get('torch', '?')}; device: {', '.join(devices)}; tier {', '.join(tiers)} "
         f"(n = 4 d^2 r capped at {settings.get('n_cap')}, n_test {settings.get('n_test')}, K1 = {settings.get('steps1')}, "
-        f"K2 = {settings.get('steps2')} Adam steps after the closed-form stage-2 labels); {len(results)} configurations x seeds.",
+        f"K2 = {settings.get('steps2')} Adam steps after the closed-form stage-2 labels); {len(results)} configurations x seeds."),
         f"- Run: `{COMMAND}` (cache under .ddbench/theory-study; `--board-only` rewrites this page from "
         f"{NAME}.json). Evaluating every cell took {sum(r['compute_s'] for r in results) / 60:.0f} min of process time "
         f"({sum(r['evaluations'] for r in results)} cells, summed over the worker processes)"
         + (f"; this run took {payload['wall_s'] / 60:.1f} min wall and evaluated {sum(r['fresh'] for r in results)} of them "
            "(the rest from the cache)." if payload.get("wall_s") is not None else "."),
-        "- Method (docs/theory.md §4, §7): the `two-stage` distiller's artifact, trained by the `two-layer` learner in artifact "
+        ("- Method (docs/theory.md §4, §7): the `two-stage` distiller's artifact, trained by the `two-layer` learner in artifact "
         "mode at the seed's theta0, test R^2 on fresh inputs with noise-free targets; the budget is the harness's count of "
         "every stored scalar. Target: R^2(teacher) - eps, the teacher being the same learner on all n real points at the "
         "same theta0. B*: for each M1 in {r, 2r, r^2, 2r^2, 4r^2}, the smallest M2 in [1, L] reaching the target by "
         "bisection started from the grid {L/4, L/2, L}, to 1 % of the budget; B* is the smallest over M1. "
-        "**Grid B*** is the old answer from the grid alone.",
-        "- Random reference: the first m points of one seeded permutation of the train split, trained by the same learner with "
-        "its ridge lambda chosen on the validation split (never test), bisected over m to 5 %; its budget is m(d+1).",
+        "**Grid B*** is the old answer from the grid alone."),
+        ("- Random reference: the first m points of one seeded permutation of the train split, trained by the same learner with "
+        "its ridge lambda chosen on the validation split (never test), bisected over m to 5 %; its budget is m(d+1)."),
     ]
     fit05, info = fit_lines(results, EPS)
     sections = [
@@ -327,7 +333,7 @@ def write(results: list[dict[str, Any]] | dict[str, Any], out: Path, elapsed: fl
     """Write the board's Markdown, CSV, plot and JSON under ``out``; ``results`` is the study's list or a saved JSON."""
     from ddbench.results.provenance import provenance
 
-    payload = results if isinstance(results, dict) else {"results": results, "wall_s": elapsed, "provenance": provenance()}
+    payload: dict[str, Any] = results if isinstance(results, dict) else {"results": results, "wall_s": elapsed, "provenance": provenance()}
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{NAME}.md", out / f"{NAME}.csv", out / f"{NAME}.png", out / f"{NAME}.json"]
     paths[0].write_text(markdown(payload))

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from ddbench import Artifact, Recipe
-from ddbench_learners.convnet import ConvNet
 from ddbench.ops.ensemble import train_ensemble
 from ddbench.ops.training import train_classifier
+from ddbench_learners.convnet import ConvNet
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 FAST = ("mnist", 5)  # the size the fast lane runs

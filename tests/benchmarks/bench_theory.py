@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ddbench import RunContext
-from ddbench_theory.two_layer import feature_moments, first_layer_grad, symmetric_init
 from ddbench_theory.stage1 import match_gradients
 from ddbench_theory.stage2 import fit_head_points
+from ddbench_theory.two_layer import feature_moments, first_layer_grad, symmetric_init
 
 D, WIDTH, N = 32, 256, 8192
 

@@ -13,10 +13,10 @@ import torch
 
 from ddbench.budget.artifact import with_labels
 from ddbench.contracts.interfaces import RunContext
-from ddbench.vocab import Budget
-from ddbench.plugins import get_plugin_manager, instantiate
 from ddbench.contracts.recipe import evaluation_recipe
+from ddbench.plugins import get_plugin_manager, instantiate
 from ddbench.run.suite import load_task
+from ddbench.vocab import Budget
 
 SETTINGS = {"dc, init noise": ("dc", {"init": "noise"}), "dc, init real": ("dc", {"init": "real"}), "random": ("random", {})}
 

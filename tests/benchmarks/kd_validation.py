@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from ddbench.budget.artifact import with_labels
-from ddbench.contracts.interfaces import Artifact, RunContext
-from ddbench.vocab import Budget
 from ddbench.budget.labels import teacher_tensors, with_teacher
+from ddbench.contracts.interfaces import Artifact, RunContext
 from ddbench.ops.subsets import random_artifact
 from ddbench.ops.teacher import squeeze_recipe, squeeze_teacher
 from ddbench.plugins import get_plugin_manager, instantiate
 from ddbench.run.suite import load_view
+from ddbench.vocab import Budget
 
 TEACHER = "resnet:depth=18,width=16"
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {  # name: (the teacher's augmentation, changes to the official recipe)
@@ -51,7 +51,7 @@ def main(task_name: str = "digits") -> None:
     official = task.teacher_recipe("full")
     cache = tempfile.mkdtemp(prefix="ddbench-kd-validation-")
     for name, (augment, changes) in ROWS.items():
-        context = RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0), cache_dir=cache)  # type: ignore[arg-type]
+        context = RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0), cache_dir=cache)  # type: ignore[arg-type]  # tests are not type-checked
         teacher, _ = squeeze_teacher(view, TEACHER, squeeze_recipe(view, 9, augment), context)
         accuracies = []
         for subset in (0, 1):

@@ -18,10 +18,10 @@ import torch
 
 from ddbench.budget.artifact import with_labels
 from ddbench.contracts.interfaces import RunContext
-from ddbench.vocab import Budget
-from ddbench.plugins import get_plugin_manager, instantiate
 from ddbench.contracts.recipe import evaluation_recipe
+from ddbench.plugins import get_plugin_manager, instantiate
 from ddbench.run.suite import load_view, view_opener
+from ddbench.vocab import Budget
 
 SETTINGS: dict[str, dict[str, Any]] = {  # meta_steps: generator steps (Reptile: outer steps x inner_steps)
     "no meta-training, adapt 10": {"meta_steps": 0, "adapt_steps": 10},

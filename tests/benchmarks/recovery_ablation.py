@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from ddbench.budget.artifact import with_labels
-from ddbench.contracts.interfaces import RunContext
-from ddbench.vocab import Budget
 from ddbench.budget.labels import with_teacher
+from ddbench.contracts.interfaces import RunContext
 from ddbench.plugins import get_plugin_manager, instantiate
 from ddbench.run.suite import load_view
+from ddbench.vocab import Budget
 
 ROWS: dict[str, dict[str, Any]] = {
     "the real images (1 step at lr 1e-6)": {"steps": 1, "lr": 1e-6},
@@ -51,7 +51,7 @@ def main() -> None:
         distiller = instantiate(manager.distillers.get(method), options, "quick")
         accuracies = []
         for seed in (0, 1):
-            context = RunContext(torch.device("cpu"), seed, torch.Generator().manual_seed(seed), cache_dir=cache)  # type: ignore[arg-type]
+            context = RunContext(torch.device("cpu"), seed, torch.Generator().manual_seed(seed), cache_dir=cache)  # type: ignore[arg-type]  # tests are not type-checked
             artifact = distiller.distill(view, Budget.parse("ipc=10"), learner, context)
             artifact = with_labels(with_teacher(artifact, view, manager.learners, "cpu"), view.num_classes)
             models = [learner.build(view, s) for s in (0, 1)]
