@@ -46,7 +46,7 @@ class First(Distiller):
 class Liar(torch.Tensor):
     """A tensor subclass that reports one element, whatever it holds."""
 
-    def numel(self) -> int:  # type: ignore[override]  # a lying tensor, on purpose
+    def numel(self) -> int:
         return 1
 
 

@@ -92,7 +92,7 @@ def test_one_student_step_mixes_the_batch_and_the_teacher_relabels_the_mixed_vie
     student = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
     reference = copy.deepcopy(student)
     recipe = Recipe(epochs=0, batch_size=6, optimizer="adamw", schedule="cosine", lr=1e-2, weight_decay=0.01, temperature=4.0,
-                    mixup=0.8, teacher_mode=mode, kd_t2=t2)  # type: ignore[arg-type]  # tests are not type-checked
+                    mixup=0.8, teacher_mode=mode, kd_t2=t2)
     artifact = Artifact({"x": x}, {"teacher": "a"}, teacher=teacher)
     train_classifier(student, artifact, recipe, torch.Generator().manual_seed(7))
 

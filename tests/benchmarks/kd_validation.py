@@ -51,7 +51,7 @@ def main(task_name: str = "digits") -> None:
     official = task.teacher_recipe("full")
     cache = tempfile.mkdtemp(prefix="ddbench-kd-validation-")
     for name, (augment, changes) in ROWS.items():
-        context = RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0), cache_dir=cache)  # type: ignore[arg-type]  # tests are not type-checked
+        context = RunContext(torch.device("cpu"), 0, torch.Generator().manual_seed(0), cache_dir=cache)
         teacher, _ = squeeze_teacher(view, TEACHER, squeeze_recipe(view, 9, augment), context)
         accuracies = []
         for subset in (0, 1):

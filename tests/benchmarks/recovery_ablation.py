@@ -51,7 +51,7 @@ def main() -> None:
         distiller = instantiate(manager.distillers.get(method), options, "quick")
         accuracies = []
         for seed in (0, 1):
-            context = RunContext(torch.device("cpu"), seed, torch.Generator().manual_seed(seed), cache_dir=cache)  # type: ignore[arg-type]  # tests are not type-checked
+            context = RunContext(torch.device("cpu"), seed, torch.Generator().manual_seed(seed), cache_dir=cache)
             artifact = distiller.distill(view, Budget.parse("ipc=10"), learner, context)
             artifact = with_labels(with_teacher(artifact, view, manager.learners, "cpu"), view.num_classes)
             models = [learner.build(view, s) for s in (0, 1)]
