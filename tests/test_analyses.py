@@ -15,13 +15,14 @@ from ddbench.analysis.runner import AnalysisContext, analyze, artifact_files, bu
 from ddbench.budget.artifact import save
 from ddbench.cli import main
 from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject
-from ddbench.ops import probe
 from ddbench.contracts.interfaces import Split
+from ddbench.ops import probe
 from ddbench.ops.hessian import exact_trace, hessian_trace, hutchinson_trace, module_loss
 from ddbench.ops.probe import class_draw, fit_full_batch, fit_weighted
 from ddbench.plugins import PluginManager
 from ddbench.results.store import ResultStore
-from ddbench_analyses import agreement as agreement_module, influence, recognition
+from ddbench_analyses import agreement as agreement_module
+from ddbench_analyses import influence, recognition
 from ddbench_analyses.agreement import EarlyAgreement, curvature
 from ddbench_analyses.influence import PointwiseInfluence, summarise
 from ddbench_analyses.mixing import Mixing

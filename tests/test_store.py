@@ -12,12 +12,12 @@ import time
 import pytest
 import torch
 
+import store_writer
 from ddbench import Artifact
 from ddbench.budget.artifact import load, save
 from ddbench.errors import ArtifactError
 from ddbench.results.records import Cell, CellResult, result_from_dict, result_to_dict
 from ddbench.results.store import ResultStore
-import store_writer
 from store_writer import fake_result
 
 SUITE = """
