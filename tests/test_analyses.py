@@ -2,6 +2,7 @@
 tiny sizes, the cache, the store table and the command."""
 from __future__ import annotations
 
+import functools
 import math
 import time
 import types
@@ -15,11 +16,13 @@ from ddbench.budget.artifact import save
 from ddbench.cli import main
 from ddbench.contracts.analysis import Analysis, Metric, Outcome, Subject
 from ddbench.contracts.interfaces import Split
+from ddbench.ops import probe
 from ddbench.ops.hessian import exact_trace, hessian_trace, hutchinson_trace, module_loss
 from ddbench.ops.probe import class_draw, fit_full_batch, fit_weighted
 from ddbench.plugins import PluginManager
 from ddbench.results.store import ResultStore
-from ddbench_analyses import recognition
+from ddbench_analyses import agreement as agreement_module
+from ddbench_analyses import influence, recognition
 from ddbench_analyses.agreement import EarlyAgreement, curvature
 from ddbench_analyses.influence import PointwiseInfluence, summarise
 from ddbench_analyses.mixing import Mixing
@@ -49,6 +52,19 @@ def test_class_draws_are_nested_and_class_balanced(digits):
     assert torch.bincount(y[large], minlength=10).tolist() == [5] * 10
 
 
+SHORT_STEPS = 30  # of the probe trainer's full-batch fits, in tests that check what an analysis fits on, not for how long
+
+
+@pytest.fixture
+def short_fits(monkeypatch):
+    """The probe trainer's full-batch fits (the paper's 300 steps: ``probe.PAPER_STEPS``) cut to
+    :data:`SHORT_STEPS` wherever an analysis calls them: the protocol fits, the subset pool, the
+    leave-one-out ensemble. The code path is the same at any length."""
+    short = functools.partial(probe.fit_weighted, steps=SHORT_STEPS)
+    for module in (probe, agreement_module, influence):
+        monkeypatch.setattr(module, "fit_weighted", short)
+
+
 @pytest.fixture
 def float64():
     previous = torch.get_default_dtype()
@@ -57,9 +73,9 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-def test_the_leave_one_out_ensemble_equals_sequential_leave_one_out_runs(digits, float64):
-    """In float64, where the vmapped convolutions' other summation order does not grow over 300
-    steps into the 1e-3 differences it reaches in float32."""
+def test_the_leave_one_out_ensemble_equals_sequential_leave_one_out_runs(digits, float64, short_fits):
+    """In float64, where the vmapped convolutions' other summation order does not grow over the
+    steps into the 1e-3 differences it reaches in float32 (300 steps)."""
     s = subject(digits, 1)
     s.test = Split(s.test.x.double(), s.test.y)
     d = Artifact({"x": s.artifact.x.double(), "y": s.artifact.y})
@@ -68,7 +84,7 @@ def test_the_leave_one_out_ensemble_equals_sequential_leave_one_out_runs(digits,
 
     def sequential(keep):
         model = s.learner.build(s.view, 7)
-        fit_full_batch(model, d.x[keep], d.y[keep])
+        fit_full_batch(model, d.x[keep], d.y[keep], steps=SHORT_STEPS)
         return torch.nn.functional.cross_entropy(s.learner.predict(model, s.test.x), s.test.y, reduction="none")
     assert torch.allclose(losses[0], sequential(torch.arange(n)), atol=1e-9)
     for i in (0, 4, n - 1):
@@ -139,7 +155,7 @@ def test_influence_summaries_on_a_hand_made_matrix():
     assert m["own_class_influence"] == pytest.approx((1 + 1 - 1) / 3)
 
 
-def test_mixing_reports_curves_against_the_random_baseline(digits):
+def test_mixing_reports_curves_against_the_random_baseline(digits, short_fits):
     out = Mixing(repeats=1, k_grid=[0, 2]).analyze(subject(digits), AnalysisContext(torch.device("cpu")))
     assert set(out.metrics) >= {"acc@0", "acc@2", "acc_base@0", "harm@2", "gap@2", "monotone", "k_converge", "pixel_w1"}
     assert out.metrics["acc@0"] == out.metrics["acc_base@0"] or out.metrics["gap@0"] != 0
@@ -181,7 +197,7 @@ def test_the_paper_pool_trains_its_convnets_with_the_official_recipe(digits, tmp
 TINY = {"runs": 2, "subset_models": 4, "band": 0.5}
 
 
-def test_early_agreement_matches_on_validation_never_test_and_reuses_its_caches(digits, tmp_path):
+def test_early_agreement_matches_on_validation_never_test_and_reuses_its_caches(digits, tmp_path, short_fits):
     s = subject(digits)
     context = AnalysisContext(torch.device("cpu"), tmp_path)
     analysis = EarlyAgreement(repeats=1, **TINY)
@@ -240,7 +256,7 @@ def saved_artifact(digits, folder):
     return save(s.artifact, folder / "digits-random-k", {"cell": cell, "key": "cellkey", "recipe": s.recipe.as_dict()})
 
 
-def test_a_broken_analysis_fails_only_its_row(manager, digits, tmp_path):
+def test_a_broken_analysis_fails_only_its_row(manager, digits, tmp_path, short_fits):
     extra = PluginManager()
     extra.load_entrypoints()
     extra.add(types.SimpleNamespace(ddbench_register_analyses=hookimpl(lambda register: [register(Broken), register(Undeclared)])), "bad")

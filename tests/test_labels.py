@@ -18,6 +18,7 @@ from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
 
 SPEC = "convnet:width=8,depth=2,norm=batchnorm"  # a small BatchNorm teacher: fast on CPU
 TEACHER_OPTIONS = {"labels": "teacher", "teacher": SPEC, "squeeze_epochs": 20, "squeeze_augment": "none"}
+SHORT = {"epochs": 5}  # digits' evaluation nets (and the random reference) train 5 epochs here, not the quick profile's 150
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_a_soft_label_bank_trains_from_its_views(view):
 
 
 def test_the_reference_is_trained_in_the_rows_regime(harness, tmp_path):
-    suite = Suite("labels", [TaskEntry("digits", [Budget.parse("ipc=1")])],
+    suite = Suite("labels", [TaskEntry("digits", [Budget.parse("ipc=1")], SHORT)],
                   [DistillerEntry("random"), DistillerEntry("random", dict(TEACHER_OPTIONS))], "quick", 2, [0])
     hard, taught = harness.run(suite)
     assert hard.status == taught.status == "ok", (hard.error, taught.error)
@@ -206,7 +207,7 @@ def test_sre2l_relabels_into_each_regime(manager, view, tmp_path, form, kind):
 
 
 def test_distillation_regimes_stay_off_the_common_board(harness):
-    suite = Suite("labels", [TaskEntry("digits", [Budget.parse("ipc=1")])], [DistillerEntry("random", dict(TEACHER_OPTIONS))],
+    suite = Suite("labels", [TaskEntry("digits", [Budget.parse("ipc=1")], SHORT)], [DistillerEntry("random", dict(TEACHER_OPTIONS))],
                   "quick", 2, [0], protocols=["native", "common"])
     native, common = harness.run(suite)
     assert native.status == "ok" and common.status == "skipped"
@@ -216,7 +217,7 @@ def test_distillation_regimes_stay_off_the_common_board(harness):
 def test_a_teacher_larger_than_the_budgets_bytes_crosses_the_worker(harness):
     # ResNet-18 at width 16 is 2.8 MB of float32, beyond the ~1 MB the worker reads for ipc=1 on digits
     options = {**TEACHER_OPTIONS, "teacher": "resnet:depth=18,width=16", "squeeze_epochs": 1}
-    suite = Suite("labels", [TaskEntry("digits", [Budget.parse("ipc=1")])], [DistillerEntry("random", options)], "quick", 1, [0])
+    suite = Suite("labels", [TaskEntry("digits", [Budget.parse("ipc=1")], SHORT)], [DistillerEntry("random", options)], "quick", 1, [0])
     (result,) = harness.run(suite)
     assert result.status == "ok", result.error
     assert result.extra["teacher_params"] > 700_000 and result.stored_params == 640 + result.extra["teacher_params"]

@@ -12,11 +12,13 @@ import time
 import pytest
 import torch
 
-from ddbench import Artifact, Budget
+import store_writer
+from ddbench import Artifact
 from ddbench.budget.artifact import load, save
 from ddbench.errors import ArtifactError
 from ddbench.results.records import Cell, CellResult, result_from_dict, result_to_dict
 from ddbench.results.store import ResultStore
+from store_writer import fake_result
 
 SUITE = """
 name = "kill-test"
@@ -28,11 +30,6 @@ budgets = ["ipc=1", "ipc=2", "ipc=3", "ipc=4", "ipc=5", "ipc=6"]
 [[distiller]]
 name = "random"
 """
-
-
-def fake_result(i: int, accuracy: float = 90.0) -> CellResult:
-    cell = Cell("digits", {}, "random", {}, Budget("ipc", i + 1), 0, [0], "convnet", {}, "quick")
-    return CellResult(cell, "ok", "accuracy", [accuracy], stored_params=650 * (i + 1), distill_s=1.0, device="cpu")
 
 
 def test_result_round_trip(tmp_path):
@@ -97,18 +94,11 @@ def test_sigkill_mid_suite_loses_nothing(tmp_path):
     assert {r["key"]: r["finished_at"] for r in after if r["key"] in before} == before  # not recomputed
 
 
-def _writer(path: str, offset: int, n: int) -> None:
-    store = ResultStore(path)
-    for i in range(n):
-        store.put(fake_result(offset + i))
-    store.close()
-
-
 def test_concurrent_writers_do_not_corrupt(tmp_path):
     path = str(tmp_path / "r.sqlite")
     ResultStore(path).close()
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, k * 1000, 60)) for k in range(2)]
+    procs = [ctx.Process(target=store_writer.write, args=(path, k * 1000, 60)) for k in range(2)]
     for p in procs:
         p.start()
     for p in procs:

@@ -115,12 +115,34 @@ def implied_slope(keys: list[Key], axis: str, c1: float, c2: float) -> float:
 
 
 def bootstrap(groups: Groups, statistic: Callable[[dict[Key, float]], dict]) -> list[dict]:
-    """``statistic`` of the medians of every resample of the seeds (configurations resampled independently)."""
+    """``statistic`` of the medians of every resample of the seeds (configurations resampled independently).
+
+    Resample ``b`` draws ``len(v)`` seed indices for every configuration in turn, as
+    ``rng.integers(0, len(v), len(v))`` would; all draws are made in one call (the same stream) and
+    the medians of all resamples are taken at once, with :func:`median`'s rule and arithmetic."""
+    keys = list(groups)
+    if not keys:
+        return [value for _ in range(BOOTSTRAP) if (value := statistic({}))]
+    lengths = np.array([len(groups[k]) for k in keys])
     rng = np.random.default_rng(BOOTSTRAP_SEED)
+    draws = rng.integers(0, np.tile(np.repeat(lengths, lengths), BOOTSTRAP)).reshape(BOOTSTRAP, -1)
+    width = int(lengths.max())
+    values = np.full((len(keys), width + 1), np.nan)  # column `width`: the padding a short configuration draws from
+    for i, k in enumerate(keys):
+        values[i, : lengths[i]] = [math.nan if v is None else v for v in groups[k]]
+    index = np.full((BOOTSTRAP, len(keys), width), width)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    for i, (start, n) in enumerate(zip(starts, lengths)):
+        index[:, i, :n] = draws[:, start : start + n]
+    sample = np.sort(values[np.arange(len(keys))[None, :, None], index], axis=-1)  # not reached (nan) last
+    reached = (~np.isnan(sample)).sum(-1)
+    low = np.take_along_axis(sample, np.maximum(reached - 1, 0)[..., None] // 2, -1)[..., 0]
+    high = np.take_along_axis(sample, (reached // 2)[..., None], -1)[..., 0]
+    mids = (low + high) / 2
+    kept = (reached > 0) & (2 * reached >= lengths[None, :])
     out = []
-    for _ in range(BOOTSTRAP):
-        sample: Groups = {k: [v[i] for i in rng.integers(0, len(v), len(v))] for k, v in groups.items()}
-        value = statistic(medians(sample))
+    for b in range(BOOTSTRAP):
+        value = statistic({k: float(mids[b, i]) for i, k in enumerate(keys) if kept[b, i]})
         if value:
             out.append(value)
     return out

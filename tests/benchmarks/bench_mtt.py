@@ -1,6 +1,6 @@
 """Time and memory of MTT's gradient modes versus syn_steps (``docs/methods.md`` §8, §12).
 
-Run and save:   python -m pytest tests/benchmarks/bench_mtt.py --benchmark-enable --benchmark-autosave
+Run and save:   python -m pytest tests/benchmarks/bench_mtt.py -m "" --benchmark-enable --benchmark-autosave
 Memory (bytes saved for backward, plus the adjoint modes' stored parameter vectors) is recorded in
 each benchmark's ``extra_info["graph_mb"]``; ``test_memory_versus_syn_steps`` checks its shape.
 On CUDA, ``python -m ddbench_mtt.measure --device cuda`` prints s/iteration and peak memory.
@@ -14,6 +14,9 @@ from ddbench_mtt.measure import graph_bytes, run_mode, setup
 from ddbench_mtt.unroll import MODES
 
 STEPS = (2, 4, 8)
+# As a plain test the fast lane times each mode at the shortest unroll, the slow lane the longer ones
+# (the same code at more steps); test_memory_versus_syn_steps runs all three in the fast lane.
+GRID = [pytest.param(n, marks=() if n == STEPS[0] else pytest.mark.slow) for n in STEPS]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def memory(case, mode: str, steps: int) -> int:
     return graph_bytes(mode, run_mode(case, mode, steps), steps, case["model"].size, case["start"].element_size())
 
 
-@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("steps", GRID)
 @pytest.mark.parametrize("mode", MODES)
 def test_gradient_iteration(benchmark, case, mode, steps):
     """One MTT gradient (student unroll + gradient w.r.t. S and alpha)."""
