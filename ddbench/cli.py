@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ddbench import __version__
-from ddbench.contracts.executor import Executor, LocalExecutor
+from ddbench.contracts.executor import Executor
 from ddbench.errors import DDBenchError, DDBenchWarning, PluginError, SuiteError, close_names
 from ddbench.plugins import PluginManager, get_plugin_manager, instantiate, options_of, parse_named, plural
 from ddbench.results.leaderboard import BOARDS
@@ -22,6 +22,7 @@ from ddbench.results.records import CellResult
 from ddbench.results.report import summary
 from ddbench.results.store import DEFAULT_PATH, ResultStore, default_store_path, read_all, read_results
 from ddbench.run import reproduce, worker
+from ddbench.run.local import LocalExecutor
 from ddbench.run.suite import (
     DistillerEntry,
     Suite,
@@ -71,7 +72,7 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     run.add_argument("--ray-address", metavar="auto|HOST:PORT",
                      help="ray: the Ray cluster to join (default: as ray.init() finds one, else a new one here)")
     run.add_argument("--gpus-per-cell", type=float, metavar="G", help="ray: GPUs each cell holds (a fraction shares a GPU, e.g. 0.25)")
-    run.add_argument("--cpus-per-cell", type=float, metavar="N", help="ray: CPUs each cell holds, its torch threads (default 1)")
+    run.add_argument("--cpus-per-cell", type=float, metavar="N", help="ray: CPUs each cell holds (default 1)")
 
     repro = sub.add_parser("reproduce", help="run a method's published configuration and write its reproduction page")
     reproduce.add_arguments(repro)

@@ -20,13 +20,14 @@ import torch
 
 from ddbench import Budget, hookimpl
 from ddbench.cli import main
-from ddbench.contracts.executor import Executor, LocalExecutor
+from ddbench.contracts.executor import Executor
 from ddbench.errors import PluginError, SuiteError
 from ddbench.plugins import PluginManager
 from ddbench.results.records import Cell, CellResult
 from ddbench.results.store import ResultStore, read_results
+from ddbench.run.local import LocalExecutor, components, distillations, largest_first, rebuilt
 from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
-from ddbench_executors.ray_executor import RayExecutor, components, distillations, rebuilt
+from ddbench_executors.ray_executor import RayExecutor
 
 TESTS = Path(__file__).resolve().parent
 RUN = ["--task", "digits", "--budget", "ipc=1", "--distiller", "random", "--device", "cpu"]
@@ -166,6 +167,67 @@ def test_a_shared_device_is_kept_in_provenance_and_noted_on_the_board(tmp_path):
     assert "Timing" not in alone
 
 
+# -- the local executor's cell hosts -----------------------------------------------------------
+def test_the_local_executor_starts_the_largest_budgets_first():
+    small, large = cell("random"), Cell("digits", {}, "random", {}, Budget.parse("ipc=10"), 0, [0], "convnet", {}, "quick")
+    whole = Cell("digits", {}, "full", {}, None, 0, [0], "convnet", {}, "quick")
+    assert largest_first([[small], [large], [whole]]) == [[whole], [large], [small]]
+
+
+def test_classes_a_cell_host_cannot_import_run_in_this_process(harness):
+    class Local(Recorder):  # defined in a function: pickle cannot send it to a cell host
+        name = "local-only"
+
+    harness.manager.registries["executor"].items["local-only"] = Local
+    statuses: list[str] = []
+    harness.on_status = statuses.append
+    suite = Suite("s", [TaskEntry("digits", [Budget.parse("ipc=1")], {"epochs": 2})], [DistillerEntry("random"),
+                  DistillerEntry("herding")], eval_seeds=1, profile="quick")
+    try:
+        results = harness.run(suite, executor=LocalExecutor(workers=2))
+    finally:
+        del harness.manager.registries["executor"].items["local-only"]
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert statuses[0].startswith("local: one cell at a time (the run's plugin classes cannot be sent to a cell host: ")
+
+
+@pytest.mark.slow  # about 30 s: the same cells with one cell host and with two
+def test_two_cell_hosts_give_the_numbers_of_one(tmp_path, capsys):
+    args = ["--task", "digits", "--budget", "ipc=1", "--distiller", "random", "--distiller", "herding", "--distiller", "dm",
+            "--seeds", "2", "--protocol", "native", "--protocol", "common", "--device", "cpu"]
+    assert main(["run", "--executor", "local:workers=1", "--store", str(tmp_path / "one.sqlite"), *args]) == 0
+    assert main(["run", "--executor", "local:workers=2", "--store", str(tmp_path / "two.sqlite"), *args]) == 0
+    assert capsys.readouterr().err.count("6 cells run in") == 2
+    one, two = stored(tmp_path / "one.sqlite"), stored(tmp_path / "two.sqlite")
+    assert len(one) == 6 and one.keys() == two.keys()
+    for key, record in one.items():
+        assert record["status"] == "ok"
+        assert {f: two[key][f] for f in SAME} == {f: record[f] for f in SAME}, record["config"]
+
+
+@pytest.mark.slow  # about 20 s: two cell hosts, one killed and replaced
+def test_a_killed_cell_host_fails_only_the_cells_it_held(tmp_path):
+    import adversarial
+    import executor_plugins
+    from ddbench.run.harness import Harness
+
+    manager = PluginManager()
+    manager.load_entrypoints()
+    manager.add(adversarial, "adversarial")
+    manager.add(executor_plugins, "executor-plugins")
+    marker = tmp_path / "attempts"
+    suite = Suite("s", [TaskEntry("digits", [Budget.parse("ipc=1")], {"epochs": 10})],
+                  [DistillerEntry("kill-worker", {"marker": str(marker), "kills": 1}), DistillerEntry("random"),
+                   DistillerEntry("herding"), DistillerEntry("first")],
+                  eval_seeds=1, profile="quick", protocols=["native", "common"])
+    results = Harness(manager, "cpu", cache_dir=tmp_path / "cache").run(suite, executor=LocalExecutor(workers=2))
+    status = {(r.cell.distiller, r.cell.protocol): (r.status, r.error) for r in results}
+    assert marker.read_text() == "attempt\n"  # not retried
+    for protocol in ("native", "common"):
+        assert status["kill-worker", protocol] == ("failed", "the cell host running this cell died (killed by signal 9)")
+        assert all(status[name, protocol] == ("ok", "") for name in ("random", "herding", "first")), status
+
+
 # -- the ray executor on a local Ray instance (slow lane) ------------------------------------
 @pytest.fixture(scope="module")
 def ray_instance():
@@ -202,7 +264,6 @@ SAME = ("status", "metric", "values", "random_ref", "extra", "stored_params", "s
 def test_the_ray_executor_gives_the_local_executors_results(ray_instance, tmp_path, capsys):
     args = ["--task", "digits", "--budget", "ipc=1", "--distiller", "random", "--distiller", "herding", "--distiller", "dm",
             "--seeds", "2", "--protocol", "native", "--protocol", "common", "--device", "cpu"]
-    torch.set_num_threads(1)  # the threads of a ray cell with --cpus-per-cell 1
     assert main(["run", "--store", str(tmp_path / "local.sqlite"), *args]) == 0
     assert main(["run", "--executor", "ray", "--cpus-per-cell", "1", "--store", str(tmp_path / "ray.sqlite"), *args]) == 0
     assert "6 cells run in" in capsys.readouterr().err

@@ -2,10 +2,10 @@
 
 The harness expands a suite into cells, leaves out those already finished, and hands the rest to
 an executor, which yields every cell's result as soon as it is final; ``ddbench run`` commits each
-one to the store at once, so the store is written by the driver alone. :class:`LocalExecutor`
-(``local``, the default) runs the cells one after the other in this process, each distillation in
-a fresh cell worker (:mod:`ddbench.run.worker`). The ``ray`` executor (plugin ``executors``, extra
-``ray``) spreads them over a machine's devices or a Ray cluster (docs/executors.md).
+one to the store at once, so the store is written by the driver alone. The ``local`` executor
+(:mod:`ddbench.run.local`, the default) runs them on this machine, each distillation in a fresh
+cell worker (:mod:`ddbench.run.worker`); the ``ray`` executor (plugin ``executors``, extra ``ray``)
+spreads them over a machine's devices or a Ray cluster (docs/executors.md).
 
 What an executor says about how a cell ran goes into the cell's provenance (:meth:`Executor.provenance`);
 :func:`shared_timing_note` is the line a board prints when some of its cells shared a device.
@@ -26,6 +26,7 @@ class CellRunner(Protocol):
 
     manager: Any  # the ddbench.plugins.PluginManager whose classes the cells name
     device: Any  # the torch.device the cells run on
+    threads: int  # the torch threads each cell computes with (its numbers depend on them)
     cache_dir: Path
     artifact_dir: Path | None
     on_status: Callable[[str], None] | None  # where an executor reports the state of the run, in one line
@@ -59,17 +60,3 @@ class Executor(ABC):
     def provenance(self, result: CellResult) -> dict[str, Any]:
         """What the store records of how ``result`` ran, under ``provenance["executor"]`` (nothing: ``{}``)."""
         return {}
-
-
-class LocalExecutor(Executor):
-    """One cell after the other in this process; the two protocols' cells of one distillation
-    share it. Records nothing beyond what a run always records."""
-
-    name = "local"
-    description = "cells one after the other on this machine, each distillation in a fresh worker (the default)"
-
-    def run(self, harness: CellRunner, cells: Sequence[Cell]) -> Iterator[CellResult]:
-        harness.start_workers()
-        distilled: dict[str, Any] = {}  # the last distillation (ddbench.run.harness.Distilled), for its cell under the other protocol
-        for i, cell in enumerate(cells):
-            yield harness.run_cell(cell, f"[{i + 1}/{len(cells)}]", distilled)

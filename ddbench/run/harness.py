@@ -35,7 +35,7 @@ import torch
 from ddbench.budget import labels
 from ddbench.budget.artifact import Storage, admit, compression, content_hash, save, with_labels
 from ddbench.contracts import deviations
-from ddbench.contracts.executor import Executor, LocalExecutor
+from ddbench.contracts.executor import Executor
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Split, Task, TaskView
 from ddbench.contracts.recipe import Recipe, evaluation_recipe
 from ddbench.errors import BudgetError, one_line
@@ -45,6 +45,7 @@ from ddbench.plugins import PluginManager, instantiate, parse_named
 from ddbench.results.provenance import provenance
 from ddbench.results.records import RUN_LENGTH_META, Cell, CellResult
 from ddbench.run import worker
+from ddbench.run.local import LocalExecutor
 from ddbench.run.suite import Suite, expand_suite, load_task
 from ddbench.vocab import DISTILLATION_REGIMES, PROTOCOL_FIELDS, Budget
 
@@ -77,13 +78,20 @@ class Harness:
     Distillations run in worker processes (:mod:`ddbench.run.worker`), which import the main module
     of the program, as multiprocessing does: a script that drives a harness itself guards its
     entry point with ``if __name__ == "__main__":``.
+
+    Every cell computes with ``threads`` torch threads (default 1), its distillation and its
+    evaluation alike, whatever runs it: fp32 sums follow the thread count, so a suite gives the same
+    numbers one cell at a time, several at once and under Ray (docs/executors.md).
     """
 
     def __init__(self, manager: PluginManager, device: str = "auto", cache_dir: Path | str = ".ddbench/cache",
                  on_progress: Callable[[str, int, int | None, dict[str, float]], None] | None = None,
-                 artifact_dir: Path | str | None = None, on_status: Callable[[str], None] | None = None):
+                 artifact_dir: Path | str | None = None, on_status: Callable[[str], None] | None = None, threads: int = 1):
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 (got {threads!r})")
         self.manager = manager
         self.device = resolve_device(device)
+        self.threads = threads
         self.cache_dir = Path(cache_dir)
         self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else None
         self.on_progress = on_progress
@@ -125,16 +133,18 @@ class Harness:
 
     def run(self, suite: Suite, on_result: Callable[[CellResult], None] | None = None,
             skip: Callable[[Cell], bool] | None = None, executor: Executor | None = None) -> list[CellResult]:
-        """Run every cell of ``suite`` but those ``skip`` accepts with ``executor`` (default: the
-        :class:`~ddbench.contracts.executor.LocalExecutor`); ``on_result`` sees each result as soon as it is final."""
+        """Run every cell of ``suite`` but those ``skip`` accepts with ``executor`` (default: one cell
+        after the other in this process, ``LocalExecutor(workers=1)``); ``on_result`` sees each result
+        as soon as it is final. Returns the results in the suite's order."""
         cells = [cell for cell in self.cells(suite) if skip is None or not skip(cell)]
         results = []
         self._evaluations.clear()  # reuse within a run only: a second run trains its nets again
-        for result in (executor or LocalExecutor()).run(self, cells):
+        for result in (executor or LocalExecutor(workers=1)).run(self, cells):
             results.append(result)
             if on_result is not None:
                 on_result(result)
-        return results
+        order = {cell.key(): i for i, cell in enumerate(cells)}
+        return sorted(results, key=lambda r: order[r.cell.key()])
 
     def run_cell(self, cell: Cell, tag: str = "", distilled: dict[str, Distilled] | None = None) -> CellResult:
         """Distil in a worker, admit the artifact, evaluate one cell; any failure becomes a failed result.
@@ -142,12 +152,16 @@ class Harness:
         ``distilled`` (what :meth:`run` passes): the last distillation by its :meth:`Cell.distillation`,
         reused by the cell of the same distillation under the other protocol, and replaced by this one's."""
         result = CellResult(cell, "failed", device=self._device_name())
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
         try:
             self._run_cell(result, tag, distilled)
         except Exception as exc:  # noqa: BLE001 - a failing cell never takes the run down
             result.status = "failed"
             result.error = one_line(exc)[:1000]
             result.traceback = capped(traceback.format_exc())
+        finally:
+            torch.set_num_threads(threads)
         return result
 
     def _run_cell(self, result: CellResult, tag: str, distilled: dict[str, Distilled] | None) -> None:
@@ -255,7 +269,7 @@ class Harness:
 
         request = worker.DistillRequest(distiller, options, self.manager.learners.get(cell.learner), cell.learner_options,
                                         cell.profile, self._view_spec(cell.task, cell.task_options, cell.profile), budget,
-                                        cell.seed, str(self.device), time_limit_s, str(self.cache_dir), torch.get_num_threads())
+                                        cell.seed, str(self.device), time_limit_s, str(self.cache_dir), self.threads)
         max_bytes = None if budget is None else budget.scalars(view) * 8 + HEADER_BYTES
         return worker.distill(request, report, max_bytes, open_view)
 

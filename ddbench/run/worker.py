@@ -386,9 +386,9 @@ class _Channel:
             self.send({"kind": "progress", "step": int(step), "total": None if total is None else int(total), "metrics": metrics})
 
 
-def _exit_with_parent() -> None:
-    """On Linux, ask the kernel to kill this child when its parent (the fork server, which exits
-    with the harness) dies, so that a killed harness leaves no distiller running."""
+def exit_with_parent() -> None:
+    """On Linux, ask the kernel to kill this process when its parent (the fork server, which exits
+    with the harness) dies, so that a killed harness leaves no distiller or cell host running."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -398,7 +398,7 @@ def _exit_with_parent() -> None:
 
 def _child(request: DistillRequest, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the harness's to handle: it stops this child
-    _exit_with_parent()
+    exit_with_parent()
     channel = _Channel(conn)
     try:
         header, data = _run(request, channel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ddbench import hookimpl
-from ddbench.contracts.executor import LocalExecutor
+from ddbench.run.local import LocalExecutor
 from ddbench_executors.ray_executor import RayExecutor
 
 

@@ -25,9 +25,9 @@ from typing import Any
 from ddbench.contracts.executor import CellRunner, Executor
 from ddbench.contracts.options import non_negative, positive
 from ddbench.errors import SuiteError, one_line
-from ddbench.plugins import PluginManager
 from ddbench.results.records import Cell, CellResult
 from ddbench.run.harness import Distilled, Harness, capped
+from ddbench.run.local import components, distillations, rebuilt
 
 INSTALL = 'pip install -e ".[ray]"'
 WAIT_S = 0.5  # the longest the driver waits for Ray without looking at signals
@@ -36,7 +36,7 @@ WAIT_S = 0.5  # the longest the driver waits for Ray without looking at signals
 class RayExecutor(Executor):
     """Cells as Ray tasks: ``address`` None starts a Ray instance on this machine for the run
     (``auto`` or ``HOST:PORT``: an existing cluster); each task asks Ray for ``cpus_per_cell`` CPUs
-    (its torch threads) and ``gpus_per_cell`` GPUs (a fraction lets cells share a GPU)."""
+    (what it holds; it computes with the run's threads per cell) and ``gpus_per_cell`` GPUs (a fraction lets cells share a GPU)."""
 
     name = "ray"
     description = f"cells as Ray tasks on this machine's devices or a Ray cluster (needs {INSTALL})"
@@ -102,7 +102,7 @@ class RayExecutor(Executor):
             num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=self.retries, retry_exceptions=False,
             name="ddbench-cells", **({"runtime_env": {"env_vars": env}} if env else {}))
         setup = ray.put({"run": uuid.uuid4().hex, "components": components(harness.manager), "device": device,
-                         "cache_dir": str(harness.cache_dir.resolve()), "threads": max(1, int(self.cpus_per_cell)),
+                         "cache_dir": str(harness.cache_dir.resolve()), "threads": harness.threads,
                          "artifact_dir": None if harness.artifact_dir is None else str(harness.artifact_dir.resolve())})
         waiting, pending = list(groups), dict[Any, list[Cell]]()
         done = failed = 0
@@ -174,30 +174,6 @@ class RayExecutor(Executor):
                 "cells_per_device": per_device, "shared_device": per_device > 1}
 
 
-def distillations(cells: Sequence[Cell]) -> list[list[Cell]]:
-    """``cells`` in groups of one distillation each (its cells under both protocols), in order."""
-    groups: dict[str, list[Cell]] = {}
-    for cell in cells:
-        groups.setdefault(cell.distillation(), []).append(cell)
-    return list(groups.values())
-
-
-def components(manager: PluginManager) -> dict[str, Any]:
-    """What a worker needs to rebuild ``manager`` (:func:`rebuilt`): its plugins and registered classes."""
-    return {"plugins": dict(manager.plugins),
-            "registries": {kind: (dict(r.items), dict(r.owner)) for kind, r in manager.registries.items()}}
-
-
-def rebuilt(parts: dict[str, Any]) -> PluginManager:
-    """A plugin manager holding the classes of :func:`components`, without loading entry points."""
-    manager = PluginManager()
-    manager.plugins.update(parts["plugins"])
-    for kind, (items, owner) in parts["registries"].items():
-        manager.registries[kind].items.update(items)
-        manager.registries[kind].owner.update(owner)
-    return manager
-
-
 # -- a Ray worker ------------------------------------------------------------------------------
 _harness: tuple[str, Harness] | None = None  # this worker process's harness for the run it serves
 
@@ -214,7 +190,8 @@ def run_cells(setup: dict[str, Any], cells: list[Cell]) -> tuple[list[CellResult
         torch.set_num_threads(setup["threads"])
         worker.warm_allocator()
         manager = rebuilt(setup["components"])
-        harness = Harness(manager, setup["device"], Path(setup["cache_dir"]), artifact_dir=setup["artifact_dir"])
+        harness = Harness(manager, setup["device"], Path(setup["cache_dir"]), artifact_dir=setup["artifact_dir"],
+                          threads=setup["threads"])
         harness.start_workers()
         _harness = (setup["run"], harness)
     harness = _harness[1]
