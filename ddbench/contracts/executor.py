@@ -60,3 +60,13 @@ class Executor(ABC):
     def provenance(self, result: CellResult) -> dict[str, Any]:
         """What the store records of how ``result`` ran, under ``provenance["executor"]`` (nothing: ``{}``)."""
         return {}
+
+
+def one_by_one(harness: CellRunner, cells: Sequence[Cell]) -> Iterator[CellResult]:
+    """Run ``cells`` one after the other with ``harness`` in this process, the cell of a distillation
+    under the second protocol reusing the first one's distillation: what ``Harness.run`` does
+    without an executor, and the ``local`` executor on a GPU or with one worker."""
+    harness.start_workers()
+    distilled: dict[str, Any] = {}  # the last distillation (ddbench.run.harness.Distilled), for its cell under the other protocol
+    for i, cell in enumerate(cells):
+        yield harness.run_cell(cell, f"[{i + 1}/{len(cells)}]", distilled)

@@ -35,7 +35,7 @@ import torch
 from ddbench.budget import labels
 from ddbench.budget.artifact import Storage, admit, compression, content_hash, save, with_labels
 from ddbench.contracts import deviations
-from ddbench.contracts.executor import Executor
+from ddbench.contracts.executor import Executor, one_by_one
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Split, Task, TaskView
 from ddbench.contracts.recipe import Recipe, evaluation_recipe
 from ddbench.errors import BudgetError, one_line
@@ -45,7 +45,6 @@ from ddbench.plugins import PluginManager, instantiate, parse_named
 from ddbench.results.provenance import provenance
 from ddbench.results.records import RUN_LENGTH_META, Cell, CellResult
 from ddbench.run import worker
-from ddbench.run.local import LocalExecutor
 from ddbench.run.suite import Suite, expand_suite, load_task
 from ddbench.vocab import DISTILLATION_REGIMES, PROTOCOL_FIELDS, Budget
 
@@ -134,12 +133,12 @@ class Harness:
     def run(self, suite: Suite, on_result: Callable[[CellResult], None] | None = None,
             skip: Callable[[Cell], bool] | None = None, executor: Executor | None = None) -> list[CellResult]:
         """Run every cell of ``suite`` but those ``skip`` accepts with ``executor`` (default: one cell
-        after the other in this process, ``LocalExecutor(workers=1)``); ``on_result`` sees each result
-        as soon as it is final. Returns the results in the suite's order."""
+        after the other in this process, :func:`~ddbench.contracts.executor.one_by_one`); ``on_result``
+        sees each result as soon as it is final. Returns the results in the suite's order."""
         cells = [cell for cell in self.cells(suite) if skip is None or not skip(cell)]
         results = []
         self._evaluations.clear()  # reuse within a run only: a second run trains its nets again
-        for result in (executor or LocalExecutor(workers=1)).run(self, cells):
+        for result in (executor.run(self, cells) if executor else one_by_one(self, cells)):
             results.append(result)
             if on_result is not None:
                 on_result(result)

@@ -19,16 +19,14 @@ import signal
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from ddbench.contracts.executor import CellRunner, Executor
+from ddbench.contracts.executor import CellRunner, Executor, one_by_one
 from ddbench.errors import one_line
 from ddbench.plugins import PluginManager
 from ddbench.results.records import Cell, CellResult
 from ddbench.run import worker
-
-if TYPE_CHECKING:
-    from ddbench.run.harness import Distilled
+from ddbench.run.harness import Distilled, Harness
 
 WAIT_S = 0.5  # the longest the driver waits for a host without looking at signals
 
@@ -56,10 +54,7 @@ class LocalExecutor(Executor):
                 return
             if harness.on_status is not None:
                 harness.on_status(f"local: one cell at a time ({why})")
-        harness.start_workers()
-        distilled: dict[str, Distilled] = {}  # the last distillation, for its cell under the other protocol
-        for i, cell in enumerate(cells):
-            yield harness.run_cell(cell, f"[{i + 1}/{len(cells)}]", distilled)
+        yield from one_by_one(harness, cells)
 
 
 def usable_cores() -> int:
@@ -192,7 +187,6 @@ def host(setup: dict[str, Any], conn: Connection) -> None:
     sending back every result as soon as it is final."""
     import torch
 
-    from ddbench.run.harness import Harness
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops this host
     worker.exit_with_parent()
