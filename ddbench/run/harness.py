@@ -45,6 +45,7 @@ from ddbench.plugins import PluginManager, instantiate, parse_named
 from ddbench.results.provenance import provenance
 from ddbench.results.records import RUN_LENGTH_META, Cell, CellResult
 from ddbench.run import worker
+from ddbench.run.memo import Evaluation, EvaluationMemo
 from ddbench.run.suite import Suite, expand_suite, load_task
 from ddbench.vocab import DISTILLATION_REGIMES, PROTOCOL_FIELDS, Budget
 
@@ -80,12 +81,14 @@ class Harness:
 
     Every cell computes with ``threads`` torch threads (default 1), its distillation and its
     evaluation alike, whatever runs it: fp32 sums follow the thread count, so a suite gives the same
-    numbers one cell at a time, several at once and under Ray (docs/executors.md).
+    numbers one cell at a time, several at once and under Ray (docs/executors.md). The harnesses
+    of one run's cell hosts share their evaluations through the folder ``shared_evaluations``.
     """
 
     def __init__(self, manager: PluginManager, device: str = "auto", cache_dir: Path | str = ".ddbench/cache",
                  on_progress: Callable[[str, int, int | None, dict[str, float]], None] | None = None,
-                 artifact_dir: Path | str | None = None, on_status: Callable[[str], None] | None = None, threads: int = 1):
+                 artifact_dir: Path | str | None = None, on_status: Callable[[str], None] | None = None, threads: int = 1,
+                 shared_evaluations: Path | None = None):
         if threads < 1:
             raise ValueError(f"threads must be >= 1 (got {threads!r})")
         self.manager = manager
@@ -99,7 +102,7 @@ class Harness:
         self._views: dict[str, worker.ViewSpec] = {}
         self._view_dir: Path | None = None
         self._random_refs: dict[str, float] = {}
-        self._evaluations: dict[str, tuple[list[dict[str, float]], str, int, float]] = {}  # _scores, within one run
+        self.evaluations = EvaluationMemo(shared_evaluations)  # _scores, within one run
 
     # -- building ----------------------------------------------------------------------------
     def task(self, name: str, options: dict[str, Any], profile: str) -> tuple[Task, TaskView, Split]:
@@ -137,7 +140,7 @@ class Harness:
         sees each result as soon as it is final. Returns the results in the suite's order."""
         cells = [cell for cell in self.cells(suite) if skip is None or not skip(cell)]
         results = []
-        self._evaluations.clear()  # reuse within a run only: a second run trains its nets again
+        self.evaluations.clear()  # reuse within a run only: a second run trains its nets again
         for result in (executor.run(self, cells) if executor else one_by_one(self, cells)):
             results.append(result)
             if on_result is not None:
@@ -273,7 +276,7 @@ class Harness:
         return worker.distill(request, report, max_bytes, open_view)
 
     def _scores(self, task: Task, view: TaskView, test: Split, learner: Learner, artifact: Artifact, recipe: Recipe,
-                cell: Cell) -> tuple[list[dict[str, float]], str, int, float]:
+                cell: Cell) -> Evaluation:
         """Train a fresh learner per evaluation seed on the artifact (:meth:`Learner.fit_ensemble`: one
         by one, or together where the learner can); score each on test. Also returns how they trained,
         the parameter count of one net (what storing a trained net would cost) and the seconds it took.
@@ -281,22 +284,22 @@ class Harness:
         An evaluation is a function of the artifact's content and declared recipe, the evaluation
         recipe, the learner, the seeds and the task: one identical to an earlier one of this run (a
         common cell whose method declares the common recipe, a random subset already trained as a
-        reference) takes its results, its seconds included, and says so in its mode."""
+        reference) takes its results, its seconds included, and says so in its mode (:mod:`ddbench.run.memo`)."""
         declared = {k: v for k, v in artifact.recipe.items() if k not in PROTOCOL_FIELDS}  # those are in the recipe already
         key = json.dumps([cell.task, cell.task_options, cell.profile, cell.learner, cell.learner_options, cell.eval_seeds,
                           recipe.as_dict(), declared, content_hash(artifact)], sort_keys=True, default=str)
-        if key in self._evaluations:
-            scores, mode, params, seconds = self._evaluations[key]
-            return scores, f"{mode} (reused: an identical evaluation earlier in this run)", params, seconds
-        start = time.perf_counter()
-        labelled = with_labels(artifact.to(self.device), view.num_classes)
-        models = [learner.build(view, seed).to(self.device) for seed in cell.eval_seeds]
-        generators = [torch.Generator(self.device).manual_seed(seed) for seed in cell.eval_seeds]
-        mode = learner.fit_ensemble(models, labelled, recipe, generators)
-        params = sum(p.numel() for p in models[0].parameters())  # after training: lazy modules are materialised
-        scores = [task.score(learner.predict(model, test.x), test.y) for model in models]
-        self._evaluations[key] = (scores, mode, params, time.perf_counter() - start)
-        return scores, mode, params, self._evaluations[key][3]
+        def train() -> Evaluation:
+            start = time.perf_counter()
+            labelled = with_labels(artifact.to(self.device), view.num_classes)
+            models = [learner.build(view, seed).to(self.device) for seed in cell.eval_seeds]
+            generators = [torch.Generator(self.device).manual_seed(seed) for seed in cell.eval_seeds]
+            mode = learner.fit_ensemble(models, labelled, recipe, generators)
+            params = sum(p.numel() for p in models[0].parameters())  # after training: lazy modules are materialised
+            scores = [task.score(learner.predict(model, test.x), test.y) for model in models]
+            return scores, mode, params, time.perf_counter() - start
+
+        (scores, mode, params, seconds), reused = self.evaluations.recall(key, train)
+        return scores, f"{mode} (reused: an identical evaluation earlier in this run)" if reused else mode, params, seconds
 
     def _label_references(self, task: Task, view: TaskView, test: Split, learner: Learner, artifact: Artifact,
                           hard_base: Recipe, cell: Cell) -> dict[str, float]:

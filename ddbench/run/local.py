@@ -4,8 +4,9 @@ On a CPU the cells run in ``workers`` cell hosts (default: one per core the proc
 a process with a harness of its own that runs whole distillations (a distillation's cells under
 both protocols, which share it) with as many torch threads as the run gives a cell; the driver
 hands out the distillations, largest budgets first, and collects each result as soon as it is
-final, so the store is still written by the driver alone. A cell's numbers depend on its thread
-count, never on how many hosts ran beside it. A host that dies (killed, out of memory) fails only
+final, so the store is still written by the driver alone; the hosts share the run's evaluations
+(:mod:`ddbench.run.memo`). A cell's numbers depend on its thread count, never on how many hosts
+ran beside it. A host that dies (killed, out of memory) fails only
 the cells it held, and a new one takes its place; a killed driver takes its hosts down with it.
 On a GPU, with one worker, or with one distillation, the cells run one after the other in this
 process. The ``ray`` executor (plugin ``executors``) reuses :func:`distillations`,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import tempfile
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -121,6 +123,10 @@ class HostPool:
         self.context = worker.mp_context()  # the driver's fork server (plugins imported): a host starts in milliseconds
 
     def run(self, harness: CellRunner, groups: list[list[Cell]]) -> Iterator[CellResult]:
+        with tempfile.TemporaryDirectory(prefix="ddbench-evaluations-") as shared:
+            yield from self._run(harness, groups, {**self.setup, "shared_evaluations": shared})
+
+    def _run(self, harness: CellRunner, groups: list[list[Cell]], setup: dict[str, Any]) -> Iterator[CellResult]:
         waiting = list(groups)
         hosts: dict[Connection, tuple[Any, list[Cell]]] = {}  # a host's end -> (its process, the cells it still owes)
         total, done, failed = sum(map(len, groups)), 0, 0
@@ -132,7 +138,7 @@ class HostPool:
                         conn.send(group)
                         hosts[conn] = (process, list(group))
                 while len(hosts) < self.size and waiting:
-                    conn, process = self._start()
+                    conn, process = self._start(setup)
                     group = waiting.pop(0)
                     conn.send(group)
                     hosts[conn] = (process, list(group))
@@ -156,9 +162,9 @@ class HostPool:
                     process.kill()
                     process.join()
 
-    def _start(self) -> tuple[Connection, Any]:
+    def _start(self, setup: dict[str, Any]) -> tuple[Connection, Any]:
         mine, theirs = self.context.Pipe()
-        process = self.context.Process(target=host, args=(self.setup, theirs), name="ddbench-cell-host")  # no daemon: it has children
+        process = self.context.Process(target=host, args=(setup, theirs), name="ddbench-cell-host")  # no daemon: it has children
         process.start()
         theirs.close()
         return mine, process
@@ -194,7 +200,7 @@ def host(setup: dict[str, Any], conn: Connection) -> None:
     torch.set_num_threads(setup["threads"])
     worker.warm_allocator()
     harness = Harness(rebuilt(setup["components"]), setup["device"], Path(setup["cache_dir"]),
-                      artifact_dir=setup["artifact_dir"], threads=setup["threads"])
+                      artifact_dir=setup["artifact_dir"], threads=setup["threads"], shared_evaluations=Path(setup["shared_evaluations"]))
     harness.start_workers()
     while True:
         try:
