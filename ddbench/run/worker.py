@@ -59,9 +59,10 @@ from ddbench.vocab import Budget
 ProgressCallback = Callable[[int, "int | None", "dict[str, float]"], None]
 ViewOpener = Callable[[str], "ViewSpec"]  # the harness's side of RunContext.source_view: a task spec -> its view's file
 
-PRELOAD = ("ddbench.run.worker", "torch._dynamo")
+PRELOAD = ("ddbench.run.worker", "torch._dynamo", "ddbench.run.lifeline")
 """Imported once by the fork server, beside the plugins. ``torch._dynamo`` is what torch.optim
-imports on its first step (about a second, with sympy): paid there, not in every worker."""
+imports on its first step (about a second, with sympy): paid there, not in every worker;
+:mod:`ddbench.run.lifeline` ties the server's life to its starter's."""
 PROGRESS_EVERY_S = 0.2  # seconds between a child's progress messages (the last one always goes)
 MAX_MESSAGE = 64 << 20  # bytes of one JSON message from a child (progress, recipe, meta)
 POLL_S = 0.5
