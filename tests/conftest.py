@@ -16,11 +16,14 @@ from ddbench.run.harness import Harness
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Benchmarks untimed unless asked for (set before pytest-benchmark's own pytest_configure reads
-    the option); without pytest-benchmark, a ``benchmark`` fixture that calls the body once."""
+    the option), and timed in one process; without pytest-benchmark, a ``benchmark`` fixture that
+    calls the body once."""
     if not config.pluginmanager.hasplugin("benchmark"):
         config.pluginmanager.register(_RunOnceFixture(), "ddbench-tests-benchmark-fallback")
     elif not (config.getoption("benchmark_enable") or config.getoption("benchmark_only")):
         config.option.benchmark_disable = True
+    elif config.pluginmanager.hasplugin("xdist"):
+        config.option.numprocesses, config.option.dist = 0, "no"  # timing in one process: pytest-benchmark times nothing under xdist
 
 
 class _RunOnce:
@@ -59,11 +62,8 @@ def digits(harness):
 
 
 @pytest.fixture(autouse=True)
-def _threads(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Torch threads per test, which the workers its harness starts take too: one in the fast lane,
-    two (this machine's cores) in the slow lane. The fast lane's ops are tiny: two threads gain
-    nothing on them, and on a busy machine each parallel region waits for a second core (a ConvNet-3
-    step on 16 digits: 0.44 s on two threads of this shared 2-core machine, 0.004 s on one). The
-    slow lane's real runs (28x28 inputs, width 128) keep the threads they were measured with."""
-    torch.set_num_threads(2 if request.node.get_closest_marker("slow") else 1)
+def _threads() -> Iterator[None]:
+    """One torch thread per test: the lanes run on every core at once (pytest-xdist, ``-n auto``),
+    and every cell a harness runs computes with one thread anyway (``Harness.threads``)."""
+    torch.set_num_threads(1)
     yield
