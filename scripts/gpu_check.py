@@ -38,6 +38,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,55 +71,51 @@ class Step:
 
 def plan(out: Path, dry: bool) -> list[Step]:
     """The steps of the check, writing under ``out``; ``dry``: on CPU at the tiniest sizes."""
-    stores, pages, figures = out / "stores", out / "reproduce", out / "figures"
     device = "cpu" if dry else "cuda"
-    default = stores / "default.sqlite"
-    ray = stores / "ray.sqlite"
-    theory = figures / "theory-measure.json"
-    reproductions = stores / "reproduce.sqlite"
-    steps = [Step("environment", "device, driver, torch, CUDA, cuDNN, ddbench and its commit", budget_s=60.0,
-                  call=lambda path: environment(path, device))]
-    if dry:
-        steps.append(Step("default-suite", "the default suite on CUDA: every distiller, both protocols",
-                          ["run", "--device", device, "--store", str(default), "--task", "digits:epochs=1", "--budget", "ipc=1",
-                           "--distiller", "random", "--seeds", "1", "--protocol", "native", "--protocol", "common"]))
-    else:
-        steps.append(Step("default-suite", "the default suite on CUDA: every distiller, both protocols",
-                          ["run", "--device", device, "--store", str(default)], 150.0))
-    steps[-1].figures = lambda: store_figures(default)
-    steps.append(Step("ensemble-speed", "K = 10 ConvNet-3 nets as one vmapped ensemble against sequential training (and bf16)",
-                      ["ensemble-speed", "--device", device, *(["--k", "2", "--width", "8", "--epochs", "2", "--shape", "mnist",
-                                                                 "--ipc", "1", "--accuracy-epochs", "1"] if dry else ["--k", "10"])],
-                      90.0))
-    steps.append(Step("gradmatch-timing", "seconds per outer iteration of dc, dsa and dm at ipc 1 and 10 against the per-class "
-                      "reference loop", ["gradmatch-timing", "--device", device, "--reference", "--methods", "dc", "dsa", "dm",
-                                         *(["--ipc", "1", "--task", "digits", "--profile", "quick", "--repeats", "1",
-                                            "--dm-iterations", "1"] if dry else ["--ipc", "1", "10"])], 120.0))
-    steps.append(Step("mtt-memory", "seconds and memory of one MTT iteration per gradient mode against syn_steps",
-                      ["mtt-memory", "--device", device, *(["--task", "digits", "--ipc", "1", "--syn-steps", "2", "4", "--iterations", "1"]
-                                                           if dry else ["--syn-steps", "10", "20", "40", "80", "--iterations", "5"])],
-                      60.0))
-    steps.append(Step("theory-measure", "one streamed two-stage multi-index cell at d = 1024, L = 8192, n = 10^6, stage by stage",
-                      ["theory-measure", "--device", device, "--json", str(theory),
-                       *(["--d", "16", "--L", "64", "--n", "2000", "--steps1", "5", "--n-test", "500", "--chunk", "1024"] if dry else
-                         ["--d", "1024", "--r", "2", "--L", "8192", "--n", "1000000", "--steps1", "2000", "--steps2", "0",
-                          "--n-test", "100000"])], 120.0))
-    steps[-1].figures = lambda: json.loads(theory.read_text()) if theory.is_file() else {}
-    steps.append(Step("ray-executor", "the Ray executor with --gpus-per-cell 0.25: four cells share the GPU",
-                      ["run", "--executor", "ray", "--device", device, "--store", str(ray), "--budget", "ipc=1" if dry else "ipc=10",
-                       *(["--cpus-per-cell", "1", "--task", "digits:epochs=1", "--distiller", "random", "--seeds", "1"] if dry else
-                         ["--gpus-per-cell", "0.25", "--task", "digits", "--distiller", "random", "--distiller", "dc",
-                          "--distiller", "dsa", "--distiller", "dm", "--seeds", "3"])], 120.0))
-    steps[-1].figures = lambda: store_figures(ray)
-    mtt_dry = ":num_experts=1,expert_group=1,expert_epochs=1,max_start_epoch=1,syn_steps=2"
+    default, ray, reproductions = out / "stores" / "default.sqlite", out / "stores" / "ray.sqlite", out / "stores" / "reproduce.sqlite"
+    theory, pages = out / "figures" / "theory-measure.json", out / "reproduce"
+
+    def size(tiny: list[str], full: list[str]) -> list[str]:
+        return tiny if dry else full
+
+    steps = [
+        Step("environment", "device, driver, torch, CUDA, cuDNN, ddbench and its commit", budget_s=60.0,
+             call=lambda path: environment(path, device)),
+        Step("default-suite", "the default suite on CUDA: every distiller, both protocols",
+             ["run", "--device", device, "--store", str(default),
+              *size(["--task", "digits:epochs=1", "--budget", "ipc=1", "--distiller", "random", "--seeds", "1",
+                     "--protocol", "native", "--protocol", "common"], [])],
+             150.0, figures=lambda: store_figures(default)),
+        Step("ensemble-speed", "K = 10 ConvNet-3 nets as one vmapped ensemble against sequential training (and bf16)",
+             ["ensemble-speed", "--device", device, *size(["--k", "2", "--width", "8", "--epochs", "2", "--shape", "mnist", "--ipc", "1",
+                                                           "--accuracy-epochs", "1"], ["--k", "10"])], 90.0),
+        Step("gradmatch-timing", "seconds per outer iteration of dc, dsa and dm at ipc 1 and 10 against the per-class reference loop",
+             ["gradmatch-timing", "--device", device, "--reference", "--methods", "dc", "dsa", "dm",
+              *size(["--ipc", "1", "--task", "digits", "--profile", "quick", "--repeats", "1", "--dm-iterations", "1"],
+                    ["--ipc", "1", "10"])], 120.0),
+        Step("mtt-memory", "seconds and memory of one MTT iteration per gradient mode against syn_steps",
+             ["mtt-memory", "--device", device, *size(["--task", "digits", "--ipc", "1", "--syn-steps", "2", "4", "--iterations", "1"],
+                                                      ["--syn-steps", "10", "20", "40", "80", "--iterations", "5"])], 60.0),
+        Step("theory-measure", "one streamed two-stage multi-index cell at d = 1024, L = 8192, n = 10^6, stage by stage",
+             ["theory-measure", "--device", device, "--json", str(theory),
+              *size(["--d", "16", "--L", "64", "--n", "2000", "--steps1", "5", "--n-test", "500", "--chunk", "1024"],
+                    ["--d", "1024", "--r", "2", "--L", "8192", "--n", "1000000", "--steps1", "2000", "--steps2", "0",
+                     "--n-test", "100000"])],
+             120.0, figures=lambda: json.loads(theory.read_text()) if theory.is_file() else {}),
+        Step("ray-executor", "the Ray executor with --gpus-per-cell 0.25: four cells share the GPU",
+             ["run", "--executor", "ray", "--device", device, "--store", str(ray),
+              *size(["--cpus-per-cell", "1", "--task", "digits:epochs=1", "--budget", "ipc=1", "--distiller", "random", "--seeds", "1"],
+                    ["--gpus-per-cell", "0.25", "--task", "digits", "--budget", "ipc=10", "--distiller", "random", "--distiller", "dc",
+                     "--distiller", "dsa", "--distiller", "dm", "--seeds", "3"])],
+             120.0, figures=lambda: store_figures(ray)),
+    ]
     for method in ("dc", "dsa", "dm", "mtt"):
-        spec = method + (mtt_dry if dry and method == "mtt" else "")
-        sizes = ["--iterations", "1", "--eval-seeds", "1", "--profile", "quick"] if dry else []
+        tiny_mtt = ":num_experts=1,expert_group=1,expert_epochs=1,max_start_epoch=1,syn_steps=2" if method == "mtt" else ""
         steps.append(Step(f"reproduce-{method}", f"{method} on mnist5k at ipc 1, the published length and recipe",
-                          ["reproduce", spec, "--task", "mnist5k:epochs=1" if dry else "mnist5k", "--ipc", "1", "--device", device,
-                           "--store", str(reproductions),
-                           "--out", str(pages), *sizes], 240.0))
-        steps[-1].figures = lambda page=pages / f"{method}-mnist5k.md": {"page": page.read_text()} if page.is_file() else {}
+                          ["reproduce", method + size([tiny_mtt], [""])[0], "--task", size(["mnist5k:epochs=1"], ["mnist5k"])[0],
+                           "--ipc", "1", "--device", device, "--store", str(reproductions), "--out", str(pages),
+                           *size(["--iterations", "1", "--eval-seeds", "1", "--profile", "quick"], [])],
+                          240.0, figures=partial(page_figures, pages / f"{method}-mnist5k.md")))
     if dry:
         for step in steps:
             step.budget_s = DRY_STEP_S
@@ -159,6 +156,11 @@ def environment(path: Path, device: str) -> int:
     path.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     print(json.dumps(info, indent=1, sort_keys=True))
     return 2 if device == "cuda" and not info["cuda_available"] else 0
+
+
+def page_figures(path: Path) -> dict[str, Any]:
+    """A reproduction page, as written (nothing where the step wrote none)."""
+    return {"page": path.read_text()} if path.is_file() else {}
 
 
 def store_figures(path: Path) -> dict[str, Any]:
