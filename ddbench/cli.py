@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ddbench import __version__
 from ddbench.contracts.executor import Executor
-from ddbench.errors import DDBenchError, DDBenchWarning, PluginError, SuiteError, close_names
+from ddbench.errors import PYTHON_SHOWWARNING, DDBenchError, PluginError, SuiteError, close_names, show_warning
 from ddbench.plugins import PluginManager, get_plugin_manager, instantiate, options_of, parse_named, plural
 from ddbench.results.leaderboard import BOARDS
 from ddbench.results.records import CellResult
@@ -27,9 +27,10 @@ from ddbench.run.suite import (
     DistillerEntry,
     Suite,
     TaskEntry,
+    check_budgets,
+    check_distill_seeds,
     check_eval_seeds,
     check_protocols,
-    check_seed,
     check_time_limit,
     default_suite,
     expand_suite,
@@ -154,9 +155,7 @@ def suite_from_args(args: argparse.Namespace):  # -> Suite
             seeds = [int(s) for s in args.distill_seeds.split(",") if s.strip()]
         except ValueError as exc:
             raise SuiteError(f"--distill-seeds takes comma-separated integers (got {args.distill_seeds!r}).") from exc
-        if not seeds:
-            raise SuiteError("--distill-seeds needs at least one seed, e.g. --distill-seeds 0,1,2.")
-        suite.distill_seeds = [check_seed(s, "--distill-seeds") for s in seeds]
+        suite.distill_seeds = check_distill_seeds(seeds, "--distill-seeds")
     if args.profile:
         suite.profile = args.profile
     if args.time_limit is not None:
@@ -239,6 +238,7 @@ def execute(suite: Suite, store_path: str | None, device: str, force: bool = Fal
     harness = Harness(manager, device, on_progress=on_progress, artifact_dir=artifacts, on_status=on_status)
     cells = list(harness.cells(suite))
     executor.check(harness)
+    check_budgets(cells, lambda task, options, profile: harness.task(task, options, profile)[1])
     store = ResultStore(store_path, manager)
     done = {c.key() for c in cells if not force and store.done(c)}
     bar.total = len(cells) - len(done)
@@ -412,18 +412,8 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None, line=None) -> None:
-    if issubclass(category, DDBenchWarning):
-        print(f"ddbench: warning: {message}", file=sys.stderr)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
-
-
-_default_showwarning = warnings.showwarning
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    warnings.showwarning = _warning
+    warnings.showwarning = show_warning
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -438,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ddbench: interrupted.", file=sys.stderr)
         return 130
     finally:
-        warnings.showwarning = _default_showwarning
+        warnings.showwarning = PYTHON_SHOWWARNING
 
 
 if __name__ == "__main__":

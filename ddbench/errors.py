@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import difflib
+import sys
+import warnings
 from collections.abc import Iterable
+from typing import Any, TextIO
 
 
 class DDBenchError(Exception):
@@ -47,7 +50,20 @@ class TaskDataError(DDBenchError):
 
 
 class DDBenchWarning(UserWarning):
-    """Something worth a line on stderr that does not stop the command (the CLI prints it as one)."""
+    """Something worth a line on stderr that does not stop the command (printed as one: :func:`show_warning`)."""
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None,
+                 line: str | None = None) -> None:
+    """A ``warnings.showwarning`` for ddbench's processes (the command line, the cell workers): a
+    :class:`DDBenchWarning` as one line on stderr, ``ddbench: warning: ...``; others as Python shows them."""
+    if issubclass(category, DDBenchWarning):
+        print(f"ddbench: warning: {message}", file=sys.stderr)
+    else:
+        PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+PYTHON_SHOWWARNING: Any = warnings.showwarning
 
 
 def one_line(exc: BaseException) -> str:

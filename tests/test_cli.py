@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from ddbench.cli import main
+from ddbench.results.store import ResultStore
 
 ROOT_BOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
 
@@ -108,7 +109,24 @@ def bad_stores(tmp_path):
     (tmp_path / "corrupt.sqlite").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
     sqlite_with(tmp_path / "foreign.sqlite", "CREATE TABLE users (id INTEGER, name TEXT)")
     sqlite_with(tmp_path / "cells.sqlite", "CREATE TABLE cells (key TEXT, value TEXT)")
+    malformed_store(tmp_path / "malformed.sqlite")
     return tmp_path
+
+
+def malformed_store(path):
+    """A ddbench store of 60 cells whose pages past the schema's are overwritten with garbage
+    (SQLite: "database disk image is malformed" once a query reads them)."""
+    from store_writer import fake_result
+
+    with ResultStore(path) as store:
+        for i in range(60):
+            store.put(fake_result(i))
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 6 * page
+    data[2 * page : 6 * page] = bytes((i * 7) & 0xFF for i in range(4 * page))
+    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -117,6 +135,8 @@ def bad_stores(tmp_path):
     ("corrupt.sqlite", "cannot be read (file is not a database): it is corrupt or not a ddbench store"),
     ("foreign.sqlite", "is an SQLite database of something else (tables users), not a ddbench results store"),
     ("cells.sqlite", "has a 'cells' table that is not ddbench's (columns key, value)"),
+    ("malformed.sqlite", ("is corrupt (database disk image is malformed); nothing was written to it: move it aside and rerun "
+                          "(`sqlite3 {store} .recover | sqlite3 recovered.sqlite` salvages the rows it still holds)")),
 ])
 @pytest.mark.parametrize("command", ["run", "leaderboard", "compare"])
 def test_a_bad_store_is_one_line_and_left_as_it_was(capsys, bad_stores, name, expected, command):
@@ -127,6 +147,7 @@ def test_a_bad_store_is_one_line_and_left_as_it_was(capsys, bad_stores, name, ex
             "compare": ["compare", str(store), str(store)]}[command]
     if command == "compare" and name == "folder.sqlite":
         expected = "is a folder: pass a results store"
+    expected = expected.format(store=store)
     code, _, err = run(capsys, *argv)
     assert code == 2 and expected in error_line(err) and "Traceback" not in err
     assert before is None or store.read_bytes() == before
@@ -172,6 +193,11 @@ def test_a_malformed_csv_is_one_line(capsys, tmp_path, content, expected):
     (["--seeds", "100000"], "--seeds must be a positive integer up to 1000"),
     (["--time-limit", "-1"], "--time-limit must be a positive number of seconds (got -1.0)"),
     (["--time-limit", "nan"], "--time-limit must be a positive number of seconds (got nan)"),
+    (["--distill-seeds", "0,0"], "--distill-seeds names seed 0 more than once (0, 0): name each seed once."),
+    (["--distill-seeds", "3,1,3,1"], "--distill-seeds names seed 1, 3 more than once (3, 1, 3, 1)"),
+    (["--budget", f"params={10**30}"], (f"budget params={10**30} holds more than the whole train split of task 'digits' "
+                                        "(1211 examples, 78715 scalars): use a smaller budget")),
+    (["--budget", "ipc=122"], "budget ipc=122 holds more than the whole train split of task 'digits' (1211 examples"),
 ])
 def test_bad_run_numbers_are_one_line(capsys, tmp_path, argv, expected):
     code, _, err = run(capsys, "run", "--store", str(tmp_path / "r.sqlite"), "--task", "digits", "--budget", "ipc=1", *argv)
@@ -188,6 +214,31 @@ def test_a_file_where_a_folder_belongs_is_one_line(capsys, tmp_path):
         code, _, err = run(capsys, *argv)
         assert code == 2 and f"{flag} '{taken}' is a file: pass a folder" in error_line(err)
     assert taken.read_text() == "keep me"
+
+
+def test_a_suite_that_names_a_distillation_seed_twice(capsys, tmp_path):
+    path = tmp_path / "suite.toml"
+    path.write_text("distill_seeds = [0, 2, 2]\n[[task]]\nname = 'digits'\nbudgets = ['ipc=1']\n")
+    code, _, err = run(capsys, "run", "--suite", str(path))
+    assert code == 2 and f"{path}: distill_seeds names seed 2 more than once (0, 2, 2): name each seed once." in error_line(err)
+
+
+def test_a_budget_up_to_the_whole_split_passes_and_a_task_that_cannot_load_is_left_to_its_cells(digits):
+    from ddbench.errors import SuiteError, TaskDataError
+    from ddbench.results.records import Cell
+    from ddbench.run.suite import check_budgets
+    from ddbench.vocab import Budget
+
+    _, view, _ = digits
+    cell = lambda budget: Cell("digits", {}, "random", {}, Budget.parse(budget), 0, [0], "convnet", {}, "quick")  # noqa: E731
+    check_budgets([cell("params=78715"), cell("ipc=121")], lambda *_: view)  # the whole split: 1211 x 65 scalars
+    with pytest.raises(SuiteError, match="budget params=78716 holds more than the whole train split"):
+        check_budgets([cell("params=78716")], lambda *_: view)
+
+    def absent(*_):
+        raise TaskDataError("no files")
+
+    check_budgets([cell("params=78716")], absent)
 
 
 def test_a_suite_learner_that_is_not_a_name(capsys, tmp_path):

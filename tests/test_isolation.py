@@ -143,6 +143,22 @@ def test_the_time_limit_is_enforced_from_outside(harness, monkeypatch):
     assert polite.status == "ok" and polite.extra["stopped_early"] == 1.0 and 0.9 < polite.distill_s < 3
 
 
+def test_a_cell_that_overran_its_time_limit_inside_the_grace_is_kept_and_marked(harness, tmp_path):
+    from ddbench.results.records import OVERRAN, aggregate, result_to_dict
+    from ddbench.results.report import summary
+
+    late, polite = run(harness, "misbehave:mode=sleep,seconds=2", "misbehave:mode=polite", time_limit=0.5)
+    assert late.status == "ok" and 1.9 < late.distill_s < 10  # 4x its limit, inside the 10 s grace
+    assert late.extra[OVERRAN] == pytest.approx(late.distill_s - 0.5)
+    assert polite.status == "ok" and polite.extra.get(OVERRAN, 0.0) < 0.5  # it stops at the limit
+    text = summary([late, polite], tmp_path / "r.sqlite")
+    assert ("cells ran past their time limit and finished inside the grace period (kept, with the seconds over in the boards' "
+            "overran_s column):") in text
+    assert (f"digits / misbehave / ipc=1 / seed 0 / native: distilled {late.distill_s:.1f} s against a 0.5 s limit "
+            f"({late.extra[OVERRAN]:.1f} s over)") in text
+    assert any(OVERRAN in row.board_columns() for row in aggregate([result_to_dict(late)]))
+
+
 def test_peak_memory_is_measured_per_cell(harness):
     hog, after = run(harness, "misbehave:mode=hog", "first")
     assert hog.status == after.status == "ok"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,6 +165,48 @@ def test_expert_cache_is_reused(manager, small, tmp_path):
     assert sorted(manifest["experts"]) == [str(EXPERT_SEED + i) for i in range(3)]
     assert all(e["file"].endswith(".safetensors") for e in manifest["experts"].values())
     assert manifest["config"]["recipe"]["batch_size"] == 64
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"file": "../../../x.safetensors", "epochs": 1, "val_accuracy": 50.0},
+     "has an entry for expert 1000000 that names file '../../../x.safetensors', which is not a .safetensors file of the cache folder"),
+    ({"file": "/tmp/x.safetensors", "epochs": 1, "val_accuracy": 50.0}, "names file '/tmp/x.safetensors', which is not"),
+    ({"file": "x.safetensors", "epochs": "two", "val_accuracy": 50.0}, "has epochs = 'two', not a whole number"),
+    ({"file": "x.safetensors", "epochs": 1, "val_accuracy": "high"}, "has val_accuracy = 'high', not a number"),
+    ("x.safetensors", "has an entry for expert 1000000 that is a str, not a table"),
+    (None, "is unreadable (UnicodeDecodeError): its experts are trained again and it is rewritten"),
+])
+def test_a_malformed_expert_manifest_is_ignored_with_one_line_and_its_expert_trained_again(manager, small, tmp_path, entry, expected):
+    from safetensors.torch import save_file
+
+    from ddbench.errors import DDBenchWarning
+
+    learner = instantiate(manager.learners.get("convnet"), {"width": 4}, "full")
+    model = FlatModel(learner.build(small, 0))
+    root = tmp_path / "cache"
+
+    def build():
+        return expert_buffer(small, learner, model, 1, 1, ExpertRecipe(0.01, 64, None), 1, root, torch.device("cpu"))
+
+    first, info = build()
+    folder = Path(info["expert_cache"])
+    outside = torch.full((2, sum(model.numels)), 7.0)  # what a manifest pointing outside the cache would feed MTT
+    save_file({"trajectory": outside}, str(tmp_path / "x.safetensors"))
+    save_file({"trajectory": outside}, str(folder / "x.safetensors"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if entry is None:
+        (folder / "manifest.json").write_bytes(pickle.dumps(manifest))
+    else:
+        manifest["experts"][str(EXPERT_SEED)] = entry
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(DDBenchWarning) as caught:
+        again, info = build()
+    messages = [str(w.message) for w in caught]
+    assert any(expected in m for m in messages), messages
+    assert all(len(m.splitlines()) == 1 and m.startswith("MTT expert cache manifest") for m in messages)
+    assert info["experts_trained"] == 1 and not torch.equal(again[0], outside)
+    torch.testing.assert_close(again, first)  # trained again, the same expert
+    assert json.loads((folder / "manifest.json").read_text())["experts"][str(EXPERT_SEED)]["file"].startswith("expert-")
 
 
 def distill(manager, view, options, cache, ipc=1, seed=0):

@@ -76,6 +76,27 @@ def test_a_reproduction_page_puts_published_and_measured_side_by_side(manager, t
     assert (tmp_path / "out" / "means-tiny-part.json").exists()
 
 
+def test_a_reproduction_takes_method_and_task_options_and_the_quick_profile_as_a_smoke_test(manager, tmp_path):
+    seen = []
+
+    def execute(suite, store, device):
+        seen.append(suite)
+        with ResultStore(store, manager) as results:
+            for result in Harness(manager, device).run(suite):
+                results.put(result, suite.name)
+            return results.records()
+
+    assert reproduce.run(args(tmp_path, method="means:iterations=7", iterations=None, profile="quick", task="tiny-part:seed=3"),
+                         manager, execute) == 0
+    assert seen[0].profile == "quick" and seen[0].distillers[0].options == {"iterations": 7}
+    assert seen[0].tasks[0].options == {"seed": 3}
+    page = (tmp_path / "out" / "means-tiny-part.md").read_text()
+    assert "**Quick profile** (`--profile quick`): CPU sizes and recipe, not the published configuration" in page
+    assert "**Reduced length**: 7 of the published 100 iterations" in page
+    assert "**Task options** seed=3 (`--task`): not the published configuration" in page
+    assert "`ddbench reproduce means:iterations=7 --task tiny-part:seed=3 --ipc 1 --eval-seeds 2 --profile quick --device cpu`" in page
+
+
 def test_bad_requests_are_one_line_errors(manager, tmp_path):
     with pytest.raises(SuiteError, match="'means' published no result at ipc 10 on tiny: use --ipc 1"):
         reproduce.run(args(tmp_path, ipc=[10]), manager, None)

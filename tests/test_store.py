@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -136,3 +137,83 @@ def test_provenance_commit_can_be_named_by_the_environment(monkeypatch):
         assert provenance()["commit"] == "abc123def456"
     finally:
         git_commit.cache_clear()
+
+
+def saved(tmp_path, name="a"):
+    """An artifact saved with its sidecar, and the sidecar's content."""
+    import json
+
+    path = save(Artifact({"x": torch.randn(2, 1, 8, 8), "y": torch.arange(2)}, {"augment": "dsa"}), tmp_path / name,
+                {"task": "digits"})
+    return path, json.loads(path.with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize("sidecar, expected", [
+    (pickle.dumps({"recipe": {}, "meta": {}}), "is not UTF-8 text (a pickle or a binary file?)"),
+    (bytes(range(256)), "is not UTF-8 text (a pickle or a binary file?)"),
+    (b"{not json", "is not valid JSON (Expecting property name"),
+    (b"[1, 2]", "holds a JSON list, not an object with recipe, meta, info and sha256"),
+    ({"recipe": "dsa"}, "'recipe' is a str, not a JSON object"),
+    ({"meta": [1]}, "'meta' is a list, not a JSON object"),
+    ({"sha256": None}, "has no content hash ('sha256'), so the tensors cannot be checked"),
+    ({"sha256": "1234"}, "has no content hash ('sha256'), so the tensors cannot be checked"),
+    (None, "has no sidecar 'a.json' (its recipe and content hash), so nothing in it can be checked"),
+], ids=["pickle", "binary", "invalid-json", "a-list", "recipe-a-string", "meta-a-list", "hash-null", "hash-short", "no-sidecar"])
+def test_a_bad_sidecar_is_refused_in_one_line(tmp_path, sidecar, expected):
+    import json
+
+    path, content = saved(tmp_path)
+    side = path.with_suffix(".json")
+    if sidecar is None:
+        side.unlink()
+    elif isinstance(sidecar, dict):
+        side.write_text(json.dumps({**content, **sidecar}))
+    else:
+        side.write_bytes(sidecar)
+    with pytest.raises(ArtifactError) as caught:
+        load(path)
+    assert expected in str(caught.value) and len(str(caught.value).splitlines()) == 1
+    without_hash = {k: v for k, v in content.items() if k != "sha256"}
+    side.write_text(json.dumps(without_hash))
+    with pytest.raises(ArtifactError, match="has no content hash"):
+        load(path)
+
+
+def test_a_tensor_with_a_path_for_a_name_is_refused(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from ddbench.budget.artifact import content_hash
+
+    tensors = {"x": torch.zeros(2, 1, 8, 8), "../../etc/passwd": torch.zeros(3)}
+    save_file(tensors, str(tmp_path / "evil.safetensors"))
+    (tmp_path / "evil.json").write_text(json.dumps({"recipe": {}, "meta": {}, "info": {}, "sha256": content_hash(Artifact(tensors))}))
+    with pytest.raises(ArtifactError, match=r"holds tensor '../../etc/passwd' \(float32\), not a plain name"):
+        load(tmp_path / "evil.safetensors")
+
+
+@pytest.mark.parametrize("sidecar, expected", [
+    (pickle.dumps({"recipe": {}}), "is not UTF-8 text"),
+    (b"[]", "holds a JSON list"),
+    (None, "has no sidecar"),
+    ({"info": {"cell": "digits", "recipe": {}}}, "has no cell record in its sidecar"),
+], ids=["pickle", "a-list", "no-sidecar", "cell-a-string"])
+def test_ddbench_analyze_on_a_folder_with_a_bad_sidecar_is_one_line_exit_2(capsys, tmp_path, sidecar, expected):
+    import json
+
+    from ddbench.cli import main
+
+    folder = tmp_path / "artifacts"
+    path, content = saved(folder)
+    side = path.with_suffix(".json")
+    if sidecar is None:
+        side.unlink()
+    elif isinstance(sidecar, dict):
+        side.write_text(json.dumps({**content, **sidecar}))
+    else:
+        side.write_bytes(sidecar)
+    assert main(["analyze", str(folder), "--analysis", "mixing", "--store", str(tmp_path / "s.sqlite"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ddbench: error:")]
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err

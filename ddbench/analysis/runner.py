@@ -162,6 +162,26 @@ def build_analyses(manager: Any, specs: list[str], size: str | None = None, prot
     return built
 
 
+CELL_RECORD = ("task", "task_options", "distiller", "seed", "learner", "learner_options", "profile")
+"""What an analysis reads of the cell record in a saved artifact's sidecar (``info.cell``)."""
+
+
+def artifact_info(path: Path) -> dict[str, Any]:
+    """The ``info`` of the sidecar of the artifact ``path`` (:func:`ddbench.budget.artifact.read_sidecar`),
+    with the cell record and the evaluation recipe an analysis needs; else a one-line error."""
+    info = artifacts.read_sidecar(path).get("info", {})
+    cell = info.get("cell")
+    if not isinstance(cell, dict) or not isinstance(info.get("recipe"), dict) or any(k not in cell for k in CELL_RECORD):
+        raise SuiteError(f"artifact {path.name!r} has no cell record in its sidecar: analyse artifacts saved by "
+                         "`ddbench run --save-artifacts DIR`.")
+    try:
+        Recipe(**info["recipe"])
+    except (TypeError, ValueError) as exc:
+        raise SuiteError(f"artifact {path.name!r}: the recipe in its sidecar is not an evaluation recipe ({exc}): analyse artifacts "
+                         "saved by `ddbench run --save-artifacts DIR`.") from None
+    return info
+
+
 class SubjectLoader:
     """Builds :class:`Subject` objects from saved artifacts, loading each task once."""
 
@@ -169,16 +189,12 @@ class SubjectLoader:
         self.manager, self.device = manager, device
         self._tasks: dict[str, tuple[Task, TaskView, Split]] = {}
 
-    def load(self, path: Path) -> Subject:
-        from ddbench.budget import artifact as artifacts
+    def load(self, path: Path, info: dict[str, Any]) -> Subject:
+        """The subject of the artifact ``path`` whose sidecar's ``info`` is :func:`artifact_info`."""
         from ddbench.plugins import instantiate
         from ddbench.run.suite import load_task
 
-        info = json.loads(path.with_suffix(".json").read_text()).get("info", {}) if path.with_suffix(".json").is_file() else {}
-        cell = info.get("cell")
-        if not cell or "recipe" not in info:
-            raise SuiteError(f"artifact {path.name!r} has no cell record in its sidecar: analyse artifacts saved by "
-                             "`ddbench run --save-artifacts DIR`.")
+        cell = info["cell"]
         artifact = artifacts.load(path)
         key = json.dumps([cell["task"], cell["task_options"], cell["profile"]], sort_keys=True, default=str)
         if key not in self._tasks:
@@ -194,21 +210,22 @@ class SubjectLoader:
 def analyze(manager: Any, files: list[Path], analyses: list[tuple[str, Analysis]], store: Any, context: AnalysisContext,
             out_dir: Path, force: bool = False, on_row: Callable[[AnalysisRow], None] | None = None) -> list[AnalysisRow]:
     """Run every analysis on every artifact (native-protocol cells: a common cell shares its
-    artifact), committing each row to ``store`` as it finishes; rows already there are kept unless ``force``."""
+    artifact), committing each row to ``store`` as it finishes; rows already there are kept unless
+    ``force``. Every sidecar is checked first (:func:`artifact_info`): a bad one stops the run
+    before any analysis runs."""
     loader = SubjectLoader(manager, context.device)
+    infos = {path: artifact_info(path) for path in files}
     rows = []
-    for path in files:
-        sidecar = path.with_suffix(".json")
-        cell = json.loads(sidecar.read_text()).get("info", {}).get("cell", {}) if sidecar.is_file() else {}
-        if cell.get("protocol", "native") != "native":
+    for path, info in infos.items():
+        if info["cell"].get("protocol", "native") != "native":
             continue
         subject: Subject | None = None
         for spec, analysis in analyses:
-            key = json.loads(sidecar.read_text()).get("info", {}).get("key", "") if sidecar.is_file() else ""
+            key = str(info.get("key", ""))
             if key and not force and store.analysis_done(key, spec, analysis.version):
                 continue
             if subject is None:
-                subject = loader.load(path)
+                subject = loader.load(path, info)
             row = run_analysis(analysis, spec, subject, context, out_dir)
             store.put_analysis(row)
             rows.append(row)

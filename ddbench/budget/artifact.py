@@ -313,8 +313,44 @@ def save(artifact: Artifact, path: str | Path, info: dict[str, Any] | None = Non
     return path
 
 
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SAVED_BY = "save it with ddbench.budget.artifact.save or `ddbench run --save-artifacts DIR`"
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The JSON sidecar beside the artifact ``path`` (the same name, ``.json``), checked: a JSON object
+    whose ``recipe``, ``meta`` and ``info`` are objects and whose ``sha256`` is a content hash.
+
+    An artifact without a sidecar, or whose sidecar lost its hash, is refused rather than loaded
+    unchecked: nothing would say that its tensors are the ones saved. Every problem is a one-line
+    :class:`~ddbench.errors.ArtifactError` naming the file."""
+    sidecar = Path(path).with_suffix(".json")
+    if not sidecar.is_file():
+        raise ArtifactError(f"artifact {Path(path).name!r} has no sidecar {sidecar.name!r} (its recipe and content hash), so nothing "
+                            f"in it can be checked: {SAVED_BY}.")
+    try:
+        data = json.loads(sidecar.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ArtifactError(f"sidecar {str(sidecar)!r} cannot be read ({exc.strerror}).") from None
+    except UnicodeDecodeError:
+        raise ArtifactError(f"sidecar {str(sidecar)!r} is not UTF-8 text (a pickle or a binary file?): {SAVED_BY}.") from None
+    except ValueError as exc:
+        raise ArtifactError(f"sidecar {str(sidecar)!r} is not valid JSON ({exc}): {SAVED_BY}.") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"sidecar {str(sidecar)!r} holds a JSON {type(data).__name__}, not an object with recipe, meta, info "
+                            f"and sha256: {SAVED_BY}.")
+    for key in ("recipe", "meta", "info"):
+        if not isinstance(data.get(key, {}), dict):
+            raise ArtifactError(f"sidecar {str(sidecar)!r}: {key!r} is a {type(data[key]).__name__}, not a JSON object: {SAVED_BY}.")
+    if not isinstance(data.get("sha256"), str) or not SHA256.match(data["sha256"]):
+        raise ArtifactError(f"sidecar {str(sidecar)!r} has no content hash ('sha256'), so the tensors cannot be checked: {SAVED_BY}.")
+    return data
+
+
 def load(path: str | Path) -> Artifact:
-    """Read an artifact saved by :func:`save`; pickle-based files are refused, hashes checked."""
+    """Read an artifact saved by :func:`save`: pickle-based files are refused, and so are tensors
+    that are not plain names of real dtypes, a missing or malformed sidecar (:func:`read_sidecar`)
+    and tensors that do not match its hash; each with a one-line :class:`~ddbench.errors.ArtifactError`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -328,9 +364,12 @@ def load(path: str | Path) -> Artifact:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{path.name!r} is not a safetensors file ({exc}): share artifacts as .safetensors + .json.") from exc
-    sidecar_path = path.with_suffix(".json")
-    sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else {}
+    for name, tensor in tensors.items():
+        if not TENSOR_NAME.match(name) or tensor.dtype not in DTYPES:
+            raise ArtifactError(f"{path.name!r} holds tensor {name!r} ({str(tensor.dtype).removeprefix('torch.')}), not a plain "
+                                "name (letters, digits, '_', '.', '-') of a real dtype: refusing it.")
+    sidecar = read_sidecar(path)
     artifact = Artifact(tensors, sidecar.get("recipe", {}), sidecar.get("meta", {}))
-    if sidecar.get("sha256") and sidecar["sha256"] != content_hash(artifact):
+    if sidecar["sha256"] != content_hash(artifact):
         raise ArtifactError(f"{path.name!r} does not match the hash in its sidecar: the file was changed or corrupted.")
     return artifact

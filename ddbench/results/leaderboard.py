@@ -5,8 +5,9 @@ the distillation seeds of one configuration (:func:`ddbench.results.records.aggr
 differ in anything else (distiller, learner or task options, profile, evaluation seeds, time
 limit, device type, results version) are separate rows, labelled by what sets them apart. Each
 row's metric is ranked in the direction its records state (``higher_is_better``, from the task);
-a board's extra columns are the ones its task declares (``leaderboard_columns``) and the run
-length (:data:`~ddbench.results.records.RUN_LENGTH_META`); every other extra stays in ``results.json``.
+a board's extra columns are the ones its task declares (``leaderboard_columns``), the run
+length (:data:`~ddbench.results.records.RUN_LENGTH_META`) and the seconds a cell ran past its time
+limit (:data:`~ddbench.results.records.OVERRAN`); every other extra stays in ``results.json``.
 The Markdown depends only on the records, so regenerating from committed results reproduces it
 byte for byte. Plugins add their own reports beside these (``ddbench_register_reports``).
 

@@ -39,6 +39,10 @@ the same inputs trained from the hard labels their teacher, soft labels or bank 
 RUN_LENGTH_META = ("iterations", "stopped_early")
 """Keys of ``Artifact.meta`` kept in the results: how long a distiller ran (a time limit may cut it short).
 They are board columns of every task (no direction: they describe a run, they do not rank it)."""
+OVERRAN = "overran_s"
+"""The extra the harness records when a cell's distillation ran past its time limit and still
+finished inside the grace period (so the cell is ``ok``): the seconds past the limit, measured by
+the harness, never read from a plugin. A board column of every task, like the run length."""
 Status = Literal["ok", "failed", "skipped"]
 IDENTITY = ("task", "distiller", "budget", "seed")
 """Config keys that name a row; every other key of a cell's config is a setting that keeps rows apart."""
@@ -347,8 +351,8 @@ class Row:
         return self.directions.get(name)
 
     def board_columns(self) -> list[str]:
-        """The extras this row shows on a board: its task's declared columns, the run length and the label columns."""
-        return [k for k in self.extra if k in self.columns or k in RUN_LENGTH_META or k in LABEL_COLUMNS]
+        """The extras this row shows on a board: its task's declared columns, the run length, an overrun and the label columns."""
+        return [k for k in self.extra if k in self.columns or k in RUN_LENGTH_META or k == OVERRAN or k in LABEL_COLUMNS]
 
 
 GROUPED_PREFIXES = ("gen.", "teacher.")

@@ -17,7 +17,7 @@ from typing import Any
 from tabulate import tabulate
 
 from ddbench.results.board import boards, direction, tiers
-from ddbench.results.records import COLUMNS, CellResult, Row, aggregate, fmt, result_to_dict
+from ddbench.results.records import COLUMNS, OVERRAN, CellResult, Row, aggregate, fmt, result_to_dict
 from ddbench.vocab import FULL
 
 GLANCE = {"stored_params": "params", "metric_per_kparam": "per kparam", "gain_vs_random": "vs random"}
@@ -41,7 +41,7 @@ def summary(results: Sequence[dict[str, Any] | CellResult], store: Path | str) -
     if parts:
         legend = "; ".join(f"{h}: {text}" for h, text in LEGEND.items() if h in shown)
         parts.append(textwrap.fill(f"{legend}; ref: a reference, not ranked.", WIDTH))
-    parts += [text for text in (skipped_lines(records), failed_lines(records)) if text]
+    parts += [text for text in (skipped_lines(records), failed_lines(records), overran_lines(records)) if text]
     parts.append(next_steps(records, store))
     return "\n\n".join(parts)
 
@@ -110,6 +110,23 @@ def failed_lines(records: Sequence[dict[str, Any]]) -> str:
         c = r["config"]
         where = f"{c['task']} / {c['distiller']} / {c['budget'] or FULL} / seed {c['seed']} / {c.get('protocol', 'native')}"
         lines.append(textwrap.fill(f"{where}: {r['error']}", WIDTH, initial_indent="  ", subsequent_indent="    "))
+    return "\n".join(lines)
+
+
+def overran_lines(records: Sequence[dict[str, Any]]) -> str:
+    """The cells that ran past their time limit and finished inside the grace period, one line each:
+    which cell, how long it distilled against its limit."""
+    over = [r for r in records if r["status"] == "ok" and OVERRAN in r.get("extra", {})]
+    if not over:
+        return ""
+    lines = [(f"{len(over)} cells ran past their time limit and finished inside the grace period (kept, with the seconds "
+              f"over in the boards' {OVERRAN} column):")]
+    for r in over:
+        c = r["config"]
+        where = f"{c['task']} / {c['distiller']} / {c['budget'] or FULL} / seed {c['seed']} / {c.get('protocol', 'native')}"
+        limit = c.get("time_limit_s") or 0.0
+        lines.append(textwrap.fill(f"{where}: distilled {r['distill_s']:.1f} s against a {limit:g} s limit "
+                                   f"({r['extra'][OVERRAN]:.1f} s over)", WIDTH, initial_indent="  ", subsequent_indent="    "))
     return "\n".join(lines)
 
 

@@ -18,7 +18,8 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -70,8 +71,9 @@ class ResultStore:
     """Results of cells keyed by :meth:`Cell.key`.
 
     ``create=False`` opens an existing store only (``leaderboard`` and ``compare`` never create
-    one). A path that is a folder, a file that is not SQLite, a corrupt file or another program's
-    SQLite database is a one-line :class:`~ddbench.errors.StoreError`, and the file is left as it was.
+    one). A path that is a folder, a file that is not SQLite, a corrupt file (every page is read
+    when it opens) or another program's SQLite database is a one-line
+    :class:`~ddbench.errors.StoreError`, and the file is left as it was.
     """
 
     def __init__(self, path: str | Path | None = None, manager: Any = None, create: bool = True):
@@ -88,16 +90,40 @@ class ResultStore:
                 raise StoreError(f"cannot create results store {name!r} ({exc.strerror}): pass a path in a writable folder.") from exc
         elif self.path.stat().st_size and _head(self.path) != SQLITE_MAGIC:
             raise StoreError(f"{name!r} is not a results store (not an SQLite file): pass a .sqlite file written by `ddbench run`.")
-        try:
+        with self._sql():
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self._check_schema(name, create)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute(SCHEMA)
-            self.db.execute(ANALYSES_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"results store {name!r} cannot be read ({exc}): it is corrupt or not a ddbench store.") from exc
+        try:
+            with self._sql():
+                self._check_schema(name, create)
+                self._check_pages()
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.execute(SCHEMA)
+                self.db.execute(ANALYSES_SCHEMA)
+        except StoreError:
+            self.db.close()
+            raise
         self._provenance = provenance(manager)
+
+    @contextmanager
+    def _sql(self) -> Iterator[None]:
+        """Turn what SQLite raises (a corrupt page, a foreign file, a full disk) into one line naming the store."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            name = str(self.path)
+            if "malformed" in str(exc) or "corrupt" in str(exc):
+                raise StoreError(f"results store {name!r} is corrupt ({exc}); nothing was written to it: move it aside and rerun "
+                                 f"(`sqlite3 {name} .recover | sqlite3 recovered.sqlite` salvages the rows it still holds), "
+                                 "or pass another --store.") from None
+            raise StoreError(f"results store {name!r} cannot be read ({exc}): it is corrupt or not a ddbench store.") from None
+
+    def _check_pages(self) -> None:
+        """Read every page once (``PRAGMA quick_check``), so that a corrupt store is refused before a run
+        spends hours on cells it could not commit."""
+        problems = [row[0] for row in self.db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {problems[0]}")
 
     def _check_schema(self, name: str, create: bool) -> None:
         tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -129,34 +155,38 @@ class ResultStore:
         row = (c.key(), suite, c.task, c.distiller, str(c.budget) if c.budget else "", c.seed, result.status,
                json.dumps(result_to_dict(result)), json.dumps(c.config(), sort_keys=True, default=str),
                json.dumps(prov), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        with self.db:  # BEGIN ... COMMIT: atomic even under SIGKILL
+        with self._sql(), self.db:  # BEGIN ... COMMIT: atomic even under SIGKILL
             self.db.execute("INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def put_analysis(self, row: AnalysisRow) -> None:
         """Commit one analysis row (replacing an earlier run of the same analysis spec on the same cell)."""
         values = (row.key, row.spec, row.analysis, row.version, row.task, row.distiller, row.status,
                   json.dumps(asdict(row), default=str), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        with self.db:
+        with self._sql(), self.db:
             self.db.execute("INSERT OR REPLACE INTO analyses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
 
     def analysis_done(self, key: str, spec: str, version: str) -> bool:
         """True when this analysis spec at this version already finished on this cell."""
-        row = self.db.execute("SELECT status, version FROM analyses WHERE key = ? AND spec = ?", (key, spec)).fetchone()
+        with self._sql():
+            row = self.db.execute("SELECT status, version FROM analyses WHERE key = ? AND spec = ?", (key, spec)).fetchone()
         return row is not None and row[0] in ("ok", "skipped") and row[1] == version
 
     def analysis_rows(self) -> list[AnalysisRow]:
         """Every stored analysis row, by task, distiller and spec."""
-        rows = self.db.execute("SELECT row FROM analyses ORDER BY task, distiller, spec, key").fetchall()
+        with self._sql():
+            rows = self.db.execute("SELECT row FROM analyses ORDER BY task, distiller, spec, key").fetchall()
         return [AnalysisRow(**json.loads(r[0])) for r in rows]
 
     def done(self, cell: Cell) -> bool:
         """True when the cell finished (ok, or skipped as not applicable); failed cells rerun."""
-        row = self.db.execute("SELECT status FROM cells WHERE key = ?", (cell.key(),)).fetchone()
+        with self._sql():
+            row = self.db.execute("SELECT status FROM cells WHERE key = ?", (cell.key(),)).fetchone()
         return row is not None and row[0] in ("ok", "skipped")
 
     def records(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Stored rows as dictionaries (result, provenance, finished_at), oldest first."""
-        rows = self.db.execute("SELECT key, result, provenance, finished_at FROM cells ORDER BY finished_at, key").fetchall()
+        with self._sql():
+            rows = self.db.execute("SELECT key, result, provenance, finished_at FROM cells ORDER BY finished_at, key").fetchall()
         wanted = None if keys is None else set(keys)
         records = []
         for k, r, p, t in rows:

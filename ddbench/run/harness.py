@@ -7,8 +7,10 @@ validation splits only; what crosses back is the artifact's tensors (safetensors
 declared recipe and meta (JSON). The harness counts and validates those tensors, checks the
 declared recipe (:func:`ddbench.budget.artifact.admit`), and trains its own learner instance,
 which the distiller never saw, on them; ``meta`` is recorded but never reaches the learner.
-A failing cell (a plugin that raises, exits, crashes or overruns its time limit; an over-budget or
-NaN artifact) is recorded with its error and a capped traceback; the run goes on.
+A failing cell (a plugin that raises, exits, crashes or overruns its time limit and its grace; an
+over-budget or NaN artifact) is recorded with its error and a capped traceback; the run goes on. A
+cell that ran past its time limit but finished inside the grace is kept, with the seconds past the
+limit recorded (:data:`~ddbench.results.records.OVERRAN`).
 
 A cell trains under its protocol (docs/design.md §4): ``native`` (the task's recipe updated by the
 artifact's declared one) or ``common`` (the task's common recipe, the artifact's declarations of
@@ -43,7 +45,7 @@ from ddbench.ops.device import resolve_device
 from ddbench.ops.subsets import random_artifact
 from ddbench.plugins import PluginManager, instantiate, parse_named
 from ddbench.results.provenance import provenance
-from ddbench.results.records import RUN_LENGTH_META, Cell, CellResult
+from ddbench.results.records import OVERRAN, RUN_LENGTH_META, Cell, CellResult
 from ddbench.run import worker
 from ddbench.run.memo import Evaluation, EvaluationMemo
 from ddbench.run.suite import Suite, expand_suite, load_task
@@ -197,6 +199,9 @@ class Harness:
         result.by_tensor, result.by_dtype = dict(storage.by_tensor), dict(storage.by_dtype)
         result.compression = compression(view, storage)
         self._evaluate(result, task, view, test, learner, artifact, reply.meta, storage, base)
+        result.extra.pop(OVERRAN, None)  # the harness's own measure: no plugin sets it
+        if cell.time_limit_s is not None and reply.distill_s > cell.time_limit_s:
+            result.extra[OVERRAN] = reply.distill_s - cell.time_limit_s
 
     def _distillation(self, cell: Cell, distiller: type[Distiller], view: TaskView, budget: Budget | None, tag: str,
                       distilled: dict[str, Distilled] | None) -> Distilled:

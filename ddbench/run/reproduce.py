@@ -25,7 +25,7 @@ from typing import Any
 
 from ddbench.contracts.interfaces import Published
 from ddbench.errors import DDBenchError, SuiteError, TaskDataError
-from ddbench.plugins import PluginManager, options_of
+from ddbench.plugins import PluginManager, options_of, parse_named
 from ddbench.results.provenance import provenance
 from ddbench.run.suite import DistillerEntry, Suite, TaskEntry, load_task
 from ddbench.vocab import Budget
@@ -102,8 +102,10 @@ def task_options(manager: PluginManager, task: str, row: Published) -> dict[str,
 
 
 def suite_for(manager: PluginManager, method: str, task: str, dataset: str, ipcs: Sequence[int],
-              iterations: int | None, eval_seeds: int, seed: int) -> Suite:
-    """The suite of a reproduction: ``method`` at each published ``ipc`` on ``task``, full profile;
+              iterations: int | None, eval_seeds: int, seed: int, method_options: dict[str, Any] | None = None,
+              profile: str = "full", given_task_options: dict[str, Any] | None = None) -> Suite:
+    """The suite of a reproduction: ``method`` (with ``method_options``) at each published ``ipc`` on
+    ``task`` (with ``given_task_options``), in ``profile`` (``full``: the published sizes and recipe);
     one task entry per set of task options (the ipcs published on ZCA inputs apart)."""
     cls = manager.distillers.get(method)
     published = {r.ipc: r for r in cls.published if r.dataset == dataset}
@@ -111,7 +113,7 @@ def suite_for(manager: PluginManager, method: str, task: str, dataset: str, ipcs
     if missing:
         raise SuiteError(f"{method!r} published no result at ipc {', '.join(map(str, missing))} on {dataset}: "
                          f"use --ipc {' / '.join(map(str, sorted(published)))}.")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(method_options or {})
     if iterations is not None:
         if "iterations" not in options_of(cls):
             raise SuiteError(f"distiller {method!r} has no `iterations` option, so --iterations cannot shorten it: leave it out.")
@@ -119,9 +121,10 @@ def suite_for(manager: PluginManager, method: str, task: str, dataset: str, ipcs
     entries: dict[bool, TaskEntry] = {}
     for ipc in ipcs:
         task_opts = task_options(manager, task, published[ipc])
-        entries.setdefault(bool(task_opts), TaskEntry(task, [], task_opts)).budgets.append(Budget("ipc", ipc))
+        entries.setdefault(bool(task_opts), TaskEntry(task, [], {**(given_task_options or {}), **task_opts})).budgets.append(
+            Budget("ipc", ipc))
     return Suite(f"reproduce-{method}-{task}", list(entries.values()),
-                 [DistillerEntry(method, options)], profile="full", eval_seeds=eval_seeds, distill_seeds=[seed])
+                 [DistillerEntry(method, options)], profile=profile, eval_seeds=eval_seeds, distill_seeds=[seed])
 
 
 def lines(rows: Iterable[Published], dataset: str, ipcs: Sequence[int], records: Sequence[dict[str, Any]]) -> list[Line]:
@@ -179,6 +182,13 @@ def page(method: str, task: str, dataset: str, found: list[Line], records: Seque
     if task != dataset:
         out.append(f"- The task `{task}` holds only part of {dataset} ({manager.tasks.get(task).description}); the "
                    f"published numbers, made on the whole dataset, are a reference here, not a target.")
+    if rec is not None and rec["config"].get("profile") == "quick":
+        out.append("- **Quick profile** (`--profile quick`): CPU sizes and recipe, not the published configuration: a smoke test "
+                   "of the command, whose verdicts say nothing about the method.")
+    given = {k: v for k, v in rec["config"]["task_options"].items() if k != "zca"} if rec else {}
+    if given:
+        out.append(f"- **Task options** {', '.join(f'{k}={v}' for k, v in sorted(given.items()))} (`--task`): not the published "
+                   "configuration, so the verdicts are indicative only.")
     if reduced:
         out.append(f"- **Reduced length**: {ran} of the published {default_iterations} iterations (`--iterations`), so the "
                    "verdicts are indicative only; run it on a GPU at the full length for a certificate.")
@@ -202,8 +212,10 @@ def page(method: str, task: str, dataset: str, found: list[Line], records: Seque
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", help="a distiller that declares published results (dc, dsa, dm, mtt)")
-    parser.add_argument("--task", help="the task to run on (default: the first published dataset that loads, else a part of one)")
+    parser.add_argument("method", metavar="METHOD[:k=v,...]",
+                        help="a distiller that declares published results (dc, dsa, dm, mtt), with options to change")
+    parser.add_argument("--task", metavar="NAME[:k=v,...]",
+                        help="the task to run on, with options (default: the first published dataset that loads, else a part of one)")
     parser.add_argument("--ipc", type=int, action="append", default=[], metavar="N",
                         help="published ipc(s) to run (default: 1 and 10 on CUDA, 1 on CPU)")
     parser.add_argument("--iterations", type=int, metavar="N",
@@ -211,6 +223,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-seeds", type=int, default=EVAL_SEEDS, metavar="K",
                         help=f"evaluation nets per artifact (default {EVAL_SEEDS})")
     parser.add_argument("--seed", type=int, default=0, help="the distillation seed (default 0)")
+    parser.add_argument("--profile", choices=["full", "quick"], default="full",
+                        help="full: the published sizes and recipe (default); quick: CPU sizes, a smoke test of the command")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     parser.add_argument("--store", help="results store (default .ddbench/reproduce.sqlite); finished cells are reused")
     parser.add_argument("--out", default="leaderboards/reproduce", help="folder of the page (default leaderboards/reproduce)")
@@ -229,25 +243,30 @@ def run(args: argparse.Namespace, manager: PluginManager, execute: Any) -> int:
     if args.iterations is not None and args.iterations < 1:
         raise SuiteError(f"--iterations must be a positive integer (got {args.iterations}).")
     device = resolve_device(args.device)
-    task, dataset = pick_task(manager, args.method, args.task)
+    method, method_options = parse_named(args.method)
+    task_name, task_opts = parse_named(args.task) if args.task else (None, {})
+    task, dataset = pick_task(manager, method, task_name)
     ipcs = args.ipc or ([1, 10] if device.type == "cuda" else [1])
-    iterations = args.iterations if args.iterations is not None else (None if device.type == "cuda" else CPU_ITERATIONS)
-    suite = suite_for(manager, args.method, task, dataset, ipcs, iterations, args.eval_seeds, args.seed)
+    iterations = args.iterations
+    if iterations is None and device.type != "cuda" and "iterations" not in method_options:
+        iterations = CPU_ITERATIONS
+    suite = suite_for(manager, method, task, dataset, ipcs, iterations, args.eval_seeds, args.seed, method_options, args.profile,
+                      task_opts)
     records = execute(suite, args.store or ".ddbench/reproduce.sqlite", args.device)
     if records is None:  # interrupted: the finished cells are in the store
         return 130
-    cls = manager.distillers.get(args.method)
+    cls = manager.distillers.get(method)
     found = lines(cls.published, dataset, ipcs, records)
-    command = " ".join(["ddbench reproduce", args.method, "--task", task, *[f"--ipc {i}" for i in ipcs],
+    command = " ".join(["ddbench reproduce", args.method, "--task", args.task or task, *[f"--ipc {i}" for i in ipcs],
                         *([f"--iterations {iterations}"] if iterations is not None else []), f"--eval-seeds {args.eval_seeds}",
-                        f"--device {device.type}"])
+                        *([f"--profile {args.profile}"] if args.profile != "full" else []), f"--device {device.type}"])
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DDBenchError(f"--out {args.out!r} cannot be created ({exc.strerror}): give a writable folder.") from None
-    path = out / f"{args.method}-{task}.md"
-    path.write_text(page(args.method, task, dataset, found, records, options_of(cls).get("iterations"), command, manager))
-    (out / f"{args.method}-{task}.json").write_text(json.dumps(records, indent=1, sort_keys=True, default=str) + "\n")
+    path = out / f"{method}-{task}.md"
+    path.write_text(page(method, task, dataset, found, records, options_of(cls).get("iterations"), command, manager))
+    (out / f"{method}-{task}.json").write_text(json.dumps(records, indent=1, sort_keys=True, default=str) + "\n")
     print(path)
     return 0 if all(ln.status == "ok" for ln in found) else 1

@@ -28,10 +28,11 @@ distiller that reads a second task (:meth:`~ddbench.contracts.interfaces.RunCont
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -107,8 +108,7 @@ def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
     eval_seeds = check_eval_seeds(_need(source, data.get("eval_seeds", 3), int, "eval_seeds must be a positive integer"),
                                   f"{source}: eval_seeds")
     seeds = _need(source, data.get("distill_seeds", [0]), list, "distill_seeds must be a list of integers")
-    for s in seeds:
-        check_seed(_need(source, s, int, "distill_seeds must be a list of integers"), f"{source}: distill_seeds")
+    check_distill_seeds([_need(source, s, int, "distill_seeds must be a list of integers") for s in seeds], f"{source}: distill_seeds")
     raw_tasks = _need(source, data.get("task"), list, "needs at least one [[task]] table with a name and budgets")
     tasks = []
     for i, t in enumerate(raw_tasks):
@@ -173,6 +173,20 @@ def check_seed(seed: int, where: str) -> int:
     return seed
 
 
+def check_distill_seeds(seeds: list[int], where: str) -> list[int]:
+    """``seeds`` if it is a non-empty list of distinct seeds (:func:`check_seed`), else a one-line error:
+    a seed named twice would run as one cell, and the run would have fewer seeds than it says."""
+    if not seeds:
+        raise SuiteError(f"{where} needs at least one seed, e.g. 0,1,2.")
+    for seed in seeds:
+        check_seed(seed, where)
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise SuiteError(f"{where} names seed {', '.join(map(str, twice))} more than once ({', '.join(map(str, seeds))}): "
+                         "name each seed once.")
+    return list(seeds)
+
+
 def check_eval_seeds(count: int, where: str) -> int:
     if not 1 <= count <= MAX_EVAL_SEEDS:
         raise SuiteError(f"{where} must be a positive integer up to {MAX_EVAL_SEEDS} (got {count}).")
@@ -235,6 +249,27 @@ def expand_suite(manager: PluginManager, suite: Suite, device_type: str = "cpu")
                     for protocol in protocols:
                         yield Cell(t.name, t.options, d.name, d.options, budget, seed, list(range(suite.eval_seeds)),
                                    learner, t.learner_options, suite.profile, suite.time_limit_s, device_type, protocol=protocol)
+
+
+def check_budgets(cells: Iterable[Cell], view: Callable[[str, dict[str, Any], str], TaskView]) -> None:
+    """Refuse, in one line, a budget that holds more than its task's whole train split: such a cell
+    would not distil anything (a method could store the whole split) yet be ranked as a budgeted one.
+    ``view(task, options, profile)`` loads a task's view; a task that cannot load is left to its
+    cells, which fail with the reason."""
+    seen: set[str] = set()
+    for cell in cells:
+        key = json.dumps([cell.task, cell.task_options, cell.profile, str(cell.budget)], sort_keys=True, default=str)
+        if cell.budget is None or key in seen:
+            continue
+        seen.add(key)
+        try:
+            loaded = view(cell.task, cell.task_options, cell.profile)
+        except Exception:  # noqa: BLE001 - a task that cannot load fails its own cells, with the reason, as always
+            continue
+        full = len(loaded.train) * (loaded.input_size + 1)
+        if cell.budget.scalars(loaded) > full:
+            raise SuiteError(f"budget {cell.budget} holds more than the whole train split of task {cell.task!r} ({len(loaded.train)} "
+                             f"examples, {full} scalars): use a smaller budget; the whole split is the budget-exempt `full` row.")
 
 
 def task_view(task: Task, data: TaskData, device: torch.device | str, name: str | None = None,

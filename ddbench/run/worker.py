@@ -41,6 +41,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -53,7 +54,7 @@ from torch import Tensor
 from ddbench.budget import labels
 from ddbench.budget.artifact import check_boundary, from_bytes, to_bytes
 from ddbench.contracts.interfaces import Distiller, Progress, RunContext, Split, TaskView
-from ddbench.errors import DDBenchError, NotApplicable, TaskDataError, one_line
+from ddbench.errors import DDBenchError, NotApplicable, TaskDataError, one_line, show_warning
 from ddbench.vocab import Budget
 
 ProgressCallback = Callable[[int, "int | None", "dict[str, float]"], None]
@@ -399,6 +400,7 @@ def exit_with_parent() -> None:
 
 def _child(request: DistillRequest, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the harness's to handle: it stops this child
+    warnings.showwarning = show_warning  # a plugin's DDBenchWarning (a cache it ignores, say): one line on stderr
     exit_with_parent()
     channel = _Channel(conn)
     try:

@@ -15,19 +15,23 @@ learner (name, options, parameter layout), the expert recipe and how training dr
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.func import vmap
 
 from ddbench.contracts.interfaces import Learner, Split, TaskView
 from ddbench.contracts.recipe import Recipe
+from ddbench.errors import DDBenchWarning
 from ddbench.ops.cache import cache_key, fingerprint
 from ddbench.ops.ensemble import flat_parameters, stack_parameters, train_ensemble
 from ddbench.ops.steps import DRAWS
@@ -83,7 +87,12 @@ def accuracy(model: FlatModel, flats: Tensor, split: Split, chunk: int = 1024) -
 
 
 class ExpertCache:
-    """One cache folder per configuration: expert files and a manifest (see the module doc)."""
+    """One cache folder per configuration: expert files and a manifest (see the module doc).
+
+    The cache is data read back from disk, so it is checked: an unreadable manifest, an entry that
+    names a file outside this folder or a non-integer number of epochs, and an expert file that
+    does not hold the trajectory it should are ignored with a one-line warning, and those experts
+    are trained again (and the manifest rewritten)."""
 
     def __init__(self, root: Path, config: dict[str, Any]):
         self.config, self.key = cache_key(config)
@@ -91,16 +100,51 @@ class ExpertCache:
         self.manifest_path = self.folder / "manifest.json"
 
     def manifest(self) -> dict[str, Any]:
-        if self.manifest_path.is_file():
-            return json.loads(self.manifest_path.read_text())
-        return {"config": self.config, "experts": {}}
+        """The manifest on disk, or an empty one where there is none or it is not a manifest (warned)."""
+        fresh: dict[str, Any] = {"config": self.config, "experts": {}}
+        if not self.manifest_path.is_file():
+            return fresh
+        try:
+            manifest = json.loads(self.manifest_path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            self._warn(f"is unreadable ({type(exc).__name__}): its experts are trained again and it is rewritten")
+            return fresh
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("experts"), dict):
+            self._warn("is not an expert manifest (no 'experts' table): its experts are trained again and it is rewritten")
+            return fresh
+        return manifest
 
-    def load(self, seed: int, epochs: int) -> Tensor | None:
-        """The first ``epochs + 1`` snapshots of expert ``seed``, or None if not cached with enough epochs."""
+    def entry(self, seed: int) -> dict[str, Any] | None:
+        """Expert ``seed``'s manifest entry, or None where it has none or a malformed one (warned)."""
         entry = self.manifest()["experts"].get(str(seed))
+        if entry is None:
+            return None
+        problem = entry_problem(entry)
+        if problem:
+            self._warn(f"has an entry for expert {seed} that {problem}: it is ignored and the expert trained again")
+            return None
+        return entry
+
+    def load(self, seed: int, epochs: int, size: int) -> Tensor | None:
+        """The first ``epochs + 1`` snapshots of expert ``seed`` (``size`` parameters each), or None if
+        not cached with enough epochs."""
+        entry = self.entry(seed)
         if entry is None or entry["epochs"] < epochs or not (self.folder / entry["file"]).is_file():
             return None
-        return load_file(str(self.folder / entry["file"]))["trajectory"][: epochs + 1]
+        try:
+            trajectory = load_file(str(self.folder / entry["file"])).get("trajectory")
+        except (SafetensorError, OSError, ValueError) as exc:
+            self._warn(f"names {entry['file']!r} for expert {seed}, which is not a safetensors file ({exc}): the expert is trained again")
+            return None
+        if trajectory is None or trajectory.dim() != 2 or len(trajectory) < epochs + 1 or trajectory.shape[1] != size:
+            shape = None if trajectory is None else tuple(trajectory.shape)
+            self._warn(f"names {entry['file']!r} for expert {seed}, whose trajectory {shape} is not ({epochs + 1}+, {size}): "
+                       "the expert is trained again")
+            return None
+        return trajectory[: epochs + 1]
+
+    def _warn(self, what: str) -> None:
+        warnings.warn(DDBenchWarning(f"MTT expert cache manifest {str(self.manifest_path)!r} {what}."), stacklevel=3)
 
     def save(self, seed: int, trajectory: Tensor, info: dict[str, Any]) -> None:
         """Write one expert's (epochs + 1, P) trajectory and record it in the manifest (atomically)."""
@@ -138,7 +182,7 @@ def expert_buffer(task: TaskView, learner: Learner, model: FlatModel, count: int
         config["start"] = start_key
     cache = ExpertCache(cache_root, config)
     seeds = [EXPERT_SEED + i for i in range(count)]
-    found = {s: cache.load(s, epochs) for s in seeds}
+    found = {s: cache.load(s, epochs, sum(model.numels)) for s in seeds}
     missing = [s for s in seeds if found[s] is None]
     total = len(missing) * epochs
     for first in range(0, len(missing), group):
@@ -154,7 +198,24 @@ def expert_buffer(task: TaskView, learner: Learner, model: FlatModel, count: int
             cache.save(s, trajectory, {"val_accuracy": acc})
             found[s] = trajectory
     buffer = torch.stack([found[s].to(device) for s in seeds])  # type: ignore[union-attr]  # every missing seed was trained above
-    experts = cache.manifest()["experts"]
-    val_acc = [experts[str(s)]["val_accuracy"] for s in seeds]
+    val_acc = [entry["val_accuracy"] for entry in map(cache.entry, seeds) if entry is not None]
     return buffer, {"expert_cache": str(cache.folder), "experts_trained": len(missing), "experts": count,
-                    "expert_epochs_stored": epochs, "expert_val_accuracy": sum(val_acc) / len(val_acc)}
+                    "expert_epochs_stored": epochs, "expert_val_accuracy": sum(val_acc) / len(val_acc) if val_acc else math.nan}
+
+
+def entry_problem(entry: Any) -> str:
+    """What is wrong with one expert's manifest entry ('' when nothing): its file must be a
+    ``.safetensors`` file of the cache folder itself (no path), its epochs a whole number and its
+    validation accuracy a number."""
+    if not isinstance(entry, dict):
+        return f"is a {type(entry).__name__}, not a table"
+    name = entry.get("file")
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or not name.endswith(".safetensors"):
+        return f"names file {name!r}, which is not a .safetensors file of the cache folder"
+    epochs = entry.get("epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        return f"has epochs = {epochs!r}, not a whole number"
+    accuracy = entry.get("val_accuracy")
+    if not isinstance(accuracy, (int, float)) or isinstance(accuracy, bool) or not math.isfinite(accuracy):
+        return f"has val_accuracy = {accuracy!r}, not a number"
+    return ""
