@@ -1,5 +1,6 @@
 """The ``ddbench`` command line: ``run``, ``reproduce``, ``leaderboard``, ``compare``, ``ls``,
-``plugins`` and ``new-plugin``, and the subcommands plugins add (``ddbench_register_commands``).
+``plugins``, ``new-plugin``, ``import``, ``bundle`` and ``verify``, and the subcommands plugins add
+(``ddbench_register_commands``).
 
 Bad input is one line on stderr naming the thing and the fix, exit status 2, and nothing written.
 """
@@ -40,7 +41,7 @@ from ddbench.vocab import Budget
 
 EXECUTOR_FLAGS = {"--ray-address": "address", "--gpus-per-cell": "gpus_per_cell", "--cpus-per-cell": "cpus_per_cell"}
 """The ``run`` flags that set executor options (the ray executor's), by option name."""
-CORE_COMMANDS = ("run", "reproduce", "leaderboard", "compare", "analyze", "ls", "plugins", "new-plugin")
+CORE_COMMANDS = ("run", "reproduce", "leaderboard", "compare", "analyze", "ls", "plugins", "new-plugin", "import", "bundle", "verify")
 
 
 def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParser:
@@ -89,6 +90,8 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     board.add_argument("--site", metavar="DIR", help="write the static leaderboard site (HTML, offline) into DIR")
     board.add_argument("--report", action="append", default=[], metavar="NAME",
                        help=f"write only these: {BOARDS} (the generic boards) or a plugin report (default: all)")
+    board.add_argument("--lrs-weight", type=float, default=0.5, metavar="W",
+                       help="w of DD-Ranking's label-robust score column lrs, between 0 and 1 (default 0.5, DD-Ranking's)")
 
     cmp = sub.add_parser("compare", help="exit 1 when NEW regresses against OLD")
     cmp.set_defaults(handler=cmd_compare)
@@ -120,6 +123,7 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     scaffold.set_defaults(handler=cmd_new_plugin)
     scaffold.add_argument("name", help="distiller name, e.g. my-method (package ddbench-my-method)")
     scaffold.add_argument("--dir", default=".", help="folder to create the package in (default: here)")
+    add_import_parsers(sub)
     for plugin, command in (manager or get_plugin_manager()).commands():
         if command.name in CORE_COMMANDS:
             raise PluginError(f"plugin {plugin!r} registered command {command.name!r}, which is a ddbench command: rename it.")
@@ -128,6 +132,113 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
             command.arguments(extra)
         extra.set_defaults(handler=lambda args, _run=command.run: _run(args) or 0)
     return parser
+
+
+def add_import_parsers(sub: argparse._SubParsersAction) -> None:
+    """``import``, ``bundle`` and ``verify`` (docs/import.md)."""
+    from ddbench.budget.imports import LABEL_KINDS, PRESETS, SPACES
+
+    imp = sub.add_parser("import", help="write a ddbench artifact from a distilled set saved by other code (docs/import.md)")
+    imp.set_defaults(handler=cmd_import)
+    imp.add_argument("source", help="the file or folder the source saved (images_best.pt, res_*.pt, an image folder, parquet...)")
+    imp.add_argument("--from", dest="preset", required=True, metavar="PRESET", help=f"what wrote it: {', '.join(PRESETS)}")
+    imp.add_argument("--task", required=True, metavar="NAME[:k=v,...]", help="the task the set was distilled on")
+    imp.add_argument("--out", required=True, metavar="FILE.safetensors", help="the artifact to write (and its .json sidecar)")
+    imp.add_argument("--space", choices=SPACES, help="the value space of its images (default: the preset's)")
+    imp.add_argument("--mean", metavar="M,M,M", help="the per-channel mean the source normalised with (with --std)")
+    imp.add_argument("--std", metavar="S,S,S", help="the per-channel std the source normalised with (with --mean)")
+    imp.add_argument("--dataset", help="whose statistics the preset fills in (default: the task's dataset)")
+    imp.add_argument("--labels", choices=LABEL_KINDS, help="what its labels are (default: the preset's)")
+    imp.add_argument("--temperature", type=float, help="T of --labels logits: softmax(logits / T) (default: the preset's, 1)")
+    imp.add_argument("--labels-file", metavar="FILE", help="the labels file of a .pt pair (default: labels_* beside images_*)")
+    imp.add_argument("--lr", type=float, help="the learned learning rate the source logged (MTT saves none)")
+    imp.add_argument("--lr-file", metavar="FILE", help="the file holding the learned lr (DATM's lr_best.pt is found beside the images)")
+    imp.add_argument("--class-order", metavar="I,J,...", help="the task class of each source class, in source order (default: the same)")
+    imp.add_argument("--experiment", type=int, metavar="N", help="which experiment of a DatasetCondensation res_*.pt")
+    imp.add_argument("--test-selected", action=argparse.BooleanOptionalAction, default=None,
+                     help="whether the set was kept for its test accuracy (default: the preset's reading of the file name)")
+    imp.add_argument("--mosaic", type=int, metavar="K", help="crops per image side (RDED's factor; default: the preset's)")
+    imp.add_argument("--teacher", metavar="SPEC", help="the online teacher's architecture, a learner spec (stored and charged)")
+    imp.add_argument("--teacher-weights", metavar="FILE", help="the teacher's state_dict (.safetensors or .pt of tensors)")
+    imp.add_argument("--soft-labels", metavar="DIR", help="SRe2L's FKD soft-label folder (epoch_<e>/batch_<b>.tar), as a bank")
+    imp.add_argument("--fkd-seed", type=int, default=42, help="the --fkd-seed the FKD files were written with (default 42)")
+    imp.add_argument("--recipe", metavar="k=v,...", help="evaluation recipe fields the source's evaluation uses (default: the preset's)")
+    imp.add_argument("--image-column", default="image", help="parquet: the column of encoded images (default image)")
+    imp.add_argument("--label-column", default="label", help="parquet: the column of class ids (default label)")
+    imp.add_argument("--force", action="store_true", help="import even where the pixel statistics contradict the declared space")
+
+    bun = sub.add_parser("bundle", help="pack a saved artifact and its cell's stored result into one verifiable file")
+    bun.set_defaults(handler=cmd_bundle)
+    bun.add_argument("artifact", help="an artifact a run saved (--save-artifacts DIR): DIR/<task>-<distiller>-<key>.safetensors")
+    bun.add_argument("--store", help=f"the results store its cell ran into (default {DEFAULT_PATH} or $DDBENCH_STORE)")
+    bun.add_argument("--out", help="the bundle to write (default: beside the artifact, .ddbench.zip)")
+
+    ver = sub.add_parser("verify", help="re-score a bundle and say whether its claimed result stands")
+    ver.set_defaults(handler=cmd_verify)
+    ver.add_argument("bundle", help="a file `ddbench bundle` wrote")
+    ver.add_argument("--significance", default="0.05", metavar="ALPHA", help="the level of the Welch test (default 0.05)")
+    ver.add_argument("--fail-on", action="append", default=[], metavar="METRIC:DELTA",
+                     help="how far short of the claim counts (default accuracy:-1.0, as ddbench compare)")
+    ver.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+
+
+def _numbers(text: str | None, flag: str, kind: type = float) -> list | None:
+    """A comma-separated list of numbers, or a one-line error naming the flag."""
+    if text is None:
+        return None
+    try:
+        return [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise SuiteError(f"{flag} takes comma-separated {'integers' if kind is int else 'numbers'} (got {text!r}).") from exc
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ddbench.budget.artifact import save
+    from ddbench.budget.imports import PRESETS, Request, empty_view, import_set
+
+    if args.preset not in PRESETS:
+        raise SuiteError(f"unknown preset {args.preset!r}.{close_names(args.preset, PRESETS)} Presets: {', '.join(PRESETS)}.")
+    manager = get_plugin_manager()
+    name, options = parse_named(args.task)
+    task = instantiate(manager.tasks.get(name), options, "full")
+    view = empty_view(name, task.num_classes, tuple(task.input_shape), task.info(), options)
+    mean, std = _numbers(args.mean, "--mean"), _numbers(args.std, "--std")
+    recipe = parse_named(f"recipe:{args.recipe}")[1] if args.recipe else {}
+    path = lambda text: None if text is None else Path(text)  # noqa: E731 - a one-line helper
+    request = Request(Path(args.source), PRESETS[args.preset], view, args.task, args.dataset or task.reference_dataset or name,
+                      space=args.space, mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std),
+                      labels=args.labels, temperature=args.temperature, labels_file=path(args.labels_file), lr=args.lr,
+                      lr_file=path(args.lr_file), class_order=_numbers(args.class_order, "--class-order", int),
+                      experiment=args.experiment, test_selected=args.test_selected, mosaic=args.mosaic, teacher=args.teacher,
+                      teacher_weights=path(args.teacher_weights), soft_labels=path(args.soft_labels), fkd_seed=args.fkd_seed,
+                      recipe=recipe, image_column=args.image_column, label_column=args.label_column, force=args.force)
+    artifact, manifest = import_set(request, manager.learners)
+    written = save(artifact, Path(args.out), {"import": manifest})
+    space = manifest["space"]["declared"] + (" converted to the task's space" if manifest["converted"] else "")
+    print(f"imported {len(artifact.x)} images for {name} ({space}; labels {manifest['labels']['kind']}; test_selected "
+          f"{str(manifest['test_selected']).lower()}); score it: ddbench run --task {args.task} --distiller file:path={written}"
+          f"{',test_selected=true' if manifest['test_selected'] else ''} --budget ipc=N", file=sys.stderr)
+    print(written)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from ddbench.run.bundle import bundle
+
+    artifact = Path(args.artifact)
+    records = read_results(args.store).require_records() if args.store else read_results().require_records()
+    out = Path(args.out) if args.out else artifact.with_suffix(".ddbench.zip")
+    print(bundle(artifact, records, out))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ddbench.results.compare import check_significance
+    from ddbench.run.bundle import verify
+
+    text, stands = verify(Path(args.bundle), get_plugin_manager(), args.device, check_significance(args.significance), args.fail_on)
+    print(text)
+    return 0 if stands else 1
 
 
 def suite_from_args(args: argparse.Namespace):  # -> Suite
@@ -308,14 +419,17 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not records:
         raise SuiteError("no stored results to build a leaderboard from: run `ddbench run` first (or pass --store/--results).")
     stores = args.store or ([] if args.results else [None])
-    written = leaderboard.write(records, out) if out and BOARDS in chosen else []
+    if not 0 <= args.lrs_weight <= 1:
+        raise SuiteError(f"--lrs-weight {args.lrs_weight:g} is not a weight: pass a number between 0 and 1 (DD-Ranking's is 0.5).")
+    written = leaderboard.write(records, out, lrs_weight=args.lrs_weight) if out and BOARDS in chosen else []
     for name, report in reports.items():
         if out and name in chosen:
             written += report.write(records, out)
     if out and BOARDS in chosen:
         written += analysis_pages(stores, {r["key"] for r in records}, out)
     if site:
-        written += write_site(records, site, analysis_pages(stores, {r["key"] for r in records}, site), saved_artifacts(stores))
+        written += write_site(records, site, analysis_pages(stores, {r["key"] for r in records}, site), saved_artifacts(stores),
+                              args.lrs_weight)
     for path in written:
         print(path)
     return 0

@@ -45,6 +45,10 @@ class StoreError(DDBenchError):
     """A results store or results file that is missing, unreadable or not ddbench's."""
 
 
+class SourceError(DDBenchError):
+    """A distilled set saved by other code that cannot be imported as stated (``ddbench import``)."""
+
+
 class TaskDataError(DDBenchError):
     """A dataset that cannot be loaded (files absent, download off or failed)."""
 

@@ -347,6 +347,9 @@ class Distiller(Component, ABC):
     """
 
     budget_exempt: ClassVar[bool] = False
+    in_every_suite: ClassVar[bool] = True
+    """Whether a suite that names no distillers runs it; ``False`` for one that needs an option the
+    user must give (the ``file`` distiller's ``path``)."""
     published: ClassVar[tuple[Published, ...]] = ()
     """The method's published accuracies (docs/methods.md §11), which ``ddbench reproduce`` compares with."""
     official_code: ClassVar[str] = ""

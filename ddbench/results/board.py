@@ -8,14 +8,17 @@ renders a :class:`Board` as Markdown, :mod:`ddbench.results.site` as HTML.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ddbench.results.records import Row, footnote
+from ddbench.results.records import DD_RANKING_COLUMNS, Row, footnote
 from ddbench.vocab import FULL, PROTOCOLS
 
+DD_RANKING_WEIGHT = 0.5
+"""DD-Ranking's w, the weight of improvement over random against hard label recovery in its label-robust score."""
 TRAINED = "trained model"
 """The label of the reference row beside ``full``: the learner trained on all the data, counted at its parameters."""
 TEACHER_ROW = "store the teacher"
@@ -36,8 +39,9 @@ def direction(rows: Sequence[Row]) -> bool | None:
 
 
 def board_columns(rows: Sequence[Row]) -> list[str]:
-    """The extra columns of a board: the union of its rows' (sorted)."""
-    return sorted({k for r in rows for k in r.board_columns()})
+    """The extra columns of a board: the union of its rows', DD-Ranking's first (in their order), the others sorted."""
+    found = {k for r in rows for k in r.board_columns()}
+    return [k for k in DD_RANKING_COLUMNS if k in found] + sorted(found - set(DD_RANKING_COLUMNS))
 
 
 def board_name(task: str, protocol: str = "native") -> str:
@@ -120,6 +124,38 @@ def tiers(rows: Sequence[Row], higher: bool) -> list[Tier]:
     return out
 
 
+def _setup(row: Row) -> str | None:
+    """What a row shares with the ``full`` row it is compared with: its settings but the distiller's options."""
+    if row.config is None:
+        return None
+    return json.dumps({k: v for k, v in row.config.items() if k != "distiller_options"}, sort_keys=True, default=str)
+
+
+def dd_ranking(rows: Sequence[Row], weight: float = DD_RANKING_WEIGHT) -> None:
+    """Set DD-Ranking's scores in the extras of each budgeted accuracy row of one board whose
+    inputs exist (docs/import.md): with accuracies as fractions of 1,
+    ``hlr`` = Acc(whole train split, hard labels) − Acc(the row's inputs, hard labels), the latter the
+    row's own in the hard regime and its ``teacher_free`` in the others; ``ior`` = Acc(row) − Acc(random
+    subset), its gain vs random; ``lrs`` = (e^α − e^−1) / (e − e^−1) with α = w·ior − (1 − w)·hlr.
+    The ``full`` row is the board's one with the row's settings (learner, profile, evaluation seeds...)."""
+    fulls = {_setup(r): r for r in rows if r.budget == FULL and r.ok and r.metric == "accuracy"}
+    for r in rows:
+        for key in DD_RANKING_COLUMNS:
+            r.extra.pop(key, None)
+        full = fulls.get(_setup(r))
+        if r.budget == FULL or not r.ok or r.metric != "accuracy" or full is None or r.config is None:
+            continue
+        hard = r.mean if r.regime == "hard" else r.extra.get("teacher_free", math.nan)
+        if math.isnan(hard):
+            continue
+        hlr = (full.mean - hard) / 100
+        r.extra["hlr"] = hlr
+        if not math.isnan(r.gain_vs_random):
+            ior = r.gain_vs_random / 100
+            alpha = weight * ior - (1 - weight) * hlr
+            r.extra["ior"], r.extra["lrs"] = ior, (math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1))
+
+
 def departure(row: Row) -> str:
     """The footnote of a row trained under its method's departures from the official code."""
     return f"**{row.distiller}**: {footnote(row.deviations)}"
@@ -142,6 +178,8 @@ class Board:
     references: list[Row]
     notes: dict[str, int]
     """The departures footnote of each distinct (distiller, departures) of the ranked rows, numbered in order."""
+    lrs_weight: float = DD_RANKING_WEIGHT
+    """The w of DD-Ranking's label-robust score on this board (:func:`dd_ranking`)."""
 
     @property
     def name(self) -> str:
@@ -165,9 +203,12 @@ class Board:
         return self.notes[departure(row)] if row.deviations else None
 
 
-def board(task: str, protocol: str, rows: Sequence[Row], records: Sequence[dict[str, Any]]) -> Board:
-    """The facts of the board of ``task`` under ``protocol`` from all the rows and records published."""
+def board(task: str, protocol: str, rows: Sequence[Row], records: Sequence[dict[str, Any]],
+          lrs_weight: float = DD_RANKING_WEIGHT) -> Board:
+    """The facts of the board of ``task`` under ``protocol`` from all the rows and records published,
+    DD-Ranking's scores set on its rows with w = ``lrs_weight`` (:func:`dd_ranking`)."""
     rows = [r for r in rows if r.task == task and r.protocol == protocol]
+    dd_ranking(rows, lrs_weight)
     declared = direction(rows)
     ranked = tiers(rows, declared is not False)
     notes: dict[str, int] = {}
@@ -176,12 +217,12 @@ def board(task: str, protocol: str, rows: Sequence[Row], records: Sequence[dict[
             notes.setdefault(departure(r), len(notes) + 1)
     recs = [r for r in records if r["config"]["task"] == task and record_protocol(r) == protocol and r["status"] != "skipped"]
     return Board(task, protocol, rows, recs, next((r.metric for r in rows if r.metric), "metric"), declared, ranked,
-                 board_columns(rows), references_of(rows), notes)
+                 board_columns(rows), references_of(rows), notes, lrs_weight)
 
 
-def all_boards(rows: Sequence[Row], records: Sequence[dict[str, Any]]) -> list[Board]:
+def all_boards(rows: Sequence[Row], records: Sequence[dict[str, Any]], lrs_weight: float = DD_RANKING_WEIGHT) -> list[Board]:
     """Every board of ``rows``, by task, native first."""
-    return [board(task, protocol, rows, records) for task, protocol in boards(rows)]
+    return [board(task, protocol, rows, records, lrs_weight) for task, protocol in boards(rows)]
 
 
 def finished(records: Sequence[dict[str, Any]]) -> str:

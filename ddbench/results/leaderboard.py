@@ -31,6 +31,7 @@ from typing import Any
 from tabulate import tabulate
 
 from ddbench.results.board import (
+    DD_RANKING_WEIGHT,
     REGIME_TEXT,
     TEACHER_ROW,
     TRAINED,
@@ -46,7 +47,7 @@ from ddbench.results.board import (
     trained_model,
 )
 from ddbench.results.plotting import figure
-from ddbench.results.records import COLUMNS, Row, aggregate, breakdown, common_settings, fmt, shared_timing_note
+from ddbench.results.records import COLUMNS, DD_RANKING_COLUMNS, Row, aggregate, breakdown, common_settings, fmt, shared_timing_note
 from ddbench.vocab import FULL, PROTOCOL_FIELDS, PROTOCOLS, protocol_part
 
 CSV_FIELDS = ["task", "distiller", "budget", "metric", "mean", "std", "nets", "seeds", "stored_params", "metric_per_kparam",
@@ -93,6 +94,21 @@ def _regimes_fact(b: Board) -> str:
             f"with the hard labels the teacher (soft labels, bank) implies; `{TEACHER_ROW}` is the teacher alone at its parameter count.")
 
 
+def dd_ranking_fact(b: Board) -> str:
+    """The bullet that defines DD-Ranking's columns, where the board shows them ('' elsewhere)."""
+    if not set(DD_RANKING_COLUMNS) & set(b.extras):
+        return ""
+    return dd_ranking_text(b.lrs_weight)
+
+
+def dd_ranking_text(weight: float) -> str:
+    """DD-Ranking's columns defined next to gain vs random (docs/import.md)."""
+    return (f"- DD-Ranking's scores, so a row reads as in that benchmark: `hlr` = `{FULL}`'s accuracy minus the row's inputs' with "
+            "hard labels (its own in the hard regime, its `teacher_free` in the others); `ior` = gain vs random; `lrs` = "
+            f"(e^α − e^−1) / (e − e^−1) with α = w·ior − (1 − w)·hlr, w = {weight:g}. All three on fractions of 1 (accuracy / 100): "
+            "DD-Ranking's code feeds percentages into α, so its own LRS leaves [0, 1].")
+
+
 def facts(b: Board, regenerate: str, others: list[str]) -> str:
     """The bullet list under a board's title: provenance, cells, ranking, protocol, settings, regimes, timing, how to regenerate."""
     recs, metric = b.records, b.metric
@@ -116,6 +132,7 @@ def facts(b: Board, regenerate: str, others: list[str]) -> str:
         _protocol_fact(b, others),
         f"- Settings: {common or 'none recorded'}; a row that differs says how, in brackets after its distiller.",
         _regimes_fact(b),
+        dd_ranking_fact(b),
         shared_timing_note(recs),  # cells that shared a device (docs/executors.md)
         f"- Regenerate: `{regenerate}`",
     ]
@@ -143,9 +160,10 @@ def departures_section(b: Board) -> str:
                    "\n".join(f"[^{n}]: {text}" for text, n in b.notes.items()))
 
 
-def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenerate: str, protocol: str = "native") -> str:
-    """The leaderboard page of one task under one protocol."""
-    b = board(task, protocol, rows, records)
+def markdown(task: str, rows: list[Row], records: list[dict[str, Any]], regenerate: str, protocol: str = "native",
+             lrs_weight: float = DD_RANKING_WEIGHT) -> str:
+    """The leaderboard page of one task under one protocol (DD-Ranking's w = ``lrs_weight``)."""
+    b = board(task, protocol, rows, records, lrs_weight)
     task_rows = [r for r in rows if r.task == task]
     others = [p for p in PROTOCOLS if p in {r.protocol for r in task_rows} and p != protocol]
     sections = [
@@ -267,29 +285,31 @@ def plot(b: Board, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
 
 
-def regenerate_command(out: Path, records_file: str = "results.json", report: str | None = None) -> str:
+def regenerate_command(out: Path, records_file: str = "results.json", report: str | None = None,
+                       lrs_weight: float = DD_RANKING_WEIGHT) -> str:
     """The command that rebuilds a board in ``out`` from the records it saved there."""
     return (f"ddbench leaderboard --results {out.as_posix()}/{records_file} --out {out.as_posix()}"
-            + (f" --report {report}" if report else ""))
+            + (f" --report {report}" if report else "") + (f" --lrs-weight {lrs_weight:g}" if lrs_weight != DD_RANKING_WEIGHT else ""))
 
 
-def pages(rows: list[Row], records: list[dict[str, Any]], regenerate: str) -> dict[str, str]:
+def pages(rows: list[Row], records: list[dict[str, Any]], regenerate: str, lrs_weight: float = DD_RANKING_WEIGHT) -> dict[str, str]:
     """The Markdown boards of ``rows``: file name (``<task>.md``, ``<task>-common.md``) -> text."""
-    return {f"{b.name}.md": markdown(b.task, rows, records, regenerate, b.protocol) + "\n" for b in all_boards(rows, records)}
+    return {f"{b.name}.md": markdown(b.task, rows, records, regenerate, b.protocol, lrs_weight) + "\n"
+            for b in all_boards(rows, records, lrs_weight)}
 
 
-def write(records: list[dict[str, Any]], out: Path, tasks: list[str] | None = None) -> list[Path]:
+def write(records: list[dict[str, Any]], out: Path, tasks: list[str] | None = None, lrs_weight: float = DD_RANKING_WEIGHT) -> list[Path]:
     """Write ``<task>.md``, ``<task>.csv``, ``<task>.png`` (and ``<task>-common.*`` for the common
     protocol) and the records as ``results.json`` under ``out``;
     ``ddbench leaderboard --results OUT/results.json --out OUT`` regenerates them."""
     out.mkdir(parents=True, exist_ok=True)
     records = [r for r in records if tasks is None or r["config"]["task"] in tasks]
     rows = aggregate(records)
-    regenerate = regenerate_command(out)
+    regenerate = regenerate_command(out, lrs_weight=lrs_weight)
     written = []
-    for b in all_boards(rows, records):
+    for b in all_boards(rows, records, lrs_weight):
         md, csv_path, png = out / f"{b.name}.md", out / f"{b.name}.csv", out / f"{b.name}.png"
-        md.write_text(markdown(b.task, rows, records, regenerate, b.protocol) + "\n")
+        md.write_text(markdown(b.task, rows, records, regenerate, b.protocol, lrs_weight) + "\n")
         csv_path.write_text(to_csv(b.rows))
         plot(b, png)
         written += [md, csv_path, png]

@@ -36,6 +36,10 @@ passes off a result of another version as current (0: results stored before keys
 LABEL_COLUMNS = ("teacher_free",)
 """Extras the harness records for artifacts outside the hard label regime and shows on every board:
 the same inputs trained from the hard labels their teacher, soft labels or bank imply (docs/labels.md)."""
+DD_RANKING_COLUMNS = ("hlr", "ior", "lrs")
+"""DD-Ranking's scores, which a board sets on its rows where their inputs exist
+(:func:`ddbench.results.board.dd_ranking`): hard label recovery, improvement over random and the
+label-robust score, on fractions of 1."""
 RUN_LENGTH_META = ("iterations", "stopped_early")
 """Keys of ``Artifact.meta`` kept in the results: how long a distiller ran (a time limit may cut it short).
 They are board columns of every task (no direction: they describe a run, they do not rank it)."""
@@ -351,8 +355,10 @@ class Row:
         return self.directions.get(name)
 
     def board_columns(self) -> list[str]:
-        """The extras this row shows on a board: its task's declared columns, the run length, an overrun and the label columns."""
-        return [k for k in self.extra if k in self.columns or k in RUN_LENGTH_META or k == OVERRAN or k in LABEL_COLUMNS]
+        """The extras this row shows on a board: its task's declared columns, the run length, an
+        overrun, the label columns and DD-Ranking's scores."""
+        return [k for k in self.extra if k in self.columns or k in RUN_LENGTH_META or k == OVERRAN or k in LABEL_COLUMNS
+                or k in DD_RANKING_COLUMNS]
 
 
 GROUPED_PREFIXES = ("gen.", "teacher.")

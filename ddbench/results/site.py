@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ddbench.results.board import (
+    DD_RANKING_WEIGHT,
     REGIME_TEXT,
     TEACHER_ROW,
     TRAINED,
@@ -38,7 +39,7 @@ from ddbench.results.board import (
     record_protocol,
     regimes_of,
 )
-from ddbench.results.leaderboard import table_line
+from ddbench.results.leaderboard import dd_ranking_fact, table_line
 from ddbench.results.records import COLUMNS, Row, aggregate, footnote, settings
 from ddbench.vocab import FULL
 
@@ -103,10 +104,10 @@ def _provenance(records: list[dict[str, Any]], row: Row, artifacts: Sequence[Pat
     return f"<details><summary>{len(records)} cell{'s' if len(records) != 1 else ''}</summary><dl>{items}</dl></details>"
 
 
-def task_boards(rows: Sequence[Row], records: Sequence[dict[str, Any]]) -> dict[str, list[Board]]:
+def task_boards(rows: Sequence[Row], records: Sequence[dict[str, Any]], lrs_weight: float = DD_RANKING_WEIGHT) -> dict[str, list[Board]]:
     """The boards of each task (a page each), by task."""
     out: dict[str, list[Board]] = {}
-    for b in all_boards(rows, records):
+    for b in all_boards(rows, records, lrs_weight):
         out.setdefault(b.task, []).append(b)
     return out
 
@@ -175,6 +176,9 @@ def task_facts(boards: Sequence[Board], lines: list[tuple[str, Row]], analyses: 
              "Click a column header to sort; the plot shows the rows the filters keep, with each protocol's Pareto front "
              "(hover a point for its details). The Markdown boards: "
              + ", ".join(f"<code>{escape(b.name)}.md</code>" for b in boards) + "."]
+    ranking = next((dd_ranking_fact(b) for b in boards if dd_ranking_fact(b)), "")
+    if ranking:
+        facts.append(_inline(ranking[2:]))
     if analyses:
         facts.append('Analyses of the distilled data: <a href="analyses.html">analyses.html</a>.')
     return '<ul class="facts">' + "".join(f"<li>{f}</li>" for f in facts) + "</ul>"
@@ -269,11 +273,12 @@ def markdown_html(markdown: str) -> list[str]:
 
 
 def write_site(records: Sequence[dict[str, Any]], site: Path, analysis_pages: Sequence[Path] = (),
-               artifacts: Sequence[Path] = ()) -> list[Path]:
+               artifacts: Sequence[Path] = (), lrs_weight: float = DD_RANKING_WEIGHT) -> list[Path]:
     """Write the site of ``records`` into ``site``: ``index.html``, ``<task>.html`` per task, the
     assets, and ``analyses.html`` from the analysis pages (``.md`` files that
     :func:`ddbench.analysis.pages.write_pages` wrote into ``site/analyses``, beside their PNGs).
-    ``artifacts``: folders ``ddbench run --save-artifacts`` saved into (rows link to their files there)."""
+    ``artifacts``: folders ``ddbench run --save-artifacts`` saved into (rows link to their files there);
+    ``lrs_weight``: DD-Ranking's w (:func:`ddbench.results.board.dd_ranking`)."""
     site.mkdir(parents=True, exist_ok=True)
     records = list(records)
     rows = aggregate(records)
@@ -284,7 +289,7 @@ def write_site(records: Sequence[dict[str, Any]], site: Path, analysis_pages: Se
         with resources.as_file(resources.files("ddbench.results").joinpath("site_assets").joinpath(name)) as source:
             shutil.copyfile(source, target)
         written.append(target)
-    by_task = task_boards(rows, records)
+    by_task = task_boards(rows, records, lrs_weight)
     index = site / "index.html"
     index.write_text(index_page(by_task, records, bool(pages)))
     written.append(index)

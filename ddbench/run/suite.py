@@ -18,7 +18,8 @@ A suite file::
     # options = {...}
 
 With no ``[[distiller]]`` table, every registered distiller runs (those that do not apply to a
-task are skipped with the reason).
+task are skipped with the reason) but those that must be given an option to run
+(:attr:`~ddbench.contracts.interfaces.Distiller.in_every_suite`, such as ``file``).
 
 :func:`expand_suite` turns a suite into its cells with the plugins of a manager, and
 :func:`load_task` loads one task and its view: the harness, ``ddbench leaderboard --suite`` and
@@ -226,7 +227,7 @@ def expand_suite(manager: PluginManager, suite: Suite, device_type: str = "cpu")
     cells exist only for tasks with a common recipe (:func:`has_common_protocol`)."""
     distillers = suite.distillers
     if distillers is None:
-        distillers = [DistillerEntry(n) for n in manager.names("distiller")]
+        distillers = [DistillerEntry(n) for n in manager.names("distiller") if manager.distillers.get(n).in_every_suite]
     for entry in distillers:  # built once here, so that a bad option value is an error before any cell runs
         instantiate(manager.distillers.get(entry.name), entry.options, suite.profile)
     for t in suite.tasks:
