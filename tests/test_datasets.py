@@ -42,6 +42,7 @@ from ddbench_tasks import download
 from ddbench_tasks.download import Archive, fetch
 from ddbench_tasks.files import Mnist
 from ddbench_tasks.imagenet import SUBSETS
+from ddbench_tasks.splits import stratified_indices
 
 SUBSET_WNIDS = sorted({w for classes in SUBSETS.values() for _, w in classes})
 FASTAI_IMAGENETTE = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079",  # fast.ai's imagenette README
@@ -169,6 +170,11 @@ def test_splits_are_seeded_stable_and_the_cache_is_reused(manager, root):
     assert json.loads((built[0] / "info.json").read_text())["splits"] == {"train": 60, "test": 30}
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.val.y, b.val.y)
     assert not torch.equal(a.val.x, c.val.x) and torch.equal(a.test.x, c.test.x)
+    batches = [pickle.loads((root / "cifar-10-batches-py" / f"data_batch_{i}").read_bytes(), encoding="latin1") for i in range(1, 6)]
+    x = torch.from_numpy(np.concatenate([b["data"] for b in batches])).view(-1, 3, 32, 32)
+    y = torch.tensor([label for b in batches for label in b["labels"]])
+    rest, held = stratified_indices(y, 0.1, 0)
+    assert torch.equal(a.train.x, x[rest]) and torch.equal(a.val.x, x[held]) and torch.equal(a.train.y, y[rest])
 
 
 def test_a_changed_source_file_builds_a_new_cache(manager, tmp_path):

@@ -123,7 +123,8 @@ class FileImageTask(ImageTask):
     def _in_memory(self) -> TaskData:
         train, test = self.raw()
         rest, held = stratified_indices(train.y, self.val_fraction, self.seed)
-        train, val = train.subset(rest), train.subset(held)
+        val = train.subset(held)
+        train = Split(compact(train.x, rest), train.y[rest])
         if self.zca:  # the fit sees train only, pixels in [0, 1]
             self._zca = Zca.fit(train.x.float().div_(255))
         return TaskData(train, val, test)
@@ -148,6 +149,16 @@ class FileImageTask(ImageTask):
         shape = (1, -1, 1, 1)
         x = (x - torch.tensor(self.mean, device=x.device).view(shape)) / torch.tensor(self.std, device=x.device).view(shape)
         return Split(x, split.y.to(device))
+
+
+def compact(x: torch.Tensor, rows: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """``x[rows]`` for sorted distinct ``rows``, moved to the front of ``x`` in place (row ``rows[k]``
+    is never before ``k``, so no row is overwritten before it is read): the train split without a
+    second copy of its images beside it. The result is a view of ``x``'s first ``len(rows)`` rows."""
+    for start in range(0, len(rows), chunk):
+        index = rows[start:start + chunk]
+        x[start:start + len(index)] = x[index]
+    return x[: len(rows)]
 
 
 def idx_file(folder: Path, name: str) -> Path | None:
