@@ -36,6 +36,7 @@ from ddbench.run.suite import (
     default_suite,
     expand_suite,
     load_suite,
+    prepare_tasks,
 )
 from ddbench.vocab import Budget
 
@@ -65,8 +66,8 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     run.add_argument("--time-limit", type=float, metavar="S", help="seconds a distiller may run per cell")
     run.add_argument("--protocol", action="append", default=[], metavar="NAME",
                      help="evaluation protocol(s): native (each method's recipe) or common (the task's one recipe); repeatable")
-    run.add_argument("--data-root", help="folder holding torchvision datasets (or $DDBENCH_DATA_ROOT)")
-    run.add_argument("--download", action="store_true", help="let torchvision tasks download missing data")
+    run.add_argument("--data-root", help="folder holding the datasets' files (or $DDBENCH_DATA_ROOT; default ~/.ddbench/data)")
+    run.add_argument("--download", action="store_true", help="download missing datasets' official archives (checked, resumed)")
     run.add_argument("--store", help=f"results store (default {DEFAULT_PATH} or $DDBENCH_STORE)")
     run.add_argument("--force", action="store_true", help="recompute cells already finished in the store")
     run.add_argument("--save-artifacts", metavar="DIR", help="save every artifact as .safetensors + .json under DIR")
@@ -352,6 +353,12 @@ def execute(suite: Suite, store_path: str | None, device: str, force: bool = Fal
     check_budgets(cells, lambda task, options, profile: harness.task(task, options, profile)[1])
     store = ResultStore(store_path, manager)
     done = {c.key() for c in cells if not force and store.done(c)}
+    try:  # a missing or damaged dataset: one line and exit 2 before any cell runs
+        prepare_tasks(manager, (c for c in cells if c.key() not in done))
+    except BaseException:
+        store.close()
+        bar.close()
+        raise
     bar.total = len(cells) - len(done)
     print(f"ddbench {__version__}: suite {suite.name!r}, {len(cells)} cells ({len(done)} already in {store.path}), "
           f"profile {suite.profile}, device {harness.device}, {suite.eval_seeds} eval seeds"
@@ -389,7 +396,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def data_options(args: argparse.Namespace) -> None:
-    """``--data-root`` and ``--download``, as the torchvision tasks read them."""
+    """``--data-root`` and ``--download``, as the tasks read from files read them."""
     if args.data_root:
         os.environ["DDBENCH_DATA_ROOT"] = args.data_root
     if args.download:

@@ -68,7 +68,7 @@ def test_info_declares_the_preprocessing(manager):
     on, off = instantiate(digits, {"zca": True}).info(), instantiate(digits, {}).info()
     assert (on["zca"], on["zca_eps"], on["mean"], on["std"]) == (True, 0.1, [], [])
     assert off["zca"] is False and off["mean"] == [0.3053] and "zca_eps" not in off
-    assert instantiate(manager.tasks.get("cifar10"), {"zca": True}).zca  # torchvision tasks take it too
+    assert instantiate(manager.tasks.get("cifar10"), {"zca": True}).zca  # tasks read from files take it too
     assert pixel_w1(torch.ones(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), on) == pytest.approx(1.0)  # no mean/std: as they are
 
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ddbench.contracts.deviations import Deviation
 from ddbench.contracts.recipe import KD_EPOCHS, KD_PROTOCOL, QUICK_KD_BATCH, Recipe, crop_protocol
-from ddbench.errors import DDBenchError
+from ddbench.errors import DDBenchError, TaskDataError
 from ddbench.vocab import Budget
 
 Kind = Literal["classification", "regression"]
@@ -30,10 +31,18 @@ Kind = Literal["classification", "regression"]
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Split:
-    """Inputs ``x`` (N, *input_shape) and targets ``y`` (N,) int64 labels or float targets."""
+    """Inputs ``x`` (N, *input_shape) and targets ``y`` (N,) int64 labels or float targets.
+
+    The accessor every split has, held in memory or memory-mapped (:class:`MappedSplit`):
+    :meth:`take` (the inputs of some examples), :meth:`batches` (all of them in order, a chunk at a
+    time) and ``y`` (in memory either way). Code that reads a split only through them also runs on
+    a task too large for memory (ImageNet-1K); ``x`` is the whole split as one tensor, which a
+    mapped split refuses.
+    """
 
     x: Tensor
     y: Tensor
+    mapped: ClassVar[bool] = False
 
     def __len__(self) -> int:
         return len(self.y)
@@ -43,6 +52,61 @@ class Split:
 
     def subset(self, index: Tensor) -> Split:
         return Split(self.x[index], self.y[index])
+
+    def take(self, index: Tensor) -> Tensor:
+        """The inputs of the examples ``index`` (a 1-D index tensor), as models take them, on the split's device."""
+        return self.x[index]
+
+    def batches(self, size: int = 1024) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every example in order as ``(inputs, targets)`` chunks of at most ``size``."""
+        for start in range(0, len(self), size):
+            index = torch.arange(start, min(start + size, len(self)), device=self.y.device)
+            yield self.take(index), self.y[index]
+
+
+class MappedSplit(Split):
+    """A split too large for memory: rows ``rows`` of a uint8 (M, C, H, W) image array in a ``.npy``
+    file, memory-mapped (read from disk as pages are touched), and their labels ``y`` in memory.
+    :meth:`take` reads the rows asked for and converts them on the split's device to floats in
+    [0, 1] normalised by ``mean``/``std`` (the task's, ``info()``); ``x``, the whole split as one
+    tensor, raises a one-line :class:`~ddbench.errors.TaskDataError` instead of filling memory."""
+
+    mapped: ClassVar[bool] = True
+
+    def __init__(self, path: str | Path, rows: Tensor, y: Tensor, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | str = "cpu"):
+        self.path, self.rows, self.y = str(path), rows.cpu(), y.to(device)
+        self.mean, self.std, self.device = tuple(mean), tuple(std), torch.device(device)
+        self.images = np.load(self.path, mmap_mode="r")
+
+    @property
+    def x(self) -> Tensor:
+        raise TaskDataError(f"this split is memory-mapped ({len(self)} images in {self.path}) and is never one tensor: read it "
+                            "with split.take(index) or split.batches(size) (docs/design.md §2)")
+
+    @x.setter
+    def x(self, value: Tensor) -> None:
+        raise TaskDataError(f"the inputs of a memory-mapped split are its file {self.path}: they are not set")
+
+    def __repr__(self) -> str:
+        return f"MappedSplit({self.path!r}, {len(self)} rows, device={self.device})"
+
+    def to(self, device: torch.device | str) -> MappedSplit:
+        return MappedSplit(self.path, self.rows, self.y, self.mean, self.std, device)
+
+    def subset(self, index: Tensor) -> MappedSplit:
+        return MappedSplit(self.path, self.rows[index.cpu()], self.y[index], self.mean, self.std, self.device)
+
+    def take(self, index: Tensor) -> Tensor:
+        rows = self.rows[index.cpu()].numpy()
+        order = np.argsort(rows, kind="stable")  # read the file front to back, then put the rows back in the asked order
+        pixels = torch.empty((len(rows), *self.images.shape[1:]), dtype=torch.uint8)
+        pixels[torch.from_numpy(order)] = torch.from_numpy(np.ascontiguousarray(self.images[rows[order]]))
+        x = pixels.to(self.device).float().div_(255)
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(self.mean, device=self.device).view(shape)
+        std = torch.tensor(self.std, device=self.device).view(shape)
+        return (x - mean) / std
 
 
 @dataclass
@@ -61,6 +125,13 @@ class TaskView:
     The test split is deliberately absent: nothing but the harness's final scoring touches it.
     ``info`` holds public facts a method may need (normalisation ``mean``/``std``, the DSA
     ``dsa_strategy``, the ``kind`` of data), ``options`` the task's own options.
+
+    What a distiller may assume of ``train`` (and ``val``): inputs as models take them (normalised
+    floats) on the run's device, labels ``y`` in memory. A task held in memory gives a plain
+    :class:`Split` whose ``x`` is one tensor; a task too large for memory (ImageNet-1K) gives a
+    :class:`MappedSplit`, read only through :meth:`Split.take`, :meth:`Split.batches` and
+    :meth:`balanced_batch`, and only distillers that say they read it so
+    (:attr:`Distiller.reads_mapped`) run on it: the harness skips the others with the reason.
     """
 
     name: str
@@ -79,6 +150,21 @@ class TaskView:
     def class_index(self, c: int) -> Tensor:
         """Indices of the train examples of class ``c``."""
         return torch.nonzero(self.train.y == c).flatten()
+
+    def balanced_index(self, per_class: int, generator: torch.Generator) -> Tensor:
+        """A seeded class-balanced draw: indices of ``per_class`` train examples of every class (all of
+        a smaller class), class by class, each class's drawn uniformly without replacement."""
+        picks = []
+        for c in range(self.num_classes or 0):
+            idx = self.class_index(c)
+            picks.append(idx[torch.randperm(len(idx), generator=generator, device=idx.device)[:per_class]])
+        return torch.cat(picks)
+
+    def balanced_batch(self, per_class: int, generator: torch.Generator) -> Split:
+        """The class-balanced batch of :meth:`balanced_index`, inputs read through :meth:`Split.take`: what
+        a method that needs real examples of each class reads, held in memory or memory-mapped alike."""
+        index = self.balanced_index(per_class, generator)
+        return Split(self.train.take(index), self.train.y[index])
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,9 +320,19 @@ class Task(Component, ABC):
     num_classes: int | None
     input_shape: tuple[int, ...]
 
+    def prepare_data(self) -> None:
+        """Make the data ready to load: find its files, download them where allowed, build caches.
+        A problem is a one-line :class:`~ddbench.errors.TaskDataError`; ``ddbench run`` calls this for
+        every task of a suite before any cell runs. Default: nothing (embedded or generated data)."""
+
     @abstractmethod
     def load(self) -> TaskData:
-        """The train / validation / test splits (CPU tensors; the harness moves them)."""
+        """The train / validation / test splits (CPU tensors; the harness moves them with :meth:`to_device`)."""
+
+    def to_device(self, split: Split, device: torch.device | str) -> Split:
+        """A split of :meth:`load` as models take it, on ``device``. Default: moved there. A task
+        that keeps compact inputs (uint8 pixels) converts them here, on the device."""
+        return split.to(device)
 
     @abstractmethod
     def recipe(self, profile: str) -> Recipe:
@@ -350,6 +446,10 @@ class Distiller(Component, ABC):
     in_every_suite: ClassVar[bool] = True
     """Whether a suite that names no distillers runs it; ``False`` for one that needs an option the
     user must give (the ``file`` distiller's ``path``)."""
+    reads_mapped: ClassVar[bool] = False
+    """Whether the method reads the train and validation splits only through the accessor
+    (:meth:`Split.take`, :meth:`Split.batches`, :meth:`TaskView.balanced_batch`), so that it runs on a
+    memory-mapped task (:class:`MappedSplit`); the harness skips the others there with the reason."""
     published: ClassVar[tuple[Published, ...]] = ()
     """The method's published accuracies (docs/methods.md §11), which ``ddbench reproduce`` compares with."""
     official_code: ClassVar[str] = ""

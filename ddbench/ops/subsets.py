@@ -23,12 +23,7 @@ def random_subset(task: TaskView, budget: Budget, generator: torch.Generator) ->
             raise BudgetError(f"budget {budget} holds no (input, target) pair of task {task.name!r} "
                               f"({task.input_size + 1} scalars each): raise it.")
         return torch.randperm(len(task.train), generator=generator, device=device)[:m]
-    ipc = budget.ipc(task)
-    picks = []
-    for c in range(task.num_classes):
-        idx = task.class_index(c)
-        picks.append(idx[torch.randperm(len(idx), generator=generator, device=device)[:ipc]])
-    return torch.cat(picks)
+    return task.balanced_index(budget.ipc(task), generator)
 
 
 def random_artifact(task: TaskView, budget: Budget, seed: int) -> Artifact:
@@ -36,4 +31,4 @@ def random_artifact(task: TaskView, budget: Budget, seed: int) -> Artifact:
     from a generator on the task's device seeded with ``seed`` (as a cell's ``RunContext``)."""
     generator = torch.Generator(task.train.y.device).manual_seed(seed)
     idx = random_subset(task, budget, generator)
-    return Artifact({"x": task.train.x[idx].clone(), "y": task.train.y[idx].clone()})
+    return Artifact({"x": task.train.take(idx).clone(), "y": task.train.y[idx].clone()})

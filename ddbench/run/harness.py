@@ -19,6 +19,7 @@ second one reuses the first one's distillation instead of distilling again.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -53,6 +54,7 @@ from ddbench.vocab import DISTILLATION_REGIMES, PROTOCOL_FIELDS, Budget
 
 TRACEBACK_CHARS = 8000  # a stored traceback keeps its first and last lines up to this size
 HEADER_BYTES = 1 << 20  # room for the safetensors header beyond 8 bytes per budgeted scalar
+MAPPED_CHUNK = 2048  # examples of a memory-mapped split read and predicted at a time
 
 
 @dataclass(frozen=True)
@@ -300,7 +302,7 @@ class Harness:
             generators = [torch.Generator(self.device).manual_seed(seed) for seed in cell.eval_seeds]
             mode = learner.fit_ensemble(models, labelled, recipe, generators)
             params = sum(p.numel() for p in models[0].parameters())  # after training: lazy modules are materialised
-            scores = [task.score(learner.predict(model, test.x), test.y) for model in models]
+            scores = [task.score(outputs(functools.partial(learner.predict, model), test), test.y) for model in models]
             return scores, mode, params, time.perf_counter() - start
 
         (scores, mode, params, seconds), reused = self.evaluations.recall(key, train)
@@ -321,8 +323,9 @@ class Harness:
         scores = self._scores(task, view, test, learner, hard, recipe, cell)[0]
         out["teacher_free"] = statistics.fmean(s[task.metric] for s in scores)
         if kind == "teacher":
-            assert on_device.teacher is not None
-            out["teacher_accuracy"] = task.score(labels.logits(on_device.teacher, test.x), test.y)[task.metric]
+            teacher = on_device.teacher
+            assert teacher is not None
+            out["teacher_accuracy"] = task.score(outputs(lambda x: labels.logits(teacher, x), test), test.y)[task.metric]
             out["teacher_params"] = float(sum(t.numel() for t in labels.teacher_state(artifact.tensors).values()))
         return out
 
@@ -366,6 +369,14 @@ class Harness:
                 scores = self._scores(task, view, test, learner, admitted, reference_recipe, cell)[0]
                 self._random_refs[key] = statistics.fmean(s[task.metric] for s in scores)
         return self._random_refs[key]
+
+
+def outputs(predict: Callable[[torch.Tensor], torch.Tensor], split: Split) -> torch.Tensor:
+    """``predict`` over a split: at once where it is in memory, a chunk at a time where it is
+    memory-mapped (:class:`~ddbench.contracts.interfaces.MappedSplit`)."""
+    if not split.mapped:
+        return predict(split.x)
+    return torch.cat([predict(x) for x, _ in split.batches(MAPPED_CHUNK)])
 
 
 def hard_overrides(declared: dict[str, Any]) -> dict[str, Any]:

@@ -228,8 +228,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     parser.add_argument("--store", help="results store (default .ddbench/reproduce.sqlite); finished cells are reused")
     parser.add_argument("--out", default="leaderboards/reproduce", help="folder of the page (default leaderboards/reproduce)")
-    parser.add_argument("--data-root", help="folder holding torchvision datasets (or $DDBENCH_DATA_ROOT)")
-    parser.add_argument("--download", action="store_true", help="let torchvision tasks download missing data")
+    parser.add_argument("--data-root", help="folder holding the datasets' files (or $DDBENCH_DATA_ROOT; default ~/.ddbench/data)")
+    parser.add_argument("--download", action="store_true", help="download missing datasets' official archives (checked, resumed)")
 
 
 def run(args: argparse.Namespace, manager: PluginManager, execute: Any) -> int:

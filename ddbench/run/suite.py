@@ -273,11 +273,23 @@ def check_budgets(cells: Iterable[Cell], view: Callable[[str, dict[str, Any], st
                              f"examples, {full} scalars): use a smaller budget; the whole split is the budget-exempt `full` row.")
 
 
+def prepare_tasks(manager: PluginManager, cells: Iterable[Cell]) -> None:
+    """:meth:`Task.prepare_data` of every task of ``cells`` (once per task and options): files found,
+    downloaded where allowed, caches built, so that a missing or damaged dataset is a one-line error
+    before any cell runs."""
+    seen = set()
+    for cell in cells:
+        key = json.dumps([cell.task, cell.task_options, cell.profile], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            instantiate(manager.tasks.get(cell.task), cell.task_options, cell.profile).prepare_data()
+
+
 def task_view(task: Task, data: TaskData, device: torch.device | str, name: str | None = None,
               options: dict[str, Any] | None = None) -> TaskView:
-    """What a distiller sees of a loaded task: train and validation on ``device``, never the test split."""
-    return TaskView(name or task.name, task.kind, task.num_classes, tuple(task.input_shape), data.train.to(device),
-                    data.val.to(device), task.info(), dict(options or {}))
+    """What a distiller sees of a loaded task: train and validation on ``device`` (:meth:`Task.to_device`), never the test split."""
+    return TaskView(name or task.name, task.kind, task.num_classes, tuple(task.input_shape), task.to_device(data.train, device),
+                    task.to_device(data.val, device), task.info(), dict(options or {}))
 
 
 def load_view(manager: PluginManager, name: str, options: dict[str, Any], profile: str, device: torch.device | str) -> TaskView:
@@ -299,4 +311,4 @@ def load_task(manager: PluginManager, name: str, options: dict[str, Any], profil
     validation on ``device``) and the test split on ``device``."""
     task = instantiate(manager.tasks.get(name), options, profile)
     data = task.load()
-    return task, task_view(task, data, device, name, options), data.test.to(device)
+    return task, task_view(task, data, device, name, options), task.to_device(data.test, device)

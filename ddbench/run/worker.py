@@ -53,7 +53,7 @@ from torch import Tensor
 
 from ddbench.budget import labels
 from ddbench.budget.artifact import check_boundary, from_bytes, to_bytes
-from ddbench.contracts.interfaces import Distiller, Progress, RunContext, Split, TaskView
+from ddbench.contracts.interfaces import Distiller, MappedSplit, Progress, RunContext, Split, TaskView
 from ddbench.errors import DDBenchError, NotApplicable, TaskDataError, one_line, show_warning
 from ddbench.vocab import Budget
 
@@ -92,7 +92,9 @@ def grace_s(time_limit_s: float) -> float:
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ViewSpec:
-    """A task view without its tensors, and the safetensors file that holds its train and validation splits."""
+    """A task view without its tensors, and the safetensors file that holds its train and validation
+    splits; ``mapped``: for a memory-mapped split (:class:`~ddbench.contracts.interfaces.MappedSplit`),
+    its image file and normalisation by part (``train``, ``val``), the file holding its rows and labels."""
 
     name: str
     kind: str
@@ -101,20 +103,36 @@ class ViewSpec:
     info: dict[str, Any]
     options: dict[str, Any]
     path: str
+    mapped: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def write_view(view: TaskView, path: Path) -> ViewSpec:
-    """Write the view's train and validation splits to ``path`` (never the test split, which a view lacks)."""
+    """Write the view's train and validation splits to ``path`` (never the test split, which a view lacks);
+    of a memory-mapped split only its rows and labels: the worker maps the same image file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    splits = {"train.x": view.train.x, "train.y": view.train.y, "val.x": view.val.x, "val.y": view.val.y}
-    path.write_bytes(to_bytes(splits))
-    return ViewSpec(view.name, view.kind, view.num_classes, tuple(view.input_shape), dict(view.info), dict(view.options), str(path))
+    tensors, mapped = {}, {}
+    for part, split in (("train", view.train), ("val", view.val)):
+        if isinstance(split, MappedSplit):
+            tensors[f"{part}.rows"] = split.rows
+            mapped[part] = {"path": split.path, "mean": list(split.mean), "std": list(split.std)}
+        else:
+            tensors[f"{part}.x"] = split.x
+        tensors[f"{part}.y"] = split.y
+    path.write_bytes(to_bytes(tensors))
+    return ViewSpec(view.name, view.kind, view.num_classes, tuple(view.input_shape), dict(view.info), dict(view.options), str(path),
+                    mapped)
 
 
 def read_view(spec: ViewSpec, device: torch.device) -> TaskView:
     """The view a distiller gets, its tensors read from the file into this process and moved to ``device``."""
     tensors = from_bytes(Path(spec.path).read_bytes(), "the task view")
-    split = lambda part: Split(tensors[f"{part}.x"].to(device), tensors[f"{part}.y"].to(device))  # noqa: E731 - a one-line helper
+
+    def split(part: str) -> Split:
+        if part in spec.mapped:
+            m = spec.mapped[part]
+            return MappedSplit(m["path"], tensors[f"{part}.rows"], tensors[f"{part}.y"], m["mean"], m["std"], device)
+        return Split(tensors[f"{part}.x"].to(device), tensors[f"{part}.y"].to(device))
+
     return TaskView(spec.name, spec.kind, spec.num_classes, spec.input_shape, split("train"), split("val"),  # type: ignore[arg-type]  # kind is checked where the view is written
                     spec.info, spec.options)
 
@@ -421,7 +439,7 @@ def _run(request: DistillRequest, channel: _Channel) -> tuple[dict[str, Any], by
     view = read_view(request.view, device)
     distiller = instantiate(request.distiller, request.distiller_options, request.profile)
     learner = instantiate(request.learner, request.learner_options, request.profile)
-    reason = distiller.supports(view, learner)
+    reason = mapped_reason(distiller, view) or distiller.supports(view, learner)
     if reason is not None:
         return {"status": "skipped", "error": str(reason)}, None
     generator = torch.Generator(device).manual_seed(request.seed)
@@ -451,6 +469,15 @@ def _run(request: DistillRequest, channel: _Channel) -> tuple[dict[str, Any], by
     label_bytes = sum(t.numel() * t.element_size() for k, t in artifact.tensors.items()
                       if k.startswith(labels.LABEL_PREFIXES))
     return {"status": "ok", "recipe": recipe, "meta": meta, "label_bytes": label_bytes}, to_bytes(artifact.tensors)
+
+
+def mapped_reason(distiller: Distiller, view: TaskView) -> str | None:
+    """Why ``distiller`` skips ``view``: its train split is memory-mapped and the method does not read
+    it through the accessor (:attr:`~ddbench.contracts.interfaces.Distiller.reads_mapped`); else ``None``."""
+    if view.train.mapped and not distiller.reads_mapped:
+        return (f"needs the whole train split as one tensor; task {view.name!r} is memory-mapped ({len(view.train)} images), "
+                "read a batch at a time (Distiller.reads_mapped)")
+    return None
 
 
 def _plain(value: Any) -> Any:

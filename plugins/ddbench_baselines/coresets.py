@@ -12,7 +12,7 @@ from ddbench.contracts.deviations import Deviation
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
 from ddbench.contracts.recipe import Recipe
 from ddbench.ops.subsets import random_subset
-from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_AUGMENTS, SQUEEZE_EPOCHS, TEACHER, teacher_for
+from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_AUGMENTS, SQUEEZE_EPOCHS, SQUEEZE_MAPPED, TEACHER, teacher_for
 from ddbench.vocab import Budget
 
 LABEL_FORMS = ("hard", "teacher")
@@ -25,24 +25,36 @@ TEACHER_LABELS = Deviation("labels", "the chosen images with their hard labels",
 class Coreset(Distiller):
     """A coreset in a label regime (docs/labels.md): ``labels='hard'`` stores the examples' labels;
     ``'teacher'`` stores the examples with a teacher (``teacher``, squeezed for ``squeeze_epochs``
-    with ``squeeze_augment``, cached and shared with sre2l and dwa), which the student distils from."""
+    with ``squeeze_augment``, cached and shared with sre2l and dwa, or read from the checkpoint file
+    ``teacher_weights``), which the student distils from. It reads the train split through the
+    accessor (:attr:`~ddbench.contracts.interfaces.Distiller.reads_mapped`)."""
 
     quick: ClassVar[dict[str, Any]] = dict(QUICK_TEACHER)
+    reads_mapped = True
 
     def __init__(self, labels: str = "hard", teacher: str = TEACHER, squeeze_epochs: int = SQUEEZE_EPOCHS,
-                 squeeze_augment: str = "crop"):
+                 squeeze_augment: str = "crop", teacher_weights: str = ""):
         options.one_of("labels", labels, LABEL_FORMS)
         options.one_of("squeeze_augment", squeeze_augment, SQUEEZE_AUGMENTS)
         options.positive(squeeze_epochs=squeeze_epochs)
         self.labels, self.teacher, self.squeeze_epochs, self.squeeze_augment = labels, teacher, squeeze_epochs, squeeze_augment
+        self.teacher_weights = teacher_weights
+
+    def teacher_reason(self, task: TaskView) -> str | None:
+        """Why the teacher regime does not apply to ``task`` (``None``: it does)."""
+        if self.labels == "teacher" and task.num_classes is None:
+            return "a teacher gives class probabilities; the task is regression"
+        if self.labels == "teacher" and task.train.mapped and not self.teacher_weights:
+            return SQUEEZE_MAPPED
+        return None
 
     def artifact(self, task: TaskView, index: Tensor, context: RunContext, meta: dict[str, Any] | None = None) -> Artifact:
         """The chosen examples (class by class) in this coreset's label regime."""
         meta = dict(meta or {})
         if self.labels == "hard":
-            return Artifact({"x": task.train.x[index].clone(), "y": task.train.y[index].clone()}, meta=meta)
-        model, info = teacher_for(task, self.teacher, self.squeeze_epochs, self.squeeze_augment, context)
-        return Artifact({"x": task.train.x[index].clone(), **teacher_tensors(model)},
+            return Artifact({"x": task.train.take(index).clone(), "y": task.train.y[index].clone()}, meta=meta)
+        model, info = teacher_for(task, self.teacher, self.squeeze_epochs, self.squeeze_augment, context, self.teacher_weights)
+        return Artifact({"x": task.train.take(index).clone(), **teacher_tensors(model)},
                         {"labels": "class-balanced", "teacher": self.teacher}, {**meta, **info})
 
 
@@ -55,9 +67,7 @@ class Random(Coreset):
     deviations = (TEACHER_LABELS,)
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
-        if self.labels == "teacher" and task.num_classes is None:
-            return "a teacher gives class probabilities; the task is regression"
-        return None
+        return self.teacher_reason(task)
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
         idx = random_subset(task, budget, context.generator)
@@ -134,10 +144,10 @@ class Herding(Coreset):
     )
 
     def __init__(self, features: str = "trained", epochs: int = 30, labels: str = "hard", teacher: str = TEACHER,
-                 squeeze_epochs: int = SQUEEZE_EPOCHS, squeeze_augment: str = "crop"):
+                 squeeze_epochs: int = SQUEEZE_EPOCHS, squeeze_augment: str = "crop", teacher_weights: str = ""):
         options.one_of("features", features, ("trained", "random"))
         options.non_negative(epochs=epochs)
-        super().__init__(labels, teacher, squeeze_epochs, squeeze_augment)
+        super().__init__(labels, teacher, squeeze_epochs, squeeze_augment, teacher_weights)
         self.features, self.epochs = features, epochs
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
@@ -145,7 +155,10 @@ class Herding(Coreset):
             return "herding selects per class; the task is regression"
         if not learner.supports_embedding:
             return f"herding selects in a learner's feature space; {learner.name!r} has no embedding (supports_embedding)"
-        return None
+        if task.train.mapped and self.features == "trained":
+            return ("features=trained trains the feature network on the whole train split as one tensor, and the task is "
+                    "memory-mapped: use features=random")
+        return self.teacher_reason(task)
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
         ipc = budget.ipc(task)
@@ -159,7 +172,7 @@ class Herding(Coreset):
             picks = []
             for c in range(task.num_classes):  # type: ignore[arg-type]  # supports() admits classification tasks only
                 idx = task.class_index(c)
-                feats = torch.cat([learner.embed(model, task.train.x[idx[i : i + 1024]]) for i in range(0, len(idx), 1024)])
+                feats = torch.cat([learner.embed(model, task.train.take(idx[i : i + 1024])) for i in range(0, len(idx), 1024)])
                 picks.append(idx[herding_select(feats, ipc)])
         context.progress.update(2, 2, stage=2)
         return self.artifact(task, torch.cat(picks), context, {"features": self.features})

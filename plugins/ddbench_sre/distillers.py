@@ -22,7 +22,7 @@ from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContex
 from ddbench.contracts.recipe import crop_protocol
 from ddbench.ops.augment import crop_views, padded_views, random_views
 from ddbench.ops.subsets import random_subset
-from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_AUGMENTS, SQUEEZE_EPOCHS, TEACHER, teacher_for
+from ddbench.ops.teacher import QUICK_TEACHER, SQUEEZE_AUGMENTS, SQUEEZE_EPOCHS, SQUEEZE_MAPPED, TEACHER, teacher_for
 from ddbench.vocab import Budget
 from ddbench_sre.recover import Perturb, RecoverRecipe, directed_perturbation, recover
 
@@ -79,7 +79,9 @@ class SRe2L(Distiller):
     """SRe2L (Yin, Xing & Shen, NeurIPS 2023) in the form of its official CIFAR code.
 
     Squeeze: train ``teacher`` (a learner spec; ResNet-18 in CIFAR form) for ``squeeze_epochs`` on
-    the train split (cached; augmentation ``squeeze_augment``). Recover: starting from Gaussian
+    the train split (cached; augmentation ``squeeze_augment``), or read it from the checkpoint file
+    ``teacher_weights`` (the ImageNet protocol's pretrained torchvision ResNet-18 with
+    ``teacher=resnet-imagenet:depth=18``; the only way on a memory-mapped task). Recover: starting from Gaussian
     noise (``init=noise``) or ipc random real images per class (``init=real``), ``batch`` images at
     a time (default: one image of every class, the official batches), ``steps`` Adam steps (lr
     ``lr``, betas ``beta1``/``beta2``, cosine) on cross-entropy + ``r_bn`` x the BatchNorm-statistics
@@ -93,6 +95,7 @@ class SRe2L(Distiller):
     name = "sre2l"
     description = "SRe2L: squeeze a BatchNorm teacher, recover images by its statistics, relabel (stores the teacher)"
     quick: ClassVar[dict[str, Any]] = {**QUICK_TEACHER, "steps": 100, "views": 20}
+    reads_mapped = True  # real images only through the class-balanced draw; a mapped task needs teacher_weights
     official_code = SRE2L_CODE
     deviations: ClassVar[tuple[Deviation, ...]] = (
         Deviation("initialisation", "Gaussian noise (torch.randn)", "random real images of each class (option init=real)",
@@ -103,7 +106,8 @@ class SRe2L(Distiller):
     def __init__(self, teacher: str = TEACHER, squeeze_epochs: int = SQUEEZE_EPOCHS, squeeze_augment: str = "crop",
                  steps: int = 1000, lr: float = 0.25, beta1: float = 0.5, beta2: float = 0.9, jitter: int | None = None,
                  r_bn: float = 0.01, r_var: float = 1.0, first_bn: float = 10.0, batch: int | None = None,
-                 init: str = "noise", labels: str = "teacher", views: int = 400, bank_views: str = "crop"):
+                 init: str = "noise", labels: str = "teacher", views: int = 400, bank_views: str = "crop",
+                 teacher_weights: str = ""):
         options.one_of("labels", labels, LABEL_FORMS)
         options.one_of("init", init, INITS)
         options.one_of("bank_views", bank_views, VIEW_KINDS)
@@ -116,10 +120,13 @@ class SRe2L(Distiller):
         self.recipe = RecoverRecipe(steps, lr, beta1, beta2, 0, r_bn, r_var, first_bn)  # the jitter depends on the task
         self.jitter, self.batch, self.init = jitter, batch, init
         self.labels, self.views, self.bank_views = labels, views, bank_views
+        self.teacher_weights = teacher_weights
 
     def supports(self, task: TaskView, learner: Learner) -> str | None:
         if task.num_classes is None or len(task.input_shape) != 3:
             return f"{self.name} recovers images of a classification task through a convolutional teacher"
+        if task.train.mapped and not self.teacher_weights:
+            return SQUEEZE_MAPPED
         return None
 
     def perturbation(self, teacher: nn.Module, y: Tensor) -> Perturb | None:
@@ -127,11 +134,11 @@ class SRe2L(Distiller):
         return None
 
     def distill(self, task: TaskView, budget: Budget, learner: Learner, context: RunContext) -> Artifact:
-        model, meta = teacher_for(task, self.teacher, self.squeeze_epochs, self.squeeze_augment, context)
+        model, meta = teacher_for(task, self.teacher, self.squeeze_epochs, self.squeeze_augment, context, self.teacher_weights)
         classes: int = task.num_classes  # type: ignore[assignment]  # supports() admits classification tasks only
         index = random_subset(task, budget, context.generator)  # ipc per class, class by class
         y = task.train.y[index]
-        x0 = task.train.x[index] if self.init == "real" else \
+        x0 = task.train.take(index) if self.init == "real" else \
             torch.randn(len(index), *task.input_shape, generator=context.generator, device=context.device)
         order = interleaved(y, classes)
         bounds = pixel_bounds(task, context.device)
@@ -177,11 +184,11 @@ class DWA(SRe2L):
                  steps: int = 1000, lr: float = 0.25, beta1: float = 0.5, beta2: float = 0.9, jitter: int | None = None,
                  r_bn: float = 0.01, r_var: float = 11.0, first_bn: float = 10.0, batch: int | None = None,
                  init: str = "real", labels: str = "teacher", views: int = 400, bank_views: str = "crop",
-                 K: int = 12, rho: float = 15e-3):  # noqa: N803 - the paper's symbol
+                 K: int = 12, rho: float = 15e-3, teacher_weights: str = ""):  # noqa: N803 - the paper's symbol
         options.positive(K=K)
         options.non_negative(rho=rho)
         super().__init__(teacher, squeeze_epochs, squeeze_augment, steps, lr, beta1, beta2, jitter, r_bn, r_var, first_bn, batch,
-                         init, labels, views, bank_views)
+                         init, labels, views, bank_views, teacher_weights)
         self.K, self.rho = K, rho
 
     def perturbation(self, teacher: nn.Module, y: Tensor) -> Perturb | None:

@@ -1,4 +1,6 @@
-"""Image classification tasks: bundled/generated sets and torchvision sets read from a data root.
+"""Image classification tasks: the base class and the embedded or generated sets (digits, mnist5k,
+mnist1d); the datasets read from their distribution files are in :mod:`ddbench_tasks.files` and
+:mod:`ddbench_tasks.imagenet`.
 
 Inputs are normalised per channel (``docs/methods.md`` §1), or with option ``zca`` whitened by the
 map fitted on the train split; methods work in that space and the test split gets the identical
@@ -6,8 +8,6 @@ transform. Validation is a stratified, seeded slice of train.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -176,81 +176,3 @@ class Mnist1d(ImageTask):
             np.random.set_state(state)
         as_split = lambda x, y: Split(torch.tensor(x, dtype=torch.float32), torch.tensor(y))  # noqa: E731 - a one-line helper
         return as_split(data["x"], data["y"]), as_split(data["x_test"], data["y_test"])
-
-
-class TorchvisionTask(ImageTask):
-    """A torchvision dataset read from ``root`` (``--data-root`` or ``$DDBENCH_DATA_ROOT``).
-
-    Downloads only when ``download=True`` (or ``$DDBENCH_DOWNLOAD=1``, set by ``--download``);
-    otherwise absent files are a clear error.
-    """
-
-    dataset: ClassVar[str]
-
-    def __init__(self, root: str | None = None, download: bool | None = None, val_fraction: float = 0.1, seed: int = 0,
-                 zca: bool = False, teacher_mode: str = "train", kd_t2: bool = False):
-        super().__init__(val_fraction, seed, zca=zca, teacher_mode=teacher_mode, kd_t2=kd_t2)
-        self.root = Path(root or os.environ.get("DDBENCH_DATA_ROOT", "~/.ddbench/data")).expanduser()
-        self.download = os.environ.get("DDBENCH_DOWNLOAD") == "1" if download is None else download
-
-    def raw(self) -> tuple[Split, Split]:
-        try:
-            import torchvision.datasets as tvd
-        except Exception as exc:  # a torchvision built for another torch fails in odd ways
-            raise TaskDataError(
-                f"task {self.name!r} needs torchvision matching your torch ({type(exc).__name__}: {exc}): pip install 'ddbench[vision]'."
-            ) from exc
-        cls = getattr(tvd, self.dataset)
-        try:
-            train, test = (cls(str(self.root), train=flag, download=self.download) for flag in (True, False))
-        except Exception as exc:  # missing files, failed download
-            how = "the download failed" if self.download else "downloading is off"
-            raise TaskDataError(
-                f"dataset {self.name!r} not found under {self.root} and {how} ({exc}): pass --data-root DIR holding it, or --download."
-            ) from exc
-        return self._to_split(train), self._to_split(test)
-
-    def _to_split(self, ds: Any) -> Split:
-        x = torch.as_tensor(np.asarray(ds.data), dtype=torch.float32) / 255.0
-        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
-        return Split(x.contiguous(), torch.as_tensor(np.asarray(ds.targets)))
-
-
-class Mnist(TorchvisionTask):
-    name, dataset = "mnist", "MNIST"
-    description = "MNIST via torchvision from --data-root"
-    reference_dataset = "mnist"
-    input_shape = (1, 28, 28)
-    mean, std = (0.1307,), (0.3081,)
-    common_augment = "dc"
-
-
-class FashionMnist(TorchvisionTask):
-    name, dataset = "fashion-mnist", "FashionMNIST"
-    description = "FashionMNIST via torchvision from --data-root"
-    reference_dataset = "fashion-mnist"
-    input_shape = (1, 28, 28)
-    mean, std = (0.2861,), (0.3530,)
-    dsa_strategy = WITH_FLIP
-    common_augment = "dc"
-
-
-class Cifar10(TorchvisionTask):
-    name, dataset = "cifar10", "CIFAR10"
-    description = "CIFAR-10 via torchvision from --data-root"
-    reference_dataset: ClassVar[str | None] = "cifar10"  # CIFAR-100 sets None
-    input_shape = (3, 32, 32)
-    mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-    dsa_strategy = WITH_FLIP
-
-
-class Cifar100(Cifar10):
-    """CIFAR-100 with CIFAR-10's normalisation statistics, as the reference code does (§10.5)."""
-
-    name, dataset = "cifar100", "CIFAR100"
-    description = "CIFAR-100 via torchvision from --data-root"
-    reference_dataset = None
-    num_classes = 100
-
-
-TORCHVISION_TASKS = (Mnist, FashionMnist, Cifar10, Cifar100)
