@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -202,18 +203,88 @@ SAME = ("status", "metric", "values", "random_ref", "extra", "stored_params", "s
 def test_the_ray_executor_gives_the_local_executors_results(ray_instance, tmp_path, capsys):
     args = ["--task", "digits", "--budget", "ipc=1", "--distiller", "random", "--distiller", "herding", "--distiller", "dm",
             "--seeds", "2", "--protocol", "native", "--protocol", "common", "--device", "cpu"]
-    torch.set_num_threads(1)  # the threads of a ray cell with --cpus-per-cell 1
+    torch.set_num_threads(1)  # the run's threads (torch's at its start), which its ray cells compute with too
     assert main(["run", "--store", str(tmp_path / "local.sqlite"), *args]) == 0
     assert main(["run", "--executor", "ray", "--cpus-per-cell", "1", "--store", str(tmp_path / "ray.sqlite"), *args]) == 0
     assert "6 cells run in" in capsys.readouterr().err
     local, ray = stored(tmp_path / "local.sqlite"), stored(tmp_path / "ray.sqlite")
     assert len(local) == 6 and local.keys() == ray.keys()
     for key, record in local.items():
-        assert record["status"] == "ok"
+        assert record["status"] == "ok" and record["threads"] == ray[key]["threads"] == 1
         assert {f: ray[key][f] for f in SAME} == {f: record[f] for f in SAME}, record["config"]
         assert "executor" not in record["provenance"]
         assert ray[key]["provenance"]["executor"]["shared_device"] is True  # 2 CPUs, 1 per cell: two cells at once
         assert ray[key]["provenance"]["executor"]["cells_per_device"] == 2
+
+
+@pytest.mark.slow  # about 10 s: one dc cell through each executor
+def test_a_ray_cell_computes_with_the_runs_threads_whatever_cpus_it_holds(ray_instance, tmp_path, monkeypatch):
+    """dc's artifact differs bitwise at one and two threads on CPU: a cell holding 2 Ray CPUs computes
+    with the run's one thread, as the local executor does, and gives its very artifact."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--task", "digits:epochs=5", "--distiller", "dc:iterations=10", "--budget", "ipc=1", "--seeds", "2", "--device", "cpu"]
+    torch.set_num_threads(1)  # the run's default: torch's at its start
+    assert main(["run", "--store", "local.sqlite", "--save-artifacts", "local", *args]) == 0
+    assert main(["run", "--executor", "ray", "--cpus-per-cell", "2", "--store", "ray.sqlite", "--save-artifacts", "ray", *args]) == 0
+    (local,), (ray,) = stored(tmp_path / "local.sqlite").values(), stored(tmp_path / "ray.sqlite").values()
+    assert local["threads"] == ray["threads"] == 1 and ray["provenance"]["executor"]["cpus_per_cell"] == 2
+    assert ray["values"] == local["values"] and ray["random_ref"] == local["random_ref"]
+    (a,), (b,) = Path("local").glob("*.safetensors"), Path("ray").glob("*.safetensors")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def ray_cell_workers() -> list[int]:
+    """The Ray workers of this test's Ray instance (descendants of this process) running a ddbench-cells task."""
+    from executor_plugins import parent_of
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "cmdline").read_bytes().startswith(b"ray::ddbench-cells"):
+                continue
+            pid = int(entry.name)
+            while pid > 1 and pid != os.getpid():
+                pid = parent_of(pid)
+        except (OSError, ValueError):
+            continue
+        if pid == os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow  # about 15 s: an uninterrupted local run, then a ray run whose worker is killed and retried
+def test_a_killed_ray_worker_is_retried_and_resumes_dc_to_the_uninterrupted_artifact(ray_instance, tmp_path, monkeypatch):
+    from test_resume import DC_ARGS, checkpoint_step
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *DC_ARGS, "--store", "ref.sqlite", "--save-artifacts", "ref"]) == 0
+    folder, killed = tmp_path / ".ddbench" / "cache" / "checkpoints", []
+
+    def kill_mid_distillation() -> None:
+        deadline = time.time() + 300
+        while not killed and time.time() < deadline:
+            step = checkpoint_step(folder)
+            if step is not None and step >= 8:
+                for pid in ray_cell_workers():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(step)
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_mid_distillation)
+    killer.start()
+    try:
+        assert main(["run", *DC_ARGS, "--executor", "ray", "--checkpoint-every", "0.05", "--store", "ray.sqlite",
+                     "--save-artifacts", "ray"]) == 0
+    finally:
+        killer.join()
+    assert killed, "no Ray worker was killed"
+    (ref,), (ray,) = stored(tmp_path / "ref.sqlite").values(), stored(tmp_path / "ray.sqlite").values()
+    assert ray["status"] == "ok" and ray["resumed_from"] >= killed[0] and ref["resumed_from"] == 0
+    assert ray["values"] == ref["values"] and ray["provenance"]["executor"]["name"] == "ray"
+    (a,), (b,) = Path("ref").glob("*.safetensors"), Path("ray").glob("*.safetensors")
+    assert a.read_bytes() == b.read_bytes() and not list(folder.iterdir())
 
 
 @pytest.mark.slow  # about 30 s: Ray starts a fresh worker after each kill

@@ -28,6 +28,8 @@ class CellRunner(Protocol):
     device: Any  # the torch.device the cells run on
     cache_dir: Path
     artifact_dir: Path | None
+    threads: int | None  # the torch threads every cell computes with (None: torch's at each cell), under every executor
+    checkpoint_every_s: float | None  # seconds between a distillation's checkpoints (None: none)
     on_status: Callable[[str], None] | None  # where an executor reports the state of the run, in one line
 
     def run_cell(self, cell: Cell, tag: str = "", distilled: dict[str, Any] | None = None) -> CellResult: ...  # Distilled records

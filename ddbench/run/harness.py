@@ -14,6 +14,13 @@ A cell trains under its protocol (docs/design.md §4): ``native`` (the task's re
 artifact's declared one) or ``common`` (the task's common recipe, the artifact's declarations of
 the protocol fields set aside). The two cells of one distillation are adjacent in a run, and the
 second one reuses the first one's distillation instead of distilling again.
+
+Every cell computes with the run's torch thread count (``threads``, default: torch's when the
+harness is built), set in the harness and in its workers and recorded with the result, so that a
+cell gives the same numbers under every executor. A distillation that checkpoints
+(:meth:`~ddbench.contracts.interfaces.RunContext.checkpointer`) keeps its checkpoint under
+``<cache>/checkpoints/``, named by :func:`checkpoint_key`, until its cell is final: a cell whose
+worker was killed resumes from it when it runs again.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ import torch
 from ddbench.budget import labels
 from ddbench.budget.artifact import Storage, admit, compression, content_hash, save, with_labels
 from ddbench.contracts import deviations
+from ddbench.contracts.checkpoint import CheckpointStore
 from ddbench.contracts.executor import Executor, LocalExecutor
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Split, Task, TaskView
 from ddbench.contracts.recipe import Recipe, evaluation_recipe
@@ -63,6 +71,14 @@ class Distilled:
     storage: Storage | None = None
 
 
+def checkpoint_key(cell: Cell) -> str:
+    """What names a distillation's checkpoint: its :meth:`Cell.distillation` without the time limit,
+    which may cut a run short but does not change its state at any iteration."""
+    config = json.loads(cell.distillation())
+    config.pop("time_limit_s", None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def capped(text: str, limit: int = TRACEBACK_CHARS) -> str:
     """``text`` cut to about ``limit`` characters, keeping its start and its end (a traceback's cause)."""
     if len(text) <= limit:
@@ -77,12 +93,18 @@ class Harness:
     Distillations run in worker processes (:mod:`ddbench.run.worker`), which import the main module
     of the program, as multiprocessing does: a script that drives a harness itself guards its
     entry point with ``if __name__ == "__main__":``.
+
+    ``threads``: the torch thread count every cell computes with (None: torch's at each cell);
+    ``checkpoint_every_s``: seconds between a distillation's checkpoints (None: none).
     """
 
     def __init__(self, manager: PluginManager, device: str = "auto", cache_dir: Path | str = ".ddbench/cache",
                  on_progress: Callable[[str, int, int | None, dict[str, float]], None] | None = None,
-                 artifact_dir: Path | str | None = None, on_status: Callable[[str], None] | None = None):
+                 artifact_dir: Path | str | None = None, on_status: Callable[[str], None] | None = None,
+                 threads: int | None = None, checkpoint_every_s: float | None = worker.CHECKPOINT_EVERY_S):
         self.manager = manager
+        self.threads = threads
+        self.checkpoint_every_s = checkpoint_every_s
         self.device = resolve_device(device)
         self.cache_dir = Path(cache_dir)
         self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else None
@@ -141,14 +163,28 @@ class Harness:
 
         ``distilled`` (what :meth:`run` passes): the last distillation by its :meth:`Cell.distillation`,
         reused by the cell of the same distillation under the other protocol, and replaced by this one's."""
-        result = CellResult(cell, "failed", device=self._device_name())
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        result = CellResult(cell, "failed", device=self._device_name(), threads=torch.get_num_threads())
         try:
             self._run_cell(result, tag, distilled)
         except Exception as exc:  # noqa: BLE001 - a failing cell never takes the run down
             result.status = "failed"
             result.error = one_line(exc)[:1000]
             result.traceback = capped(traceback.format_exc())
+        if result.status != "failed" or result.resumed_from:
+            # the distillation ended and its cell is final, or a distillation that resumed failed: it starts afresh next time
+            store = self.checkpoints(cell)
+            if result.status == "failed" and store.path.is_file():
+                result.error = (f"{result.error[:800]} [it had resumed from a checkpoint at step {result.resumed_from}, now "
+                                "deleted: the next run starts from the beginning]")
+            store.delete()
         return result
+
+    def checkpoints(self, cell: Cell) -> CheckpointStore:
+        """Where a cell's distillation checkpoints: ``<cache>/checkpoints/<key>.safetensors`` (:func:`checkpoint_key`)."""
+        key = checkpoint_key(cell)
+        return CheckpointStore(self.cache_dir / "checkpoints" / f"{key}.safetensors", key, self.checkpoint_every_s or 0.0)
 
     def _run_cell(self, result: CellResult, tag: str, distilled: dict[str, Distilled] | None) -> None:
         """Fill ``result``: distil (or reuse the distillation), admit, evaluate; or say why the cell is skipped or failed."""
@@ -165,6 +201,7 @@ class Harness:
         done = self._distillation(cell, distiller, view, budget, tag, distilled)
         reply = done.reply
         result.distill_s, result.peak_mb, result.sources = reply.distill_s, reply.peak_mb, list(reply.sources)
+        result.resumed_from = reply.resumed_from
         if reply.status != "ok":
             result.status = "skipped" if reply.status == "skipped" else "failed"
             result.error, result.traceback = reply.error[:1000], capped(reply.traceback)
@@ -253,9 +290,11 @@ class Harness:
         def open_view(spec: str) -> worker.ViewSpec:
             return self._view_spec(*parse_named(spec), cell.profile)
 
+        checkpoint = None if self.checkpoint_every_s is None else self.checkpoints(cell)
         request = worker.DistillRequest(distiller, options, self.manager.learners.get(cell.learner), cell.learner_options,
                                         cell.profile, self._view_spec(cell.task, cell.task_options, cell.profile), budget,
-                                        cell.seed, str(self.device), time_limit_s, str(self.cache_dir), torch.get_num_threads())
+                                        cell.seed, str(self.device), time_limit_s, str(self.cache_dir), torch.get_num_threads(),
+                                        checkpoint)
         max_bytes = None if budget is None else budget.scalars(view) * 8 + HEADER_BYTES
         return worker.distill(request, report, max_bytes, open_view)
 

@@ -7,6 +7,8 @@ import dataclasses
 import os
 import pickle
 import random
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -19,6 +21,7 @@ import torch
 
 from ddbench.budget import labels
 from ddbench.budget.artifact import admission_problems, content_hash, count_storage, with_labels
+from ddbench.contracts.checkpoint import CheckpointStore
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Progress, RunContext, Split, TaskView
 from ddbench.errors import BudgetError, DDBenchError, NotApplicable, PluginError
 from ddbench.ops.device import resolve_device
@@ -38,6 +41,9 @@ FIXES: dict[str, str] = {
     "finite": "lower the learning rate, clip gradients or guard divisions; never return a diverged artifact.",
     "within-budget": "size the artifact from the budget (budget.ipc(task), budget.examples(task), budget.scalars(task)); "
                      "every tensor counts, labels and learned scalars included.",
+    "resumes": "name every object the loop changes in context.checkpointer(...) (tensors, optimisers, generators), call "
+               "restore() before the loop and step(done, ...) after each iteration with the other values the loop "
+               "needs (docs/write-a-distiller.md, Checkpoints); or leave `resumable` False.",
 }
 """How to fix each rule that :func:`ddbench.budget.artifact.admission_problems` reports a problem under."""
 
@@ -125,6 +131,27 @@ def _deterministic_kernels(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 
+class _Stopped(BaseException):
+    """The kit's stand-in for a kill right after a checkpoint (a BaseException: a distiller's
+    ``except Exception`` does not catch it)."""
+
+
+class _KitStore(CheckpointStore):
+    """A checkpoint store that saves at every step offered and counts the saves; with ``stop_after``,
+    the run stops (:class:`_Stopped`) right after that many."""
+
+    def __init__(self, path: Path, stop_after: int | None = None):
+        self.warned: list[str] = []
+        super().__init__(path, "conformance-kit", every_s=0.0, warn=self.warned.append)
+        self.writes, self.stop_after = 0, stop_after
+
+    def write(self, step: int, objects: dict[str, Any], values: dict[str, Any]) -> None:
+        super().write(step, objects, values)
+        self.writes += 1
+        if self.stop_after is not None and self.writes >= self.stop_after:
+            raise _Stopped
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"
@@ -147,15 +174,15 @@ class _Runner:
     def fail(self, rule: str, where: str, detail: str, fix: str) -> None:
         self.report.failures.append(Failure(rule, where, detail, fix))
 
-    def make_context(self, cache_dir: Path | None = None) -> RunContext:
+    def make_context(self, cache_dir: Path | None = None, checkpoints: CheckpointStore | None = None) -> RunContext:
         generator = torch.Generator(self.device).manual_seed(self.seed)
         return RunContext(self.device, self.seed, generator, Progress(), self.profile, None, cache_dir or self.cache_dir,
-                          open_view=view_opener(get_plugin_manager(), self.profile, self.device))
+                          open_view=view_opener(get_plugin_manager(), self.profile, self.device), checkpoints=checkpoints)
 
     def distill(self, view: TaskView, budget: Budget | None, learner: Learner, global_seed: int,
-                cache_dir: Path | None = None) -> tuple[Artifact, RunContext, bool]:
+                cache_dir: Path | None = None, checkpoints: CheckpointStore | None = None) -> tuple[Artifact, RunContext, bool]:
         """One run on a private copy of the view; also whether the run left that copy unchanged."""
-        context, copy = self.make_context(cache_dir), _copy(view)
+        context, copy = self.make_context(cache_dir, checkpoints), _copy(view)
         with _global_rng(global_seed, self.device), _deterministic_kernels(self.device):
             artifact = self.method.distill(copy, budget, learner, context)  # type: ignore[arg-type]  # None only for budget_exempt ones
         return artifact, context, _view_hash(copy) == _view_hash(view)
@@ -185,6 +212,8 @@ class _Runner:
             if artifact is not None and not trained:
                 self.check_trainable(kit_task, view, learner, artifact, f"{view.name} {budget or 'full'}")
                 trained = True
+                if self.method.resumable:
+                    self.check_resumes(view, budget, learner, artifact, f"{view.name} {budget or 'full'}")
         if all(c.status == "skipped" for c in self.report.cases[first:]):
             self.fail("runs", view.name, "distill() raised NotApplicable at every budget the kit gave it, so nothing was checked.",
                       "give the kit a budget the method applies to, e.g. tasks=[tiny_classification(budgets=['ipc=2'])].")
@@ -262,6 +291,48 @@ class _Runner:
             self.fail("seeded", where, f"two runs with seed {self.seed} gave different artifacts ({difference}).",
                       "draw all randomness from context.generator or context.fork(k), never from the global "
                       "torch/numpy/random generators, and keep no state between calls." + nondeterministic)
+
+    def check_resumes(self, view: TaskView, budget: Budget | None, learner: Learner, first: Artifact, where: str) -> None:
+        """A resumable distiller: a run that saves at every step it offers ends with the plain run's
+        artifact; one stopped right after its middle checkpoint, then run again, restores it and
+        ends with that artifact too."""
+        folder = Path(tempfile.mkdtemp(prefix="ddbench-kit-checkpoints-"))
+        path = folder / "checkpoint.safetensors"
+        exact = self.device.type == "cpu"
+        try:
+            counting = _KitStore(path)
+            saving, _, _ = self.distill(view, budget, learner, global_seed=1, checkpoints=counting)
+            if counting.writes == 0:
+                self.fail("resumes", where, "the distiller declares `resumable` but offered no checkpoint "
+                          "(context.checkpointer(...).step() never saved).", FIXES["resumes"])
+                return
+            difference = _difference(first, saving, exact)
+            if difference:
+                self.fail("resumes", where, f"saving checkpoints changed the artifact ({difference}).", FIXES["resumes"])
+                return
+            path.unlink()
+            stop_after = max(1, counting.writes // 2)
+            try:
+                self.distill(view, budget, learner, global_seed=1, checkpoints=_KitStore(path, stop_after))
+            except _Stopped:
+                pass
+            resuming = _KitStore(path)
+            resumed, context, _ = self.distill(view, budget, learner, global_seed=1, checkpoints=resuming)
+        except Exception as exc:  # noqa: BLE001 - any crash of the plugin is a finding
+            self.fail("resumes", where, f"a run with checkpoints raised {_first_line(exc)}{_origin(exc)}.", FIXES["resumes"])
+            return
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        if resuming.warned or context.resumed_from == 0:
+            why = resuming.warned[0] if resuming.warned else "restore() found nothing or was never called"
+            self.fail("resumes", where, f"a run stopped after checkpoint {stop_after} of {counting.writes} did not resume "
+                                        f"from it ({why}).", FIXES["resumes"])
+            return
+        difference = _difference(first, resumed, exact)
+        if difference:
+            self.fail("resumes", where, f"stopped after checkpoint {stop_after} of {counting.writes} (step "
+                                        f"{context.resumed_from}) and resumed, it gave another artifact ({difference}).",
+                      FIXES["resumes"])
 
     def check_trainable(self, kit_task: KitTask, view: TaskView, learner: Learner, artifact: Artifact, where: str) -> None:
         """Train the task's learner briefly on the artifact with the recipe it declares."""
