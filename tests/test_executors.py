@@ -217,22 +217,6 @@ def test_the_ray_executor_gives_the_local_executors_results(ray_instance, tmp_pa
         assert ray[key]["provenance"]["executor"]["cells_per_device"] == 2
 
 
-@pytest.mark.slow  # about 10 s: one dc cell through each executor
-def test_a_ray_cell_computes_with_the_runs_threads_whatever_cpus_it_holds(ray_instance, tmp_path, monkeypatch):
-    """dc's artifact differs bitwise at one and two threads on CPU: a cell holding 2 Ray CPUs computes
-    with the run's one thread, as the local executor does, and gives its very artifact."""
-    monkeypatch.chdir(tmp_path)
-    args = ["--task", "digits:epochs=5", "--distiller", "dc:iterations=10", "--budget", "ipc=1", "--seeds", "2", "--device", "cpu"]
-    torch.set_num_threads(1)  # the run's default: torch's at its start
-    assert main(["run", "--store", "local.sqlite", "--save-artifacts", "local", *args]) == 0
-    assert main(["run", "--executor", "ray", "--cpus-per-cell", "2", "--store", "ray.sqlite", "--save-artifacts", "ray", *args]) == 0
-    (local,), (ray,) = stored(tmp_path / "local.sqlite").values(), stored(tmp_path / "ray.sqlite").values()
-    assert local["threads"] == ray["threads"] == 1 and ray["provenance"]["executor"]["cpus_per_cell"] == 2
-    assert ray["values"] == local["values"] and ray["random_ref"] == local["random_ref"]
-    (a,), (b,) = Path("local").glob("*.safetensors"), Path("ray").glob("*.safetensors")
-    assert a.read_bytes() == b.read_bytes()
-
-
 def ray_cell_workers() -> list[int]:
     """The Ray workers of this test's Ray instance (descendants of this process) running a ddbench-cells task."""
     from executor_plugins import parent_of
@@ -255,10 +239,15 @@ def ray_cell_workers() -> list[int]:
 
 
 @pytest.mark.slow  # about 15 s: an uninterrupted local run, then a ray run whose worker is killed and retried
-def test_a_killed_ray_worker_is_retried_and_resumes_dc_to_the_uninterrupted_artifact(ray_instance, tmp_path, monkeypatch):
+def test_a_killed_ray_worker_resumes_dc_with_the_runs_threads_to_the_local_artifact(ray_instance, tmp_path, monkeypatch):
+    """A Ray worker killed in the middle of a dc distillation is retried and resumes from the last
+    checkpoint. The cell holds 2 Ray CPUs but computes with the run's one thread, as the local
+    executor does (dc's artifact differs bitwise at one and two threads): the artifact is the local
+    uninterrupted run's, byte for byte."""
     from test_resume import DC_ARGS, checkpoint_step
 
     monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)  # the run's default thread count: torch's at its start
     assert main(["run", *DC_ARGS, "--store", "ref.sqlite", "--save-artifacts", "ref"]) == 0
     folder, killed = tmp_path / ".ddbench" / "cache" / "checkpoints", []
 
@@ -275,14 +264,15 @@ def test_a_killed_ray_worker_is_retried_and_resumes_dc_to_the_uninterrupted_arti
     killer = threading.Thread(target=kill_mid_distillation)
     killer.start()
     try:
-        assert main(["run", *DC_ARGS, "--executor", "ray", "--checkpoint-every", "0.05", "--store", "ray.sqlite",
-                     "--save-artifacts", "ray"]) == 0
+        assert main(["run", *DC_ARGS, "--executor", "ray", "--cpus-per-cell", "2", "--checkpoint-every", "0.05",
+                     "--store", "ray.sqlite", "--save-artifacts", "ray"]) == 0
     finally:
         killer.join()
     assert killed, "no Ray worker was killed"
     (ref,), (ray,) = stored(tmp_path / "ref.sqlite").values(), stored(tmp_path / "ray.sqlite").values()
     assert ray["status"] == "ok" and ray["resumed_from"] >= killed[0] and ref["resumed_from"] == 0
-    assert ray["values"] == ref["values"] and ray["provenance"]["executor"]["name"] == "ray"
+    assert ray["threads"] == ref["threads"] == 1 and ray["provenance"]["executor"]["cpus_per_cell"] == 2
+    assert ray["values"] == ref["values"] and ray["random_ref"] == ref["random_ref"]
     (a,), (b,) = Path("ref").glob("*.safetensors"), Path("ray").glob("*.safetensors")
     assert a.read_bytes() == b.read_bytes() and not list(folder.iterdir())
 
