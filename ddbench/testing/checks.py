@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 import traceback
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -171,6 +172,7 @@ class _Runner:
                  cache_dir: Path):
         self.method, self.report, self.device = method, report, device
         self.profile, self.seed, self.cache_dir = profile, seed, cache_dir
+        self.offered: dict[str, int] = {}  # where -> the checkpoints its first run offered (a resumable distiller)
 
     def fail(self, rule: str, where: str, detail: str, fix: str) -> None:
         self.report.failures.append(Failure(rule, where, detail, fix))
@@ -228,8 +230,10 @@ class _Runner:
         self.report.cases.append(case)
         before = len(self.report.failures)
         start = time.perf_counter()
+        counting = _KitStore(Path(tempfile.gettempdir()) / f"ddbench-kit-{uuid.uuid4().hex}.safetensors")  # writes nothing
         try:
-            artifact, context, unchanged = self.distill(view, budget, learner, global_seed=1)
+            artifact, context, unchanged = self.distill(view, budget, learner, global_seed=1,
+                                                        checkpoints=counting if self.method.resumable else None)
         except NotApplicable as exc:  # a skip, as the harness records it (the method does not apply at this budget)
             case.status, case.note = "skipped", str(exc)
             return None
@@ -239,6 +243,7 @@ class _Runner:
             case.note = "raised"
             return None
         case.seconds = time.perf_counter() - start
+        self.offered[where] = counting.offers
         case.progress_updates = len(context.progress.history)
         if case.progress_updates == 0:
             self.fail("progress", where, "distill() never called context.progress.update().",
@@ -294,19 +299,18 @@ class _Runner:
                       "torch/numpy/random generators, and keep no state between calls." + nondeterministic)
 
     def check_resumes(self, view: TaskView, budget: Budget | None, learner: Learner, first: Artifact, where: str) -> None:
-        """A resumable distiller offers checkpoints; a run stopped right after its middle one, then
-        run again, restores it and (writing one more checkpoint on the way, which must change
-        nothing) ends with the plain run's artifact."""
+        """A resumable distiller offers checkpoints (counted in its first run, which wrote none); a run
+        stopped right after the middle one, then run again, restores it and (writing one more
+        checkpoint on the way, which must change nothing) ends with the first run's artifact."""
+        offers = self.offered.get(where, 0)
+        if offers == 0:
+            self.fail("resumes", where, "the distiller declares `resumable` but offered no checkpoint "
+                      "(context.checkpointer(...).step() was never called).", FIXES["resumes"])
+            return
+        middle = max(1, offers // 2)
         folder = Path(tempfile.mkdtemp(prefix="ddbench-kit-checkpoints-"))
         path = folder / "checkpoint.safetensors"
         try:
-            counting = _KitStore(path)
-            self.distill(view, budget, learner, global_seed=1, checkpoints=counting)
-            if counting.offers == 0:
-                self.fail("resumes", where, "the distiller declares `resumable` but offered no checkpoint "
-                          "(context.checkpointer(...).step() was never called).", FIXES["resumes"])
-                return
-            middle = max(1, counting.offers // 2)
             try:
                 self.distill(view, budget, learner, global_seed=1, checkpoints=_KitStore(path, (middle,), stop=True))
             except _Stopped:
@@ -318,7 +322,7 @@ class _Runner:
             return
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        stopped = f"stopped after checkpoint {middle} of the {counting.offers} it offers"
+        stopped = f"stopped after checkpoint {middle} of the {offers} it offers"
         if resuming.warned or context.resumed_from == 0:
             why = resuming.warned[0] if resuming.warned else "restore() found nothing or was never called"
             self.fail("resumes", where, f"a run {stopped} did not resume from it ({why}).", FIXES["resumes"])
