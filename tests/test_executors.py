@@ -238,17 +238,18 @@ def ray_cell_workers() -> list[int]:
     return found
 
 
-@pytest.mark.slow  # about 15 s: an uninterrupted local run, then a ray run whose worker is killed and retried
-def test_a_killed_ray_worker_resumes_dc_with_the_runs_threads_to_the_local_artifact(ray_instance, tmp_path, monkeypatch):
+@pytest.mark.slow  # about 12 s: a ray run whose worker is killed and retried (and the shared local reference)
+def test_a_killed_ray_worker_resumes_dc_with_the_runs_threads_to_the_local_artifact(ray_instance, tmp_path, monkeypatch,
+                                                                                      dc_reference):
     """A Ray worker killed in the middle of a dc distillation is retried and resumes from the last
     checkpoint. The cell holds 2 Ray CPUs but computes with the run's one thread, as the local
     executor does (dc's artifact differs bitwise at one and two threads): the artifact is the local
     uninterrupted run's, byte for byte."""
-    from test_resume import DC_ARGS, checkpoint_step
+    from conftest import DC_ARGS
+    from test_resume import checkpoint_step
 
     monkeypatch.chdir(tmp_path)
-    torch.set_num_threads(1)  # the run's default thread count: torch's at its start
-    assert main(["run", *DC_ARGS, "--store", "ref.sqlite", "--save-artifacts", "ref"]) == 0
+    torch.set_num_threads(1)  # the run's default thread count (torch's at its start): the reference's one thread
     folder, killed = tmp_path / ".ddbench" / "cache" / "checkpoints", []
 
     def kill_mid_distillation() -> None:
@@ -269,12 +270,12 @@ def test_a_killed_ray_worker_resumes_dc_with_the_runs_threads_to_the_local_artif
     finally:
         killer.join()
     assert killed, "no Ray worker was killed"
-    (ref,), (ray,) = stored(tmp_path / "ref.sqlite").values(), stored(tmp_path / "ray.sqlite").values()
+    (ray,), ref = stored(tmp_path / "ray.sqlite").values(), dc_reference["record"]
     assert ray["status"] == "ok" and ray["resumed_from"] >= killed[0] and ref["resumed_from"] == 0
     assert ray["threads"] == ref["threads"] == 1 and ray["provenance"]["executor"]["cpus_per_cell"] == 2
     assert ray["values"] == ref["values"] and ray["random_ref"] == ref["random_ref"]
-    (a,), (b,) = Path("ref").glob("*.safetensors"), Path("ray").glob("*.safetensors")
-    assert a.read_bytes() == b.read_bytes() and not list(folder.iterdir())
+    (artifact,) = Path("ray").glob("*.safetensors")
+    assert artifact.read_bytes() == dc_reference["bytes"] and not list(folder.iterdir())
 
 
 @pytest.mark.slow  # about 30 s: Ray starts a fresh worker after each kill

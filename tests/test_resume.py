@@ -281,7 +281,6 @@ def test_bad_thread_and_checkpoint_flags_are_one_line_errors(tmp_path, capsys, a
 
 
 # -- ddbench run, SIGKILLed (slow lane) --------------------------------------------------------
-DC_ARGS = ["--task", "digits:epochs=5", "--distiller", "dc:iterations=20", "--budget", "ipc=1", "--seeds", "1", "--device", "cpu"]
 
 
 def checkpoint_step(folder: Path) -> int | None:
@@ -296,14 +295,14 @@ def checkpoint_step(folder: Path) -> int | None:
     return None
 
 
-@pytest.mark.slow  # about 25 s on an idle 2-core box: an uninterrupted run, three starts of `ddbench run` killed, a fourth
+@pytest.mark.slow  # about 20 s: three starts of `ddbench run` killed (mostly their start-up), a fourth in this process
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc to find worker processes")
-def test_ddbench_run_sigkilled_three_times_mid_distillation_resumes_to_the_uninterrupted_artifact(tmp_path, monkeypatch):
+def test_ddbench_run_sigkilled_three_times_mid_distillation_resumes_to_the_uninterrupted_artifact(tmp_path, monkeypatch,
+                                                                                                   dc_reference):
+    from conftest import DC_ARGS
     from test_interrupts import start, wait_until_gone
 
     monkeypatch.chdir(tmp_path)
-    assert main(["run", *DC_ARGS, "--threads", "1", "--store", "ref.sqlite", "--save-artifacts", "ref"]) == 0
-    (reference,) = Path("ref").glob("*.safetensors")
     folder = tmp_path / ".ddbench" / "cache" / "checkpoints"
     args = [*DC_ARGS, "--threads", "1", "--store", "run.sqlite", "--save-artifacts", "run", "--checkpoint-every", "0.05"]
     killed_at: list[int] = []
@@ -325,12 +324,10 @@ def test_ddbench_run_sigkilled_three_times_mid_distillation_resumes_to_the_unint
         killed_at.append(checkpoint_step(folder))
     assert main(["run", *args]) == 0  # the fourth start, in this process: it resumes from the third kill and finishes
     (resumed,) = Path("run").glob("*.safetensors")
-    assert resumed.name == reference.name and resumed.read_bytes() == reference.read_bytes()
+    assert resumed.name == dc_reference["name"] and resumed.read_bytes() == dc_reference["bytes"]
     assert not list(folder.glob("*"))  # deleted once the cell was final
-    records = {}
-    for name in ("ref", "run"):
-        with sqlite3.connect(f"{name}.sqlite") as db:
-            (row,) = db.execute("SELECT result FROM cells").fetchall()
-            records[name] = json.loads(row[0])
-    assert records["run"]["resumed_from"] == killed_at[-1] >= 12 and records["ref"]["resumed_from"] == 0
-    assert records["run"]["values"] == records["ref"]["values"] and records["run"]["threads"] == records["ref"]["threads"] == 1
+    with sqlite3.connect("run.sqlite") as db:
+        (row,) = db.execute("SELECT result FROM cells").fetchall()
+    record, reference = json.loads(row[0]), dc_reference["record"]
+    assert record["resumed_from"] == killed_at[-1] >= 12 and reference["resumed_from"] == 0
+    assert record["values"] == reference["values"] and record["threads"] == reference["threads"] == 1
