@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 import sqlite3
 import time
@@ -25,10 +26,10 @@ from ddbench import Budget
 from ddbench.cli import main
 from ddbench.contracts.checkpoint import FORMAT, CheckpointStore
 from ddbench.contracts.interfaces import RunContext
-from ddbench.errors import DDBenchWarning
+from ddbench.errors import DDBenchWarning, SuiteError
 from ddbench.plugins import PluginManager
 from ddbench.run.harness import Harness, checkpoint_key
-from ddbench.run.suite import DistillerEntry, Suite, TaskEntry
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry, parse_suite
 from ddbench.testing import conformance, tiny_classification
 
 TESTS = Path(__file__).resolve().parent
@@ -131,6 +132,9 @@ def test_a_checkpoint_is_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     y = torch.full((3,), 5.0)
     assert context(path).checkpointer(x=y).restore().step == 1 and torch.equal(y, torch.zeros(3))
+    (tmp_path / ".c.safetensors.999.tmp").write_bytes(b"half")  # what a write killed before its rename leaves
+    CheckpointStore(path, "k").delete()
+    assert not any(tmp_path.iterdir())
 
 
 class Payload:
@@ -278,6 +282,18 @@ def test_bad_thread_and_checkpoint_flags_are_one_line_errors(tmp_path, capsys, a
                  *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and not (tmp_path / "s.sqlite").exists()
+
+
+@pytest.mark.parametrize("value, error", [(2, None), (0, "threads must be a number of threads from 1 to 1024 (got 0)"),
+                                          ("2", "threads must be a positive integer (got '2')"),
+                                          (True, "threads must be a positive integer (got True)")])
+def test_a_suite_sets_the_threads_of_its_cells(value, error):
+    data = {"task": [{"name": "digits", "budgets": ["ipc=1"]}], "threads": value}
+    if error is None:
+        assert parse_suite(data, "s.toml").threads == 2
+    else:
+        with pytest.raises(SuiteError, match=re.escape(f"s.toml: {error}")):
+            parse_suite(data, "s.toml")
 
 
 # -- ddbench run, SIGKILLed (slow lane) --------------------------------------------------------

@@ -15,9 +15,9 @@ artifact's declared one) or ``common`` (the task's common recipe, the artifact's
 the protocol fields set aside). The two cells of one distillation are adjacent in a run, and the
 second one reuses the first one's distillation instead of distilling again.
 
-Every cell computes with the run's torch thread count (``threads``, default: torch's when the
-harness is built), set in the harness and in its workers and recorded with the result, so that a
-cell gives the same numbers under every executor. A distillation that checkpoints
+Every cell computes with the run's torch thread count (``threads``; ``ddbench run`` sets torch's at
+its start), set in the harness and in its workers and recorded with the result, so that a cell
+gives the same numbers under every executor. A distillation that checkpoints
 (:meth:`~ddbench.contracts.interfaces.RunContext.checkpointer`) keeps its checkpoint under
 ``<cache>/checkpoints/``, named by :func:`checkpoint_key`, until its cell is final: a cell whose
 worker was killed resumes from it when it runs again.
