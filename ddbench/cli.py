@@ -7,6 +7,7 @@ Bad input is one line on stderr naming the thing and the fix, exit status 2, and
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -32,6 +33,7 @@ from ddbench.run.suite import (
     check_distill_seeds,
     check_eval_seeds,
     check_protocols,
+    check_threads,
     check_time_limit,
     default_suite,
     expand_suite,
@@ -64,6 +66,12 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     run.add_argument("--profile", choices=["quick", "full"], help="quick: CPU sizes; full: the spec's sizes")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     run.add_argument("--time-limit", type=float, metavar="S", help="seconds a distiller may run per cell")
+    run.add_argument("--threads", type=int, metavar="N",
+                     help="torch CPU threads every cell computes with, under every executor (default: the suite's, "
+                          "else 1; on a CPU the local executor runs one distillation per core at once); recorded with each result")
+    run.add_argument("--checkpoint-every", type=float, metavar="S", default=worker.CHECKPOINT_EVERY_S,
+                     help=f"seconds between checkpoints of a distillation that checkpoints, from which a killed cell "
+                          f"resumes on the next run (default {worker.CHECKPOINT_EVERY_S:g}; 0: none)")
     run.add_argument("--protocol", action="append", default=[], metavar="NAME",
                      help="evaluation protocol(s): native (each method's recipe) or common (the task's one recipe); repeatable")
     run.add_argument("--data-root", help="folder holding the datasets' files (or $DDBENCH_DATA_ROOT; default ~/.ddbench/data)")
@@ -75,7 +83,8 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     run.add_argument("--ray-address", metavar="auto|HOST:PORT",
                      help="ray: the Ray cluster to join (default: as ray.init() finds one, else a new one here)")
     run.add_argument("--gpus-per-cell", type=float, metavar="G", help="ray: GPUs each cell holds (a fraction shares a GPU, e.g. 0.25)")
-    run.add_argument("--cpus-per-cell", type=float, metavar="N", help="ray: CPUs each cell holds (default 1)")
+    run.add_argument("--cpus-per-cell", type=float, metavar="N",
+                     help="ray: CPUs each cell holds (default: --threads); its threads stay the run's")
 
     repro = sub.add_parser("reproduce", help="run a method's published configuration and write its reproduction page")
     reproduce.add_arguments(repro)
@@ -274,6 +283,8 @@ def suite_from_args(args: argparse.Namespace):  # -> Suite
         suite.time_limit_s = check_time_limit(args.time_limit, "--time-limit")
     if args.protocol:
         suite.protocols = check_protocols(args.protocol, "--protocol")
+    if args.threads is not None:
+        suite.threads = check_threads(args.threads, "--threads")
     return suite
 
 
@@ -293,7 +304,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         build_analyses(get_plugin_manager(), parse_analyses(suite.analyses))  # bad names or options: exit 2 before any cell
         artifacts = artifacts or artifacts_dir(Path(args.store) if args.store else default_store_path())
-    records = execute(suite, args.store, args.device, args.force, artifacts, executor_from_args(args))
+    every = args.checkpoint_every
+    if not (math.isfinite(every) and every >= 0):
+        raise SuiteError(f"--checkpoint-every must be a number of seconds >= 0, 0 for no checkpoints (got {every:g}).")
+    records = execute(suite, args.store, args.device, args.force, artifacts, executor_from_args(args), every or None)
     if records is None:
         return 130
     print(summary(records, args.store or default_store_path()))
@@ -325,10 +339,12 @@ def executor_from_args(args: argparse.Namespace) -> Executor:
 
 
 def execute(suite: Suite, store_path: str | None, device: str, force: bool = False, artifacts: Path | None = None,
-            executor: Executor | None = None) -> list[dict] | None:
+            executor: Executor | None = None, checkpoint_every_s: float | None = worker.CHECKPOINT_EVERY_S) -> list[dict] | None:
     """Run ``suite`` into the store at ``store_path`` (cells already there are reused unless
     ``force``) with ``executor`` (default local), showing progress; the records of the suite's
-    cells in suite order, or ``None`` when interrupted (every finished cell is kept)."""
+    cells in suite order, or ``None`` when interrupted (every finished cell is kept). Every cell
+    computes with the suite's thread count, else one; distillations
+    checkpoint every ``checkpoint_every_s`` seconds (None: never)."""
     from tqdm import tqdm
 
     from ddbench.run.harness import Harness
@@ -347,7 +363,8 @@ def execute(suite: Suite, store_path: str | None, device: str, force: bool = Fal
         bar.refresh()
 
     executor = executor or LocalExecutor()
-    harness = Harness(manager, device, on_progress=on_progress, artifact_dir=artifacts, on_status=on_status)
+    harness = Harness(manager, device, on_progress=on_progress, artifact_dir=artifacts, on_status=on_status,
+                      threads=suite.threads or 1, checkpoint_every_s=checkpoint_every_s)
     cells = list(harness.cells(suite))
     executor.check(harness)
     check_budgets(cells, lambda task, options, profile: harness.task(task, options, profile)[1])
@@ -361,7 +378,7 @@ def execute(suite: Suite, store_path: str | None, device: str, force: bool = Fal
         raise
     bar.total = len(cells) - len(done)
     print(f"ddbench {__version__}: suite {suite.name!r}, {len(cells)} cells ({len(done)} already in {store.path}), "
-          f"profile {suite.profile}, device {harness.device}, {suite.eval_seeds} eval seeds"
+          f"profile {suite.profile}, device {harness.device}, {harness.threads} threads, {suite.eval_seeds} eval seeds"
           f"{'' if executor.name == 'local' else f', executor {executor.name}'}", file=sys.stderr)
 
     def on_result(result: CellResult) -> None:

@@ -67,3 +67,29 @@ def _threads() -> Iterator[None]:
     and every cell a harness runs computes with one thread anyway (``Harness.threads``)."""
     torch.set_num_threads(1)
     yield
+
+
+DC_ARGS = ["--task", "digits:epochs=5", "--distiller", "dc:iterations=20", "--budget", "ipc=1", "--seeds", "1", "--device", "cpu"]
+"""A dc cell of a few seconds whose distillation checkpoints (tests/test_resume.py, tests/test_executors.py)."""
+
+
+@pytest.fixture(scope="session")
+def dc_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The uninterrupted run of :data:`DC_ARGS` at one thread: its artifact's bytes and its record."""
+    import json
+    import os
+    import sqlite3
+    from pathlib import Path
+
+    from ddbench.cli import main
+
+    folder, here = tmp_path_factory.mktemp("dc-reference"), Path.cwd()
+    os.chdir(folder)
+    try:
+        assert main(["run", *DC_ARGS, "--threads", "1", "--store", "ref.sqlite", "--save-artifacts", "ref"]) == 0
+    finally:
+        os.chdir(here)
+    (artifact,) = (folder / "ref").glob("*.safetensors")
+    with sqlite3.connect(folder / "ref.sqlite") as db:
+        (row,) = db.execute("SELECT result FROM cells").fetchall()
+    return {"name": artifact.name, "bytes": artifact.read_bytes(), "record": json.loads(row[0])}

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -270,11 +271,72 @@ def test_the_ray_executor_gives_the_local_executors_results(ray_instance, tmp_pa
     local, ray = stored(tmp_path / "local.sqlite"), stored(tmp_path / "ray.sqlite")
     assert len(local) == 6 and local.keys() == ray.keys()
     for key, record in local.items():
-        assert record["status"] == "ok"
+        assert record["status"] == "ok" and record["threads"] == ray[key]["threads"] == 1
         assert {f: ray[key][f] for f in SAME} == {f: record[f] for f in SAME}, record["config"]
         assert "executor" not in record["provenance"]
         assert ray[key]["provenance"]["executor"]["shared_device"] is True  # 2 CPUs, 1 per cell: two cells at once
         assert ray[key]["provenance"]["executor"]["cells_per_device"] == 2
+
+
+def ray_cell_workers() -> list[int]:
+    """The Ray workers of this test's Ray instance (descendants of this process) running a ddbench-cells task."""
+    from executor_plugins import parent_of
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "cmdline").read_bytes().startswith(b"ray::ddbench-cells"):
+                continue
+            pid = int(entry.name)
+            while pid > 1 and pid != os.getpid():
+                pid = parent_of(pid)
+        except (OSError, ValueError):
+            continue
+        if pid == os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow  # about 12 s: a ray run whose worker is killed and retried (and the shared local reference)
+def test_a_killed_ray_worker_resumes_dc_with_the_runs_threads_to_the_local_artifact(ray_instance, tmp_path, monkeypatch,
+                                                                                      dc_reference):
+    """A Ray worker killed in the middle of a dc distillation is retried and resumes from the last
+    checkpoint. The cell holds 2 Ray CPUs but computes with the run's one thread, as the local
+    executor does (dc's artifact differs bitwise at one and two threads): the artifact is the local
+    uninterrupted run's, byte for byte."""
+    from conftest import DC_ARGS
+    from test_resume import checkpoint_step
+
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)  # the run's default thread count (torch's at its start): the reference's one thread
+    folder, killed = tmp_path / ".ddbench" / "cache" / "checkpoints", []
+
+    def kill_mid_distillation() -> None:
+        deadline = time.time() + 300
+        while not killed and time.time() < deadline:
+            step = checkpoint_step(folder)
+            if step is not None and step >= 8:
+                for pid in ray_cell_workers():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(step)
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_mid_distillation)
+    killer.start()
+    try:
+        assert main(["run", *DC_ARGS, "--executor", "ray", "--cpus-per-cell", "2", "--checkpoint-every", "0.05",
+                     "--store", "ray.sqlite", "--save-artifacts", "ray"]) == 0
+    finally:
+        killer.join()
+    assert killed, "no Ray worker was killed"
+    (ray,), ref = stored(tmp_path / "ray.sqlite").values(), dc_reference["record"]
+    assert ray["status"] == "ok" and ray["resumed_from"] >= killed[0] and ref["resumed_from"] == 0
+    assert ray["threads"] == ref["threads"] == 1 and ray["provenance"]["executor"]["cpus_per_cell"] == 2
+    assert ray["values"] == ref["values"] and ray["random_ref"] == ref["random_ref"]
+    (artifact,) = Path("ray").glob("*.safetensors")
+    assert artifact.read_bytes() == dc_reference["bytes"] and not list(folder.iterdir())
 
 
 @pytest.mark.slow  # about 30 s: Ray starts a fresh worker after each kill

@@ -135,7 +135,7 @@ def test_recovery_batches_hold_one_image_per_class_from_the_official_initialisat
                                                                                      init):
     batches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def record(teacher, x0, y, recipe, generator, bounds=None, on_step=None, perturb=None):
+    def record(teacher, x0, y, recipe, generator, *rest):  # rest: bounds, progress, perturbation, checkpointing
         batches.append((x0.clone(), y.clone()))
         return x0
 

@@ -29,6 +29,7 @@ class CellRunner(Protocol):
     threads: int  # the torch threads each cell computes with (its numbers depend on them)
     cache_dir: Path
     artifact_dir: Path | None
+    checkpoint_every_s: float | None  # seconds between a distillation's checkpoints (None: none)
     on_status: Callable[[str], None] | None  # where an executor reports the state of the run, in one line
 
     def run_cell(self, cell: Cell, tag: str = "", distilled: dict[str, Any] | None = None) -> CellResult: ...  # Distilled records

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ddbench.contracts.checkpoint import Checkpointer, CheckpointStore
 from ddbench.contracts.deviations import Deviation
 from ddbench.contracts.recipe import KD_EPOCHS, KD_PROTOCOL, QUICK_KD_BATCH, Recipe, crop_protocol
 from ddbench.errors import DDBenchError, TaskDataError
@@ -231,6 +232,9 @@ class RunContext:
     ``should_stop()`` and end early when it says so, recording that in ``Artifact.meta``.
     ``open_view`` serves :meth:`source_view` (the harness's cell worker, or
     :func:`ddbench.run.suite.view_opener` in a test); ``None``: this context reads no other task.
+    ``checkpoints`` is where :meth:`checkpointer` saves this distillation's state (the harness's
+    store under the cache, keyed by the cell); ``None``: nothing is saved or restored.
+    ``resumed_from``: the step a checkpoint restored (0: the run started from the beginning).
     """
 
     device: torch.device
@@ -242,6 +246,8 @@ class RunContext:
     cache_dir: Path = field(default_factory=lambda: Path(".ddbench/cache"))
     started: float = field(default_factory=time.perf_counter)
     open_view: Callable[[str], TaskView] | None = field(default=None, repr=False)
+    checkpoints: CheckpointStore | None = field(default=None, repr=False)
+    resumed_from: int = 0
 
     def should_stop(self) -> bool:
         return self.time_limit_s is not None and time.perf_counter() - self.started > self.time_limit_s
@@ -255,6 +261,30 @@ class RunContext:
             raise DDBenchError(f"this run context reads no other task (asked for {spec!r}): build it with "
                                "open_view=ddbench.run.suite.view_opener(manager, profile, device).")
         return self.open_view(spec)
+
+    def checkpointer(self, every: int | None = None, **objects: Any) -> Checkpointer:
+        """Checkpoints of this distillation, so that a killed cell resumes where it stopped and ends
+        with the very artifact of an uninterrupted run (a distiller that uses them sets
+        :attr:`Distiller.resumable`). Name what the loop changes in place, restore once before the
+        loop, offer a checkpoint after every iteration::
+
+            ckpt = context.checkpointer(images=syn, opt=opt, generator=context.generator)
+            done, saved = ckpt.restore()            # (0, {}) when there is nothing to resume
+            history = saved.get("loss", [])
+            while done < self.iterations and not context.should_stop():
+                ...                                 # one iteration
+                done += 1
+                ckpt.step(done, loss=history)       # saved when the run's interval has passed
+
+        ``objects``: tensors, generators (``torch.Generator``), optimisers, modules and other objects with
+        ``state_dict()``/``load_state_dict()``, numpy and Python generators; ``step()``'s values:
+        tensors, numbers, strings, lists, tuples and dictionaries of them. torch's, numpy's and
+        Python's global generators are saved and restored too. ``every``: also save every that
+        many steps. See :mod:`ddbench.contracts.checkpoint`."""
+        def restored(step: int) -> None:
+            self.resumed_from = step
+
+        return Checkpointer(self.checkpoints, self.device, every, restored, **objects)
 
     def fork(self, offset: int) -> torch.Generator:
         """A new generator on the device, seeded deterministically from this run's seed."""
@@ -450,6 +480,9 @@ class Distiller(Component, ABC):
     """Whether the method reads the train and validation splits only through the accessor
     (:meth:`Split.take`, :meth:`Split.batches`, :meth:`TaskView.balanced_batch`), so that it runs on a
     memory-mapped task (:class:`MappedSplit`); the harness skips the others there with the reason."""
+    resumable: ClassVar[bool] = False
+    """Whether :meth:`distill` checkpoints through :meth:`RunContext.checkpointer`, so that a killed
+    cell resumes to the artifact of an uninterrupted run; the conformance kit checks that it does."""
     published: ClassVar[tuple[Published, ...]] = ()
     """The method's published accuracies (docs/methods.md §11), which ``ddbench reproduce`` compares with."""
     official_code: ClassVar[str] = ""

@@ -187,6 +187,8 @@ class CellResult:
     deviations: list[dict[str, str]] = field(default_factory=list)
     # other tasks whose views the distiller read (RunContext.source_view), as asked for
     sources: list[str] = field(default_factory=list)
+    threads: int = 0  # the torch thread count the cell computed with (0: not recorded)
+    resumed_from: int = 0  # the step its distillation resumed at from a checkpoint (0: it ran from the start)
 
     @property
     def mean(self) -> float:

@@ -16,6 +16,13 @@ A cell trains under its protocol (docs/design.md §4): ``native`` (the task's re
 artifact's declared one) or ``common`` (the task's common recipe, the artifact's declarations of
 the protocol fields set aside). The two cells of one distillation are adjacent in a run, and the
 second one reuses the first one's distillation instead of distilling again.
+
+Every cell computes with the run's torch thread count (``threads``, default 1), set in the harness
+and in its workers and recorded with the result, so that a cell gives the same numbers under every
+executor. A distillation that checkpoints
+(:meth:`~ddbench.contracts.interfaces.RunContext.checkpointer`) keeps its checkpoint under
+``<cache>/checkpoints/``, named by :func:`checkpoint_key`, until its cell is final: a cell whose
+worker was killed resumes from it when it runs again.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ import torch
 from ddbench.budget import labels
 from ddbench.budget.artifact import Storage, admit, compression, content_hash, save, with_labels
 from ddbench.contracts import deviations
+from ddbench.contracts.checkpoint import CheckpointStore
 from ddbench.contracts.executor import Executor, one_by_one
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Split, Task, TaskView
 from ddbench.contracts.recipe import Recipe, evaluation_recipe
@@ -68,6 +76,14 @@ class Distilled:
     storage: Storage | None = None
 
 
+def checkpoint_key(cell: Cell) -> str:
+    """What names a distillation's checkpoint: its :meth:`Cell.distillation` without the time limit,
+    which may cut a run short but does not change its state at any iteration."""
+    config = json.loads(cell.distillation())
+    config.pop("time_limit_s", None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def capped(text: str, limit: int = TRACEBACK_CHARS) -> str:
     """``text`` cut to about ``limit`` characters, keeping its start and its end (a traceback's cause)."""
     if len(text) <= limit:
@@ -87,17 +103,19 @@ class Harness:
     evaluation alike, whatever runs it: fp32 sums follow the thread count, so a suite gives the same
     numbers one cell at a time, several at once and under Ray (docs/executors.md). The harnesses
     of one run's cell hosts share their evaluations through the folder ``shared_evaluations``.
+    ``checkpoint_every_s``: seconds between a distillation's checkpoints (None: none).
     """
 
     def __init__(self, manager: PluginManager, device: str = "auto", cache_dir: Path | str = ".ddbench/cache",
                  on_progress: Callable[[str, int, int | None, dict[str, float]], None] | None = None,
                  artifact_dir: Path | str | None = None, on_status: Callable[[str], None] | None = None, threads: int = 1,
-                 shared_evaluations: Path | None = None):
+                 shared_evaluations: Path | None = None, checkpoint_every_s: float | None = worker.CHECKPOINT_EVERY_S):
         if threads < 1:
             raise ValueError(f"threads must be >= 1 (got {threads!r})")
         self.manager = manager
-        self.device = resolve_device(device)
         self.threads = threads
+        self.checkpoint_every_s = checkpoint_every_s
+        self.device = resolve_device(device)
         self.cache_dir = Path(cache_dir)
         self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else None
         self.on_progress = on_progress
@@ -157,7 +175,7 @@ class Harness:
 
         ``distilled`` (what :meth:`run` passes): the last distillation by its :meth:`Cell.distillation`,
         reused by the cell of the same distillation under the other protocol, and replaced by this one's."""
-        result = CellResult(cell, "failed", device=self._device_name())
+        result = CellResult(cell, "failed", device=self._device_name(), threads=self.threads)
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -168,7 +186,19 @@ class Harness:
             result.traceback = capped(traceback.format_exc())
         finally:
             torch.set_num_threads(threads)
+        if result.status != "failed" or result.resumed_from:
+            # the distillation ended and its cell is final, or a distillation that resumed failed: it starts afresh next time
+            store = self.checkpoints(cell)
+            if result.status == "failed" and store.path.is_file():
+                result.error = (f"{result.error[:800]} [it had resumed from a checkpoint at step {result.resumed_from}, now "
+                                "deleted: the next run starts from the beginning]")
+            store.delete()
         return result
+
+    def checkpoints(self, cell: Cell) -> CheckpointStore:
+        """Where a cell's distillation checkpoints: ``<cache>/checkpoints/<key>.safetensors`` (:func:`checkpoint_key`)."""
+        key = checkpoint_key(cell)
+        return CheckpointStore(self.cache_dir / "checkpoints" / f"{key}.safetensors", key, self.checkpoint_every_s or 0.0)
 
     def _run_cell(self, result: CellResult, tag: str, distilled: dict[str, Distilled] | None) -> None:
         """Fill ``result``: distil (or reuse the distillation), admit, evaluate; or say why the cell is skipped or failed."""
@@ -185,6 +215,7 @@ class Harness:
         done = self._distillation(cell, distiller, view, budget, tag, distilled)
         reply = done.reply
         result.distill_s, result.peak_mb, result.sources = reply.distill_s, reply.peak_mb, list(reply.sources)
+        result.resumed_from = reply.resumed_from
         if reply.status != "ok":
             result.status = "skipped" if reply.status == "skipped" else "failed"
             result.error, result.traceback = reply.error[:1000], capped(reply.traceback)
@@ -276,9 +307,10 @@ class Harness:
         def open_view(spec: str) -> worker.ViewSpec:
             return self._view_spec(*parse_named(spec), cell.profile)
 
+        checkpoint = None if self.checkpoint_every_s is None else self.checkpoints(cell)
         request = worker.DistillRequest(distiller, options, self.manager.learners.get(cell.learner), cell.learner_options,
                                         cell.profile, self._view_spec(cell.task, cell.task_options, cell.profile), budget,
-                                        cell.seed, str(self.device), time_limit_s, str(self.cache_dir), self.threads)
+                                        cell.seed, str(self.device), time_limit_s, str(self.cache_dir), self.threads, checkpoint)
         max_bytes = None if budget is None else budget.scalars(view) * 8 + HEADER_BYTES
         return worker.distill(request, report, max_bytes, open_view)
 

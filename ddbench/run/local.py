@@ -99,8 +99,9 @@ def rebuilt(parts: dict[str, Any]) -> PluginManager:
 
 def host_setup(harness: CellRunner) -> dict[str, Any]:
     """What a cell host needs to build a harness like ``harness``: its registries, device, folders,
-    threads and the ``DDBENCH_*`` environment (the data root)."""
+    threads, checkpoint interval and the ``DDBENCH_*`` environment (the data root)."""
     return {"components": components(harness.manager), "device": str(harness.device), "threads": harness.threads,
+            "checkpoint_every_s": harness.checkpoint_every_s,
             "cache_dir": str(Path(harness.cache_dir).resolve()),
             "artifact_dir": None if harness.artifact_dir is None else str(Path(harness.artifact_dir).resolve()),
             "env": {k: v for k, v in os.environ.items() if k.startswith("DDBENCH_")}}
@@ -200,7 +201,8 @@ def host(setup: dict[str, Any], conn: Connection) -> None:
     torch.set_num_threads(setup["threads"])
     worker.warm_allocator()
     harness = Harness(rebuilt(setup["components"]), setup["device"], Path(setup["cache_dir"]),
-                      artifact_dir=setup["artifact_dir"], threads=setup["threads"], shared_evaluations=Path(setup["shared_evaluations"]))
+                      artifact_dir=setup["artifact_dir"], threads=setup["threads"], checkpoint_every_s=setup["checkpoint_every_s"],
+                      shared_evaluations=Path(setup["shared_evaluations"]))
     harness.start_workers()
     while True:
         try:

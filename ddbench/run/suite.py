@@ -7,6 +7,7 @@ A suite file::
     eval_seeds = 3             # K learners trained on every artifact (seeds 0..K-1)
     distill_seeds = [0]
     protocols = ["native", "common"]   # default ["native"]; common: tasks with a common recipe only
+    # threads = 2              # torch threads every cell computes with (default 1)
 
     [[task]]
     name = "digits"
@@ -55,7 +56,9 @@ else:  # pragma: no cover
 PROFILES = ("quick", "full")
 MAX_SEED = 2**31 - 1  # distillation seeds: 0 .. MAX_SEED (seeds of derived generators stay within 64 bits)
 MAX_EVAL_SEEDS = 1000
-SUITE_KEYS = {"name", "profile", "eval_seeds", "distill_seeds", "task", "distiller", "time_limit_s", "protocols", "analyses"}
+SUITE_KEYS = {"name", "profile", "eval_seeds", "distill_seeds", "task", "distiller", "time_limit_s", "protocols", "analyses",
+              "threads"}
+MAX_THREADS = 1024
 TASK_KEYS = {"name", "options", "budgets", "learner", "learner_options"}
 DISTILLER_KEYS = {"name", "options"}
 
@@ -86,6 +89,7 @@ class Suite:
     time_limit_s: float | None = None
     protocols: list[str] = field(default_factory=lambda: ["native"])
     analyses: list[str] = field(default_factory=list)  # analysis specs run on every native cell's artifact afterwards
+    threads: int | None = None  # torch threads of every cell, under every executor (None: 1)
 
 
 def _check_keys(where: str, table: dict[str, Any], allowed: set[str]) -> None:
@@ -145,8 +149,11 @@ def parse_suite(data: dict[str, Any], source: str = "suite") -> Suite:
     analyses = data.get("analyses", [])
     if not isinstance(analyses, list) or not all(isinstance(a, str) and a.strip() for a in analyses):
         raise SuiteError(f"{source}: analyses must be a list of analysis names, e.g. [\"mixing\", \"recognition\"] (got {analyses!r}).")
+    threads = data.get("threads")
+    if threads is not None:
+        threads = check_threads(_need(source, threads, int, "threads must be a positive integer"), f"{source}: threads")
     return Suite(str(data.get("name", Path(source).stem)), tasks, distillers, profile, eval_seeds, list(seeds), limit, protocols,
-                 list(analyses))
+                 list(analyses), threads)
 
 
 def check_protocols(protocols: list[Any], where: str) -> list[str]:
@@ -191,6 +198,12 @@ def check_distill_seeds(seeds: list[int], where: str) -> list[int]:
 def check_eval_seeds(count: int, where: str) -> int:
     if not 1 <= count <= MAX_EVAL_SEEDS:
         raise SuiteError(f"{where} must be a positive integer up to {MAX_EVAL_SEEDS} (got {count}).")
+    return count
+
+
+def check_threads(count: int, where: str) -> int:
+    if not 1 <= count <= MAX_THREADS:
+        raise SuiteError(f"{where} must be a number of threads from 1 to {MAX_THREADS} (got {count}).")
     return count
 
 

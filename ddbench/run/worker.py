@@ -11,7 +11,9 @@ given
   ``info``, options);
 - the distiller and learner *classes*, sent by reference (so they must be defined at module level
   of an importable module), with their options and the profile: it builds fresh instances;
-- the budget, the seed, the device, the time limit and the cache folder.
+- the budget, the seed, the device, the time limit, the cache folder, the torch thread count and
+  the distillation's checkpoint store (:mod:`ddbench.contracts.checkpoint`), whose one-line
+  warnings (a checkpoint ignored) the harness shows.
 
 A distiller that reads another task (:meth:`~ddbench.contracts.interfaces.RunContext.source_view`) asks the
 harness for it by name: the harness loads the task with the run's plugins and answers with a file
@@ -53,8 +55,9 @@ from torch import Tensor
 
 from ddbench.budget import labels
 from ddbench.budget.artifact import check_boundary, from_bytes, to_bytes
+from ddbench.contracts.checkpoint import CheckpointStore
 from ddbench.contracts.interfaces import Distiller, MappedSplit, Progress, RunContext, Split, TaskView
-from ddbench.errors import DDBenchError, NotApplicable, TaskDataError, one_line, show_warning
+from ddbench.errors import DDBenchError, DDBenchWarning, NotApplicable, TaskDataError, one_line, show_warning
 from ddbench.vocab import Budget
 
 ProgressCallback = Callable[[int, "int | None", "dict[str, float]"], None]
@@ -76,6 +79,8 @@ a fresh process and 0.9 s in one that had run for a while. A 32 MiB threshold an
 worker exits anyway) give each worker the warmed behaviour. Other C libraries ignore them."""
 
 
+CHECKPOINT_EVERY_S = 300.0
+"""Seconds between a distillation's checkpoints unless the run says otherwise (``--checkpoint-every``)."""
 LABEL_BYTES = 512 << 20
 """The most bytes of label-regime tensors (``teacher.*``, ``bank.*``) the harness reads beyond an
 artifact's budget bound; they are charged on top of the budget (docs/labels.md). ResNet-18 is
@@ -153,6 +158,7 @@ class DistillRequest:
     time_limit_s: float | None
     cache_dir: str
     threads: int
+    checkpoint: CheckpointStore | None = None  # None: the distillation saves and restores nothing
 
 
 @dataclass
@@ -169,6 +175,7 @@ class DistillReply:
     distill_s: float = 0.0
     peak_mb: float = 0.0
     sources: list[str] = field(default_factory=list)  # the other tasks' views the distiller read, as asked for
+    resumed_from: int = 0  # the step a checkpoint restored (0: the distillation ran from the beginning)
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,6 +304,8 @@ def _receive(process: Any, receiver: Connection, request: DistillRequest, on_pro
                             {str(k): float(v) for k, v in message["metrics"].items()})
             elif kind == "view":
                 receiver.send(_served_view(str(message["spec"]), open_view, sources))
+            elif kind == "warning":
+                warnings.warn(DDBenchWarning(str(message["text"])[:1000]), stacklevel=1)
             elif kind == "started":
                 started = time.monotonic()
             elif kind == "finished":
@@ -337,6 +346,7 @@ def _result(header: dict[str, Any], receiver: Connection, request: DistillReques
     if status not in ("ok", "skipped", "failed"):
         raise ValueError(f"unknown status {status!r}")
     reply = DistillReply(status, error=str(header.get("error", "")), traceback=str(header.get("traceback", "")))
+    reply.resumed_from = max(0, int(header.get("resumed_from", 0)))
     if status != "ok":
         return reply
     if max_artifact_bytes is not None:  # room for what the child says are label tensors (their names are checked when parsed)
@@ -387,6 +397,7 @@ class _Channel:
     def __init__(self, conn: Connection):
         self.conn = conn
         self.last = 0.0
+        self.context: RunContext | None = None  # the distillation's, once built (its resumed_from goes with a failure)
 
     def send(self, message: dict[str, Any]) -> None:
         self.conn.send_bytes(json.dumps(message).encode())
@@ -398,6 +409,10 @@ class _Channel:
         if isinstance(answer, DDBenchError):
             raise answer
         return read_view(answer, device)
+
+    def warning(self, text: str) -> None:
+        """A one-line warning for the harness to show (a checkpoint ignored)."""
+        self.send({"kind": "warning", "text": str(text)})
 
     def progress(self, step: int, total: int | None, metrics: dict[str, float]) -> None:
         now = time.monotonic()
@@ -424,7 +439,8 @@ def _child(request: DistillRequest, conn: Connection) -> None:
     try:
         header, data = _run(request, channel)
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt from a plugin fail the cell too
-        header, data = {"status": "failed", "error": one_line(exc), "traceback": traceback.format_exc()}, None
+        header, data = {"status": "failed", "error": one_line(exc), "traceback": traceback.format_exc(),
+                        "resumed_from": 0 if channel.context is None else channel.context.resumed_from}, None
     channel.send({"kind": "result", **header})
     if data is not None:
         conn.send_bytes(data)
@@ -443,8 +459,13 @@ def _run(request: DistillRequest, channel: _Channel) -> tuple[dict[str, Any], by
     if reason is not None:
         return {"status": "skipped", "error": str(reason)}, None
     generator = torch.Generator(device).manual_seed(request.seed)
+    store = request.checkpoint
+    if store is not None:
+        store.warn = channel.warning
     context = RunContext(device, request.seed, generator, Progress(channel.progress), request.profile,
-                         request.time_limit_s, Path(request.cache_dir), open_view=lambda spec: channel.view(spec, device))
+                         request.time_limit_s, Path(request.cache_dir), open_view=lambda spec: channel.view(spec, device),
+                         checkpoints=store)
+    channel.context = context
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     channel.send({"kind": "started"})
@@ -452,7 +473,7 @@ def _run(request: DistillRequest, channel: _Channel) -> tuple[dict[str, Any], by
     try:
         artifact = distiller.distill(view, request.budget, learner, context)  # None reaches budget_exempt ones only
     except NotApplicable as exc:
-        return {"status": "skipped", "error": str(exc)}, None
+        return {"status": "skipped", "error": str(exc), "resumed_from": context.resumed_from}, None
     cuda_peak = None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -468,7 +489,8 @@ def _run(request: DistillRequest, channel: _Channel) -> tuple[dict[str, Any], by
     meta = json.loads(json.dumps(artifact.meta, default=_plain))
     label_bytes = sum(t.numel() * t.element_size() for k, t in artifact.tensors.items()
                       if k.startswith(labels.LABEL_PREFIXES))
-    return {"status": "ok", "recipe": recipe, "meta": meta, "label_bytes": label_bytes}, to_bytes(artifact.tensors)
+    return ({"status": "ok", "recipe": recipe, "meta": meta, "label_bytes": label_bytes, "resumed_from": context.resumed_from},
+            to_bytes(artifact.tensors))
 
 
 def mapped_reason(distiller: Distiller, view: TaskView) -> str | None:

@@ -7,8 +7,11 @@ import dataclasses
 import os
 import pickle
 import random
+import shutil
+import tempfile
 import time
 import traceback
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +22,7 @@ import torch
 
 from ddbench.budget import labels
 from ddbench.budget.artifact import admission_problems, content_hash, count_storage, with_labels
+from ddbench.contracts.checkpoint import CheckpointStore
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, Progress, RunContext, Split, TaskView
 from ddbench.errors import BudgetError, DDBenchError, NotApplicable, PluginError
 from ddbench.ops.device import resolve_device
@@ -38,6 +42,9 @@ FIXES: dict[str, str] = {
     "finite": "lower the learning rate, clip gradients or guard divisions; never return a diverged artifact.",
     "within-budget": "size the artifact from the budget (budget.ipc(task), budget.examples(task), budget.scalars(task)); "
                      "every tensor counts, labels and learned scalars included.",
+    "resumes": "name every object the loop changes in context.checkpointer(...) (tensors, optimisers, generators), call "
+               "restore() before the loop and step(done, ...) after each iteration with the other values the loop "
+               "needs (docs/write-a-distiller.md, Checkpoints); or leave `resumable` False.",
 }
 """How to fix each rule that :func:`ddbench.budget.artifact.admission_problems` reports a problem under."""
 
@@ -125,6 +132,28 @@ def _deterministic_kernels(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 
+class _Stopped(BaseException):
+    """The kit's stand-in for a kill right after a checkpoint (a BaseException: a distiller's
+    ``except Exception`` does not catch it)."""
+
+
+class _KitStore(CheckpointStore):
+    """A checkpoint store that counts the checkpoints a run offers and writes only the ``write_at``-th
+    ones (1-based); with ``stop``, the run stops (:class:`_Stopped`) right after the first it writes."""
+
+    def __init__(self, path: Path, write_at: tuple[int, ...] = (), stop: bool = False):
+        self.warned: list[str] = []
+        super().__init__(path, "conformance-kit", every_s=0.0, warn=self.warned.append)
+        self.offers, self.write_at, self.stop = 0, write_at, stop
+
+    def write(self, step: int, objects: dict[str, Any], values: dict[str, Any]) -> None:
+        self.offers += 1
+        if self.offers in self.write_at:
+            super().write(step, objects, values)
+            if self.stop:
+                raise _Stopped
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"
@@ -143,19 +172,20 @@ class _Runner:
                  cache_dir: Path):
         self.method, self.report, self.device = method, report, device
         self.profile, self.seed, self.cache_dir = profile, seed, cache_dir
+        self.offered: dict[str, int] = {}  # where -> the checkpoints its first run offered (a resumable distiller)
 
     def fail(self, rule: str, where: str, detail: str, fix: str) -> None:
         self.report.failures.append(Failure(rule, where, detail, fix))
 
-    def make_context(self, cache_dir: Path | None = None) -> RunContext:
+    def make_context(self, cache_dir: Path | None = None, checkpoints: CheckpointStore | None = None) -> RunContext:
         generator = torch.Generator(self.device).manual_seed(self.seed)
         return RunContext(self.device, self.seed, generator, Progress(), self.profile, None, cache_dir or self.cache_dir,
-                          open_view=view_opener(get_plugin_manager(), self.profile, self.device))
+                          open_view=view_opener(get_plugin_manager(), self.profile, self.device), checkpoints=checkpoints)
 
     def distill(self, view: TaskView, budget: Budget | None, learner: Learner, global_seed: int,
-                cache_dir: Path | None = None) -> tuple[Artifact, RunContext, bool]:
+                cache_dir: Path | None = None, checkpoints: CheckpointStore | None = None) -> tuple[Artifact, RunContext, bool]:
         """One run on a private copy of the view; also whether the run left that copy unchanged."""
-        context, copy = self.make_context(cache_dir), _copy(view)
+        context, copy = self.make_context(cache_dir, checkpoints), _copy(view)
         with _global_rng(global_seed, self.device), _deterministic_kernels(self.device):
             artifact = self.method.distill(copy, budget, learner, context)  # type: ignore[arg-type]  # None only for budget_exempt ones
         return artifact, context, _view_hash(copy) == _view_hash(view)
@@ -185,6 +215,8 @@ class _Runner:
             if artifact is not None and not trained:
                 self.check_trainable(kit_task, view, learner, artifact, f"{view.name} {budget or 'full'}")
                 trained = True
+                if self.method.resumable:
+                    self.check_resumes(view, budget, learner, artifact, f"{view.name} {budget or 'full'}")
         if all(c.status == "skipped" for c in self.report.cases[first:]):
             self.fail("runs", view.name, "distill() raised NotApplicable at every budget the kit gave it, so nothing was checked.",
                       "give the kit a budget the method applies to, e.g. tasks=[tiny_classification(budgets=['ipc=2'])].")
@@ -198,8 +230,10 @@ class _Runner:
         self.report.cases.append(case)
         before = len(self.report.failures)
         start = time.perf_counter()
+        counting = _KitStore(Path(tempfile.gettempdir()) / f"ddbench-kit-{uuid.uuid4().hex}.safetensors")  # writes nothing
         try:
-            artifact, context, unchanged = self.distill(view, budget, learner, global_seed=1)
+            artifact, context, unchanged = self.distill(view, budget, learner, global_seed=1,
+                                                        checkpoints=counting if self.method.resumable else None)
         except NotApplicable as exc:  # a skip, as the harness records it (the method does not apply at this budget)
             case.status, case.note = "skipped", str(exc)
             return None
@@ -209,6 +243,7 @@ class _Runner:
             case.note = "raised"
             return None
         case.seconds = time.perf_counter() - start
+        self.offered[where] = counting.offers
         case.progress_updates = len(context.progress.history)
         if case.progress_updates == 0:
             self.fail("progress", where, "distill() never called context.progress.update().",
@@ -262,6 +297,40 @@ class _Runner:
             self.fail("seeded", where, f"two runs with seed {self.seed} gave different artifacts ({difference}).",
                       "draw all randomness from context.generator or context.fork(k), never from the global "
                       "torch/numpy/random generators, and keep no state between calls." + nondeterministic)
+
+    def check_resumes(self, view: TaskView, budget: Budget | None, learner: Learner, first: Artifact, where: str) -> None:
+        """A resumable distiller offers checkpoints (counted in its first run, which wrote none); a run
+        stopped right after the middle one, then run again, restores it and (writing one more
+        checkpoint on the way, which must change nothing) ends with the first run's artifact."""
+        offers = self.offered.get(where, 0)
+        if offers == 0:
+            self.fail("resumes", where, "the distiller declares `resumable` but offered no checkpoint "
+                      "(context.checkpointer(...).step() was never called).", FIXES["resumes"])
+            return
+        middle = max(1, offers // 2)
+        folder = Path(tempfile.mkdtemp(prefix="ddbench-kit-checkpoints-"))
+        path = folder / "checkpoint.safetensors"
+        try:
+            try:
+                self.distill(view, budget, learner, global_seed=1, checkpoints=_KitStore(path, (middle,), stop=True))
+            except _Stopped:
+                pass
+            resuming = _KitStore(path, (1,))
+            resumed, context, _ = self.distill(view, budget, learner, global_seed=1, checkpoints=resuming)
+        except Exception as exc:  # noqa: BLE001 - any crash of the plugin is a finding
+            self.fail("resumes", where, f"a run with checkpoints raised {_first_line(exc)}{_origin(exc)}.", FIXES["resumes"])
+            return
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        stopped = f"stopped after checkpoint {middle} of the {offers} it offers"
+        if resuming.warned or context.resumed_from == 0:
+            why = resuming.warned[0] if resuming.warned else "restore() found nothing or was never called"
+            self.fail("resumes", where, f"a run {stopped} did not resume from it ({why}).", FIXES["resumes"])
+            return
+        difference = _difference(first, resumed, exact=self.device.type == "cpu")
+        if difference:
+            self.fail("resumes", where, f"a run {stopped} (step {context.resumed_from}) and resumed gave another artifact "
+                                        f"({difference}).", FIXES["resumes"])
 
     def check_trainable(self, kit_task: KitTask, view: TaskView, learner: Learner, artifact: Artifact, where: str) -> None:
         """Train the task's learner briefly on the artifact with the recipe it declares."""

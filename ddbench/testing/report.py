@@ -20,6 +20,8 @@ RULES: dict[str, str] = {
     "read-only-task": "distill() leaves the task's train and validation tensors unchanged",
     "budget-error": "a budget the method cannot meet raises ddbench.errors.BudgetError",
     "trainable": "the task's learner trains on the artifact with the recipe the artifact declares",
+    "resumes": "a distiller that declares `resumable` checkpoints through context.checkpointer(), and a run stopped after "
+               "a checkpoint and run again ends with the uninterrupted run's artifact (bitwise on CPU)",
 }
 """Every rule the kit checks, by the id that failure messages start with."""
 

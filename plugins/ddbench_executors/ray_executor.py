@@ -7,10 +7,13 @@ the local executor) and runs them with a harness of its own: the same :meth:`Har
 so each distillation still runs in a fresh cell worker (:mod:`ddbench.run.worker`) that never sees the
 test split, and the evaluation trains the harness's own learners. The task gets the driver's
 registries (the plugin classes, sent by reference: every node imports them from its own install),
-the device type, the cache and artifact folders as absolute paths (shared by every node on a
-cluster) and the ``DDBENCH_*`` environment (the data root). A worker that dies (killed, out of
-memory, its node lost) is retried ``retries`` times; then its cells fail. An exception in a task
-is not retried: a cell that fails stays failed. ``ray`` is imported only when an executor is built.
+the device type, the run's torch thread count (the driver's: a cell computes as it would locally,
+so its numbers do not depend on the executor), the checkpoint interval, the cache and artifact
+folders as absolute paths (shared by every node on a cluster) and the ``DDBENCH_*`` environment
+(the data root). A worker that dies (killed, out of memory, its node lost) is retried ``retries``
+times, and a retried distillation resumes from its last checkpoint in the shared cache; then its
+cells fail. An exception in a task is not retried: a cell that fails stays failed. ``ray`` is
+imported only when an executor is built.
 """
 from __future__ import annotations
 
@@ -36,12 +39,14 @@ WAIT_S = 0.5  # the longest the driver waits for Ray without looking at signals
 class RayExecutor(Executor):
     """Cells as Ray tasks: ``address`` None starts a Ray instance on this machine for the run
     (``auto`` or ``HOST:PORT``: an existing cluster); each task asks Ray for ``cpus_per_cell`` CPUs
-    (what it holds; it computes with the run's threads per cell) and ``gpus_per_cell`` GPUs (a fraction lets cells share a GPU)."""
+    (None: the run's torch thread count) and ``gpus_per_cell`` GPUs (a fraction lets cells share a
+    GPU). The CPUs a task holds do not set its threads: every cell computes with the run's."""
 
     name = "ray"
     description = f"cells as Ray tasks on this machine's devices or a Ray cluster (needs {INSTALL})"
 
-    def __init__(self, address: str | None = None, gpus_per_cell: float = 0.0, cpus_per_cell: float = 1.0, retries: int = 2):
+    def __init__(self, address: str | None = None, gpus_per_cell: float = 0.0, cpus_per_cell: float | None = None,
+                 retries: int = 2):
         positive(cpus_per_cell=cpus_per_cell)
         non_negative(gpus_per_cell=gpus_per_cell, retries=retries)
         if gpus_per_cell > 1 and gpus_per_cell != int(gpus_per_cell):
@@ -55,7 +60,9 @@ class RayExecutor(Executor):
                              "or pip install 'ray>=2.40,<3'.") from None
         self.ray = ray
         self.address = None if address in (None, "", "local") else str(address)
-        self.gpus_per_cell, self.cpus_per_cell, self.retries = float(gpus_per_cell), float(cpus_per_cell), int(retries)
+        self.gpus_per_cell, self.retries = float(gpus_per_cell), int(retries)
+        self.cpus_per_cell = None if cpus_per_cell is None else float(cpus_per_cell)
+        self.cpus = self.cpus_per_cell or 1.0  # what a task holds: cpus_per_cell, else the run's threads (set by run())
         self._shared: dict[str, int] = {}  # node id -> how many cells of this run can share one of its devices
         self._where: dict[str, str] = {}  # cell key -> the node it ran on
 
@@ -73,9 +80,11 @@ class RayExecutor(Executor):
         groups = distillations(cells)
         if not groups:
             return
+        threads = harness.threads  # the run's, as the local executor computes with
+        self.cpus = self.cpus_per_cell or float(threads)
         started = self._connect()
         try:
-            yield from self._run(harness, groups, harness.device.type)
+            yield from self._run(harness, groups, harness.device.type, threads)
         finally:
             if started:
                 self.ray.shutdown()
@@ -94,15 +103,16 @@ class RayExecutor(Executor):
             raise SuiteError(f"cannot reach {where} ({one_line(exc)}): {fix}.") from None
         return True
 
-    def _run(self, harness: CellRunner, groups: list[list[Cell]], device: str) -> Iterator[CellResult]:
+    def _run(self, harness: CellRunner, groups: list[list[Cell]], device: str, threads: int) -> Iterator[CellResult]:
         ray = self.ray
         slots = self._capacity(len(groups))
         env = {k: v for k, v in os.environ.items() if k.startswith("DDBENCH_")}
         task = ray.remote(run_cells).options(
-            num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=self.retries, retry_exceptions=False,
+            num_cpus=self.cpus, num_gpus=self.gpus_per_cell, max_retries=self.retries, retry_exceptions=False,
             name="ddbench-cells", **({"runtime_env": {"env_vars": env}} if env else {}))
         setup = ray.put({"run": uuid.uuid4().hex, "components": components(harness.manager), "device": device,
-                         "cache_dir": str(harness.cache_dir.resolve()), "threads": harness.threads,
+                         "cache_dir": str(harness.cache_dir.resolve()), "threads": threads,
+                         "checkpoint_every_s": harness.checkpoint_every_s,
                          "artifact_dir": None if harness.artifact_dir is None else str(harness.artifact_dir.resolve())})
         waiting, pending = list(groups), dict[Any, list[Cell]]()
         done = failed = 0
@@ -147,7 +157,7 @@ class RayExecutor(Executor):
             if not node.get("Alive"):
                 continue
             have = node.get("Resources", {})
-            fits = math.floor(have.get("CPU", 0) / self.cpus_per_cell + 1e-9)
+            fits = math.floor(have.get("CPU", 0) / self.cpus + 1e-9)
             per_device = fits
             if self.gpus_per_cell:
                 fits = min(fits, math.floor(have.get("GPU", 0) / self.gpus_per_cell + 1e-9))
@@ -155,7 +165,7 @@ class RayExecutor(Executor):
             per_node[node["NodeID"]] = fits
             self._shared[node["NodeID"]] = per_device if groups > 1 else 1
         if not any(per_node.values()):
-            raise SuiteError(f"no node of the Ray cluster has {self.cpus_per_cell:g} CPU(s) and {self.gpus_per_cell:g} GPU(s) "
+            raise SuiteError(f"no node of the Ray cluster has {self.cpus:g} CPU(s) and {self.gpus_per_cell:g} GPU(s) "
                              "for one cell: lower --cpus-per-cell or --gpus-per-cell, or add nodes.")
         return sum(per_node.values())
 
@@ -170,7 +180,7 @@ class RayExecutor(Executor):
         if node is None:
             return {"name": self.name}
         per_device = self._shared.get(node, 1)
-        return {"name": self.name, "node": node, "cpus_per_cell": self.cpus_per_cell, "gpus_per_cell": self.gpus_per_cell,
+        return {"name": self.name, "node": node, "cpus_per_cell": self.cpus, "gpus_per_cell": self.gpus_per_cell,
                 "cells_per_device": per_device, "shared_device": per_device > 1}
 
 
@@ -182,16 +192,14 @@ def run_cells(setup: dict[str, Any], cells: list[Cell]) -> tuple[list[CellResult
     """The body of a Ray task: run ``cells`` (one distillation's) and return their results and this node's id."""
     global _harness
     import ray
-    import torch
 
     from ddbench.run import worker
 
     if _harness is None or _harness[0] != setup["run"]:
-        torch.set_num_threads(setup["threads"])
         worker.warm_allocator()
         manager = rebuilt(setup["components"])
         harness = Harness(manager, setup["device"], Path(setup["cache_dir"]), artifact_dir=setup["artifact_dir"],
-                          threads=setup["threads"])
+                          threads=setup["threads"], checkpoint_every_s=setup["checkpoint_every_s"])
         harness.start_workers()
         _harness = (setup["run"], harness)
     harness = _harness[1]

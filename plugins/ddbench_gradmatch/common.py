@@ -112,9 +112,7 @@ class FreshNetworks:
     def __call__(self) -> nn.Module:
         seed = self.seeds()
         if self.net is None or not self.resettable:
-            self.net = self.learner.build(self.task, seed).to(self.device)
-            self.resettable = all(id(p) in self._owned() for p in self.net.parameters())
-            return self.net
+            return self._build(seed)
         cuda = self.device.type == "cuda"
         with torch.random.fork_rng(devices=[self.device] if cuda else []):
             index = torch.cuda.current_device() if cuda and self.device.index is None else self.device.index
@@ -124,6 +122,18 @@ class FreshNetworks:
                 reset = getattr(module, "reset_parameters", None)  # not hasattr: mypy reads Module attributes as Tensor | Module
                 if reset is not None:
                     reset()
+        return self.net
+
+    def prime(self) -> None:
+        """Build the network without drawing a seed, as a run resumed from a checkpoint does before
+        its first iteration, so that its next call redraws the network in place as the uninterrupted
+        run's did (on a GPU, building on the host and redrawing on the device differ)."""
+        if self.net is None:
+            self._build(0)
+
+    def _build(self, seed: int) -> nn.Module:
+        self.net = self.learner.build(self.task, seed).to(self.device)
+        self.resettable = all(id(p) in self._owned() for p in self.net.parameters())
         return self.net
 
     def _owned(self) -> set[int]:

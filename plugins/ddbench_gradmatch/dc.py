@@ -126,6 +126,7 @@ class DCDistiller(Distiller):
     """
 
     name = "dc"
+    resumable = True
     published = published_rows("dc")
     description = "DC: per-class gradient matching with the layer-wise distance (Zhao et al., ICLR 2021)"
     quick = QUICK
@@ -193,7 +194,14 @@ class DCDistiller(Distiller):
         siamese, per_sample_dsa = self.augmenters(task, seeds, device)
         log = LossLog(context.progress, self.iterations)
         chunk, block = None, None  # set on the first network (:meth:`layout`)
-        done = 0
+        ckpt = context.checkpointer(images=syn, opt=opt, generator=g, seeds=seeds.generator)
+        for name, augmenter in (("siamese", siamese), ("inner_dsa", per_sample_dsa)):
+            if augmenter is not None:
+                ckpt.track(**{name: augmenter.generator})
+        done, saved = ckpt.restore()
+        log.history = list(saved.get("loss", []))
+        if done:
+            networks.prime()
         while done < self.iterations and not context.should_stop():
             net = networks()
             if chunk is None:
@@ -211,6 +219,7 @@ class DCDistiller(Distiller):
                 train_network(net, net_opt, syn.detach(), y_syn, inner, self.batch_train, per_sample_dsa, g, block)
             done += 1
             log(done, loss)
+            ckpt.step(done, loss=log.history)
         meta = {"iterations": done, "outer_loop": outer, "inner_loop": inner, "lr_img": lr_img, "batch_real": batch_real,
                 "init": self.init, "distance": self.distance, "class_batch": chunk, "cpu_block": block, "loss": log.history,
                 "stopped_early": done < self.iterations}
@@ -269,6 +278,7 @@ class DSADistiller(DCDistiller):
     ``dsa_strategy`` (None: the task's, §1)."""
 
     name = "dsa"
+    resumable = True
     published = published_rows("dsa")
     description = "DSA: gradient matching with differentiable siamese augmentation (Zhao & Bilen, ICML 2021)"
     quick = QUICK

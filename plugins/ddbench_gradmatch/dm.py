@@ -45,6 +45,7 @@ class DMDistiller(Distiller):
     """
 
     name = "dm"
+    resumable = True
     published = published_rows("dm")
     description = "DM: per-class mean-embedding matching under random networks (Zhao & Bilen, WACV 2023)"
     quick: ClassVar[dict[str, Any]] = {"iterations": 120, "batch_real": 32}  # CPU profile
@@ -98,7 +99,11 @@ class DMDistiller(Distiller):
         syn = initial_images(pools, ipc, self.init, g).requires_grad_(True)
         opt = torch.optim.SGD([syn], lr=lr_img, momentum=self.momentum_img)
         log = LossLog(context.progress, self.iterations)
-        done = 0
+        ckpt = context.checkpointer(images=syn, opt=opt, generator=g, seeds=seeds.generator, dsa=dsa.generator)
+        done, saved = ckpt.restore()
+        log.history = list(saved.get("loss", []))
+        if done:
+            networks.prime()
         while done < self.iterations and not context.should_stop():
             net = networks()
             net.train()
@@ -113,6 +118,7 @@ class DMDistiller(Distiller):
             opt.step()
             done += 1
             log(done, loss.detach())
+            ckpt.step(done, loss=log.history)
         y = torch.arange(classes, device=device).repeat_interleave(ipc)
         meta = {"iterations": done, "lr_img": lr_img, "batch_real": batch_real, "init": self.init,
                 "dsa_strategy": strategy, "loss": log.history, "stopped_early": done < self.iterations}

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ddbench.contracts import options
+from ddbench.contracts.checkpoint import Checkpointer
 from ddbench.contracts.deviations import Deviation
 from ddbench.contracts.interfaces import Artifact, Distiller, Learner, RunContext, TaskView
 from ddbench.errors import DDBenchError
@@ -52,6 +53,7 @@ class MTT(Distiller):
     """
 
     name = "mtt"
+    resumable = True
     published = PUBLISHED
     description = "matching training trajectories (MTT) with a learned step size; cached experts"
     # CPU profile [ours, chosen on digits' validation split, the quick suite's image task]: 4
@@ -124,7 +126,10 @@ class MTT(Distiller):
         images = task.train.x[random_subset(task, budget, context.generator)].clone()  # real init, class by class
         classes: int = task.num_classes  # type: ignore[assignment]  # supports() admits classification tasks only
         labels = torch.arange(classes, device=device).repeat_interleave(ipc)
-        images, alpha, run = self.match(task, cfg, model, buffer, images, labels, context)
+        checkpoint = context.checkpointer()
+        step, saved = checkpoint.restore()
+        images, alpha, run = self.match(task, cfg, model, buffer, images, labels, context, checkpoint=checkpoint,
+                                        saved=saved if step else None)
         meta.update(cfg)
         meta.update(run)
         meta.update({"init": "real", "zca": bool(task.info.get("zca", False)), "labels": "hard, class-balanced"})
@@ -146,13 +151,19 @@ class MTT(Distiller):
 
     def match(self, task: TaskView, cfg: dict[str, Any], model: FlatModel, buffer: Tensor, images: Tensor, labels: Tensor,
               context: RunContext, frozen: tuple[Tensor, Tensor] | None = None, stream: int = 1,
-              report: Callable[[int, int, float, float], None] | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+              report: Callable[[int, int, float, float], None] | None = None, checkpoint: Checkpointer | None = None,
+              saved: dict[str, Any] | None = None, values: dict[str, Any] | None = None,
+              offset: int = 0) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """Learn ``images`` and alpha by trajectory matching against ``buffer`` (§7) for the iterations.
 
         ``frozen`` (images, labels): rows the student also trains on but that stay fixed (SeqMatch's
         earlier subsets); they come first in the student's set. ``stream``: which fork of the run's
         seed draws the batches and DSA. Start epochs are uniform on [``cfg.get("min_start_epoch", 0)``,
         ``cfg["max_start_epoch"]``). Returns the learned images and alpha (detached) and facts for the meta.
+
+        ``checkpoint``: offered a checkpoint after every iteration, at step ``offset`` + the iteration,
+        with the caller's ``values`` beside the loop's own; ``saved``: the values of the checkpoint
+        the caller restored, when it was taken in this loop (its objects are loaded as they are named).
         """
         device = images.device
         syn_steps, m, t_min, t_max = cfg["syn_steps"], cfg["expert_epochs"], cfg.get("min_start_epoch", 0), cfg["max_start_epoch"]
@@ -174,7 +185,13 @@ class MTT(Distiller):
         every = max(1, total // REPORTS)
         done = 0
         starts: set[int] = set()
-        for it in range(1, total + 1):
+        checkpoint = checkpoint or context.checkpointer()
+        checkpoint.track(images=images, alpha=alpha, opt_images=opt_images, opt_alpha=opt_alpha, host=host, batches=batches,
+                         dsa=dsa.generator, clamped=clamped)
+        last = None  # the loss of the last iteration
+        if saved is not None:
+            done, last, losses, starts = saved["iteration"], saved["loss"], list(saved["losses"]), set(saved["starts"])
+        for it in range(done + 1, total + 1):
             e = int(torch.randint(self.num_experts, (1,), generator=host))
             t = draw_start(t_min, t_max, host)
             starts.add(t)
@@ -187,17 +204,19 @@ class MTT(Distiller):
             with torch.no_grad():
                 clamped += (alpha < self.lr_floor).long()
                 alpha.clamp_(min=self.lr_floor)
-            done = it
+            done, last = it, out.loss
             if it % every == 0 or it == total:
                 losses.append(self._check(it, out.loss, alpha))
                 if report is not None:
                     report(it, total, losses[-1][1], losses[-1][2])
                 else:
                     context.progress.update(it, total, loss=losses[-1][1], lr=losses[-1][2])
+            checkpoint.step(offset + it, **(values or {}), iteration=it, loss=last, losses=losses, starts=sorted(starts))
             if context.should_stop():
                 break
+        assert last is not None  # iterations >= 1, and a checkpoint is taken after one
         if not losses or losses[-1][0] != done:
-            losses.append(self._check(done, out.loss, alpha))
+            losses.append(self._check(done, last, alpha))
         run = {"mode": self.mode, "exact_gradient": self.mode in EXACT_MODES, "iterations": done, "stopped_early": done < total,
                "lr": float(alpha.detach()), "lr_clamped": int(clamped), "lr_floor": self.lr_floor, "loss_curve": losses,
                "start_epochs": sorted(starts)}

@@ -120,6 +120,7 @@ class SeqMatch(MTT):
     """
 
     name = "seqmatch"
+    resumable = True
     description = "sequential subset matching (SeqMatch) over MTT: K subsets in turn, staged evaluation"
     published = ()
     # CPU profile [ours]: MTT's quick values per subset (its alpha_0 for both), 2 subsets, 25-epoch prefix training.
@@ -208,7 +209,15 @@ class SeqMatch(MTT):
         experts_s = 0.0
         total = len(stages) * self.iterations
         first = 0
+        checkpoint = context.checkpointer()
+        step, saved = checkpoint.restore()
+        resumed = saved["stage"] if step else 0  # the stage a checkpoint was taken in, and the earlier ones' results
+        if step:
+            x, y, rates, ends, runs = saved["x"], saved["y"], list(saved["rates"]), list(saved["ends"]), list(saved["runs"])
+            experts_s, first = saved["experts_s"], saved["first"]
         for k, stage in enumerate(stages):
+            if k < resumed:
+                continue
             started = time.perf_counter()
             start, key = (None, None) if k == 0 else self._start(task, learner, x, ends, rates, device)
             low, end = stage.window
@@ -223,8 +232,11 @@ class SeqMatch(MTT):
             def report(it: int, todo: int, loss: float, lr: float, done: int = k * self.iterations) -> None:
                 context.progress.update(done + it, total, loss=loss, lr=lr)
 
+            earlier = {"stage": k, "x": x, "y": y, "rates": rates, "ends": ends, "runs": runs, "experts_s": experts_s, "first": first}
             images, alpha, run = self.match(task, stage_cfg, model, buffer, images, labels, context,
-                                            frozen=(x, y) if k else None, stream=k + 1, report=report)
+                                            frozen=(x, y) if k else None, stream=k + 1, report=report, checkpoint=checkpoint,
+                                            saved=saved if step and k == resumed else None, values=earlier,
+                                            offset=k * self.iterations)
             x, y = torch.cat([x, images]), torch.cat([y, labels])
             rates.append(alpha.reshape(1))
             ends.append(len(x))

@@ -93,6 +93,7 @@ class SRe2L(Distiller):
     """
 
     name = "sre2l"
+    resumable = True
     description = "SRe2L: squeeze a BatchNorm teacher, recover images by its statistics, relabel (stores the teacher)"
     quick: ClassVar[dict[str, Any]] = {**QUICK_TEACHER, "steps": 100, "views": 20}
     reads_mapped = True  # real images only through the class-balanced draw; a mapped task needs teacher_weights
@@ -148,10 +149,16 @@ class SRe2L(Distiller):
         x = x0.clone()
         chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
         total = done = len(chunks) * recipe.steps
+        checkpoint = context.checkpointer(images=x, generator=context.generator)
+        step, saved = checkpoint.restore()
+        resumed = saved["batch"] if step else 0  # the batch a checkpoint was taken in (the earlier ones are in x)
         for b, chunk in enumerate(chunks):
+            if b < resumed:
+                continue
             report = lambda step, loss, done=b * recipe.steps: context.progress.update(done + step, total, loss=loss)  # noqa: E731 - a one-line helper
             x[chunk] = recover(model, x0[chunk], y[chunk], recipe, context.generator, bounds, report,
-                               self.perturbation(model, y[chunk]))
+                               self.perturbation(model, y[chunk]), checkpoint, saved if step and b == resumed else None,
+                               {"batch": b}, b * recipe.steps)
             if context.should_stop() and b + 1 < len(chunks):  # the later batches stay at their initialisation
                 meta["stopped_early"], done = True, (b + 1) * recipe.steps
                 break

@@ -7,10 +7,13 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ddbench.contracts.checkpoint import Checkpointer
 
 Perturb = Callable[[Tensor], nn.Module]
 """DWA's step: the teacher a batch is recovered against, given the batch's first jittered view."""
@@ -77,23 +80,40 @@ def roll_jitter(x: Tensor, jitter: int, generator: torch.Generator) -> Tensor:
 
 def recover(teacher: nn.Module, x0: Tensor, y: Tensor, recipe: RecoverRecipe, generator: torch.Generator,
             bounds: tuple[Tensor, Tensor] | None = None, on_step: Callable[[int, float], None] | None = None,
-            perturb: Perturb | None = None) -> Tensor:
+            perturb: Perturb | None = None, checkpoint: Checkpointer | None = None, saved: dict[str, Any] | None = None,
+            values: dict[str, Any] | None = None, offset: int = 0) -> Tensor:
     """Images optimised from ``x0`` so that the (eval-mode) teacher classifies them as ``y`` and its
     BatchNorm layers see their running statistics; pixels clamped to ``bounds`` after every step.
     ``perturb`` (DWA) replaces the teacher, at the first step, by the model it returns for that
-    step's jittered view of ``x0``."""
+    step's jittered view of ``x0``.
+
+    ``checkpoint``: offered a checkpoint after every step, at step ``offset`` + the steps done, with
+    ``values`` and ``batch_step`` (the steps done); ``saved``: the values of the checkpoint the
+    caller restored, when it was taken in this recovery (the pixels, Adam's state and DWA's
+    perturbed teacher are loaded as they are named)."""
     teacher.eval()
     x = x0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=recipe.lr, betas=(recipe.beta1, recipe.beta2))
     stats: BatchNormStatistics | None = None
+    first = 0
+    if checkpoint is not None:
+        checkpoint.track(pixels=x, adam=opt)
+        if saved is not None:
+            first = saved["batch_step"]
+            if perturb is not None:  # the perturbed teacher of the first step, as it was saved
+                teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+                checkpoint.track(perturbed=teacher)
+            stats = BatchNormStatistics(teacher, recipe.r_var, recipe.first_bn)
     try:
-        for step in range(recipe.steps):
+        for step in range(first, recipe.steps):
             for group in opt.param_groups:
                 group["lr"] = 0.5 * recipe.lr * (1 + math.cos(math.pi * step / recipe.steps))
             view = roll_jitter(x, recipe.jitter, generator)
             if stats is None:
                 if perturb is not None:
                     teacher = perturb(view.detach())
+                    if checkpoint is not None:
+                        checkpoint.track(perturbed=teacher)
                 stats = BatchNormStatistics(teacher, recipe.r_var, recipe.first_bn)
             loss = F.cross_entropy(teacher(view), y) + recipe.r_bn * stats.loss()
             opt.zero_grad(set_to_none=True)
@@ -104,6 +124,8 @@ def recover(teacher: nn.Module, x0: Tensor, y: Tensor, recipe: RecoverRecipe, ge
                     x.data = torch.maximum(torch.minimum(x.data, bounds[1]), bounds[0])
             if on_step is not None:
                 on_step(step + 1, float(loss.detach()))
+            if checkpoint is not None:
+                checkpoint.step(offset + step + 1, **(values or {}), batch_step=step + 1)
     finally:
         if stats is not None:
             stats.remove()
