@@ -19,6 +19,8 @@ def fingerprint(split: Split) -> str:
 
 
 def cache_key(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """``config`` as plain JSON values and its 16-hex-digit hash (the cache folder's name)."""
-    plain = json.loads(json.dumps(config, sort_keys=True, default=str))
+    """``config`` and this process's torch thread count as plain JSON values, and their 16-hex-digit
+    hash (the cache folder's name). Trained weights follow the thread count on a CPU (fp32 sums), so
+    a cache filled at two threads never serves a run at one."""
+    plain = json.loads(json.dumps({**config, "threads": torch.get_num_threads()}, sort_keys=True, default=str))
     return plain, hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
