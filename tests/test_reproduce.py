@@ -115,11 +115,12 @@ def test_the_command_line_names_a_bad_method(capsys):
 
 @pytest.mark.slow
 def test_reproduce_dc_runs_end_to_end_on_cpu(tmp_path, capsys):
-    code = main(["reproduce", "dc", "--ipc", "1", "--iterations", "1", "--eval-seeds", "1", "--device", "cpu",
-                 "--store", str(tmp_path / "r.sqlite"), "--out", str(tmp_path)])
+    code = main(["reproduce", "dc", "--ipc", "1", "--iterations", "1", "--eval-seeds", "1", "--profile", "quick", "--device", "cpu",
+                 "--store", str(tmp_path / "r.sqlite"), "--out", str(tmp_path)])  # quick: CPU minutes, the same path
     assert code == 0
     page = (tmp_path / "dc-mnist5k.md").read_text()
     assert "91.7 ± 0.5" in page and "64.9 ± 3.5" in page and "1 of the published 1000 iterations" in page
+    assert "**Quick profile** (`--profile quick`)" in page
 
 
 def test_rows_published_on_zca_inputs_run_on_the_whitened_task(manager):
