@@ -85,12 +85,14 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason=
 def test_ctrl_c_stops_the_run_cleanly_and_keeps_finished_cells(tmp_path):
     marker, db = uuid.uuid4().hex, tmp_path / "r.sqlite"
     proc = start(["--store", str(db), "--task", "digits", "--budget", "ipc=1", "--distiller", "first",
-                  "--distiller", "misbehave:mode=sleep,seconds=120", "--device", "cpu"], tmp_path, marker)
+                  "--distiller", "misbehave:mode=sleep,seconds=120", "--device", "cpu", "--executor", "local:workers=1"],
+                 tmp_path, marker)  # one cell at a time: the sleeping cell's worker is the run's fork server's child
     deadline = time.time() + 60
     while not stored(db) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    time.sleep(1.0)  # the sleeping cell's worker has started
-    assert proc.poll() is None and len(marked(marker)) >= 3  # the run, its fork server and the sleeping worker
+    while not grandchildren(proc.pid, marker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None and grandchildren(proc.pid, marker)  # the sleeping cell's worker runs
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

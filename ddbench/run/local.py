@@ -196,6 +196,7 @@ def host(setup: dict[str, Any], conn: Connection) -> None:
 
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops this host
+    os.setpgid(0, 0)  # and the fork server and workers this host starts, which a terminal's Ctrl-C would reach before they ignore it
     worker.exit_with_parent()
     os.environ.update(setup["env"])
     torch.set_num_threads(setup["threads"])
