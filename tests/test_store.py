@@ -148,6 +148,20 @@ def saved(tmp_path, name="a"):
     return path, json.loads(path.with_suffix(".json").read_text())
 
 
+def spoil(path, content, sidecar) -> None:
+    """Spoil the sidecar of the artifact at ``path``: remove it (``None``), update its JSON (a dict)
+    or write ``sidecar``'s bytes over it."""
+    import json
+
+    side = path.with_suffix(".json")
+    if sidecar is None:
+        side.unlink()
+    elif isinstance(sidecar, dict):
+        side.write_text(json.dumps({**content, **sidecar}))
+    else:
+        side.write_bytes(sidecar)
+
+
 @pytest.mark.parametrize("sidecar, expected", [
     (pickle.dumps({"recipe": {}, "meta": {}}), "is not UTF-8 text (a pickle or a binary file?)"),
     (bytes(range(256)), "is not UTF-8 text (a pickle or a binary file?)"),
@@ -163,18 +177,12 @@ def test_a_bad_sidecar_is_refused_in_one_line(tmp_path, sidecar, expected):
     import json
 
     path, content = saved(tmp_path)
-    side = path.with_suffix(".json")
-    if sidecar is None:
-        side.unlink()
-    elif isinstance(sidecar, dict):
-        side.write_text(json.dumps({**content, **sidecar}))
-    else:
-        side.write_bytes(sidecar)
+    spoil(path, content, sidecar)
     with pytest.raises(ArtifactError) as caught:
         load(path)
     assert expected in str(caught.value) and len(str(caught.value).splitlines()) == 1
     without_hash = {k: v for k, v in content.items() if k != "sha256"}
-    side.write_text(json.dumps(without_hash))
+    path.with_suffix(".json").write_text(json.dumps(without_hash))
     with pytest.raises(ArtifactError, match="has no content hash"):
         load(path)
 
@@ -200,19 +208,11 @@ def test_a_tensor_with_a_path_for_a_name_is_refused(tmp_path):
     ({"info": {"cell": "digits", "recipe": {}}}, "has no cell record in its sidecar"),
 ], ids=["pickle", "a-list", "no-sidecar", "cell-a-string"])
 def test_ddbench_analyze_on_a_folder_with_a_bad_sidecar_is_one_line_exit_2(capsys, tmp_path, sidecar, expected):
-    import json
-
     from ddbench.cli import main
 
     folder = tmp_path / "artifacts"
     path, content = saved(folder)
-    side = path.with_suffix(".json")
-    if sidecar is None:
-        side.unlink()
-    elif isinstance(sidecar, dict):
-        side.write_text(json.dumps({**content, **sidecar}))
-    else:
-        side.write_bytes(sidecar)
+    spoil(path, content, sidecar)
     assert main(["analyze", str(folder), "--analysis", "mixing", "--store", str(tmp_path / "s.sqlite"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("ddbench: error:")]

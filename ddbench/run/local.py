@@ -23,6 +23,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, cast
 
+import torch
+
 from ddbench.contracts.executor import CellRunner, Executor, one_by_one
 from ddbench.errors import one_line
 from ddbench.plugins import PluginManager
@@ -192,8 +194,6 @@ class HostPool:
 def host(setup: dict[str, Any], conn: Connection) -> None:
     """A cell host: build a harness from ``setup``, then run each group of cells the driver sends,
     sending back every result as soon as it is final."""
-    import torch
-
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops this host
     os.setpgid(0, 0)  # and the fork server and workers this host starts, which a terminal's Ctrl-C would reach before they ignore it
