@@ -197,6 +197,7 @@ def test_the_paper_pool_trains_its_convnets_with_the_official_recipe(digits, tmp
 TINY = {"runs": 2, "subset_models": 4, "band": 0.5}
 
 
+@pytest.mark.slow
 def test_early_agreement_matches_on_validation_never_test_and_reuses_its_caches(digits, tmp_path, short_fits):
     s = subject(digits)
     context = AnalysisContext(torch.device("cpu"), tmp_path)

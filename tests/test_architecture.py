@@ -9,6 +9,7 @@ since they never run."""
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def _type_checking(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
 
-def imports(path: Path) -> set[str]:
+@functools.cache
+def imports(path: Path) -> frozenset[str]:
     """Every module ``path`` imports when it runs: top-level and in functions, not under TYPE_CHECKING."""
     found = set()
     stack: list[ast.AST] = [ast.parse(path.read_text())]
@@ -49,12 +51,13 @@ def imports(path: Path) -> set[str]:
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
         stack.extend(n for n in ast.iter_child_nodes(node) if not _type_checking(n))
-    return found
+    return frozenset(found)
 
 
 MODULES = {module_name(p): p for p in sources()}
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     return {name: {m for m in imports(path) if m in MODULES and m != name} for name, path in MODULES.items()}
 

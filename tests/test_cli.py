@@ -70,6 +70,7 @@ def test_listings(capsys):
     assert code == 0 and "baselines" in out and "distillers: random, herding, full" in out
 
 
+@pytest.mark.slow
 def test_run_prints_ranked_tables_and_counts_failed_cells(capsys, tmp_path):
     store = tmp_path / "r.sqlite"
     code, out, err = run(capsys, "run", "--store", str(store), "--task", "digits", "--budget", "ipc=1", "--budget", "params=100",
@@ -85,6 +86,7 @@ def test_run_prints_ranked_tables_and_counts_failed_cells(capsys, tmp_path):
     assert max(len(line) for line in out.splitlines() if str(store) not in line) <= 100  # it fits a terminal
 
 
+@pytest.mark.slow
 def test_run_summarises_skipped_cells_by_reason(capsys, tmp_path):
     code, out, err = run(capsys, "run", "--store", str(tmp_path / "r.sqlite"), "--task", "multi-index", "--budget", "params=800",
                          "--distiller", "dc", "--distiller", "dm", "--distiller", "herding", "--device", "cpu")
@@ -396,7 +398,8 @@ def test_protocol_flags_set_the_suites_protocols():
     def protocols(*argv):
         return suite_from_args(build_parser().parse_args(["run", *argv])).protocols
 
-    assert protocols() == ["native", "common"]  # the default suite runs both
+    assert protocols() == ["native"]  # the default suite: each method's own recipe
     assert protocols("--task", "digits", "--budget", "ipc=1") == ["native"]  # an ad hoc run: native unless asked
     assert protocols("--task", "digits", "--budget", "ipc=1", "--protocol", "native", "--protocol", "common") == ["native", "common"]
+    assert protocols("--protocol", "native", "--protocol", "common") == ["native", "common"]
     assert protocols("--protocol", "common") == ["common"]

@@ -89,6 +89,7 @@ def test_shuffles_are_permutations_drawn_from_the_generator():
     assert torch.equal(perms, steps.shuffles(torch.Generator().manual_seed(0), 50, 4, torch.device("cpu")))
 
 
+@pytest.mark.slow
 def test_a_step_launches_the_same_kernels_for_any_number_of_models():
     """Shuffles and DSA draws are made a block at a time, so a training step issues one set of ops
     for all K models (on a GPU each op is a kernel launch): the ops of 5 more epochs, one block,
@@ -286,6 +287,7 @@ class Plain(Learner):
         return train_classifier(model, artifact, recipe, generator)
 
 
+@pytest.mark.slow
 def test_harness_uses_the_ensemble_and_records_it(tmp_path):
     """Same per-seed accuracies through the harness with and without the ensemble; eval_mode says which."""
     pm = PluginManager()
@@ -303,3 +305,19 @@ def test_harness_uses_the_ensemble_and_records_it(tmp_path):
     assert (seq.status, seq.eval_mode) == ("ok", "sequential: ensemble=False")
     assert len(ens.values) == 3 and ens.values == pytest.approx(seq.values, abs=100.0 / 450 + 1e-9)
     assert run("plain", {}).eval_mode == "sequential"  # a learner without fit_ensemble: the harness's loop
+
+
+@pytest.mark.parametrize("name,options", [("convnet", {"width": 8, "depth": 2, "norm": "batchnorm"}), ("resnet", {"width": 4})])
+def test_a_train_mode_teacher_runs_the_models_batches_as_one_forward(manager, small, name, options):
+    """The teacher's one forward over K stacked batches gives each batch what its own forward gives
+    (BatchNorm normalising it by its own statistics); a teacher with dropout is not grouped."""
+    from ddbench.ops.ensemble import batches_teacher
+
+    view, _, x, _ = small
+    teacher = instantiate(manager.learners.get(name), options, "quick").build(view, 0).train()
+    xb = x[:48].view(3, 16, *x.shape[1:])
+    with torch.no_grad():
+        alone = torch.stack([teacher(b) for b in xb])
+        together = batches_teacher(teacher, 3)(xb)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    assert batches_teacher(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(), torch.nn.LazyLinear(10)), 3) is None

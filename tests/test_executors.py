@@ -56,6 +56,7 @@ def test_the_builtin_executors_come_from_the_executors_plugin(manager):
     assert manager.plugins["executors"].registered["executor"] == ["local", "ray"]
 
 
+@pytest.mark.slow
 def test_importing_ddbench_and_its_plugins_does_not_import_ray():
     code = ("import sys; from ddbench.plugins import get_plugin_manager; from ddbench.cli import build_parser; "
             "m = get_plugin_manager(); build_parser(m); assert 'ray' in m.executors; print('ray' in sys.modules)")
@@ -175,6 +176,7 @@ def test_the_local_executor_starts_the_largest_budgets_first():
     assert largest_first([[small], [large], [whole]]) == [[whole], [large], [small]]
 
 
+@pytest.mark.slow
 def test_classes_a_cell_host_cannot_import_run_in_this_process(harness):
     class Local(Recorder):  # defined in a function: pickle cannot send it to a cell host
         name = "local-only"

@@ -286,10 +286,10 @@ def mnist_shaped_view(per_class: int = 6) -> TaskView:
 
 
 @pytest.mark.parametrize("name", ["dc", "dsa"])
-# the per-class loop at these shapes in the slow lane (seconds each); the fast lane checks it, in blocks,
-# against the reference at digits' shapes (test_reference_run_equals_ddbench_end_to_end)
-@pytest.mark.parametrize(("chunk", "block"), [pytest.param(1, None, marks=pytest.mark.slow),
-                                              pytest.param(1, 2, marks=pytest.mark.slow), (10, None)])
+# the slow lane (seconds each); the fast lane checks the matching, in blocks, against the reference at
+# digits' shapes (test_reference_run_equals_ddbench_end_to_end)
+@pytest.mark.slow
+@pytest.mark.parametrize(("chunk", "block"), [(1, None), (1, 2), (10, None)])
 def test_reference_matching_step_equals_ddbench(manager, name, chunk, block):
     """One matching step at mnist5k's shapes (ConvNet-3 width 128, 1x28x28, 10 classes, ipc 2):
     ddbench's loss and image gradient equal the reference per-class loop's on the same network,

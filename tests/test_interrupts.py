@@ -102,6 +102,7 @@ def test_ctrl_c_stops_the_run_cleanly_and_keeps_finished_cells(tmp_path):
     assert [(r["config"]["distiller"], r["status"]) for r in store.records()] == [("first", "ok")]
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_worker_running(tmp_path):
     marker = uuid.uuid4().hex
     proc = start(["--store", str(tmp_path / "r.sqlite"), "--task", "digits", "--budget", "ipc=1",

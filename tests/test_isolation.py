@@ -135,6 +135,7 @@ def test_a_plugin_that_ends_its_process_fails_only_its_cell(harness, honest, mod
     assert after.status == "ok" and after.values == honest.values
 
 
+@pytest.mark.slow
 def test_the_time_limit_is_enforced_from_outside(harness, monkeypatch):
     monkeypatch.setattr(worker, "grace_s", lambda limit: 1.0)
     sleeper, polite = run(harness, "misbehave:mode=sleep,seconds=60", "misbehave:mode=polite", time_limit=1.0)
@@ -143,6 +144,7 @@ def test_the_time_limit_is_enforced_from_outside(harness, monkeypatch):
     assert polite.status == "ok" and polite.extra["stopped_early"] == 1.0 and 0.9 < polite.distill_s < 3
 
 
+@pytest.mark.slow
 def test_a_cell_that_overran_its_time_limit_inside_the_grace_is_kept_and_marked(harness, tmp_path):
     from ddbench.results.records import OVERRAN, aggregate, result_to_dict
     from ddbench.results.report import summary

@@ -27,7 +27,8 @@ def padded_crops(image: torch.Tensor, pad: int, fill: torch.Tensor) -> list[torc
     return [padded[:, i : i + h, j : j + w] for i in range(2 * pad + 1) for j in range(2 * pad + 1)]
 
 
-@pytest.mark.parametrize("side, flip", [(8, False), (28, True), (32, True)])
+@pytest.mark.parametrize("side, flip", [(8, False), pytest.param(28, True, marks=pytest.mark.slow),
+                                        pytest.param(32, True, marks=pytest.mark.slow)])
 def test_the_padded_crop_draws_every_official_crop_uniformly(side, flip):
     pad, fill = crop_padding(side), torch.tensor([-0.4, -0.8])
     assert pad == {8: 1, 28: 4, 32: 4}[side]

@@ -154,6 +154,7 @@ def test_a_soft_label_bank_trains_from_its_views(view):
     assert any("crop inside the image" in p.message for p in admission_problems(broken, view, None, "t", convnet()))
 
 
+@pytest.mark.slow
 def test_the_reference_is_trained_in_the_rows_regime(harness, tmp_path):
     suite = Suite("labels", [TaskEntry("digits", [Budget.parse("ipc=1")], SHORT)],
                   [DistillerEntry("random"), DistillerEntry("random", dict(TEACHER_OPTIONS))], "quick", 2, [0])

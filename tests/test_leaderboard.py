@@ -64,7 +64,7 @@ def test_a_table_whose_rows_store_more_than_images_breaks_their_storage_down():
     assert "stored by tensor" in ipc10 and "stage.end 2 · stage.lr 2 · x 6400" in ipc10 and "gen 601 · x 5700 · y 1000" in ipc10
 
 
-@pytest.mark.parametrize("board", ["default", "mnist5k", "analyses", "staged"])
+@pytest.mark.parametrize("board", ["default", "protocols", "mnist5k", "analyses", "staged"])
 def test_committed_leaderboards_reproduce(board):
     folder = ROOT / "leaderboards" / board
     if not (folder / "results.json").is_file():
@@ -80,6 +80,7 @@ def test_committed_leaderboards_reproduce(board):
     assert all("higher_is_better" in r and "leaderboard_columns" in r for r in records)  # no direction table to fall back on
 
 
+@pytest.mark.slow
 def test_committed_multi_index_board_reproduces():
     from ddbench_theory import board
 

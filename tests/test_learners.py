@@ -35,6 +35,7 @@ def test_resnet_cifar_form_parameter_counts(manager, depth, shape, classes, para
     assert model(x).shape == (2, classes) and model.features[:-2](x).shape[-3:] == (512, -(-shape[1] // 8), -(-shape[2] // 8))
 
 
+@pytest.mark.slow
 def test_resnet_trains_on_a_small_set(manager):
     """Quick width on 8x8 inputs, BatchNorm in train mode: a few epochs fit twenty points, and the K
     nets of a fit_ensemble train one by one (no vmapped ensemble)."""

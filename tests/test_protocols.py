@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ from ddbench.results.records import Cell, CellResult, aggregate, check_record, r
 from ddbench.results.store import read_results
 from ddbench.run import worker
 from ddbench.run.harness import Harness
-from ddbench.run.suite import DistillerEntry, Suite, TaskEntry, default_suite, expand_suite, has_common_protocol, parse_suite
+from ddbench.run.suite import DistillerEntry, Suite, TaskEntry, default_suite, expand_suite, has_common_protocol, load_suite, parse_suite
 from ddbench.testing import TinyClassification
 from ddbench.vocab import PROTOCOL_FIELDS, protocol_part
 
@@ -133,7 +134,9 @@ def test_the_protocols_key_defaults_to_native_and_is_validated():
                          (["common", "common"], "names a protocol twice"), ("common", "protocols must be a list")):
         with pytest.raises(SuiteError, match=message):
             parse_suite({**table, "protocols": bad}, "s.toml")
-    assert default_suite().protocols == ["native", "common"]
+    assert default_suite().protocols == ["native"]  # the front door: each method's own recipe
+    board = Path(__file__).resolve().parents[1] / "leaderboards" / "suites" / "protocols.toml"
+    assert load_suite(board).protocols == ["native", "common"]  # the board of both
 
 
 def test_common_cells_only_for_tasks_with_a_common_recipe_next_to_their_native_cell(pm):

@@ -116,6 +116,7 @@ def staged_run(manager, view, options, ipc, monkeypatch):
     return method.distill(view, Budget.parse(f"ipc={ipc}"), learner, context), epochs, schedules, stages
 
 
+@pytest.mark.slow
 def test_start_epochs_are_drawn_from_start_to_end_minus_m(manager, digits, monkeypatch):
     _, view, _ = digits
     art, epochs, _, _ = staged_run(manager, view, {"subsets": 2, "windows": "3-9,0-4", "expert_epochs": 2, "iterations": 120,

@@ -18,7 +18,7 @@ from ddbench.results.store import read_results
 from test_leaderboard import RECORDS, directed
 
 ROOT = Path(__file__).resolve().parents[1]
-BOARDS = ("default", "labels", "mnist5k", "staged")
+BOARDS = ("default", "protocols", "labels", "mnist5k", "staged")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -126,8 +126,9 @@ def sort_values(page, column: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_default_board_in_a_browser(browser, tmp_path):
-    records = read_results(ROOT / "leaderboards" / "default" / "results.json").records
+def test_the_protocols_board_in_a_browser(browser, tmp_path):
+    """The committed board of both protocols: its digits page sorts, filters by protocol and budget, and plots."""
+    records = read_results(ROOT / "leaderboards" / "protocols" / "results.json").records
     write_site(records, tmp_path / "site")
     expected = board_lines(task_boards(aggregate(records), records)["digits"])
     page = browser.new_page(viewport={"width": 1300, "height": 900})
@@ -135,7 +136,7 @@ def test_the_default_board_in_a_browser(browser, tmp_path):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto((tmp_path / "site" / "index.html").as_uri())
-    assert page.locator("#tasks tbody tr").count() == 2  # digits and multi-index
+    assert page.locator("#tasks tbody tr").count() == 1  # digits
     page.click("text=digits")
     page.wait_for_selector("#plot circle.point")
     assert page.locator("#board tbody tr").count() == len(expected) > 20

@@ -178,6 +178,43 @@ class _Augmenter:
         return torch.stack([mix(x) for mix, x in zip(self.mixers, xb)])
 
 
+class _BatchesNorm(nn.Module):
+    """A train-mode BatchNorm for inputs that stack K batches, (K*B, C, ...): each of the K batches
+    is normalised by its own statistics, as K separate forwards would (no running statistics)."""
+
+    def __init__(self, norm: nn.modules.batchnorm._BatchNorm, k: int):
+        super().__init__()
+        self.k, self.eps = k, norm.eps
+        self.weight = None if norm.weight is None else norm.weight.detach().repeat(k)
+        self.bias = None if norm.bias is None else norm.bias.detach().repeat(k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        kb, c, rest = x.shape[0], x.shape[1], x.shape[2:]
+        b = kb // self.k
+        h = x.reshape(self.k, b, c, *rest).transpose(0, 1).reshape(b, self.k * c, *rest)
+        h = F.batch_norm(h, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return h.reshape(b, self.k, c, *rest).transpose(0, 1).reshape(kb, c, *rest)
+
+
+def batches_teacher(teacher: nn.Module, k: int) -> Callable[[Tensor], Tensor] | None:
+    """``teacher`` (in train mode) as one forward over K stacked batches, (K, B, ...) -> (K, B, outputs),
+    each batch normalised by its own BatchNorm statistics; None where a layer could mix the batches
+    otherwise (dropout, or a module this function does not know to act per sample)."""
+    per_sample = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity,
+                  nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.GroupNorm, nn.LayerNorm,
+                  nn.modules.batchnorm._BatchNorm)
+    if any(not isinstance(m, per_sample) for m in teacher.modules() if not list(m.children())):
+        return None
+    grouped = copy.deepcopy(teacher)
+    for name, module in list(grouped.named_modules()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            grouped.set_submodule(name, _BatchesNorm(module, k))
+
+    def forward(xb: Tensor) -> Tensor:
+        return grouped(xb.flatten(0, 1)).view(*xb.shape[:2], -1)
+    return forward
+
+
 def _step(base: nn.Module, names: list[str], temperature: float = 1.0, t2: bool = False
           ) -> Callable[[list[Tensor], Tensor, Tensor], list[Tensor]]:
     """Per-model gradients of the mean cross-entropy for stacked parameters and (K, B, ...) batches:
@@ -237,9 +274,11 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor | None, rec
     device = x.device
     lr = recipe.lr if lr is None else lr
     augment = _Augmenter(recipe, generators, device, "teacher" if teacher is not None else "hard")
+    per_batch = None  # in train mode, the teacher's BatchNorm sees each model's batch alone
     if teacher is not None:
         teacher = labels.distilling_teacher(teacher, recipe.teacher_mode)
-    per_batch = teacher is not None and recipe.teacher_mode == "train"  # BatchNorm on each model's batch alone
+        if recipe.teacher_mode == "train":
+            per_batch = batches_teacher(teacher, len(models))
     base = copy.deepcopy(models[0]).to("meta").train()
     for model in models:
         model.train()
@@ -267,7 +306,12 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor | None, rec
                         yb = y[idx]  # type: ignore[index]  # y is None only in the teacher regime
                     else:
                         with torch.no_grad():
-                            out = torch.stack([teacher(b) for b in xb]) if per_batch else teacher(xb.flatten(0, 1))
+                            if per_batch is not None:
+                                out = per_batch(xb)
+                            elif recipe.teacher_mode == "train":  # a teacher batches_teacher cannot group: one batch at a time
+                                out = torch.stack([teacher(b) for b in xb])
+                            else:
+                                out = teacher(xb.flatten(0, 1))
                             yb = (out / recipe.temperature).softmax(-1).view(*xb.shape[:2], -1)
                     grads = step(tensors, xb, yb)
                 if adamw:

@@ -33,7 +33,7 @@ DWA_CODE = ("AngusDujw/Diversity-Driven-Synthesis @ c5b125f: distillation/distil
 STUDENT = (
     Deviation("student network", "ResNet-18 (CIFAR form)", "the cell's learner (ConvNet-3 unless the suite names another)",
               "every row of a board trains the same learner"),
-    Deviation("student epochs", "400 (DWA's script; SRe2L's relabel default 200)", "the task's quick E (150; 100 on digits "
+    Deviation("student epochs", "400 (DWA's script; SRe2L's relabel default 200)", "the task's quick E (150; 80 on digits "
               "in the default suite)", "CPU minutes", "profile=quick"),
     Deviation("student batch", "128", "16", "at ipc 10 the official batch is one AdamW step an epoch, too few in the quick "
               "epochs: digits' validation accuracy of random images with the teacher is 39 / 47 % at batch 128 against "
@@ -42,7 +42,7 @@ STUDENT = (
               "lossless, and counted at their scalars"),
     Deviation("jitter off CIFAR", "4 px on 32 x 32 CIFAR images", "scaled to the image side: 1 px on 8 x 8, 4 px on 28 x 28",
               "the published shift as a fraction of the image", "jitter=None"),
-    Deviation("recovery steps", "1,000", "the option's value (100 in the quick profile)", "CPU minutes", "steps!=1000"),
+    Deviation("recovery steps", "1,000", "the option's value (50 in the quick profile)", "CPU minutes", "steps!=1000"),
     Deviation("teacher", "ResNet-18 (CIFAR form), width 64", "the option's value (width 16 in the quick profile)", "CPU minutes",
               "teacher!=resnet:depth=18,width=64"),
     Deviation("teacher training", "200 epochs", "the option's value (10 in the quick profile)", "CPU minutes", "squeeze_epochs!=200"),
@@ -95,7 +95,7 @@ class SRe2L(Distiller):
     name = "sre2l"
     resumable = True
     description = "SRe2L: squeeze a BatchNorm teacher, recover images by its statistics, relabel (stores the teacher)"
-    quick: ClassVar[dict[str, Any]] = {**QUICK_TEACHER, "steps": 100, "views": 20}
+    quick: ClassVar[dict[str, Any]] = {**QUICK_TEACHER, "steps": 50, "views": 20}
     reads_mapped = True  # real images only through the class-balanced draw; a mapped task needs teacher_weights
     official_code = SRE2L_CODE
     deviations: ClassVar[tuple[Deviation, ...]] = (

@@ -28,6 +28,7 @@ GRID = [pytest.param(shape, k, marks=() if (shape, k) == FAST else pytest.mark.s
 RECIPE = Recipe(epochs=9, augment="dsa", dsa_strategy="color_crop_cutout_flip_scale_rotate")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sequential", "ensemble"])
 @pytest.mark.parametrize("shape, k", GRID)
 def test_evaluation_training(benchmark, shape, k, mode):

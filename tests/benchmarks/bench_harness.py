@@ -51,6 +51,7 @@ def test_baseline_distillation(benchmark, manager, setup, name):
     assert len(art.x) == 100
 
 
+@pytest.mark.slow
 def test_worker_round_trip(benchmark, harness, digits):
     """One distillation in a fresh cell worker and back (``random``, digits ipc=1): the isolation's
     cost per cell, on top of the distillation itself."""
