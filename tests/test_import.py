@@ -5,6 +5,7 @@ Files are written here in each official layout (as the repositories' code writes
 scores as the equivalent native artifact does; bad inputs are one line, exit 2, nothing written."""
 from __future__ import annotations
 
+import csv
 import datetime
 import io
 import json
@@ -26,7 +27,7 @@ from ddbench.errors import SourceError
 from ddbench.ops.subsets import random_artifact
 from ddbench.plugins import get_plugin_manager, instantiate
 from ddbench.results.board import dd_ranking
-from ddbench.results.leaderboard import pages
+from ddbench.results.leaderboard import pages, write
 from ddbench.results.records import aggregate
 from ddbench.results.store import ResultStore
 from ddbench.run.bundle import bundle, verify
@@ -338,6 +339,14 @@ def test_dd_ranking_scores_are_computed_on_fractions():
     assert rows["dm"].extra["lrs"] == pytest.approx((math.exp(ior) - math.exp(-1)) / (math.e - math.exp(-1)))
     md = pages(aggregate(records), records, "regen")["digits.md"]
     assert "| hlr" in md and "DD-Ranking's scores" in md and "w = 0.5" in md
+
+
+def test_the_csv_carries_the_dd_ranking_scores(tmp_path):
+    records = [record("full", None, [98.0, 98.0]), record("dm", "ipc=10", [90.0, 90.0], random_ref=80.0)]
+    write(records, tmp_path)
+    rows = {r["distiller"]: r for r in csv.DictReader((tmp_path / "digits.csv").open())}
+    assert float(rows["dm"]["hlr"]) == pytest.approx(0.08) and float(rows["dm"]["ior"]) == pytest.approx(0.10)
+    assert 0 <= float(rows["dm"]["lrs"]) <= 1 and rows["full"]["hlr"] == ""  # a reference row has none
 
 
 def test_a_board_without_a_full_row_has_no_dd_ranking_columns():

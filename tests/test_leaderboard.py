@@ -173,7 +173,8 @@ def test_boards_rank_in_the_direction_the_records_state(tmp_path):
     ranked = [[c.strip() for c in l.split("|")[1:3]] for l in text.splitlines() if l[:3] == "| 1" or l[:3] == "| 2" or l[:3] == "| 3"]
     assert ranked == [["1", "b"], ["2", "a"], ["3", "c"]] and "Ranked by mean error (lower is better)" in text
     assert "| bits " in text and "hidden" not in text  # declared extras are columns; the rest stays in results.json
-    assert (tmp_path / "toy.csv").read_text().splitlines()[1].endswith(",false,hard,hard")
+    header, first = (tmp_path / "toy.csv").read_text().splitlines()[:2]
+    assert header.endswith(",regime,reference_regime,bits") and first.endswith(",false,hard,hard,3")  # the declared extra too
 
 
 def test_a_board_whose_records_state_no_direction_says_so(tmp_path):

@@ -226,9 +226,11 @@ def table_line(rank: str, r: Row, extras: list[str], note: str = "", wide: bool 
             *cells(r), *[fmt(r.extra.get(k, math.nan), '.4g') for k in extras], *([breakdown(r.by_tensor)] if wide else []), r.status]
 
 
-def to_csv(rows: list[Row]) -> str:
+def to_csv(rows: list[Row], extras: Sequence[str] = ()) -> str:
+    """The CSV of a board's ``rows``: :data:`CSV_FIELDS`, then the board's ``extras`` (the task's own
+    columns and DD-Ranking's ``hlr``, ``ior``, ``lrs``), empty where a row has none."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[*CSV_FIELDS, *extras], lineterminator="\n")
     writer.writeheader()
     for r in rows:
         higher = r.higher_is_better(r.metric) if r.metric else None
@@ -237,7 +239,8 @@ def to_csv(rows: list[Row]) -> str:
                          "seeds": " ".join(map(str, r.seeds)), **{c.name: fmt(getattr(r, c.name), c.csv_spec) for c in COLUMNS},
                          "device": r.device, "status": r.status, "settings": r.signature or "",
                          "higher_is_better": "" if higher is None else str(higher).lower(), "model_params": fmt(r.model_params, ".0f"),
-                         "regime": r.regime, "reference_regime": r.reference_regime})
+                         "regime": r.regime, "reference_regime": r.reference_regime,
+                         **{k: fmt(r.extra.get(k, math.nan), ".6g") for k in extras}})
     return buf.getvalue()
 
 
@@ -310,7 +313,7 @@ def write(records: list[dict[str, Any]], out: Path, tasks: list[str] | None = No
     for b in all_boards(rows, records, lrs_weight):
         md, csv_path, png = out / f"{b.name}.md", out / f"{b.name}.csv", out / f"{b.name}.png"
         md.write_text(markdown(b.task, rows, records, regenerate, b.protocol, lrs_weight) + "\n")
-        csv_path.write_text(to_csv(b.rows))
+        csv_path.write_text(to_csv(b.rows, b.extras))
         plot(b, png)
         written += [md, csv_path, png]
     results = out / "results.json"
