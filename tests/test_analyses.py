@@ -92,6 +92,7 @@ def test_the_leave_one_out_ensemble_equals_sequential_leave_one_out_runs(digits,
     assert not torch.allclose(losses[1], losses[0], atol=1e-3)  # leaving a point out changes the model
 
 
+@pytest.mark.slow
 def test_exact_hessian_trace_of_the_two_layer_network_equals_its_closed_form():
     """MSE of f(x) = alpha + beta^T x + sum_j a_j relu(w_j^T x + b_j) in (a, W, b): relu'' = 0 almost
     everywhere, so tr H = (2/n) sum_ij [relu(w_j^T x_i + b_j)^2 + a_j^2 1(w_j^T x_i + b_j > 0) (|x_i|^2 + 1)]."""

@@ -382,6 +382,7 @@ def test_a_mapped_split_reads_rows_normalised_and_refuses_the_whole_tensor(tmp_p
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_imagenet_is_memory_mapped_and_its_view_file_holds_no_images(manager, imagenet_root, tmp_path):
     task, data = load(manager, "imagenet", imagenet_root)
     assert all(s.mapped for s in (data.train, data.val, data.test)) and task.input_shape == (3, 64, 64)

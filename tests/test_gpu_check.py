@@ -48,6 +48,7 @@ def test_every_step_is_a_command_line_ddbench_accepts(gpu_check, tmp_path, dry):
         assert all(" --iterations" not in argv[f"reproduce-{m}"] for m in ("dc", "dsa", "dm", "mtt"))  # the published length
 
 
+@pytest.mark.slow
 def test_a_failing_crashing_or_overrunning_step_is_recorded_and_the_others_run(gpu_check, tmp_path):
     step = gpu_check.Step
 

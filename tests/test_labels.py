@@ -207,6 +207,7 @@ def test_sre2l_relabels_into_each_regime(manager, view, tmp_path, form, kind):
     assert artifact.x.shape == (10, *view.input_shape) and torch.isfinite(artifact.x).all()  # recovered from noise
 
 
+@pytest.mark.slow
 def test_distillation_regimes_stay_off_the_common_board(harness):
     suite = Suite("labels", [TaskEntry("digits", [Budget.parse("ipc=1")], SHORT)], [DistillerEntry("random", dict(TEACHER_OPTIONS))],
                   "quick", 2, [0], protocols=["native", "common"])

@@ -90,6 +90,7 @@ def tiny(tmp_path_factory):
     return run_study(TINY, cache, "cpu", 1, only=TINY_CONFIGS, log=lambda line: None), cache
 
 
+@pytest.mark.slow
 def test_a_cell_counts_what_the_harness_counts_and_reruns_from_its_cache(tiny):
     results, cache = tiny
     first = results[-1]
@@ -132,6 +133,7 @@ def test_bootstrap_intervals_cover_the_truth_and_medians_need_half_the_seeds():
     assert fits.median([10, None, None]) is None and fits.median([10, 12, None]) == 11
 
 
+@pytest.mark.slow
 def test_board_is_written_and_rewritten_from_its_json(tiny, tmp_path):
     from ddbench.cli import main
 

@@ -27,6 +27,7 @@ def setup(manager, digits):
     return view, instantiate(manager.learners.get("convnet"), {}, "quick")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ipc", [1, 10])
 @pytest.mark.parametrize("name", ["dc", "dsa", "dm"])
 def test_one_outer_iteration(benchmark, manager, setup, name, ipc):
