@@ -20,7 +20,9 @@ kernels at all. SGD with momentum and weight decay, or AdamW, is applied to the 
 with the same ``torch._foreach`` arithmetic as ``torch.optim.SGD`` / ``torch.optim.AdamW``
 (:func:`~ddbench.ops.steps.sgd_step`, :func:`~ddbench.ops.steps.adamw_step`), under
 the recipe's step or cosine schedule. In the teacher label regime each model's augmented batch goes
-through the shared teacher and the loss is the KL to its softened prediction, as sequentially.
+through the shared teacher and the loss is the KL to its softened prediction, as sequentially; a
+train-mode teacher takes the K batches in one forward whose BatchNorm normalises each batch by its
+own statistics (:func:`batches_teacher`), the outputs of K separate forwards.
 
 The engine also trains MTT's expert trajectories (§7): ``on_epoch`` sees the stacked parameters
 after every epoch and :func:`flat_parameters` turns them into one flat vector per model.
