@@ -217,6 +217,15 @@ def batches_teacher(teacher: nn.Module, k: int) -> Callable[[Tensor], Tensor] | 
     return forward
 
 
+def teacher_forward(teacher: nn.Module, mode: str, k: int) -> Callable[[Tensor], Tensor]:
+    """The teacher's prediction on K stacked batches, (K, B, ...) -> (K, B, outputs), under a
+    recipe's ``teacher_mode``: ``eval``, one forward; ``train``, each batch normalised by its own
+    BatchNorm statistics (:func:`batches_teacher`, else one forward per batch)."""
+    if mode != "train":
+        return lambda xb: teacher(xb.flatten(0, 1)).view(*xb.shape[:2], -1)
+    return batches_teacher(teacher, k) or (lambda xb: torch.stack([teacher(b) for b in xb]))
+
+
 def _step(base: nn.Module, names: list[str], temperature: float = 1.0, t2: bool = False
           ) -> Callable[[list[Tensor], Tensor, Tensor], list[Tensor]]:
     """Per-model gradients of the mean cross-entropy for stacked parameters and (K, B, ...) batches:
@@ -276,11 +285,9 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor | None, rec
     device = x.device
     lr = recipe.lr if lr is None else lr
     augment = _Augmenter(recipe, generators, device, "teacher" if teacher is not None else "hard")
-    per_batch = None  # in train mode, the teacher's BatchNorm sees each model's batch alone
+    predict = None
     if teacher is not None:
-        teacher = labels.distilling_teacher(teacher, recipe.teacher_mode)
-        if recipe.teacher_mode == "train":
-            per_batch = batches_teacher(teacher, len(models))
+        predict = teacher_forward(labels.distilling_teacher(teacher, recipe.teacher_mode), recipe.teacher_mode, len(models))
     base = copy.deepcopy(models[0]).to("meta").train()
     for model in models:
         model.train()
@@ -304,17 +311,11 @@ def train_ensemble(models: Sequence[nn.Module], x: Tensor, y: Tensor | None, rec
                 idx = perms[:, e, j * bs : (j + 1) * bs]
                 xb = augment(e * steps + j, x[idx])
                 with autocast:  # the teacher's forward too, as train_classifier's batch_loss runs it
-                    if teacher is None:
+                    if predict is None:
                         yb = y[idx]  # type: ignore[index]  # y is None only in the teacher regime
                     else:
                         with torch.no_grad():
-                            if per_batch is not None:
-                                out = per_batch(xb)
-                            elif recipe.teacher_mode == "train":  # a teacher batches_teacher cannot group: one batch at a time
-                                out = torch.stack([teacher(b) for b in xb])
-                            else:
-                                out = teacher(xb.flatten(0, 1))
-                            yb = (out / recipe.temperature).softmax(-1).view(*xb.shape[:2], -1)
+                            yb = (predict(xb) / recipe.temperature).softmax(-1)
                     grads = step(tensors, xb, yb)
                 if adamw:
                     state = adamw_step(tensors, grads, state, lr, recipe.weight_decay)
