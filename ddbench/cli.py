@@ -412,8 +412,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return reproduce.run(args, get_plugin_manager(), execute)
 
 
+DATA_VARIABLES = ("DDBENCH_DATA_ROOT", "DDBENCH_DOWNLOAD")
+
+
 def data_options(args: argparse.Namespace) -> None:
-    """``--data-root`` and ``--download``, as the tasks read from files read them."""
+    """``--data-root`` and ``--download``, as the tasks read from files (and the cell hosts inherit)
+    them: environment variables, which :func:`main` restores when the command ends."""
     if args.data_root:
         os.environ["DDBENCH_DATA_ROOT"] = args.data_root
     if args.download:
@@ -552,6 +556,7 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = show_warning
+    environment = {name: os.environ.get(name) for name in DATA_VARIABLES}
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -567,6 +572,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning = PYTHON_SHOWWARNING
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 if __name__ == "__main__":

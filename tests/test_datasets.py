@@ -9,6 +9,7 @@ import gzip
 import http.server
 import io
 import json
+import os
 import pickle
 import sqlite3
 import tarfile
@@ -258,6 +259,7 @@ def test_a_damaged_dataset_is_one_line_and_exit_2_before_any_cell(tmp_path, caps
     assert err[-1].startswith("ddbench: error: ") and all(w in err[-1] for w in words), err
     assert not any("Traceback" in line for line in err)
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "data").rglob("*"))  # no half-built cache left behind
+    assert os.environ.get("DDBENCH_DATA_ROOT") != str(tmp_path / "data")  # --data-root ends with its command
 
 
 def test_absent_files_name_the_files_and_the_folder(manager, tmp_path, capsys, monkeypatch):
