@@ -24,7 +24,7 @@ RUN_WITH_ADVERSARIAL = (  # `ddbench run ARGS` with the adversarial plugin regis
 
 def start(args: list[str], cwd: Path, marker: str) -> subprocess.Popen:
     """``ddbench run`` in its own session (as a terminal's foreground job), its processes marked in the environment."""
-    env = {**os.environ, "DDBENCH_TEST_MARKER": marker, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "DDBENCH_TEST_MARKER": marker, "PYTHONFAULTHANDLER": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-c", RUN_WITH_ADVERSARIAL, "run", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
@@ -94,7 +94,12 @@ def test_ctrl_c_stops_the_run_cleanly_and_keeps_finished_cells(tmp_path):
         time.sleep(0.1)
     assert proc.poll() is None and grandchildren(proc.pid, marker)  # the sleeping cell's worker runs
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # show where the run hangs: SIGABRT makes faulthandler print every thread's stack
+        proc.send_signal(signal.SIGABRT)
+        stacks = proc.communicate(timeout=30)[1].split("Extension modules")[0]
+        pytest.fail(f"the run was still running 60 s after Ctrl-C:\n{stacks[-8000:]}")
     assert proc.returncode == 130, err
     assert f"ddbench: interrupted; every finished cell is kept in {db}, and a rerun skips them." in err and "Traceback" not in err
     assert not wait_until_gone(marker), "a worker outlived the interrupted run"

