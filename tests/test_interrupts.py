@@ -16,8 +16,10 @@ import pytest
 from ddbench.results.store import ResultStore
 
 TESTS = Path(__file__).resolve().parent
-RUN_WITH_ADVERSARIAL = (  # `ddbench run ARGS` with the adversarial plugin registered in code
-    "import sys, adversarial; from ddbench.plugins import get_plugin_manager; "
+RUN_WITH_ADVERSARIAL = (  # `ddbench run ARGS` with the adversarial plugin registered in code, Ctrl-C handled as in a
+    # terminal's foreground job (a job started with `&` by a shell without job control, CI's maybe, inherits it ignored)
+    "import signal, sys, adversarial; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from ddbench.plugins import get_plugin_manager; "
     "get_plugin_manager().add(adversarial, 'adversarial'); from ddbench.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 
