@@ -194,7 +194,7 @@ def test_classes_a_cell_host_cannot_import_run_in_this_process(harness):
     assert statuses[0].startswith("local: one cell at a time (the run's plugin classes cannot be sent to a cell host: ")
 
 
-@pytest.mark.slow  # about 10 s: the same cells with one cell host and with two
+@pytest.mark.slow  # about 25 s: the same cells with one cell host and with two
 def test_two_cell_hosts_give_the_numbers_of_one(tmp_path, capsys):
     args = ["--task", "digits:epochs=20", "--budget", "ipc=1", "--distiller", "random", "--distiller", "herding", "--distiller", "dm",
             "--seeds", "2", "--protocol", "native", "--protocol", "common", "--device", "cpu"]  # 20 epochs: numbers to compare, not to rank
@@ -263,7 +263,7 @@ SAME = ("status", "metric", "values", "random_ref", "extra", "stored_params", "s
         "regime", "model_params", "eval_mode", "error")
 
 
-@pytest.mark.slow  # about 25 s: 6 cells through each executor
+@pytest.mark.slow  # about 30 s: 6 cells through each executor
 def test_the_ray_executor_gives_the_local_executors_results(ray_instance, tmp_path, capsys):
     args = ["--task", "digits:epochs=20", "--budget", "ipc=1", "--distiller", "random", "--distiller", "herding", "--distiller", "dm",
             "--seeds", "2", "--protocol", "native", "--protocol", "common", "--device", "cpu"]  # 20 epochs: numbers to compare, not to rank
