@@ -97,9 +97,28 @@ def test_a_reproduction_takes_method_and_task_options_and_the_quick_profile_as_a
     assert "`ddbench reproduce means:iterations=7 --task tiny-part:seed=3 --ipc 1 --eval-seeds 2 --profile quick --device cpu`" in page
 
 
+def test_a_reproduction_runs_with_the_threads_asked_for_and_says_so(manager, tmp_path):
+    seen = []
+
+    def execute(suite, store, device):
+        seen.append(suite)
+        with ResultStore(store, manager) as results:
+            for result in Harness(manager, device, threads=suite.threads or 1).run(suite):
+                results.put(result, suite.name)
+            return results.records()
+
+    assert reproduce.run(args(tmp_path, threads=2), manager, execute) == 0
+    assert seen[0].threads == 2
+    page = (tmp_path / "out" / "means-tiny-part.md").read_text()
+    assert "device: cpu, 2 torch thread(s) per cell." in page
+    assert "--eval-seeds 2 --device cpu --threads 2`" in page
+
+
 def test_bad_requests_are_one_line_errors(manager, tmp_path):
     with pytest.raises(SuiteError, match="'means' published no result at ipc 10 on tiny: use --ipc 1"):
         reproduce.run(args(tmp_path, ipc=[10]), manager, None)
+    with pytest.raises(SuiteError, match="--threads must be a number of threads from 1 to"):
+        reproduce.run(args(tmp_path, threads=0), manager, None)
     real = get_plugin_manager()
     with pytest.raises(SuiteError, match="declares no published results"):
         reproduce.pick_task(real, "random", None)

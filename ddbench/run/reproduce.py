@@ -103,10 +103,11 @@ def task_options(manager: PluginManager, task: str, row: Published) -> dict[str,
 
 def suite_for(manager: PluginManager, method: str, task: str, dataset: str, ipcs: Sequence[int],
               iterations: int | None, eval_seeds: int, seed: int, method_options: dict[str, Any] | None = None,
-              profile: str = "full", given_task_options: dict[str, Any] | None = None) -> Suite:
+              profile: str = "full", given_task_options: dict[str, Any] | None = None, threads: int | None = None) -> Suite:
     """The suite of a reproduction: ``method`` (with ``method_options``) at each published ``ipc`` on
-    ``task`` (with ``given_task_options``), in ``profile`` (``full``: the published sizes and recipe);
-    one task entry per set of task options (the ipcs published on ZCA inputs apart)."""
+    ``task`` (with ``given_task_options``), in ``profile`` (``full``: the published sizes and recipe),
+    each cell with ``threads`` torch threads (None: the run's default, 1); one task entry per set of
+    task options (the ipcs published on ZCA inputs apart)."""
     cls = manager.distillers.get(method)
     published = {r.ipc: r for r in cls.published if r.dataset == dataset}
     missing = sorted(set(ipcs) - set(published))
@@ -124,7 +125,7 @@ def suite_for(manager: PluginManager, method: str, task: str, dataset: str, ipcs
         entries.setdefault(bool(task_opts), TaskEntry(task, [], {**(given_task_options or {}), **task_opts})).budgets.append(
             Budget("ipc", ipc))
     return Suite(f"reproduce-{method}-{task}", list(entries.values()),
-                 [DistillerEntry(method, options)], profile=profile, eval_seeds=eval_seeds, distill_seeds=[seed])
+                 [DistillerEntry(method, options)], profile=profile, eval_seeds=eval_seeds, distill_seeds=[seed], threads=threads)
 
 
 def lines(rows: Iterable[Published], dataset: str, ipcs: Sequence[int], records: Sequence[dict[str, Any]]) -> list[Line]:
@@ -171,12 +172,13 @@ def page(method: str, task: str, dataset: str, found: list[Line], records: Seque
     """The certificate page in Markdown."""
     rec = next((r for r in records if r["status"] == "ok"), records[0] if records else None)
     device = rec.get("device", "?") if rec else "?"
+    threads = f", {rec['threads']} torch thread(s) per cell" if rec and rec.get("threads") else ""
     ran = rec["config"]["distiller_options"].get("iterations") if rec else None
     reduced = ran is not None and default_iterations is not None and ran < default_iterations
     prov = provenance(manager)
     out = [f"# Reproduction: {method} on {task}", ""]
     out.append(f"- Provenance: ddbench {prov['ddbench']} (commit {prov.get('commit') or 'unknown'}), torch {prov['torch']}, "
-               f"Python {prov['python']}; device: {device}.")
+               f"Python {prov['python']}; device: {device}{threads}.")
     out.append(f"- Published numbers: {found[0].published.source}. They are test accuracies (%) over the papers' "
                f"evaluation nets; here {found[0].nets or EVAL_SEEDS} nets per artifact, final epoch, nothing selected on test.")
     if task != dataset:
@@ -226,6 +228,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=["full", "quick"], default="full",
                         help="full: the published sizes and recipe (default); quick: CPU sizes, a smoke test of the command")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads the cell computes with (default 1); recorded with the result")
     parser.add_argument("--store", help="results store (default .ddbench/reproduce.sqlite); finished cells are reused")
     parser.add_argument("--out", default="leaderboards/reproduce", help="folder of the page (default leaderboards/reproduce)")
     parser.add_argument("--data-root", help="folder holding the datasets' files (or $DDBENCH_DATA_ROOT; default ~/.ddbench/data)")
@@ -236,10 +240,12 @@ def run(args: argparse.Namespace, manager: PluginManager, execute: Any) -> int:
     """The ``reproduce`` subcommand; ``execute(suite, store, device)`` runs a suite into a store and
     returns the records of its cells (the command line's own run loop)."""
     from ddbench.ops.device import resolve_device
-    from ddbench.run.suite import check_eval_seeds, check_seed
+    from ddbench.run.suite import check_eval_seeds, check_seed, check_threads
 
     check_eval_seeds(args.eval_seeds, "--eval-seeds")
     check_seed(args.seed, "--seed")
+    if args.threads is not None:
+        check_threads(args.threads, "--threads")
     if args.iterations is not None and args.iterations < 1:
         raise SuiteError(f"--iterations must be a positive integer (got {args.iterations}).")
     device = resolve_device(args.device)
@@ -251,7 +257,7 @@ def run(args: argparse.Namespace, manager: PluginManager, execute: Any) -> int:
     if iterations is None and device.type != "cuda" and "iterations" not in method_options:
         iterations = CPU_ITERATIONS
     suite = suite_for(manager, method, task, dataset, ipcs, iterations, args.eval_seeds, args.seed, method_options, args.profile,
-                      task_opts)
+                      task_opts, args.threads)
     records = execute(suite, args.store or ".ddbench/reproduce.sqlite", args.device)
     if records is None:  # interrupted: the finished cells are in the store
         return 130
@@ -259,7 +265,8 @@ def run(args: argparse.Namespace, manager: PluginManager, execute: Any) -> int:
     found = lines(cls.published, dataset, ipcs, records)
     command = " ".join(["ddbench reproduce", args.method, "--task", args.task or task, *[f"--ipc {i}" for i in ipcs],
                         *([f"--iterations {iterations}"] if iterations is not None else []), f"--eval-seeds {args.eval_seeds}",
-                        *([f"--profile {args.profile}"] if args.profile != "full" else []), f"--device {device.type}"])
+                        *([f"--profile {args.profile}"] if args.profile != "full" else []), f"--device {device.type}",
+                        *([f"--threads {args.threads}"] if args.threads is not None else [])])
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
