@@ -114,6 +114,22 @@ def test_a_reproduction_runs_with_the_threads_asked_for_and_says_so(manager, tmp
     assert "--eval-seeds 2 --device cpu --threads 2`" in page
 
 
+def test_a_resumed_distillation_is_named_on_the_page(manager):
+    record = {"status": "ok", "config": {"budget": "ipc=1", "distiller_options": {"iterations": 100}, "task_options": {},
+                                         "profile": "full"},
+              "values": [91.0, 92.0], "random_ref": 60.0, "extra": {"iterations": 100}, "distill_s": 5.0, "eval_s": 1.0,
+              "device": "cpu", "threads": 2, "resumed_from": 42}
+    found = reproduce.lines(Means.published, "tiny", [1], [record])
+    assert found[0].resumed_from == 42 and found[0].verdict == "within the published std"
+    page = reproduce.page("means", "tiny-part", "tiny", found, [record], 100, "ddbench reproduce means", manager)
+    assert "- **Resumed**: the ipc 1 distillation was stopped and resumed from its checkpoint at iteration 42" in page
+    assert "- Length: the method's published number of iterations." in page
+    whole = {**record, "resumed_from": 0}
+    page = reproduce.page("means", "tiny-part", "tiny", reproduce.lines(Means.published, "tiny", [1], [whole]), [whole], 100,
+                          "ddbench reproduce means", manager)
+    assert "Resumed" not in page
+
+
 def test_bad_requests_are_one_line_errors(manager, tmp_path):
     with pytest.raises(SuiteError, match="'means' published no result at ipc 10 on tiny: use --ipc 1"):
         reproduce.run(args(tmp_path, ipc=[10]), manager, None)

@@ -50,6 +50,7 @@ class Line:
     eval_s: float = math.nan
     status: str = "missing"
     error: str = ""
+    resumed_from: int = 0  # the iteration its distillation resumed at from a checkpoint (0: one uninterrupted run)
 
     @property
     def gap(self) -> float:
@@ -144,6 +145,7 @@ def lines(rows: Iterable[Published], dataset: str, ipcs: Sequence[int], records:
                 line.random = math.nan if rec.get("random_ref") is None else rec["random_ref"]
                 line.iterations = rec.get("extra", {}).get("iterations", math.nan)
                 line.distill_s, line.eval_s = rec["distill_s"], rec["eval_s"]
+                line.resumed_from = int(rec.get("resumed_from") or 0)
         out.append(line)
     return out
 
@@ -196,6 +198,10 @@ def page(method: str, task: str, dataset: str, found: list[Line], records: Seque
                    "verdicts are indicative only; run it on a GPU at the full length for a certificate.")
     else:
         out.append("- Length: the method's published number of iterations.")
+    for ln in found:
+        if ln.resumed_from:
+            out.append(f"- **Resumed**: the ipc {ln.published.ipc} distillation was stopped and resumed from its checkpoint at "
+                       f"iteration {ln.resumed_from}; its distill s counts the final run only.")
     zca = zca_note(manager, task, found)
     if zca:
         out.append(zca)
