@@ -116,9 +116,11 @@ class DCDistiller(Distiller):
     medians, against the published per-class loop
     (:mod:`~ddbench_gradmatch.reference_loop`, ``ddbench gradmatch-timing --reference``):
 
-    - mnist5k, full profile (width 128, 256 real images per class, 512 KiB per image), one
-      thread, one outer iteration at ipc 1: vmapped 40.7 s, the reference 11.9 s, the per-class
-      loop in blocks of 16 images 6.1 s (dc; dsa 40.0 / 12.7 / 6.6 s);
+    - mnist5k, full profile (width 128, 256 real images per class), one thread, one outer
+      iteration at ipc 1, on an idle box (2026-12-07, ``ddbench gradmatch-timing --ipc 1 --methods
+      dc dsa --threads 1 --reference``, medians of 3): the per-class loop in blocks 20.2 s, the
+      reference 30.9 s (dc; dsa 17.2 / 27.6 s). The vmapped call measured 3.4x the reference when
+      this layout was chosen (issue 15), and was not re-timed;
     - mnist5k, quick profile (width 32, 32 real images, 4 MiB per class), one thread: vmapped
       262 ms per iteration, per class 161 ms;
     - digits, quick profile (18 KiB per image, 0.6 MiB per class), two threads: vmapped 26.5 ms,
