@@ -57,14 +57,22 @@ def args(tmp_path, **over) -> argparse.Namespace:
     return ns
 
 
-def test_a_reproduction_page_puts_published_and_measured_side_by_side(manager, tmp_path):
+def executor(manager, seen=None):
+    """An ``execute`` for :func:`reproduce.run` that runs the suite here (with its threads) into the
+    store, noting each suite in ``seen``."""
     def execute(suite, store, device):
+        if seen is not None:
+            seen.append(suite)
         with ResultStore(store, manager) as results:
-            for result in Harness(manager, device).run(suite):
+            for result in Harness(manager, device, threads=suite.threads or 1).run(suite):
                 results.put(result, suite.name)
             return results.records()
 
-    assert reproduce.run(args(tmp_path), manager, execute) == 0
+    return execute
+
+
+def test_a_reproduction_page_puts_published_and_measured_side_by_side(manager, tmp_path):
+    assert reproduce.run(args(tmp_path), manager, executor(manager)) == 0
     page = (tmp_path / "out" / "means-tiny-part.md").read_text()
     assert "# Reproduction: means on tiny-part" in page and "a test table" in page
     assert "holds only part of tiny" in page  # the task is a part of the published dataset
@@ -77,17 +85,9 @@ def test_a_reproduction_page_puts_published_and_measured_side_by_side(manager, t
 
 
 def test_a_reproduction_takes_method_and_task_options_and_the_quick_profile_as_a_smoke_test(manager, tmp_path):
-    seen = []
-
-    def execute(suite, store, device):
-        seen.append(suite)
-        with ResultStore(store, manager) as results:
-            for result in Harness(manager, device).run(suite):
-                results.put(result, suite.name)
-            return results.records()
-
+    seen: list = []
     assert reproduce.run(args(tmp_path, method="means:iterations=7", iterations=None, profile="quick", task="tiny-part:seed=3"),
-                         manager, execute) == 0
+                         manager, executor(manager, seen)) == 0
     assert seen[0].profile == "quick" and seen[0].distillers[0].options == {"iterations": 7}
     assert seen[0].tasks[0].options == {"seed": 3}
     page = (tmp_path / "out" / "means-tiny-part.md").read_text()
@@ -98,16 +98,8 @@ def test_a_reproduction_takes_method_and_task_options_and_the_quick_profile_as_a
 
 
 def test_a_reproduction_runs_with_the_threads_asked_for_and_says_so(manager, tmp_path):
-    seen = []
-
-    def execute(suite, store, device):
-        seen.append(suite)
-        with ResultStore(store, manager) as results:
-            for result in Harness(manager, device, threads=suite.threads or 1).run(suite):
-                results.put(result, suite.name)
-            return results.records()
-
-    assert reproduce.run(args(tmp_path, threads=2), manager, execute) == 0
+    seen: list = []
+    assert reproduce.run(args(tmp_path, threads=2), manager, executor(manager, seen)) == 0
     assert seen[0].threads == 2
     page = (tmp_path / "out" / "means-tiny-part.md").read_text()
     assert "device: cpu, 2 torch thread(s) per cell." in page
