@@ -80,7 +80,7 @@ def test_a_reproduction_page_puts_published_and_measured_side_by_side(manager, t
     (line,) = [l for l in page.splitlines() if l.startswith("| 1 |")]
     cells = [c.strip() for c in line.split("|")[1:-1]]
     assert cells[1:4] == ["90.0 ± 5.0", "50.0 ± 5.0", "+40.0"] and cells[7] == "2" and cells[8] == "3"
-    assert cells[-1] in ("within the published std", "outside")
+    assert cells[-1] == "within the published std" or cells[-1].startswith("outside: ")
     assert (tmp_path / "out" / "means-tiny-part.json").exists()
 
 
@@ -161,3 +161,13 @@ def test_rows_published_on_zca_inputs_run_on_the_whitened_task(manager):
     whitened = Published("tiny", 1, 90.0, 5.0, 50.0, 5.0, "a test table", zca=True)
     assert reproduce.task_options(manager, "tiny-part", whitened) == {}  # no zca option: the page says so
     assert "has no `zca` option" in (reproduce.zca_note(manager, "tiny-part", [reproduce.Line(whitened)]) or "")
+
+
+@pytest.mark.parametrize("mean, verdict", [
+    (93.0, "within the published std"), (85.0, "within the published std"),
+    (84.25, "outside: -5.75 points from the published mean, 0.75 past its std"),
+    (96.0, "outside: +6.00 points from the published mean, 1.00 past its std"),
+])
+def test_a_verdict_outside_says_by_how_much(mean, verdict):
+    published = Published("tiny", 1, 90.0, 5.0, 50.0, 5.0, "a test table")
+    assert reproduce.Line(published, mean=mean, status="ok").verdict == verdict
