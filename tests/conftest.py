@@ -1,6 +1,7 @@
 """Shared fixtures: the plugin manager, a CPU harness and task views at small sizes; and the
 benchmarks' mode: each ``tests/benchmarks/bench_*.py`` body runs once, as a plain test, unless
-``--benchmark-enable`` or ``--benchmark-only`` is given (or pytest-benchmark is not installed)."""
+``--benchmark-enable`` or ``--benchmark-only`` is given (or pytest-benchmark is not installed), and
+the sizes marked ``measure`` run only then."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -20,10 +21,26 @@ def pytest_configure(config: pytest.Config) -> None:
     calls the body once."""
     if not config.pluginmanager.hasplugin("benchmark"):
         config.pluginmanager.register(_RunOnceFixture(), "ddbench-tests-benchmark-fallback")
-    elif not (config.getoption("benchmark_enable") or config.getoption("benchmark_only")):
+    elif not _measuring(config):
         config.option.benchmark_disable = True
     elif config.pluginmanager.hasplugin("xdist"):
         config.option.numprocesses, config.option.dist = 0, "no"  # timing in one process: pytest-benchmark times nothing under xdist
+
+
+def _measuring(config: pytest.Config) -> bool:
+    return config.pluginmanager.hasplugin("benchmark") and bool(
+        config.getoption("benchmark_enable") or config.getoption("benchmark_only"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ``measure`` sizes of a benchmark grid unless benchmarks are timed: as plain tests
+    they would run the code of their smaller neighbours again, only longer."""
+    if _measuring(config):
+        return
+    deselected = [item for item in items if item.get_closest_marker("measure")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("measure")]
 
 
 class _RunOnce:

