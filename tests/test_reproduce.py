@@ -171,3 +171,20 @@ def test_rows_published_on_zca_inputs_run_on_the_whitened_task(manager):
 def test_a_verdict_outside_says_by_how_much(mean, verdict):
     published = Published("tiny", 1, 90.0, 5.0, 50.0, 5.0, "a test table")
     assert reproduce.Line(published, mean=mean, status="ok").verdict == verdict
+
+
+def test_the_page_names_the_commit_its_cells_ran_at(manager, monkeypatch):
+    """A reused cell ran at an earlier commit: the page gives that one, and the one it was written at."""
+    ran = {"ddbench": "0.1.0", "commit": "aaaaaaaaaaaa", "torch": "2.13.0", "python": "3.11.7"}
+    record = {"status": "ok", "device": "cpu", "threads": 2, "config": {"distiller_options": {}, "task_options": {}, "profile": "full"},
+              "provenance": ran}
+    found = [reproduce.Line(Published("tiny", 1, 90.0, 5.0, 50.0, 5.0, "a test table"), mean=91.0, status="ok")]
+
+    def page():
+        return reproduce.page("means", "tiny", "tiny", found, [record], 100, "ddbench reproduce means", manager)
+
+    monkeypatch.setattr(reproduce, "provenance", lambda manager: {**ran, "commit": "bbbbbbbbbbbb"})
+    assert "the cells ran on ddbench 0.1.0 (commit aaaaaaaaaaaa)" in page()
+    assert "This page was written at commit bbbbbbbbbbbb." in page()
+    monkeypatch.setattr(reproduce, "provenance", lambda manager: ran)
+    assert "(commit aaaaaaaaaaaa)" in page() and "This page was written" not in page()

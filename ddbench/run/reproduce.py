@@ -180,10 +180,12 @@ def page(method: str, task: str, dataset: str, found: list[Line], records: Seque
     threads = f", {rec['threads']} torch thread(s) per cell" if rec and rec.get("threads") else ""
     ran = rec["config"]["distiller_options"].get("iterations") if rec else None
     reduced = ran is not None and default_iterations is not None and ran < default_iterations
-    prov = provenance(manager)
+    now = provenance(manager)
+    prov = rec.get("provenance") or now if rec else now  # the cells' own: a reused cell ran at an earlier commit
+    written = f" This page was written at commit {now['commit']}." if now.get("commit") not in (None, prov.get("commit")) else ""
     out = [f"# Reproduction: {method} on {task}", ""]
-    out.append(f"- Provenance: ddbench {prov['ddbench']} (commit {prov.get('commit') or 'unknown'}), torch {prov['torch']}, "
-               f"Python {prov['python']}; device: {device}{threads}.")
+    out.append(f"- Provenance: the cells ran on ddbench {prov['ddbench']} (commit {prov.get('commit') or 'unknown'}), "
+               f"torch {prov['torch']}, Python {prov['python']}; device: {device}{threads}.{written}")
     out.append(f"- Published numbers: {found[0].published.source}. They are test accuracies (%) over the papers' "
                f"evaluation nets; here {found[0].nets or EVAL_SEEDS} nets per artifact, final epoch, nothing selected on test.")
     if task != dataset:
