@@ -181,7 +181,7 @@ def page(method: str, task: str, dataset: str, found: list[Line], records: Seque
     ran = rec["config"]["distiller_options"].get("iterations") if rec else None
     reduced = ran is not None and default_iterations is not None and ran < default_iterations
     now = provenance(manager)
-    prov = rec.get("provenance") or now if rec else now  # the cells' own: a reused cell ran at an earlier commit
+    prov = (rec or {}).get("provenance") or now  # the cells' own: a reused cell ran at an earlier commit
     written = f" This page was written at commit {now['commit']}." if now.get("commit") not in (None, prov.get("commit")) else ""
     out = [f"# Reproduction: {method} on {task}", ""]
     out.append(f"- Provenance: the cells ran on ddbench {prov['ddbench']} (commit {prov.get('commit') or 'unknown'}), "
